@@ -1,0 +1,154 @@
+"""Options shared by several commands (defined once, spelled the same everywhere) and rendering helpers."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import click
+
+from ..batch import ItemResult
+
+F = Callable[..., Any]
+
+
+def setup_logging(level: int) -> None:
+    """Log through rich on a terminal, plain time-stamped lines otherwise (batch jobs)."""
+    root = logging.getLogger("ghanet_pipeline")
+    root.setLevel(level)
+    if root.handlers:
+        return
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler  # noqa: PLC0415
+
+        handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root.addHandler(handler)
+    root.propagate = False
+
+
+def out_option(f: F) -> F:
+    return click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("ghanet-out"),
+                        show_default=True, help="Output root (layout in CONVENTIONS / README).")(f)
+
+
+def manifest_option(f: F) -> F:
+    return click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                        help="CSV with slide_id,path[,case_id][,mpp]; paths relative to the manifest.")(f)
+
+
+def slides_argument(f: F) -> F:
+    """Positional slides + --recursive, --mpp, --case-id-from."""
+    f = click.option("--case-id-from", type=click.Choice(["slide_id", "tcga"]), default=None,
+                     help="Derive case_id from the slide id (tcga: first 12 characters).")(f)
+    f = click.option("--mpp", type=float, default=None,
+                     help="Level-0 um/px for slides whose metadata lacks it (manifest column mpp wins).")(f)
+    f = click.option("--recursive", is_flag=True, help="Look for slides in sub-folders of given directories.")(f)
+    return click.argument("slides", nargs=-1, type=str)(f)
+
+
+def device_option(f: F) -> F:
+    return click.option("--device", default="auto", show_default=True,
+                        help="auto | cpu | cuda | cuda:N")(f)
+
+
+def batch_size_option(default: int) -> Callable[[F], F]:
+    def deco(f: F) -> F:
+        return click.option("--batch-size", type=click.IntRange(min=1), default=default, show_default=True,
+                            help="Items per forward pass.")(f)
+    return deco
+
+
+def num_workers_option(default: int) -> Callable[[F], F]:
+    def deco(f: F) -> F:
+        return click.option("--num-workers", type=click.IntRange(min=0), default=default, show_default=True,
+                            help="Reader processes (0 = in-process).")(f)
+    return deco
+
+
+def overwrite_option(f: F) -> F:
+    return click.option("--overwrite", is_flag=True, help="Redo items whose valid output already exists.")(f)
+
+
+def no_progress_option(f: F) -> F:
+    return click.option("--no-progress", is_flag=True, help="Plain log lines instead of a progress bar.")(f)
+
+
+def shard_option(f: F) -> F:
+    return click.option("--shard", default=None, metavar="i/n",
+                        help="Process only every n-th item starting at i (cluster array jobs).")(f)
+
+
+class Progress:
+    """A rich progress bar on a terminal; plain periodic log lines otherwise or with --no-progress."""
+
+    def __init__(self, total: int, description: str, disable: bool = False, every_s: float = 10.0) -> None:
+        self.total, self.description, self.n = total, description, 0
+        self.plain = disable or not sys.stderr.isatty()
+        self.every_s, self._last = every_s, time.monotonic()
+        self._bar = None
+        self._log = logging.getLogger("ghanet_pipeline")
+
+    def __enter__(self) -> "Progress":
+        if not self.plain:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,  # noqa: PLC0415
+                                       TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+
+            self._bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+            self._bar.__enter__()
+            self._task = self._bar.add_task(self.description, total=self.total)
+        return self
+
+    def advance(self, n: int = 1, note: str = "") -> None:
+        self.n += n
+        if self._bar is not None:
+            self._bar.update(self._task, advance=n)
+        elif time.monotonic() - self._last >= self.every_s or self.n >= self.total:
+            self._last = time.monotonic()
+            self._log.info("%s: %d/%d %s", self.description, self.n, self.total, note)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+
+
+def print_summary(title: str, results: Sequence[ItemResult], columns: Iterable[tuple[str, str]] = ()) -> None:
+    """Rich table: item, status, the given metric columns ``(key, header)``, seconds, message."""
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    cols = list(columns)
+    table = Table(title=title)
+    table.add_column("item")
+    table.add_column("status")
+    for _, header in cols:
+        table.add_column(header, justify="right")
+    table.add_column("s", justify="right")
+    table.add_column("message", overflow="fold")
+    styles = {"done": "green", "skipped": "cyan", "failed": "red", "no tissue": "yellow"}
+    for r in results:
+        vals = []
+        for key, _ in cols:
+            v = r.metrics.get(key, "")
+            vals.append(f"{v:.4g}" if isinstance(v, float) else str(v))
+        table.add_row(r.item, f"[{styles.get(r.status, 'white')}]{r.status}[/]", *vals, f"{r.seconds:.1f}",
+                      r.message)
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(table)
+    n_failed = sum(not r.ok for r in results)
+    if n_failed:
+        console.print(f"[red]{n_failed} of {len(results)} failed[/] (see the message column and <out>/logs/)")
+
+
+def finish(results: Sequence[ItemResult]) -> None:
+    """Exit 0 when every item succeeded, 1 when any failed."""
+    from ..batch import exit_code  # noqa: PLC0415
+
+    sys.exit(exit_code(results))

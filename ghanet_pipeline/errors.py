@@ -1,0 +1,31 @@
+"""Exception types raised by the library.
+
+Every message is meant for a person: it names the item (file, row, column, slide) that was wrong
+and says how to fix it. The CLI prints ``str(error)`` without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class GhanetError(Exception):
+    """Base class of all errors raised on purpose by ghanet."""
+
+
+class InputError(GhanetError):
+    """A user-supplied file, row, column or value is invalid."""
+
+
+class ConfigError(GhanetError):
+    """Invalid options or configuration (CLI exit code 2)."""
+
+
+class SlideError(GhanetError):
+    """A slide cannot be opened, has no usable scale, or a region cannot be read."""
+
+
+class MismatchError(GhanetError):
+    """Artifacts that must agree do not (encoders, weights, patch geometry, parameters)."""
+
+
+class CheckpointError(GhanetError):
+    """A model directory is missing files or was written by an incompatible version."""

@@ -1,0 +1,172 @@
+"""Which slides a command works on: files, directories, globs or a manifest CSV -> :class:`SlideSpec`."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from .errors import ConfigError, InputError
+from .ioutils import sanitize_ids
+
+#: File endings OpenSlide reads (used when a directory is given).
+SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide",
+                    ".bif", ".dcm", ".czi")
+
+
+@dataclass
+class SlideSpec:
+    """One slide to process.
+
+    ``slide_id`` is already sanitised (safe as a file name stem); ``raw_slide_id`` is what the user
+    gave. ``mpp`` is a level-0 um/px override (None = read it from the slide).
+    """
+
+    slide_id: str
+    path: Path
+    case_id: str
+    mpp: float | None = None
+    raw_slide_id: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def tcga_case_id(slide_id: str) -> str:
+    """TCGA case barcode: the first 12 characters (``TCGA-XX-XXXX``)."""
+    return slide_id[:12]
+
+
+def _case_id(slide_id: str, given: str | None, case_id_from: str | None) -> str:
+    if given:
+        return given
+    if case_id_from == "tcga":
+        return tcga_case_id(slide_id)
+    return slide_id
+
+
+def read_manifest(manifest: Path | str, case_id_from: str | None = None) -> list[SlideSpec]:
+    """Read ``slide_id,path[,case_id][,mpp]`` (+ any other columns, kept in ``extra``).
+
+    ``path`` is relative to the manifest's folder. Duplicate slide ids, missing columns, empty
+    paths and bad ``mpp`` values raise :class:`InputError` naming the row.
+    """
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise InputError(f"manifest {manifest} does not exist")
+    with open(manifest, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        cols = [c.strip() for c in (reader.fieldnames or [])]
+        missing = [c for c in ("slide_id", "path") if c not in cols]
+        if missing:
+            raise InputError(f"manifest {manifest}: missing column(s) {', '.join(missing)}; "
+                             f"expected a header like 'slide_id,path,case_id,mpp'")
+        rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+    specs: list[SlideSpec] = []
+    seen: dict[str, int] = {}
+    for i, row in enumerate(rows, start=2):  # row 1 is the header
+        sid = row["slide_id"]
+        if not sid:
+            raise InputError(f"manifest {manifest}, row {i}: empty slide_id")
+        if sid in seen:
+            raise InputError(f"manifest {manifest}, row {i}: slide_id {sid!r} already used in row "
+                             f"{seen[sid]}; slide ids must be unique")
+        seen[sid] = i
+        if not row["path"]:
+            raise InputError(f"manifest {manifest}, row {i} (slide {sid!r}): empty path")
+        path = Path(row["path"])
+        if not path.is_absolute():
+            path = manifest.parent / path
+        mpp = None
+        if row.get("mpp"):
+            try:
+                mpp = float(row["mpp"])
+            except ValueError:
+                mpp = math.nan
+            if not (mpp > 0 and math.isfinite(mpp)):
+                raise InputError(f"manifest {manifest}, row {i}, column mpp: {row['mpp']!r} is not a "
+                                 f"positive number of um per pixel (e.g. 0.25 for 40x, 0.5 for 20x)")
+        extra = {k: v for k, v in row.items() if k not in ("slide_id", "path", "case_id", "mpp")}
+        specs.append(SlideSpec(slide_id=sid, path=path, case_id=_case_id(sid, row.get("case_id"), case_id_from),
+                               mpp=mpp, raw_slide_id=sid, extra=extra))
+    if not specs:
+        raise InputError(f"manifest {manifest} lists no slides")
+    return _sanitised(specs)
+
+
+def _sanitised(specs: list[SlideSpec]) -> list[SlideSpec]:
+    mapping = sanitize_ids([s.raw_slide_id or s.slide_id for s in specs], what="slide_id")
+    for s in specs:
+        s.raw_slide_id = s.raw_slide_id or s.slide_id
+        s.slide_id = mapping[s.raw_slide_id]
+    return specs
+
+
+def collect_slides(inputs: Sequence[str | Path] = (), manifest: Path | str | None = None,
+                   recursive: bool = False, case_id_from: str | None = None,
+                   mpp: float | None = None) -> list[SlideSpec]:
+    """Resolve slide files, directories, glob patterns and/or a manifest into slide specs.
+
+    A path that does not exist is kept (it fails later as that slide's error, so the other slides
+    still run). ``mpp`` overrides every slide's level-0 um/px unless the manifest gives one.
+    Duplicate slide ids are an error.
+    """
+    if case_id_from not in (None, "slide_id", "tcga"):
+        raise ConfigError(f"--case-id-from must be 'slide_id' or 'tcga', not {case_id_from!r}")
+    specs: list[SlideSpec] = []
+    if manifest is not None:
+        specs.extend(read_manifest(manifest, case_id_from))
+    for item in inputs:
+        text = str(item)
+        p = Path(text)
+        if p.is_dir():
+            pattern = "**/*" if recursive else "*"
+            files = sorted(f for f in p.glob(pattern) if f.is_file() and f.suffix.lower() in SLIDE_EXTENSIONS)
+            if not files:
+                raise InputError(f"directory {p} holds no slide files ({', '.join(SLIDE_EXTENSIONS)})"
+                                 + ("" if recursive else "; pass --recursive to look in sub-folders"))
+        elif any(ch in text for ch in "*?[") and not p.exists():
+            files = sorted(Path(f) for f in glob.glob(text, recursive=recursive) if Path(f).is_file())
+            if not files:
+                raise InputError(f"pattern {text!r} matches no files")
+        else:
+            files = [p]
+        for f in files:
+            sid = f.name.split(".")[0] if f.suffix.lower() != ".dcm" else f.stem
+            sid = f.stem if not sid else sid
+            specs.append(SlideSpec(slide_id=sid, path=f, case_id=_case_id(sid, None, case_id_from),
+                                   raw_slide_id=sid))
+    if not specs:
+        raise ConfigError("no slides given: pass slide files, directories, glob patterns or --manifest")
+    seen: dict[str, Path] = {}
+    for s in specs:
+        if s.raw_slide_id in seen:
+            raise InputError(f"slide_id {s.raw_slide_id!r} is used twice ({seen[s.raw_slide_id]} and {s.path}); "
+                             f"slide ids must be unique - rename a file or use a manifest")
+        seen[s.raw_slide_id] = s.path
+        if mpp is not None and s.mpp is None:
+            s.mpp = mpp
+    return _sanitised(specs)
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """Parse ``--shard i/n`` (0-based i < n)."""
+    if text is None:
+        return None
+    try:
+        i_s, n_s = text.split("/")
+        i, n = int(i_s), int(n_s)
+    except ValueError:
+        raise ConfigError(f"--shard must look like i/n (e.g. 0/4), not {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise ConfigError(f"--shard {text}: need 0 <= i < n")
+    return i, n
+
+
+def take_shard(items: list, shard: tuple[int, int] | None) -> list:
+    """Every n-th item starting at i (a stable split of a sorted list across cluster jobs)."""
+    if shard is None:
+        return items
+    i, n = shard
+    return items[i::n]

@@ -1,0 +1,122 @@
+"""Safe file writing and naming: atomic writes, id sanitising, staying inside the output root."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import tempfile
+import unicodedata
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from .errors import InputError
+
+_UNSAFE = re.compile(r"[\\/\x00-\x1f\x7f:*?\"<>|]")
+
+
+def sanitize_id(raw: str, what: str = "id") -> str:
+    """Return ``raw`` made safe as a file name stem.
+
+    Path separators, control characters and characters Windows refuses become ``_``; leading dots
+    and surrounding spaces are removed. Raises :class:`InputError` when nothing usable remains
+    (empty, ``.``/``..``).
+    """
+    text = unicodedata.normalize("NFC", str(raw)).strip()
+    text = _UNSAFE.sub("_", text).lstrip(".").strip()
+    if not text or set(text) <= {"_", "."}:
+        raise InputError(f"{what} {raw!r} cannot be used as a file name (empty or only separators/dots); "
+                         f"give it a name made of letters, digits, '-' or '_'")
+    return text[:200]
+
+
+def sanitize_ids(raw_ids: Iterable[str], what: str = "id") -> dict[str, str]:
+    """Map each raw id to its sanitised form; raise when two different ids collide."""
+    seen: dict[str, str] = {}
+    out: dict[str, str] = {}
+    for raw in raw_ids:
+        safe = sanitize_id(raw, what)
+        if safe in seen and seen[safe] != raw:
+            raise InputError(f"{what}s {seen[safe]!r} and {raw!r} both become file name {safe!r}; "
+                             f"rename one of them")
+        seen[safe] = raw
+        out[raw] = safe
+    return out
+
+
+def safe_child(root: Path | str, *parts: str) -> Path:
+    """Join ``parts`` under ``root`` and refuse any result outside ``root``."""
+    root_p = Path(root).resolve()
+    path = root_p.joinpath(*parts).resolve()
+    if path != root_p and root_p not in path.parents:
+        raise InputError(f"refusing to write {path}: it is outside the output directory {root_p}")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it to ``final`` only if the block succeeds.
+
+    The temporary name starts with ``.`` and ends with ``.tmp`` so that stages ignore leftovers
+    from killed runs. On error the temporary file is removed and the exception propagates.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    tmp.unlink()  # let the writer create it (h5py, PIL, ... want to create the file themselves)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def write_text_atomic(path: Path | str, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json_atomic(path: Path | str, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON atomically (NaN/inf are refused)."""
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False,
+                                              default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def remove_stale_temps(directory: Path | str) -> int:
+    """Delete temporary files left by killed runs (``.*.tmp``) in ``directory``; return how many."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return 0
+    n = 0
+    for p in directory.glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+            n += 1
+    return n
+
+
+def file_sha256(path: Path | str, chunk_bytes: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk_bytes), b""):
+            h.update(block)
+    return h.hexdigest()
