@@ -1,0 +1,348 @@
+"""The synthetic end-to-end demo behind ``make demo`` / ``ghanet demo``.
+
+It builds a small cohort with a known answer and then runs the *same commands a user types*, one
+``ghanet`` subprocess per stage, each writing under one output root:
+
+1. cohort (library): :func:`synthetic_cohort.make_cohort` gives clinical data, an MCAT-style
+   genomics table and gene families driven by a hidden per-case ``phenotype``; one synthetic slide
+   per row is written with :func:`synthetic.write_synthetic_slide` using that case's phenotype (the
+   share of dense dark-nuclei tissue), so the slides carry the survival signal. A few extra
+   patients (new case ids, same generative process) are kept apart as held-out slides.
+2. ``ghanet segment`` -> ``ghanet extract-features --weights random`` -> ``ghanet preprocess-genomics``
+   -> ``ghanet train`` (k folds, G-HANet, then ABMIL for comparison) -> ``ghanet predict`` on the
+   held-out slides with heatmaps.
+
+Stages whose command is not installed (``ghanet_pipeline.cli.<module>`` missing) are skipped and
+listed, so the demo runs whatever exists. Every stage skips finished outputs, so a second run of the
+demo into the same folder only redoes what is missing.
+
+This module never prints: :func:`run_demo` returns a :class:`DemoResult` that the CLI renders; the
+stages' own output goes to the ``stream`` given (the terminal by default).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Callable
+
+from .errors import GhanetError
+
+#: stage name -> module of ghanet_pipeline.cli that provides its command
+STAGE_MODULES: dict[str, str] = {
+    "segment": "segment",
+    "extract-features": "extract",
+    "preprocess-genomics": "genomics",
+    "train": "train",
+    "evaluate": "evaluate",
+    "predict": "predict",
+}
+
+
+@dataclass
+class DemoConfig:
+    """Sizes of the demo cohort and of the runs (defaults finish in < 10 min on 2 CPU cores).
+
+    Slides are ``slide_px`` x ``slide_px`` level-0 px at 0.5 um/px (20x); at 256 px per patch that is
+    at most ``(slide_px / 256)**2`` patches, in practice about 40 % of it (tissue blobs on glass).
+    """
+
+    n_cases: int = 40
+    n_holdout: int = 4
+    folds: int = 5
+    epochs: int = 10
+    slide_px: int = 2048
+    seed: int = 0
+    models: tuple[str, ...] = ("ghanet", "abmil")
+    weights: str = "random"
+    device: str = "auto"
+    num_workers: int = 0
+    heatmaps: bool = True
+
+
+@dataclass
+class StageRun:
+    """One stage of the demo: its command line, exit code and wall time (seconds)."""
+
+    stage: str
+    command: list[str]
+    returncode: int | None
+    seconds: float
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+@dataclass
+class DemoResult:
+    """What the demo did and where its results are.
+
+    ``cindex``: one row per model run: ``model``, ``run_dir``, ``c_index_mean``, ``c_index_std``,
+    ``c_index_per_fold`` ({fold: value}), ``c_index_pooled``, ``logrank_p`` (whatever the run's
+    metrics.json holds). ``risks``: one row per held-out case: ``case_id``, ``risk``, ``risk_group``,
+    ``phenotype`` (the hidden truth; higher = worse) and, when present, ``survival_months``,
+    ``censorship``. ``missing``: stages whose command is not installed yet.
+    """
+
+    out: Path
+    data_dir: Path
+    stages: list[StageRun] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    cindex: list[dict[str, Any]] = field(default_factory=list)
+    risks: list[dict[str, Any]] = field(default_factory=list)
+    km_plots: list[Path] = field(default_factory=list)
+    heatmaps: list[Path] = field(default_factory=list)
+    outputs: dict[str, Path] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(s.ok for s in self.stages)
+
+
+def stage_available(stage: str) -> bool:
+    """True when the ``ghanet`` command of ``stage`` is installed (its CLI module exists)."""
+    mod = STAGE_MODULES[stage]
+    return importlib.util.find_spec(f"ghanet_pipeline.cli.{mod}") is not None
+
+
+# --------------------------------------------------------------------------------------------------
+# cohort
+# --------------------------------------------------------------------------------------------------
+
+def _slide_seed(base_seed: int, index: int) -> int:
+    return int(base_seed) * 100_003 + 17 * index + 1
+
+
+def _write_manifest(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    from .ioutils import atomic_path  # noqa: PLC0415
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _write_slides(clinical_rows: list[dict[str, Any]], slide_dir: Path, slide_px: int, seed: int,
+                  offset: int = 0) -> list[dict[str, Any]]:
+    """One synthetic slide per clinical row (skipped when the file exists); returns manifest rows."""
+    from .synthetic import write_synthetic_slide  # noqa: PLC0415
+
+    rows = []
+    for i, r in enumerate(clinical_rows):
+        path = slide_dir / f"{r['slide_id']}.tif"
+        if not path.is_file():
+            write_synthetic_slide(path, slide_px, slide_px, mpp=0.5, phenotype=float(r["phenotype"]),
+                                  seed=_slide_seed(seed, offset + i))
+        rows.append({"slide_id": r["slide_id"], "path": f"slides/{path.name}", "case_id": r["case_id"],
+                     "phenotype": r["phenotype"], "survival_months": r["survival_months"],
+                     "censorship": r["censorship"]})
+    return rows
+
+
+def build_cohort(data_dir: Path | str, config: DemoConfig) -> dict[str, Path]:
+    """Write the demo's inputs under ``data_dir`` and return their paths.
+
+    Keys: ``manifest`` (training slides: slide_id, path, case_id, phenotype, survival), ``table``
+    (MCAT-style genomics, one row per slide), ``families``, ``clinical``, ``counts``,
+    ``holdout_manifest`` (new patients' slides, same columns; their genomics are not written: at
+    inference a slide alone is enough).
+    """
+    from .synthetic_cohort import make_cohort, write_cohort_tables  # noqa: PLC0415
+
+    data_dir = Path(data_dir)
+    cohort = make_cohort(n_cases=config.n_cases, seed=config.seed)
+    paths = write_cohort_tables(cohort, data_dir)
+    train_rows = _write_slides(cohort.clinical.to_dict("records"), data_dir / "slides", config.slide_px,
+                               config.seed)
+    columns = ["slide_id", "path", "case_id", "phenotype", "survival_months", "censorship"]
+    paths["manifest"] = data_dir / "manifest.csv"
+    _write_manifest(paths["manifest"], train_rows, columns)
+    if config.n_holdout > 0:
+        new = make_cohort(n_cases=max(4, config.n_holdout), seed=config.seed + 1, case_prefix="NEW",
+                          second_slide_fraction=0.0)
+        new_rows = new.clinical.head(config.n_holdout).to_dict("records")
+        hold_rows = _write_slides(new_rows, data_dir / "slides", config.slide_px, config.seed,
+                                  offset=len(train_rows) + 1000)
+        paths["holdout_manifest"] = data_dir / "holdout_manifest.csv"
+        _write_manifest(paths["holdout_manifest"], hold_rows, columns)
+    return paths
+
+
+# --------------------------------------------------------------------------------------------------
+# stages
+# --------------------------------------------------------------------------------------------------
+
+def _ghanet(*args: str | Path) -> list[str]:
+    return [sys.executable, "-m", "ghanet_pipeline", *[str(a) for a in args]]
+
+
+def _run(stage: str, cmd: list[str], stream: IO[str] | None, env: dict[str, str]) -> StageRun:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, stdout=stream, stderr=subprocess.STDOUT if stream is not None else None,
+                          env=env, check=False)
+    return StageRun(stage=stage, command=cmd, returncode=proc.returncode,
+                    seconds=round(time.perf_counter() - t0, 1))
+
+
+def _features_dir(out: Path) -> Path | None:
+    """The one ``<out>/features/<encoder_tag>/`` folder holding bags (None when there is none)."""
+    root = out / "features"
+    dirs = sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+    dirs = [d for d in dirs if any(d.glob("*.h5"))]
+    return dirs[0] if len(dirs) == 1 else (dirs[-1] if dirs else None)
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _collect_metrics(run_dir: Path, model: str) -> dict[str, Any] | None:
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    m = json.loads(path.read_text())
+    row = {"model": model, "run_dir": run_dir}
+    for key in ("c_index_mean", "c_index_std", "c_index_pooled", "logrank_p", "c_index_per_fold"):
+        if key in m:
+            row[key] = m[key]
+    return row
+
+
+def _collect_predictions(pred_csv: Path, truth_manifest: Path) -> list[dict[str, Any]]:
+    truth = {}
+    for r in _read_csv(truth_manifest):
+        truth.setdefault(r["case_id"], r)
+    rows = []
+    for r in _read_csv(pred_csv):
+        cid = r.get("case_id", "")
+        t = truth.get(cid, {})
+        row: dict[str, Any] = {"case_id": cid, "status": r.get("status", "")}
+        for key in ("risk", "risk_group", "risk_std"):
+            if r.get(key) not in (None, ""):
+                row[key] = float(r[key]) if key != "risk_group" else r[key]
+        for key in ("phenotype", "survival_months", "censorship"):
+            if t.get(key) not in (None, ""):
+                row[key] = float(t[key])
+        rows.append(row)
+    return rows
+
+
+def run_demo(out: Path | str, config: DemoConfig | None = None, stream: IO[str] | None = None,
+             on_stage: Callable[[str, list[str]], None] | None = None) -> DemoResult:
+    """Build the synthetic cohort under ``<out>/demo-data`` and run every available stage into ``out``.
+
+    ``stream``: where the stages' own output goes (None = inherit the terminal). ``on_stage(stage,
+    command)`` is called before each stage (the CLI prints the command). A failing stage stops the
+    stages that need its outputs; the result records it (``DemoResult.ok`` is False).
+    """
+    config = config or DemoConfig()
+    t_start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = out / "demo-data"
+    result = DemoResult(out=out, data_dir=data_dir)
+    env = dict(os.environ)
+    env.setdefault("MALLOC_MMAP_MAX_", "0")  # see README benchmarks: faster CPU inference
+    env.setdefault("MALLOC_TRIM_THRESHOLD_", str(16 * 2**30))
+
+    def stage(name: str, cmd: list[str]) -> bool:
+        if on_stage is not None:
+            on_stage(name, cmd)
+        run = _run(name, cmd, stream, env)
+        result.stages.append(run)
+        return run.ok
+
+    t0 = time.perf_counter()
+    if on_stage is not None:
+        on_stage("cohort", ["(library) synthetic_cohort.make_cohort + synthetic.write_synthetic_slide"])
+    paths = build_cohort(data_dir, config)
+    result.stages.append(StageRun("cohort", [], 0, round(time.perf_counter() - t0, 1),
+                                  note=f"{config.n_cases} cases, slides in {data_dir / 'slides'}"))
+    result.outputs.update({f"input:{k}": v for k, v in paths.items()})
+    result.missing = [s for s in STAGE_MODULES if not stage_available(s)]
+    common = ["--out", out, "--no-progress"]
+
+    # 1. segment (training + held-out slides: predict then reuses the grid)
+    if not stage_available("segment"):
+        return _finish(result, t_start)
+    manifests = [paths["manifest"]] + ([paths["holdout_manifest"]] if "holdout_manifest" in paths else [])
+    for m in manifests:
+        if not stage("segment", _ghanet("segment", "--manifest", m, *common)):
+            return _finish(result, t_start)
+    result.outputs["segment"] = out / "segment"
+
+    # 2. extract-features (training slides; predict embeds its own slides)
+    if not stage_available("extract-features"):
+        return _finish(result, t_start)
+    if not stage("extract-features", _ghanet("extract-features", "--manifest", paths["manifest"], *common,
+                                             "--weights", config.weights, "--device", config.device,
+                                             "--num-workers", config.num_workers)):
+        return _finish(result, t_start)
+    features = _features_dir(out)
+    if features is None:
+        raise GhanetError(f"extract-features finished but wrote no bags under {out / 'features'}")
+    result.outputs["features"] = features
+
+    # 3. preprocess-genomics
+    if not stage_available("preprocess-genomics"):
+        return _finish(result, t_start)
+    if not stage("preprocess-genomics", _ghanet("preprocess-genomics", "--table", paths["table"],
+                                                "--families", paths["families"], "--folds", config.folds,
+                                                "--out", out)):
+        return _finish(result, t_start)
+    result.outputs["genomics"] = out / "genomics"
+
+    # 4. train (G-HANet, then the ABMIL baseline under the same protocol)
+    if not stage_available("train"):
+        return _finish(result, t_start)
+    run_dirs: dict[str, Path] = {}
+    for model in config.models:
+        run_dir = out / "train" / model
+        ok = stage(f"train {model}", _ghanet("train", "--features", features, "--genomics", out / "genomics",
+                                             "--model", model, "--run-name", model, "--epochs", config.epochs,
+                                             "--device", config.device, *common))
+        if not ok:
+            if model == config.models[0]:
+                return _finish(result, t_start)
+            continue
+        run_dirs[model] = run_dir
+        row = _collect_metrics(run_dir, model)
+        if row is not None:
+            result.cindex.append(row)
+        km = run_dir / "km.png"
+        if km.is_file():
+            result.km_plots.append(km)
+
+    # 5. predict on the held-out slides with the first model (G-HANet)
+    main_model = config.models[0]
+    if not stage_available("predict") or main_model not in run_dirs or "holdout_manifest" not in paths:
+        return _finish(result, t_start)
+    cmd = _ghanet("predict", "--manifest", paths["holdout_manifest"], "--model", run_dirs[main_model],
+                  "--weights", config.weights, "--device", config.device, *common)
+    if config.heatmaps:
+        cmd.append("--heatmaps")
+    if not stage("predict", cmd):
+        return _finish(result, t_start)
+    pred_dir = out / "predict"
+    result.outputs["predict"] = pred_dir
+    if (pred_dir / "predictions.csv").is_file():
+        result.risks = _collect_predictions(pred_dir / "predictions.csv", paths["holdout_manifest"])
+    result.heatmaps = sorted(pred_dir.rglob("*.png"))
+    return _finish(result, t_start)
+
+
+def _finish(result: DemoResult, t_start: float) -> DemoResult:
+    result.seconds = round(time.perf_counter() - t_start, 1)
+    return result
