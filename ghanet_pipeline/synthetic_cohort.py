@@ -68,7 +68,7 @@ class SyntheticCohort:
 
 def make_cohort(n_cases: int = 40, seed: int = 0, genes_per_family: tuple[int, int] = (20, 40),
                 planted_families: tuple[str, ...] = DEFAULT_PLANTED_FAMILIES, n_planted_per_family: int = 4,
-                effect_log2: float = 4.0, beta: float = 5.0, censor_fraction: float = 0.3,
+                effect_log2: float = 6.0, beta: float = 5.0, censor_fraction: float = 0.3,
                 n_noise_genes: int = 10, n_missing_listed: int = 2, second_slide_fraction: float = 0.2,
                 baseline_median_months: float = 30.0, max_follow_up_months: float = 150.0,
                 dispersion: float = 0.1, case_prefix: str = "SYN") -> SyntheticCohort:

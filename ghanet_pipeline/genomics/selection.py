@@ -1,0 +1,154 @@
+"""Per-fold differential selection between high- and low-risk training patients.
+
+Groups (training cases only, survival bins 0..3): high-risk = an event (death) in bins 0-1;
+low-risk = bins 2-3, censored or not; censored cases in bins 0-1 are left out (their risk is unknown).
+
+Methods
+- ``deseq2``: pydeseq2 on raw integer counts, design ``~group`` (contrast high vs low), keep
+  ``padj < padj_max`` and ``|log2FoldChange| >= lfc_min`` (defaults 0.05 and 1.0, i.e. two-fold).
+- ``ttest``: Welch's t-test per feature (vectorised; equals ``scipy.stats.ttest_ind(equal_var=False)``),
+  keep ``p < p_max`` (0.05, uncorrected: the G-HANet reference protocol). Features constant over both
+  groups are dropped.
+- ``none``: keep every feature.
+- ``auto``: ``deseq2`` when every value is a non-negative integer (and not only 0/1), else ``ttest``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import special
+
+from ..errors import InputError
+
+log = logging.getLogger(__name__)
+
+DE_METHODS = ("auto", "deseq2", "ttest", "none")
+MIN_GROUP = 2
+
+
+@dataclass
+class Selection:
+    """Result of one selection: the kept features and the per-feature statistics.
+
+    ``stats``: indexed by feature; columns depend on the method (``t``, ``pvalue`` for ttest;
+    ``log2FoldChange``, ``pvalue``, ``padj`` for deseq2).
+    """
+
+    method: str
+    selected: list[str]
+    stats: pd.DataFrame = field(default_factory=pd.DataFrame)
+    n_high: int = 0
+    n_low: int = 0
+
+
+def risk_groups(bins: np.ndarray, censorship: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks (high, low): high = event in bins 0-1; low = bins 2-3 (any censorship)."""
+    bins = np.asarray(bins)
+    event = np.asarray(censorship) == 0
+    return (bins <= 1) & event, bins >= 2
+
+
+def welch_ttest(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column-wise Welch t statistic and two-sided p-value for samples ``a`` (n1, F) vs ``b`` (n2, F).
+
+    Matches ``scipy.stats.ttest_ind(a, b, equal_var=False)`` including its edge cases (zero variance in
+    both groups: t = +-inf, p = 0 if means differ; NaN if the feature is constant).
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    n1, n2 = a.shape[0], b.shape[0]
+    m1, m2 = a.mean(axis=0), b.mean(axis=0)
+    vn1 = a.var(axis=0, ddof=1) / n1
+    vn2 = b.var(axis=0, ddof=1) / n2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = (vn1 + vn2) ** 2 / (vn1 ** 2 / (n1 - 1) + vn2 ** 2 / (n2 - 1))
+        df = np.where(np.isnan(df), 1.0, df)
+        t = (m1 - m2) / np.sqrt(vn1 + vn2)
+        p = 2.0 * special.stdtr(df, -np.abs(t))
+    return t, p
+
+
+def _check_groups(high: np.ndarray, low: np.ndarray, fold_label: str) -> None:
+    if high.sum() < MIN_GROUP or low.sum() < MIN_GROUP:
+        raise InputError(f"{fold_label}: only {int(high.sum())} high-risk (event in survival bins 0-1) and "
+                         f"{int(low.sum())} low-risk (bins 2-3) training cases; each group needs at least "
+                         f"{MIN_GROUP} for differential selection. Use fewer folds, more cases, or "
+                         f"--de-method none (keep every gene)")
+
+
+def ttest_select(x: pd.DataFrame, high: np.ndarray, low: np.ndarray, p_max: float = 0.05,
+                 fold_label: str = "fold") -> Selection:
+    """Welch t-test selection on ``x`` (training cases x features, no NaN)."""
+    _check_groups(high, low, fold_label)
+    arr = x.to_numpy(dtype=np.float64)
+    t, p = welch_ttest(arr[high], arr[low])
+    both = arr[high | low]
+    constant = np.all(both == both[0], axis=0)
+    p = np.where(constant, np.nan, p)
+    keep = np.isfinite(p) & (p < p_max)
+    stats = pd.DataFrame({"t": t, "pvalue": p, "constant": constant}, index=x.columns)
+    return Selection("ttest", [c for c, k in zip(x.columns, keep) if k], stats,
+                     int(high.sum()), int(low.sum()))
+
+
+def deseq2_select(counts: pd.DataFrame, high: np.ndarray, low: np.ndarray, padj_max: float = 0.05,
+                  lfc_min: float = 1.0, n_cpus: int = 1, fold_label: str = "fold") -> Selection:
+    """pydeseq2 (design ``~group``, contrast high vs low) on raw counts (training cases x genes).
+
+    Keeps genes with ``padj < padj_max`` and ``|log2FoldChange| >= lfc_min``. Genes that are zero in
+    every grouped case are not tested. pydeseq2's console output and warnings are silenced.
+    """
+    _check_groups(high, low, fold_label)
+    from pydeseq2.dds import DeseqDataSet  # noqa: PLC0415  (heavy import, only when used)
+    from pydeseq2.default_inference import DefaultInference  # noqa: PLC0415
+    from pydeseq2.ds import DeseqStats  # noqa: PLC0415
+
+    grouped = high | low
+    sub = counts.loc[grouped]
+    arr = sub.to_numpy()
+    if not (np.isfinite(arr).all() and (arr >= 0).all() and (np.floor(arr) == arr).all()):
+        raise InputError(f"{fold_label}: DESeq2 needs raw non-negative integer counts")
+    nonzero = arr.sum(axis=0) > 0
+    data = pd.DataFrame(arr[:, nonzero].astype(np.int64), index=[f"s{i}" for i in range(len(sub))],
+                        columns=[str(c) for c in sub.columns[nonzero]])
+    group = np.where(high[grouped], "high", "low")
+    meta = pd.DataFrame({"group": pd.Categorical(group, categories=["low", "high"])}, index=data.index)
+    inference = DefaultInference(n_cpus=max(1, int(n_cpus)))
+    sink = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        warnings.simplefilter("ignore")
+        dds = DeseqDataSet(counts=data, metadata=meta, design="~group", inference=inference, quiet=True)
+        dds.deseq2()
+        ds = DeseqStats(dds, contrast=["group", "high", "low"], inference=inference, quiet=True)
+        ds.summary()
+    res = ds.results_df.reindex([str(c) for c in counts.columns])
+    res.index = counts.columns
+    padj = res["padj"].to_numpy(dtype=float)
+    lfc = res["log2FoldChange"].to_numpy(dtype=float)
+    keep = np.isfinite(padj) & (padj < padj_max) & np.isfinite(lfc) & (np.abs(lfc) >= lfc_min)
+    stats = res[["baseMean", "log2FoldChange", "pvalue", "padj"]].copy()
+    return Selection("deseq2", [c for c, k in zip(counts.columns, keep) if k], stats,
+                     int(high.sum()), int(low.sum()))
+
+
+def choose_method(requested: str, features: pd.DataFrame) -> tuple[str, str]:
+    """Resolve ``auto``: (method, reason). ``deseq2`` only on non-negative integers that are not only 0/1."""
+    if requested != "auto":
+        return requested, "requested"
+    x = features.to_numpy()
+    finite = np.isfinite(x)
+    integer = bool(finite.all() and (x >= 0).all() and (np.floor(x) == x).all())
+    if integer and x.size and x.max() > 1:
+        return "deseq2", "every value is a non-negative integer (raw counts)"
+    if integer:
+        return "ttest", "values are only 0/1 (binary, e.g. mutations): not counts"
+    if not finite.all():
+        return "ttest", "values contain missing entries (imputed per fold): not raw counts"
+    return "ttest", "values are not all non-negative integers (already normalised)"

@@ -1,0 +1,377 @@
+"""Reading and validating the genomics inputs: MCAT-style tables, raw counts and clinical tables.
+
+Both readers return a :class:`GenomicsData`: one row per case, survival in months, censorship
+(1 = censored, 0 = event), and a cases x features matrix whose columns are feature names mapped to
+gene symbols. Every error names the file, the row (1-based data row, i.e. line number minus the
+header) and the column, and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError
+
+log = logging.getLogger(__name__)
+
+#: MCAT feature columns: <GENE>_rnaseq | <GENE>_cnv | <GENE>_mut (matched by suffix, never by position)
+FEATURE_SUFFIXES: tuple[str, ...] = ("_rnaseq", "_cnv", "_mut")
+_FEATURE_RE = re.compile(r"^(?P<gene>.+)(?P<suffix>_rnaseq|_cnv|_mut)$")
+#: GDC/STAR summary rows in counts files (not genes)
+_STAR_SUMMARY_ROWS = ("N_unmapped", "N_multimapping", "N_noFeature", "N_ambiguous")
+#: columns of a counts matrix that describe genes rather than samples
+_GENE_COLUMNS = ("gene_id", "gene_name", "gene_type", "gene", "symbol", "gene_symbol", "hugo_symbol",
+                 "entrez_gene_id", "ensembl_gene_id")
+
+
+@dataclass
+class GenomicsData:
+    """Validated genomics inputs, one row per case.
+
+    ``clinical``: index case_id; columns survival_months (float, >= 0), censorship (int 0/1),
+    slide_ids (';'-joined, may be empty). ``features``: index case_id (same order), one column per
+    feature, float64 (NaN only where ``allow_nan`` was given). ``feature_gene``: feature -> gene symbol.
+    ``kind``: ``mcat`` or ``counts``. ``notes``: what was read and how (for the log and config.json).
+    """
+
+    kind: str
+    clinical: pd.DataFrame
+    features: pd.DataFrame
+    feature_gene: dict[str, str]
+    source: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def case_ids(self) -> list[str]:
+        return list(self.clinical.index)
+
+
+def read_table_file(path: Path | str) -> pd.DataFrame:
+    """Read a CSV/TSV (optionally ``.zip``/``.gz`` compressed) with every value as text-or-number.
+
+    The separator is detected from the name (``.tsv``/``.txt`` -> tab) or sniffed. Raises InputError
+    when the file is missing or unreadable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    name = path.name.lower()
+    for ext in (".zip", ".gz", ".bz2", ".xz"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+    sep = "\t" if name.endswith((".tsv", ".txt", ".tab")) else None
+    try:
+        df = pd.read_csv(path, sep=sep, engine="python" if sep is None else "c", dtype=str,
+                         keep_default_na=False, comment=None)
+    except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read as CSV/TSV ({exc}); give a comma- or tab-separated "
+                         f"table (.csv, .tsv, optionally .zip/.gz)") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    # a nameless first column is a written-out pandas index (MCAT tables have one): drop it
+    if len(df.columns) and (df.columns[0] == "" or df.columns[0].startswith("Unnamed: 0")):
+        df = df.drop(columns=df.columns[0])
+    return df
+
+
+_NA_TEXT = ("", "NA", "NaN", "nan", "N/A", "na", "null", "NULL", "None", ".")
+
+
+def to_numeric_frame(df: pd.DataFrame, path: Path | str, allow_nan: bool, what: str = "value",
+                     row_labels: pd.Series | None = None) -> pd.DataFrame:
+    """Convert text columns to float64; errors name the file, row and column of the first bad cell.
+
+    Empty / NA cells are NaN: an error unless ``allow_nan``. ``row_labels`` (e.g. case ids) are
+    quoted in messages next to the 1-based row number. Vectorised over the whole frame.
+    """
+    shape = df.shape
+    flat = pd.Series(df.to_numpy(dtype=object).ravel(order="C")).astype(str).str.strip()
+    na = flat.isin(_NA_TEXT).to_numpy().reshape(shape)
+    num = pd.to_numeric(flat, errors="coerce").to_numpy(dtype=np.float64).reshape(shape)
+    out = pd.DataFrame(num, index=df.index, columns=df.columns)
+    bad = np.isnan(num) & ~na
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        n_bad = int(bad.sum())
+        raise InputError(f"{path}: row {_row_desc(r, row_labels)}, column {df.columns[c]!r}: "
+                         f"{what} {df.iat[r, c]!r} is not a number ({n_bad} such cell(s) in all); "
+                         f"fix or remove these values")
+    if not allow_nan and na.any():
+        r, c = np.argwhere(na)[0]
+        n_na = int(na.sum())
+        raise InputError(f"{path}: row {_row_desc(r, row_labels)}, column {df.columns[c]!r}: missing "
+                         f"{what} ({n_na} missing cell(s) in all); fill them, drop the cases, or pass "
+                         f"--impute train-mean (each fold's training mean)")
+    inf = np.isinf(out.to_numpy())
+    if inf.any():
+        r, c = np.argwhere(inf)[0]
+        raise InputError(f"{path}: row {_row_desc(r, row_labels)}, column {df.columns[c]!r}: "
+                         f"{what} is infinite; fix the value")
+    return out
+
+
+def _row_desc(r: int, labels: pd.Series | None) -> str:
+    """1-based data row (line r+2 of the file counting the header) plus the row's label."""
+    base = f"{r + 1}"
+    if labels is not None:
+        base += f" ({labels.iloc[r]})"
+    return base
+
+
+def _find_col(df: pd.DataFrame, names: tuple[str, ...]) -> str | None:
+    lower = {c.lower(): c for c in df.columns}
+    for n in names:
+        if n in lower:
+            return lower[n]
+    return None
+
+
+def read_survival(df: pd.DataFrame, path: Path | str, notes: list[str]) -> pd.DataFrame:
+    """Validate and return ``case_id, survival_months, censorship`` (+ ``slide_id`` if present) per row.
+
+    Accepts ``censorship`` (1 = censored) or ``event`` / ``status`` (1 = death); says which was read.
+    """
+    cid = _find_col(df, ("case_id",))
+    if cid is None:
+        raise InputError(f"{path}: no 'case_id' column (columns: {', '.join(list(df.columns)[:12])}...); "
+                         f"add one holding the patient id")
+    tcol = _find_col(df, ("survival_months",))
+    if tcol is None:
+        raise InputError(f"{path}: no 'survival_months' column; add the follow-up / death time in months")
+    ccol = _find_col(df, ("censorship",))
+    ecol = _find_col(df, ("event", "status", "vital_status_event"))
+    if ccol is None and ecol is None:
+        raise InputError(f"{path}: neither a 'censorship' (1 = censored, 0 = death) nor an 'event' "
+                         f"(1 = death) column; add one")
+    case_ids = df[cid].astype(str).str.strip()
+    empty = case_ids == ""
+    if empty.any():
+        r = int(np.flatnonzero(empty.to_numpy())[0])
+        raise InputError(f"{path}: row {r + 1}, column {cid!r}: empty case id; fill it or drop the row")
+    times = to_numeric_frame(df[[tcol]], path, allow_nan=True, what="survival time",
+                             row_labels=case_ids)[tcol]
+    if times.isna().any():
+        r = int(np.flatnonzero(times.isna().to_numpy())[0])
+        raise InputError(f"{path}: row {r + 1} ({case_ids.iloc[r]}), column {tcol!r}: missing survival time "
+                         f"({int(times.isna().sum())} in all); fill it or drop the case")
+    if (times < 0).any():
+        r = int(np.flatnonzero((times < 0).to_numpy())[0])
+        raise InputError(f"{path}: row {r + 1} ({case_ids.iloc[r]}), column {tcol!r}: negative survival "
+                         f"time {times.iloc[r]}; survival_months must be >= 0")
+    use = ccol if ccol is not None else ecol
+    status = to_numeric_frame(df[[use]], path, allow_nan=True, what="censorship", row_labels=case_ids)[use]
+    bad = ~status.isin([0.0, 1.0])
+    if bad.any():
+        r = int(np.flatnonzero(bad.to_numpy())[0])
+        raise InputError(f"{path}: row {r + 1} ({case_ids.iloc[r]}), column {use!r}: value "
+                         f"{df[use].iloc[r]!r} is not 0 or 1 ({int(bad.sum())} such row(s)); "
+                         + ("censorship must be 1 = censored (alive), 0 = event (death)" if use == ccol
+                            else "event must be 1 = death, 0 = censored"))
+    if ccol is not None:
+        censorship = status.astype(int)
+        notes.append(f"{Path(path).name}: read censorship from column {ccol!r} (1 = censored)")
+        if ecol is not None:
+            notes.append(f"{Path(path).name}: column {ecol!r} ignored (censorship wins)")
+    else:
+        censorship = (1 - status).astype(int)
+        notes.append(f"{Path(path).name}: read column {ecol!r} as event (1 = death); censorship = 1 - event")
+    out = pd.DataFrame({"case_id": case_ids.to_numpy(), "survival_months": times.to_numpy(),
+                        "censorship": censorship.to_numpy()})
+    scol = _find_col(df, ("slide_id",))
+    out["slide_id"] = df[scol].astype(str).str.strip().to_numpy() if scol is not None else ""
+    return out
+
+
+def _dedupe_cases(surv: pd.DataFrame, feats: pd.DataFrame | None, path: Path | str) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """One row per case; error naming the case and the differing columns when its rows disagree."""
+    dup = surv["case_id"].duplicated(keep=False).to_numpy()
+    if dup.any():
+        cols = ["survival_months", "censorship"]
+        joined = surv[cols].copy()
+        if feats is not None:
+            joined = pd.concat([joined.reset_index(drop=True), feats.reset_index(drop=True)], axis=1)
+        sub = joined[dup]
+        keys = surv["case_id"][dup]
+        for case, block in sub.groupby(keys.to_numpy(), sort=False):
+            arr = block.to_numpy(dtype=np.float64)
+            differs = ~(np.all((arr == arr[0]) | (np.isnan(arr) & np.isnan(arr[0])), axis=0))
+            if differs.any():
+                bad_cols = list(block.columns[differs])
+                rows = ", ".join(str(int(i) + 1) for i in block.index)
+                raise InputError(f"{path}: case {case!r} has {len(block)} rows ({rows}) that disagree on "
+                                 f"{', '.join(bad_cols[:8])}{' ...' if len(bad_cols) > 8 else ''} "
+                                 f"({len(bad_cols)} column(s)); one case must have one survival record and "
+                                 f"one genomic profile — fix or drop the conflicting rows")
+    slides = (surv[surv["slide_id"] != ""].groupby("case_id", sort=False)["slide_id"]
+              .agg(lambda s: ";".join(dict.fromkeys(s))))
+    first = ~surv["case_id"].duplicated()
+    clinical = surv[first].set_index("case_id")[["survival_months", "censorship"]].copy()
+    clinical["slide_ids"] = slides.reindex(clinical.index).fillna("")
+    out_feats = None
+    if feats is not None:
+        out_feats = feats[first.to_numpy()].copy()
+        out_feats.index = clinical.index
+    return clinical, out_feats
+
+
+def feature_columns(columns: list[str]) -> dict[str, str]:
+    """Feature column -> gene symbol for columns named ``<GENE>_rnaseq|_cnv|_mut`` (suffix only)."""
+    out = {}
+    for c in columns:
+        m = _FEATURE_RE.match(c)
+        if m:
+            out[c] = m.group("gene")
+    return out
+
+
+def read_mcat_table(path: Path | str, allow_nan: bool = False) -> GenomicsData:
+    """Read an MCAT-style table (one row per slide, ``.csv`` or ``.csv.zip``).
+
+    Features are the columns ending in ``_rnaseq``, ``_cnv`` or ``_mut``; every other column is
+    metadata (kept out of the features, whatever its position). Rows of the same case must agree on
+    survival and features; they are collapsed into one row per case.
+    """
+    df = read_table_file(path)
+    notes: list[str] = []
+    surv = read_survival(df, path, notes)
+    fmap = feature_columns(list(df.columns))
+    if not fmap:
+        raise InputError(f"{path}: no feature columns (names ending in {', '.join(FEATURE_SUFFIXES)}); "
+                         f"is this an MCAT-style table? For raw counts pass --table COUNTS --clinical FILE")
+    feats = to_numeric_frame(df[list(fmap)], path, allow_nan=allow_nan, what="feature value",
+                             row_labels=surv["case_id"])
+    clinical, feats = _dedupe_cases(surv, feats, path)
+    counts_by_suffix = {s: sum(c.endswith(s) for c in fmap) for s in FEATURE_SUFFIXES}
+    notes.append(f"{Path(path).name}: {len(df)} rows -> {len(clinical)} cases; feature columns by suffix: "
+                 + ", ".join(f"{s} {n}" for s, n in counts_by_suffix.items())
+                 + f"; {len(df.columns) - len(fmap)} other columns treated as metadata")
+    return GenomicsData(kind="mcat", clinical=clinical, features=feats, feature_gene=fmap,
+                        source=str(path), notes=notes)
+
+
+def read_clinical(path: Path | str) -> tuple[pd.DataFrame, list[str]]:
+    """Read a clinical table (``case_id``, ``survival_months``, ``censorship`` or ``event``[, slide_id]).
+
+    Several rows per case (one per slide) are allowed when they agree. Returns (clinical indexed by
+    case_id with survival_months, censorship, slide_ids; notes).
+    """
+    df = read_table_file(path)
+    notes: list[str] = []
+    surv = read_survival(df, path, notes)
+    clinical, _ = _dedupe_cases(surv, None, path)
+    return clinical, notes
+
+
+def _match_samples(labels: list[str], case_ids: set[str]) -> dict[str, str]:
+    """Sample label -> case id: exact match, else TCGA barcode prefix (first 12 characters)."""
+    out = {s: s for s in labels if s in case_ids}
+    if out:
+        return out
+    for s in labels:
+        if len(s) > 12 and s[:12] in case_ids:
+            out[s] = s[:12]
+    return out
+
+
+def read_counts(path: Path | str, clinical_path: Path | str, allow_nan: bool = False) -> GenomicsData:
+    """Read a raw-counts matrix (genes x samples or samples x genes) and its clinical table.
+
+    Orientation is detected by matching sample ids to the clinical case ids (exactly, else by TCGA
+    barcode: the first 12 characters of a sample barcode). Genes x samples matrices may carry
+    ``gene_id`` / ``gene_name`` / ``gene_type`` columns (GDC STAR): ``gene_name`` is used as the symbol
+    when present, STAR summary rows (``N_unmapped``, ...) are dropped, and rows sharing a symbol are
+    summed (counts are additive). Cases without counts or without clinical data are left out (noted).
+    """
+    clinical, notes = read_clinical(clinical_path)
+    case_set = set(clinical.index)
+    df = read_table_file(path)
+    if df.shape[1] < 2:
+        raise InputError(f"{path}: counts matrix has fewer than 2 columns")
+    col_match = _match_samples(list(df.columns), case_set)
+    first = df.columns[0]
+    row_labels = df[first].astype(str).str.strip().tolist()
+    row_match = _match_samples(row_labels, case_set)
+    if not col_match and not row_match:
+        raise InputError(f"{path}: no sample id matches a case_id of {clinical_path} (e.g. columns "
+                         f"{list(df.columns)[1:4]}, rows {row_labels[:3]}, cases {sorted(case_set)[:3]}); "
+                         f"the header or first column must hold the case ids (or TCGA sample barcodes)")
+    if len(col_match) >= len(row_match):
+        orientation = "genes x samples"
+        gene_cols = [c for c in df.columns if c not in col_match and c.lower() in _GENE_COLUMNS]
+        other = [c for c in df.columns if c not in col_match and c not in gene_cols]
+        sym_col = _find_col(df[gene_cols + other], ("gene_name", "gene_symbol", "symbol", "hugo_symbol", "gene"))
+        if sym_col is None:
+            sym_col = (gene_cols + other)[0] if (gene_cols + other) else None
+        if sym_col is None:
+            raise InputError(f"{path}: genes x samples matrix without a gene column; the first column must "
+                             f"hold gene symbols")
+        ignored = [c for c in other if c != sym_col]
+        if ignored:
+            notes.append(f"{Path(path).name}: columns ignored (not a case_id): {ignored[:6]}"
+                         f"{' ...' if len(ignored) > 6 else ''}")
+        genes = df[sym_col].astype(str).str.strip()
+        keep = ~genes.isin(_STAR_SUMMARY_ROWS) & ~genes.str.startswith("__") & (genes != "")
+        n_summary = int((~keep).sum())
+        values = df.loc[keep.to_numpy(), list(col_match)]
+        genes = genes[keep.to_numpy()]
+        num = to_numeric_frame(values.reset_index(drop=True), path, allow_nan=allow_nan, what="count",
+                               row_labels=genes.reset_index(drop=True))
+        num.index = genes.to_numpy()
+        mat = num.T  # samples x genes
+        if n_summary:
+            notes.append(f"{Path(path).name}: dropped {n_summary} summary/empty rows (N_unmapped, ...)")
+    else:
+        orientation = "samples x genes"
+        gene_cols = [c for c in df.columns[1:]]
+        values = df.loc[[lab in row_match for lab in row_labels], gene_cols]
+        labels = pd.Series([lab for lab in row_labels if lab in row_match])
+        num = to_numeric_frame(values.reset_index(drop=True), path, allow_nan=allow_nan, what="count",
+                               row_labels=labels)
+        num.index = labels.to_numpy()
+        mat = num
+        mat.columns = [str(c).strip() for c in mat.columns]
+    matches = col_match if orientation == "genes x samples" else row_match
+    mat.index = [matches[s] for s in mat.index]
+    if mat.index.duplicated().any():
+        dups = sorted(set(mat.index[mat.index.duplicated()]))
+        raise InputError(f"{path}: several samples map to case(s) {dups[:5]}; keep one sample per case "
+                         f"(e.g. the primary tumour -01A) or rename the columns to case ids")
+    if mat.columns.duplicated().any():
+        n_dup = int(mat.columns.duplicated().sum())
+        mat = mat.T.groupby(level=0, sort=False).sum(min_count=1).T
+        notes.append(f"{Path(path).name}: {n_dup} rows with a repeated gene symbol summed")
+    common = [c for c in clinical.index if c in set(mat.index)]
+    no_counts = [c for c in clinical.index if c not in set(mat.index)]
+    if no_counts:
+        notes.append(f"{len(no_counts)} case(s) of {Path(clinical_path).name} have no counts and are left "
+                     f"out: {no_counts[:5]}{' ...' if len(no_counts) > 5 else ''}")
+    n_extra = len(set(mat.index) - case_set)
+    if n_extra:
+        notes.append(f"{n_extra} sample(s) of {Path(path).name} have no clinical data and are left out")
+    if len(common) < 4:
+        raise InputError(f"{path}: only {len(common)} case(s) have both counts and clinical data; need more")
+    notes.append(f"{Path(path).name}: counts read as {orientation}; {len(common)} cases x {mat.shape[1]} genes")
+    feats = mat.loc[common]
+    feats.index.name = "case_id"
+    return GenomicsData(kind="counts", clinical=clinical.loc[common], features=feats,
+                        feature_gene={c: c for c in feats.columns}, source=str(path), notes=notes)
+
+
+def is_count_matrix(x: np.ndarray) -> bool:
+    """True when every finite value is a non-negative integer (and there is no NaN)."""
+    return bool(np.isfinite(x).all() and (x >= 0).all() and (np.floor(x) == x).all())
+
+
+def first_non_count(features: pd.DataFrame) -> tuple[str, str, float] | None:
+    """(case_id, column, value) of the first value that is not a non-negative integer, else None."""
+    x = features.to_numpy()
+    bad = ~np.isfinite(x) | (x < 0) | (np.floor(np.nan_to_num(x)) != np.nan_to_num(x))
+    if not bad.any():
+        return None
+    r, c = np.argwhere(bad)[0]
+    return str(features.index[r]), str(features.columns[c]), float(x[r, c])
