@@ -312,7 +312,7 @@ def read_counts(path: Path | str, clinical_path: Path | str, allow_nan: bool = F
                              f"hold gene symbols")
         ignored = [c for c in other if c != sym_col]
         if ignored:
-            notes.append(f"{Path(path).name}: columns ignored (not a case_id): {ignored[:6]}"
+            notes.append(f"{Path(path).name}: columns ignored (not a case_id, no clinical data): {ignored[:6]}"
                          f"{' ...' if len(ignored) > 6 else ''}")
         genes = df[sym_col].astype(str).str.strip()
         keep = ~genes.isin(_STAR_SUMMARY_ROWS) & ~genes.str.startswith("__") & (genes != "")
@@ -350,9 +350,12 @@ def read_counts(path: Path | str, clinical_path: Path | str, allow_nan: bool = F
     if no_counts:
         notes.append(f"{len(no_counts)} case(s) of {Path(clinical_path).name} have no counts and are left "
                      f"out: {no_counts[:5]}{' ...' if len(no_counts) > 5 else ''}")
-    n_extra = len(set(mat.index) - case_set)
-    if n_extra:
-        notes.append(f"{n_extra} sample(s) of {Path(path).name} have no clinical data and are left out")
+    if orientation == "samples x genes":
+        n_extra = len(row_labels) - len(row_match)
+        if n_extra:
+            extra = [lab for lab in row_labels if lab not in row_match]
+            notes.append(f"{n_extra} sample(s) of {Path(path).name} have no clinical data and are left out: "
+                         f"{extra[:5]}{' ...' if n_extra > 5 else ''}")
     if len(common) < 4:
         raise InputError(f"{path}: only {len(common)} case(s) have both counts and clinical data; need more")
     notes.append(f"{Path(path).name}: counts read as {orientation}; {len(common)} cases x {mat.shape[1]} genes")
