@@ -7,7 +7,7 @@ Two kinds of scores per patch, both from the model's forward pass on the case's 
 - per gene family, the *masked association*: the family's row of the association matrix ``assoc``
   (G x N, pre-softmax) keeps only its top ``topk`` share of patches (at least one), a softmax runs
   over the kept ones and every other patch gets 0. This is exactly the genomic weight the model's
-  survival branch uses (see ``models``); :func:`masked_association` recomputes it here.
+  survival branch uses (``models.genomic_weights``); ``prediction`` computes it from ``assoc``.
 
 Every image gets a colour bar with the unit ("share of the case's attention, x N": 1 = uniform)
 and a legend for patches outside the top-k mask. The top patches of each family are written as
@@ -16,7 +16,6 @@ image tiles read at the model's target um/px. Pure array functions plus thin wri
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -32,33 +31,6 @@ if TYPE_CHECKING:  # pragma: no cover
 CMAP = "inferno"
 #: grey used for tissue patches outside a family's top-k mask
 MASKED_RGBA = (0.55, 0.75, 0.95, 0.45)
-
-
-def topk_count(n_patches: int, topk: float) -> int:
-    """How many patches a family keeps: ``ceil(topk * N)``, at least 1, at most N."""
-    if n_patches <= 0:
-        return 0
-    return int(min(n_patches, max(1, math.ceil(topk * n_patches - 1e-9))))
-
-
-def masked_association(assoc: np.ndarray, topk: float) -> np.ndarray:
-    """Top-k masked softmax per row of ``assoc`` (G x N) -> (G x N), each row sums to 1.
-
-    Per family the ``topk_count(N, topk)`` highest scores are kept (ties broken by patch order),
-    soft-maxed among themselves; the other patches are exactly 0.
-    """
-    assoc = np.asarray(assoc, dtype=np.float64)
-    g, n = assoc.shape
-    out = np.zeros((g, n), dtype=np.float64)
-    k = topk_count(n, topk)
-    if k == 0:
-        return out
-    idx = np.argsort(-assoc, axis=1, kind="stable")[:, :k]
-    kept = np.take_along_axis(assoc, idx, axis=1)
-    kept = np.exp(kept - kept.max(axis=1, keepdims=True))
-    kept /= kept.sum(axis=1, keepdims=True)
-    np.put_along_axis(out, idx, kept, axis=1)
-    return out
 
 
 def top_indices(values: np.ndarray, k: int = 4) -> np.ndarray:
@@ -193,7 +165,7 @@ class SlideScores:
     """Patch scores of one slide of a case (rows of the case's bag that came from this slide).
 
     ``coords`` (n, 2) level-0 top-left; ``w_mor`` (n,); ``assoc_masked`` (G, n) masked association
-    (already top-k masked over the whole case, see :func:`masked_association`); ``scale`` = N of the
+    (already top-k masked over the whole case, ``models.genomic_weights``); ``scale`` = N of the
     whole case bag (values are shown x N so that 1 means "uniform attention").
     """
 

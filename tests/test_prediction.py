@@ -1,0 +1,312 @@
+"""ghanet predict: ensemble arithmetic, risk-group rule, checkpoint/encoder checks, end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ghanet_pipeline import prediction as P
+from ghanet_pipeline.errors import CheckpointError, ConfigError, MismatchError
+
+REAL_SLIDE = Path(__file__).resolve().parents[1].parent / "shared/data/CMU-1-Small-Region.svs"
+EDGES = [0.0, 10.0, 20.0, 40.0, 80.0]
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(n)
+
+
+# --------------------------------------------------------------------------- pure arithmetic
+
+
+def test_summarize_risks_mean_and_spread():
+    rs = P.summarize_risks([-2.0, -1.0, -3.0])
+    assert rs.mean == pytest.approx(-2.0)
+    assert rs.std == pytest.approx(1.0)  # sample std (ddof=1)
+    assert (rs.min, rs.max, rs.n) == (-3.0, -1.0, 3)
+    one = P.summarize_risks([-1.5])
+    assert one.std is None and one.mean == one.min == one.max == -1.5
+    with pytest.raises(ValueError):
+        P.summarize_risks([float("nan")])
+
+
+def test_risk_group_compares_mean_risk_with_mean_training_median():
+    # fold 0: far above its median, fold 1: a little below its own median -> majority is a tie,
+    # mean margin (0.5 - 0.1) / 2 > 0 -> high
+    d = P.risk_group([-1.0, -2.6], [-1.5, -2.5])
+    assert d.threshold == pytest.approx(-2.0)
+    assert d.margin == pytest.approx(0.2)
+    assert d.group == "high" and d.folds_high == 1 and d.n_folds == 2
+    # the same margins with opposite sign -> low
+    assert P.risk_group([-2.0, -2.4], [-1.5, -2.5]).group == "low"
+    # exactly at the threshold counts as low (training split: high = strictly above the median)
+    assert P.risk_group([-2.0], [-2.0]).group == "low"
+    # invariant to shifting one fold's whole risk scale together with its median
+    a = P.risk_group([-1.0, -2.6], [-1.5, -2.5])
+    b = P.risk_group([-1.0 + 7.0, -2.6], [-1.5 + 7.0, -2.5])
+    assert a.group == b.group and a.margin == pytest.approx(b.margin)
+    with pytest.raises(ValueError):
+        P.risk_group([-1.0, -2.0], [-1.0])
+
+
+def test_ensemble_survival_same_edges_is_plain_mean():
+    S = np.array([[0.9, 0.7, 0.5, 0.2], [0.8, 0.6, 0.3, 0.1]])
+    c = P.ensemble_survival(S, np.array([EDGES, EDGES]))
+    np.testing.assert_allclose(c.S, [0.85, 0.65, 0.4, 0.15])
+    np.testing.assert_allclose(c.S_std, np.std(S, axis=0, ddof=1))
+    assert c.edges_months == EDGES and not c.edges_differ
+
+
+def test_ensemble_survival_different_edges_interpolates_at_mean_edges():
+    S = np.array([[0.8, 0.6, 0.4, 0.2], [0.8, 0.6, 0.4, 0.2]])
+    E = np.array([[0, 10, 20, 30, 40], [0, 30, 40, 50, 60]], dtype=float)
+    c = P.ensemble_survival(S, E)
+    assert c.edges_differ
+    np.testing.assert_allclose(c.edges_months, [0, 20, 30, 40, 50])
+    # fold 0 at t=20,30,40,50: 0.6, 0.4, 0.2, 0.2 (flat after its last edge)
+    # fold 1 at t=20: between (0, 1) and (30, 0.8) -> 1 - 0.2 * 20/30; t=30: 0.8; t=40: 0.6; t=50: 0.4
+    f1 = [1 - 0.2 * 20 / 30, 0.8, 0.6, 0.4]
+    np.testing.assert_allclose(c.S, (np.array([0.6, 0.4, 0.2, 0.2]) + f1) / 2)
+
+
+def test_encoder_differences_and_check():
+    model = {"encoder": "resnet50_trunc", "weights_sha256": "abc", "input_size": 256, "target_mpp": 0.5,
+             "patch_size": 256}
+    assert P.encoder_differences(model, {**model, "target_mpp": 0.50001}) == []
+    diffs = P.encoder_differences(model, {**model, "weights_sha256": "def", "input_size": 224})
+    assert len(diffs) == 2 and any("weights_sha256" in d for d in diffs)
+    with pytest.raises(MismatchError, match="weights_sha256: model 'abc', features 'def'"):
+        P.check_encoder(model, {**model, "weights_sha256": "def"}, "bag x.h5")
+
+
+# --------------------------------------------------------------------------- fixtures: tiny models + bags
+
+TINY_ENCODER = "tiny_test_encoder"
+TINY_DIM = 8
+
+
+def _register_tiny_encoder():
+    """A registered encoder with 8-d output (a 1x1 conv + pooling): slides end to end in milliseconds."""
+    from ghanet_pipeline import encoders
+
+    if TINY_ENCODER in encoders.ENCODERS:
+        return
+
+    def build():
+        import torch.nn as nn
+
+        class Full(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(3, TINY_DIM, kernel_size=4, stride=4)
+
+        return Full()
+
+    def trunk(full):
+        import torch.nn as nn
+
+        return nn.Sequential(full.conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+
+    encoders.register_encoder(encoders.EncoderSpec(
+        name=TINY_ENCODER, dim=TINY_DIM, build=build, trunk=trunk, required_prefixes=("conv.",),
+        hub_files=("tiny-*.pth",), how_to_get="(test encoder)"))
+
+
+def make_run(run_dir: Path, encoder: dict, folds=(0, 1), in_dim=TINY_DIM, edges=EDGES, model="ghanet",
+             medians=None) -> Path:
+    """A training run folder with tiny fold models saved through the real checkpoint API.
+
+    Each fold's ``train_risk_median`` is the median risk of the model on 15 random training bags.
+    """
+    import torch
+
+    from ghanet_pipeline.models import create_model, save_checkpoint
+
+    families = ["Tumor Supp", "Oncogenes"]
+    for k in folds:
+        torch.manual_seed(100 + k)
+        cfg = dict(in_dim=in_dim, n_bins=len(edges) - 1, dim=16, dropout=0.0)
+        if model == "ghanet":
+            cfg.update(family_sizes=[3, 2], heads=2, topk=0.25)
+        m = create_model(model, **cfg).eval()
+        g = torch.Generator().manual_seed(k)
+        with torch.no_grad():
+            risks = [float(m(torch.rand(12, in_dim, generator=g) * 2)["risk"]) for _ in range(15)]
+        meta = {"families": families, "selected": {"Tumor Supp": ["a", "b", "c"], "Oncogenes": ["d", "e"]},
+                "scaler": {}, "bin_edges_months": list(edges), "encoder": dict(encoder),
+                "train_risk_median": float(np.median(risks)) if medians is None else medians[k], "fold": k,
+                "epoch": 1}
+        save_checkpoint(run_dir / f"fold_{k}", m, meta)
+    return run_dir
+
+
+def bag_attrs(slide_id: str, encoder: dict) -> dict:
+    return {"schema_version": 1, "slide_id": slide_id, **encoder, "patch_size_level0": 512,
+            "level0_mpp": 0.25, "source_name": f"{slide_id}.svs", "source_bytes": 1, "ghanet_version": "test"}
+
+
+ENC = {"encoder": TINY_ENCODER, "weights_sha256": "random:0", "input_size": 32, "target_mpp": 0.5, "patch_size": 256}
+
+
+def write_bags(folder: Path, ids, encoder=ENC, n=20, seed=0) -> dict[str, np.ndarray]:
+    from ghanet_pipeline.bags import write_bag
+
+    rng = np.random.default_rng(seed)
+    feats = {}
+    for sid in ids:
+        f = (rng.random((n, TINY_DIM)) * 2).astype(np.float32)
+        c = np.stack([np.arange(n) * 512, np.zeros(n)], axis=1).astype(np.int64)
+        write_bag(folder / f"{sid}.h5", f, c, bag_attrs(sid, encoder))
+        feats[sid] = f
+    return feats
+
+
+# --------------------------------------------------------------------------- ensemble on bags
+
+
+def test_predict_from_bags_matches_manual_ensemble(tmp_path):
+    import torch
+
+    from ghanet_pipeline.inputs import SlideSpec
+    from ghanet_pipeline.models import load_checkpoint
+
+    run = make_run(tmp_path / "run", ENC, folds=(0, 1, 2))
+    feats = write_bags(tmp_path / "bags", ["s1", "s2", "s3"])
+    specs = [SlideSpec("s1", tmp_path / "s1.svs", "caseA"), SlideSpec("s2", tmp_path / "s2.svs", "caseA"),
+             SlideSpec("s3", tmp_path / "s3.svs", "caseB")]
+    cfg = P.PredictConfig(out=tmp_path / "out", features_dir=tmp_path / "bags", device="cpu")
+    res = P.predict_cases(specs, run, cfg)
+    assert [c.case_id for c in res.cases] == ["caseA", "caseB"]
+    a = res.cases[0]
+    assert a.status == "done" and a.n_patches == 40 and a.patches_per_slide == {"s1": 20, "s2": 20}
+    # recompute by hand: each fold model on the pooled bag of caseA
+    pooled = torch.as_tensor(np.concatenate([feats["s1"], feats["s2"]]))
+    risks, surv, meds = [], [], []
+    for k in range(3):
+        m, meta = load_checkpoint(run / f"fold_{k}")
+        with torch.no_grad():
+            o = m(pooled)
+        risks.append(float(o["risk"]))
+        surv.append(o["S"].numpy().ravel())
+        meds.append(meta["train_risk_median"])
+    assert a.risk == pytest.approx(np.mean(risks), abs=1e-6)
+    assert a.risk_std == pytest.approx(np.std(risks, ddof=1), abs=1e-6)
+    assert (a.risk_min, a.risk_max) == (pytest.approx(min(risks), abs=1e-6), pytest.approx(max(risks), abs=1e-6))
+    assert a.threshold == pytest.approx(np.mean(meds))
+    assert a.risk_group == ("high" if np.mean(risks) > np.mean(meds) else "low")
+    np.testing.assert_allclose(a.survival, np.mean(surv, axis=0), atol=1e-6)
+    assert a.bin_edges_months == EDGES
+    # outputs on disk
+    rows = list(csv.DictReader(open(res.predictions_csv)))
+    assert [r["case_id"] for r in rows] == ["caseA", "caseB"]
+    assert float(rows[0]["risk"]) == pytest.approx(a.risk, rel=1e-5)
+    assert rows[0]["slide_ids"] == "s1;s2" and rows[0]["risk_group"] == a.risk_group
+    j = json.loads((tmp_path / "out/predict/caseA.json").read_text())
+    assert j["risk_per_fold"] == {str(k): pytest.approx(r, abs=1e-6) for k, r in enumerate(risks)}
+    assert j["encoder"]["encoder"] == TINY_ENCODER and j["encoder_check"] == "checked"
+    assert list((tmp_path / "out/logs").glob("predict-*.json"))
+    # --folds subset: one model, no spread
+    one = P.predict_cases(specs[2:], run, P.PredictConfig(out=tmp_path / "out1", features_dir=tmp_path / "bags",
+                                                          device="cpu", folds=[1]))
+    assert one.cases[0].n_folds == 1 and one.cases[0].risk_std is None
+
+
+def test_bag_from_other_encoder_is_refused(tmp_path):
+    run = make_run(tmp_path / "run", ENC, folds=(0,))
+    write_bags(tmp_path / "bags", ["good"])
+    write_bags(tmp_path / "bags", ["bad"], encoder={**ENC, "weights_sha256": "f" * 64})
+    from ghanet_pipeline.inputs import SlideSpec
+
+    specs = [SlideSpec("good", tmp_path / "g.svs", "good"), SlideSpec("bad", tmp_path / "b.svs", "bad")]
+    res = P.predict_cases(specs, run, P.PredictConfig(out=tmp_path / "out", features_dir=tmp_path / "bags",
+                                                      device="cpu"))
+    good, bad = res.cases
+    assert good.status == "done"
+    assert bad.status == "failed" and bad.risk is None
+    assert "weights_sha256: model 'random:0', features 'ffff" in bad.message and "re-extract" in bad.message
+
+
+def test_clam_bag_needs_assume_encoder(tmp_path):
+    import h5py
+
+    run = make_run(tmp_path / "run", ENC, folds=(0,))
+    (tmp_path / "clam").mkdir()
+    with h5py.File(tmp_path / "clam" / "TCGA-1.h5", "w") as h5:  # CLAM layout: no encoder attrs
+        h5["features"] = np.random.default_rng(0).random((15, TINY_DIM)).astype(np.float32)
+        h5["coords"] = np.stack([np.arange(15) * 256, np.zeros(15)], 1).astype(np.int64)
+    cfg = P.PredictConfig(out=tmp_path / "out", features_dir=tmp_path / "clam", device="cpu")
+    res = P.predict_cases([], run, cfg)  # no slides: every bag in the folder is a case
+    assert res.cases[0].status == "failed" and "--assume-encoder" in res.cases[0].message
+    cfg.assume_encoder, cfg.overwrite = True, True
+    res = P.predict_cases([], run, cfg)
+    c = res.cases[0]
+    assert c.status == "done" and c.n_patches == 15 and c.encoder_check == "assumed (--assume-encoder)"
+
+
+def test_run_dir_problems_are_clear(tmp_path):
+    with pytest.raises(CheckpointError, match="no such directory"):
+        P.load_ensemble(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no fold_<k>/ folders"):
+        P.load_ensemble(tmp_path / "empty")
+    run = make_run(tmp_path / "run", ENC, folds=(0, 1))
+    with pytest.raises(ConfigError, match="fold\\(s\\) 5 not in"):
+        P.load_ensemble(run, folds=[0, 5])
+    (run / "fold_1" / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model.safetensors is missing"):
+        P.load_ensemble(run)
+    assert P.load_ensemble(run, folds=[0]).folds == [0]
+    # a checkpoint from an incompatible version
+    meta_path = run / "fold_0" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "checkpoint_version": 99}))
+    with pytest.raises(CheckpointError, match="checkpoint_version 99"):
+        P.load_ensemble(run, folds=[0])
+    # an older checkpoint without the training median
+    del meta["train_risk_median"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="lacks train_risk_median"):
+        P.load_ensemble(run, folds=[0])
+
+
+def test_folds_trained_on_different_encoders_are_refused(tmp_path):
+    make_run(tmp_path / "run", ENC, folds=(0,))
+    make_run(tmp_path / "run", {**ENC, "input_size": 64}, folds=(1,))
+    with pytest.raises(MismatchError, match="input_size"):
+        P.load_ensemble(tmp_path / "run")
+
+
+def test_mismatched_encoder_weights_stop_before_any_slide(tmp_path):
+    from ghanet_pipeline.inputs import SlideSpec
+
+    _register_tiny_encoder()
+    run = make_run(tmp_path / "run", {**ENC, "weights_sha256": "random:0"}, folds=(0,))
+    spec = SlideSpec("x", tmp_path / "x.svs", "x")
+    with pytest.raises(MismatchError, match="weights_sha256: model 'random:0', features 'random:3'"):
+        P.predict_cases([spec], run, P.PredictConfig(out=tmp_path / "out", weights="random:3", device="cpu"))
+    assert not (tmp_path / "out" / "predict").exists()
+
+
+def test_predictions_csv_of_another_model_is_not_overwritten(tmp_path):
+    from ghanet_pipeline.inputs import SlideSpec
+
+    write_bags(tmp_path / "bags", ["s1"])
+    spec = [SlideSpec("s1", tmp_path / "s1.svs", "s1")]
+    cfg = P.PredictConfig(out=tmp_path / "out", features_dir=tmp_path / "bags", device="cpu")
+    P.predict_cases(spec, make_run(tmp_path / "runA", ENC, folds=(0,)), cfg)
+    with pytest.raises(ConfigError, match="another model"):
+        P.predict_cases(spec, make_run(tmp_path / "runB", ENC, folds=(0,)), cfg)
+    cfg.overwrite = True
+    P.predict_cases(spec, tmp_path / "runB", cfg)
+    rows = list(csv.DictReader(open(tmp_path / "out/predict/predictions.csv")))
+    assert len(rows) == 1 and "runB" in rows[0]["model"]
