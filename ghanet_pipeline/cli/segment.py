@@ -1,0 +1,71 @@
+"""``ghanet segment``: tissue polygons, the patch grid and a QC image per slide."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .common import (Progress, manifest_option, no_progress_option, out_option, overwrite_option, print_summary,
+                     shard_option, slides_argument)
+
+
+@click.command("segment")
+@slides_argument
+@manifest_option
+@out_option
+@click.option("--target-mpp", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
+              help="um/px of the patches (0.5 = 20x).")
+@click.option("--patch-size", type=click.IntRange(min=8), default=256, show_default=True,
+              help="Patch side in px at --target-mpp (the grid step; patches do not overlap).")
+@click.option("--sat-threshold", type=click.IntRange(0, 255), default=15, show_default=True,
+              help="Tissue = HSV saturation (0-255) above this, after a median blur.")
+@click.option("--min-tissue", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Keep a patch when at least this fraction of its area is tissue.")
+@click.option("--thumbnail-downsample", type=click.FloatRange(min=1), default=32.0, show_default=True,
+              help="Tissue mask resolution, as a downsample of --target-mpp (32 -> 16 um/px).")
+@click.option("--min-tissue-area", "min_tissue_area_um2", type=click.FloatRange(min=0), default=50_000.0,
+              show_default=True, help="Drop tissue pieces smaller than this (um^2).")
+@click.option("--min-hole-area", "min_hole_area_um2", type=click.FloatRange(min=0), default=16_384.0,
+              show_default=True, help="Fill holes smaller than this (um^2).")
+@overwrite_option
+@no_progress_option
+@shard_option
+def segment(slides: tuple[str, ...], manifest: Path | None, recursive: bool, mpp: float | None,
+            case_id_from: str | None, out: Path, target_mpp: float, patch_size: int, sat_threshold: int,
+            min_tissue: float, thumbnail_downsample: float, min_tissue_area_um2: float, min_hole_area_um2: float,
+            overwrite: bool, no_progress: bool, shard: str | None) -> None:
+    """Find tissue and lay the non-overlapping patch grid (256 px at 0.5 um/px by default).
+
+    SLIDES are slide files, directories or glob patterns (or use --manifest). Writes
+    <out>/segment/<slide_id>.geojson, .coords.h5 and .png, and a run log in <out>/logs/.
+    """
+    from ..batch import run_items, write_run_log  # noqa: PLC0415
+    from ..errors import ConfigError  # noqa: PLC0415
+    from ..inputs import collect_slides, parse_shard, take_shard  # noqa: PLC0415
+    from ..ioutils import remove_stale_temps  # noqa: PLC0415
+    from ..segment import SegmentParams, segment_slide  # noqa: PLC0415
+
+    started = time.time()
+    if mpp is not None and not mpp > 0:
+        raise ConfigError(f"--mpp must be a positive number of um per pixel, not {mpp}")
+    specs = take_shard(collect_slides(slides, manifest, recursive, case_id_from, mpp), parse_shard(shard))
+    params = SegmentParams(target_mpp=target_mpp, patch_size=patch_size, sat_threshold=sat_threshold,
+                           min_tissue=min_tissue, thumbnail_downsample=thumbnail_downsample,
+                           min_tissue_area_um2=min_tissue_area_um2, min_hole_area_um2=min_hole_area_um2)
+    remove_stale_temps(Path(out) / "segment")
+    with Progress(len(specs), "segment", disable=no_progress) as progress:
+        results = run_items(specs, lambda s: s.slide_id, lambda s: segment_slide(s, out, params, overwrite),
+                            on_done=lambda r: progress.advance(1, f"{r.item}: {r.status}"))
+    for r in results:
+        if "mpp" in r.metrics:
+            r.metrics["um/px"] = f"{r.metrics['mpp']:.4g} ({r.metrics['mpp_source']})"
+    config = {"slides": [str(s.path) for s in specs], "manifest": manifest, "out": out, "mpp": mpp,
+              "shard": shard, "overwrite": overwrite, **params.result_params()}
+    log_path = write_run_log(out, "segment", config, results, started)
+    print_summary("ghanet segment", results, [("um/px", "um/px (source)"), ("tissue_mm2", "tissue mm²"),
+                                               ("patches", "patches")])
+    click.echo(f"outputs: {Path(out) / 'segment'}   run log: {log_path}")
+    sys.exit(0 if all(r.ok for r in results) else 1)
