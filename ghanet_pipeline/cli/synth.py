@@ -38,3 +38,24 @@ def slide(out: Path, size: tuple[int, int], mpp: float, phenotype: float, seed: 
                                  metadata="none" if no_metadata else metadata_kind)
     click.echo(f"wrote {path} ({size[0]}x{size[1]} px at {mpp:g} um/px, phenotype {phenotype:g}, seed {seed}, "
                f"{path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s")
+
+
+@synth.command("cohort")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--cases", "n_cases", type=click.IntRange(min=4), default=40, show_default=True,
+              help="Number of patients.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Cohort seed.")
+@click.option("--table-name", default="genomics_table.csv.zip", show_default=True,
+              help="File name of the MCAT-style table (.csv or .csv.zip).")
+def cohort(out_dir: Path, n_cases: int, seed: int, table_name: str) -> None:
+    """Write a synthetic cohort's tables to OUT_DIR: MCAT-style genomics table, raw counts, clinical
+    (one row per slide, with the hidden phenotype), gene families. Slides: `ghanet synth slide --phenotype`."""
+    from ..synthetic_cohort import make_cohort, write_cohort_tables  # noqa: PLC0415
+
+    c = make_cohort(n_cases=n_cases, seed=seed)
+    paths = write_cohort_tables(c, out_dir, table_name=table_name)
+    cases = c.cases
+    click.echo(f"{n_cases} cases, {len(c.clinical)} slides, {len(c.genes)} genes, "
+               f"{cases['censorship'].mean():.0%} censored; planted genes in: {', '.join(c.planted)}")
+    for key, p in paths.items():
+        click.echo(f"  {key:9s} {p}")
