@@ -32,6 +32,7 @@ TEXTURE_UM = 512.0
 
 # colours (RGB): background glass, eosin-pink stroma, haematoxylin-purple nuclei
 _BG = np.array([243.0, 242.0, 245.0], dtype=np.float32)
+_BG_U8 = np.round(_BG).astype(np.uint8)
 _STROMA = np.array([232.0, 163.0, 196.0], dtype=np.float32)
 _DENSE_STROMA = np.array([196.0, 128.0, 178.0], dtype=np.float32)
 _NUCLEUS = np.array([84.0, 44.0, 134.0], dtype=np.float32)
@@ -154,8 +155,14 @@ class _Renderer:
         rng = np.random.default_rng([int(seed), 7002])
         side = int(min(4096, max(64, round(TEXTURE_UM / mpp))))
         self.side = side
-        self.sparse = _nuclei_texture(rng, side, mpp, per_mm2=2200, radius_um=2.8, darkness=(0.35, 0.8))
-        self.dense_tex = _nuclei_texture(rng, side, mpp, per_mm2=9000, radius_um=3.4, darkness=(0.7, 1.0))
+        # nuclei are drawn at 0.5 um/px at most (cost independent of magnification), then resized
+        tex_mpp = max(mpp, 0.5)
+        tex_side = int(min(4096, max(64, round(TEXTURE_UM / tex_mpp))))
+        self.sparse = _nuclei_texture(rng, tex_side, tex_mpp, per_mm2=2200, radius_um=2.8, darkness=(0.35, 0.8))
+        self.dense_tex = _nuclei_texture(rng, tex_side, tex_mpp, per_mm2=9000, radius_um=3.4, darkness=(0.7, 1.0))
+        if tex_side != side:
+            self.sparse = cv2.resize(self.sparse, (side, side), interpolation=cv2.INTER_LINEAR)
+            self.dense_tex = cv2.resize(self.dense_tex, (side, side), interpolation=cv2.INTER_LINEAR)
         self.grain = (rng.standard_normal((side, side)).astype(np.float32) * 6.0)
         self.grain = cv2.GaussianBlur(self.grain, (0, 0), sigmaX=0.7)
 
@@ -169,7 +176,7 @@ class _Renderer:
         return rs(self.sparse), rs(self.dense_tex), rs(self.grain)
 
     def strips(self, lw: int, lh: int, ds: float, rows: int, pad_w: int) -> Iterator[np.ndarray]:
-        """RGB uint8 strips (rows, pad_w, 3) covering the level (padded with white)."""
+        """RGB uint8 strips (rows, pad_w, 3) covering the level (padding: background colour)."""
         import cv2  # noqa: PLC0415
 
         sparse, dense_tex, grain = self.level_textures(ds)
@@ -180,32 +187,40 @@ class _Renderer:
         fw = self.fields.tissue.shape[1]
         jx = np.clip(np.floor(fx).astype(np.int64), 0, fw - 2)
         wx = np.clip(fx - jx, 0.0, 1.0).astype(np.float32)
-        reps_x = int(math.ceil(lw / s))
         for y0 in range(0, lh, rows):
             n = min(rows, lh - y0)
             fy = (np.arange(y0, y0 + n, dtype=np.float64) + 0.5) * lmpp / self.fields.field_um
             fh = self.fields.tissue.shape[0]
             iy = np.clip(np.floor(fy).astype(np.int64), 0, fh - 2)
             wy = np.clip(fy - iy, 0.0, 1.0).astype(np.float32)[:, None]
-            out = np.full((rows, pad_w, 3), 255, dtype=np.uint8)
-            t = self._interp(self.fields.tissue, iy, wy, jx, wx)
-            if t.max() <= 0.0:
+            out = np.empty((rows, pad_w, 3), dtype=np.uint8)
+            out[...] = _BG_U8
+            # only the columns whose coarse field rows hold tissue are rendered
+            frows = np.maximum(self.fields.tissue[iy], self.fields.tissue[iy + 1]).max(axis=0)
+            has = np.nonzero((frows[jx] > 0) | (frows[jx + 1] > 0))[0]
+            if has.size == 0:
                 yield out
                 continue
-            d = self._interp(self.fields.dense, iy, wy, jx, wx)
+            c0, c1 = int(has[0]), int(has[-1]) + 1
+            cw = c1 - c0
+            t = self._interp(self.fields.tissue, iy, wy, jx[c0:c1], wx[c0:c1])
+            d = self._interp(self.fields.dense, iy, wy, jx[c0:c1], wx[c0:c1])
             ridx = np.arange(y0, y0 + n) % s
-            nuc_s = np.tile(sparse[ridx], (1, reps_x))[:, :lw]
-            nuc_d = np.tile(dense_tex[ridx], (1, reps_x))[:, :lw]
-            gr = np.tile(grain[ridx], (1, reps_x))[:, :lw]
+            cidx = np.arange(c0, c1) % s
+            k0 = int(cidx[0])
+            reps = int(math.ceil((k0 + cw) / s))
+            nuc_s = np.tile(sparse[ridx], (1, reps))[:, k0:k0 + cw]
+            nuc_d = np.tile(dense_tex[ridx], (1, reps))[:, k0:k0 + cw]
+            gr = np.tile(grain[ridx], (1, reps))[:, k0:k0 + cw]
             nuc = nuc_s + d * (nuc_d - nuc_s)
             tn = t * nuc
             # colour = linear combination of [1, t, t*d, t*nuc, t*nuc*d, grain, grain*t] (one matmul)
             feats = np.stack([t, t * d, tn, tn * d, gr, gr * t], axis=0).reshape(6, -1)
-            planes = _COLOR_MIX @ feats  # (3, n * lw)
+            planes = _COLOR_MIX @ feats  # (3, n * cw)
             planes += _BG[:, None]
             np.clip(planes, 0, 255, out=planes)
-            planes8 = planes.astype(np.uint8).reshape(3, n, lw)
-            out[:n, :lw] = cv2.merge([planes8[0], planes8[1], planes8[2]])
+            planes8 = planes.astype(np.uint8).reshape(3, n, cw)
+            out[:n, c0:c1] = cv2.merge([planes8[0], planes8[1], planes8[2]])
             yield out
 
     @staticmethod
@@ -236,7 +251,7 @@ def _description(kind: str, width: int, height: int, lw: int, lh: int, tile: int
 
 def write_synthetic_slide(path: Path | str, width: int, height: int, mpp: float = 0.5, phenotype: float = 0.0,
                           seed: int = 0, metadata: bool | str = True, tile: int = 256,
-                          level_factor: int = 4, quality: int = 85) -> Path:
+                          level_factor: int = 4, quality: int = 85, blank: bool = False) -> Path:
     """Write a pyramidal tiled-JPEG TIFF of ``width`` x ``height`` level-0 px at ``mpp`` um/px.
 
     ``metadata``: ``True``/``"aperio"`` = Aperio description with AppMag and MPP plus TIFF resolution
@@ -244,7 +259,8 @@ def write_synthetic_slide(path: Path | str, width: int, height: int, mpp: float 
     AppMag only (um/px only estimable from the objective power); ``"resolution"`` = no Aperio
     description, TIFF resolution tags in px/cm (generic-tiff); ``False``/``"none"`` = neither (um/px
     unresolvable without an override). Lower levels (downsample ``level_factor``**k) are tiled IFDs in
-    the main chain, down to about one tile. Written atomically. Returns the path.
+    the main chain, down to about one tile. ``blank=True`` writes empty glass (no tissue). Written
+    atomically. Returns the path.
     """
     import tifffile  # noqa: PLC0415
 
@@ -255,6 +271,8 @@ def write_synthetic_slide(path: Path | str, width: int, height: int, mpp: float 
         raise ValueError("width, height and mpp must be positive")
     path = Path(path)
     fields = tissue_fields(width * mpp, height * mpp, phenotype=phenotype, seed=seed)
+    if blank:
+        fields = TissueFields(tissue=np.zeros_like(fields.tissue), dense=np.zeros_like(fields.dense))
     renderer = _Renderer(fields, width, height, mpp, seed)
     levels = [(width, height, 1.0)]
     ds = level_factor
