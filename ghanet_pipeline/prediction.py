@@ -500,6 +500,7 @@ class _Embedder:
         check_encoder(self.settings, {**self.settings, "weights_sha256": encoder.weights_id},
                       f"encoder weights {source}")
         self.notes = list(encoder.notes)
+        self.last_note = ""  # why the last embedded slide gave no bag (no tissue)
         params = ExtractParams(encoder=self.settings["encoder"], weights=config.weights,
                                input_size=int(self.settings["input_size"]), batch_size=config.batch_size,
                                num_workers=config.num_workers, device=config.device)
@@ -519,6 +520,7 @@ class _Embedder:
             raise SlideError(res.message if spec.slide_id in res.message else f"slide {spec.slide_id}: {res.message}")
         coords, cattrs = load_coords(safe_child(out, "segment", f"{spec.slide_id}.coords.h5"))
         if len(coords) == 0:
+            self.last_note = f"slide {spec.slide_id}: {res.message or 'no tissue patch'}"
             return None
         t = time.perf_counter()
         res = self.extractor.extract(spec, out, overwrite=self.config.overwrite)
@@ -575,8 +577,11 @@ def predict_case(case_id: str, specs: Sequence[SlideSpec], ens: Ensemble, config
                 checks.add(how)
             else:
                 assert embedder is not None
+                embedder.last_note = ""
                 sb = embedder.embed(spec, seconds)
                 checks.add("checked")
+                if sb is None and embedder.last_note:
+                    pred.notes.append(embedder.last_note)
         except MismatchError:
             raise
         except (SlideError, InputError, OSError, ValueError, RuntimeError) as exc:
@@ -595,7 +600,9 @@ def predict_case(case_id: str, specs: Sequence[SlideSpec], ens: Ensemble, config
                          f"(it would use only part of the tissue) - " + " | ".join(errors)
                          + " - fix the slide or remove it from the manifest")
     if not slide_bags:
-        pred.status, pred.message = "no tissue", "no tissue patch found in any slide of the case; no score"
+        pred.status = "no tissue"
+        pred.message = "no tissue patch in any slide of the case; no score" + (
+            f" ({'; '.join(pred.notes)})" if pred.notes else "")
         pred.seconds = {**{k: round(v, 3) for k, v in seconds.items()}, "total": round(time.perf_counter() - t0, 3)}
         return pred
     # pool the case's slides into one bag

@@ -310,3 +310,103 @@ def test_predictions_csv_of_another_model_is_not_overwritten(tmp_path):
     P.predict_cases(spec, tmp_path / "runB", cfg)
     rows = list(csv.DictReader(open(tmp_path / "out/predict/predictions.csv")))
     assert len(rows) == 1 and "runB" in rows[0]["model"]
+
+
+# --------------------------------------------------------------------------- slides end to end
+
+
+def _invoke(args: list[str]):
+    from click.testing import CliRunner
+
+    from ghanet_pipeline.cli import cli
+
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+def test_slides_end_to_end_with_bad_inputs(tmp_path):
+    """Synthetic slides, tiny encoder + models: a pooled 2-slide case, a no-tissue slide, an unreadable file,
+    and a manifest case none of whose slides can be read."""
+    from ghanet_pipeline.synthetic import write_synthetic_slide
+
+    _register_tiny_encoder()
+    d = tmp_path / "slides"
+    d.mkdir()
+    write_synthetic_slide(d / "a1.tif", 2048, 1536, mpp=0.5, seed=1)
+    write_synthetic_slide(d / "a2.tif", 1536, 1536, mpp=0.5, seed=2, phenotype=1.0)
+    write_synthetic_slide(d / "tiny.tif", 200, 180, mpp=0.5, seed=3)  # smaller than one patch: no tissue
+    (d / "broken.svs").write_bytes(b"this is not a slide")
+    (tmp_path / "m.csv").write_text("slide_id,path,case_id\n"
+                                    "a1,slides/a1.tif,caseA\na2,slides/a2.tif,caseA\n"
+                                    "tiny,slides/tiny.tif,caseB\n"
+                                    "broken,slides/broken.svs,caseC\n"
+                                    "gone1,slides/missing.svs,caseD\ngone2,slides/broken.svs,caseD\n")
+    run = make_run(tmp_path / "run", ENC, folds=(0, 1))
+    out = tmp_path / "out"
+    r = _invoke(["predict", "--manifest", str(tmp_path / "m.csv"), "--model", str(run), "--out", str(out),
+                 "--weights", "random", "--device", "cpu", "--heatmaps", "--no-progress"])
+    assert r.exit_code == 1, r.output  # caseC/caseD failed, the others finished
+    rows = {row["case_id"]: row for row in csv.DictReader(open(out / "predict/predictions.csv"))}
+    assert list(rows) == ["caseA", "caseB", "caseC", "caseD"]
+    a = rows["caseA"]
+    assert a["status"] == "done" and a["slide_ids"] == "a1;a2" and a["risk_group"] in ("high", "low")
+    ja = json.loads((out / "predict/caseA.json").read_text())
+    n1, n2 = ja["patches_per_slide"]["a1"], ja["patches_per_slide"]["a2"]
+    assert n1 > 0 and n2 > 0 and int(a["patches"]) == n1 + n2
+    # the pooled bag is exactly the two slides' bags (made by the features stage, same settings)
+    from ghanet_pipeline.bags import read_bag
+
+    bag_dir = next((out / "features").iterdir())
+    assert read_bag(bag_dir / "a1.h5").attrs["input_size"] == 32
+    assert float(a["seconds_extract"]) > 0 and float(a["seconds_segment"]) > 0
+    S = [float(a[f"S_bin{j}"]) for j in range(1, 5)]
+    assert all(1 >= x >= y >= 0 for x, y in zip(S, S[1:]))
+    assert a["bin_edges_months"] == "0;10;20;40;80"
+    b = rows["caseB"]
+    assert b["status"] == "no tissue" and b["risk"] == "" and b["risk_group"] == ""
+    assert "smaller than one" in b["message"]
+    c = rows["caseC"]
+    assert c["status"] == "failed" and "broken" in c["message"] and "not a slide" in c["message"]
+    dd = rows["caseD"]
+    assert dd["status"] == "failed" and "none of its 2 slide(s) could be read" in dd["message"]
+    assert "file not found" in dd["message"]
+    # heatmaps: morphology + one per family for each slide, top tiles, montage
+    hm = out / "predict/heatmaps/caseA"
+    for sid in ("a1", "a2"):
+        assert (hm / f"{sid}_morphology.png").is_file()
+        assert (hm / f"{sid}_assoc_Tumor Supp.png").is_file() and (hm / f"{sid}_assoc_Oncogenes.png").is_file()
+    assert len(list((hm / "top").glob("Oncogenes_*.png"))) == min(4, -(-(n1 + n2) // 4))
+    assert (hm / "top_patches.png").is_file()
+    assert "caseA" in r.output and "failed" in r.output
+    # a rerun reuses coords and bags (no extraction) and gives the same risk
+    r2 = _invoke(["predict", "--manifest", str(tmp_path / "m.csv"), "--model", str(run), "--out", str(out),
+                  "--weights", "random", "--device", "cpu", "--no-progress"])
+    rows2 = {row["case_id"]: row for row in csv.DictReader(open(out / "predict/predictions.csv"))}
+    assert r2.exit_code == 1 and rows2["caseA"]["risk"] == a["risk"]
+
+
+def test_cli_usage_errors(tmp_path):
+    run = make_run(tmp_path / "run", ENC, folds=(0,))
+    r = _invoke(["predict", "x.svs", "--model", str(run), "--folds", "a,b"])
+    assert r.exit_code == 2 and "--folds" in r.output
+    r = _invoke(["predict", "x.svs", "--model", str(tmp_path / "missing")])
+    assert r.exit_code == 1 and "no such directory" in r.output
+
+
+@pytest.mark.skipif(not REAL_SLIDE.exists(), reason="real test slide absent")
+def test_real_slide_score_group_and_heatmaps(tmp_path):
+    """CMU-1-Small-Region with the real truncated ResNet50 architecture (random weights, 64 px input)."""
+    enc = {"encoder": "resnet50_trunc", "weights_sha256": "random:0", "input_size": 64, "target_mpp": 0.5,
+           "patch_size": 256}
+    run = make_run(tmp_path / "run", enc, folds=(0, 1), in_dim=1024)
+    out = tmp_path / "out"
+    r = _invoke(["predict", str(REAL_SLIDE), "--model", str(run), "--out", str(out), "--weights", "random",
+                 "--device", "cpu", "--heatmaps", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    row = next(csv.DictReader(open(out / "predict/predictions.csv")))
+    assert row["case_id"] == "CMU-1-Small-Region" and row["status"] == "done"
+    assert -4.0 <= float(row["risk"]) <= 0.0 and row["risk_group"] in ("high", "low")
+    assert int(row["patches"]) > 10
+    hm = out / "predict/heatmaps/CMU-1-Small-Region"
+    assert (hm / "CMU-1-Small-Region_morphology.png").stat().st_size > 10_000
+    assert len(list(hm.glob("CMU-1-Small-Region_assoc_*.png"))) == 2
+    assert len(list((hm / "top").glob("*.png"))) == 8
