@@ -1,0 +1,187 @@
+"""Metrics and plots for any predictions table (ours or another tool's).
+
+``evaluate_predictions`` reads case id, risk, time (months) and censorship (or event) columns and an
+optional fold column, and writes ``metrics.json`` + ``km.png`` into ``out``:
+
+- ``c_index_per_fold`` ({fold: c-index or null when the fold has no comparable pairs}),
+  ``c_index_mean`` / ``c_index_std`` (over the folds with a defined c-index; std with ddof=0),
+  ``c_index_pooled`` (all rows together; risks of different fold models are not calibrated against each
+  other, so prefer the per-fold mean), ``logrank_p`` (low vs high risk).
+- Risk groups: a case is "high risk" when its risk is above its fold's threshold: the training-risk
+  median of that fold's model when ``thresholds`` are given (what ``train`` does: no peeking at the
+  validation fold), otherwise the median of the fold's own risks (the pooled median without folds).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .errors import InputError
+from .ioutils import write_json_atomic
+from .metrics import NoComparablePairsError, concordance_index, logrank
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Columns:
+    """Column names of a predictions table. ``event`` wins over ``censorship`` when given."""
+
+    case: str = "case_id"
+    risk: str = "risk"
+    time: str = "survival_months"
+    censorship: str = "censorship"
+    event: str | None = None
+    fold: str | None = "fold"  # None: no folds (pooled only); a missing default "fold" column is fine
+
+
+def read_predictions(table: Any, cols: Columns) -> tuple[Any, dict[str, str]]:
+    """Validate a predictions table (DataFrame or CSV path) -> DataFrame with columns case_id, risk,
+    time, event (0/1), fold (or absent), plus a dict saying which source column was read for what."""
+    import pandas as pd  # noqa: PLC0415
+
+    src = "table"
+    if not isinstance(table, pd.DataFrame):
+        src = str(table)
+        try:
+            table = pd.read_csv(table, dtype={cols.case: str})
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read predictions table {src}: {exc}") from None
+    have = list(table.columns)
+    need = [cols.case, cols.risk, cols.time]
+    event_col, event_kind = cols.event, "event"
+    if event_col is None:
+        if cols.censorship in have:
+            event_col, event_kind = cols.censorship, "censorship"
+        elif "event" in have:
+            event_col = "event"
+    need.append(event_col or cols.censorship)
+    missing = [c for c in need if c not in have]
+    if missing:
+        raise InputError(f"{src}: missing column(s) {missing}; found {have}. Name them with --case-col, "
+                         f"--risk-col, --time-col, --censorship-col or --event-col")
+    fold_col = cols.fold if cols.fold and cols.fold in have else None
+    if cols.fold and cols.fold != "fold" and fold_col is None:
+        raise InputError(f"{src}: fold column {cols.fold!r} not found; found {have}")
+    df = pd.DataFrame({"case_id": table[cols.case].astype(str)})
+    for name, col in (("risk", cols.risk), ("time", cols.time), ("status", event_col)):
+        vals = pd.to_numeric(table[col], errors="coerce")
+        bad = vals.isna() | ~np.isfinite(vals.astype(float))
+        if bad.any():
+            rows = (np.flatnonzero(bad.to_numpy())[:5] + 2).tolist()  # +2: header line, 1-based
+            raise InputError(f"{src}: column {col!r} has {int(bad.sum())} missing/non-numeric value(s) "
+                             f"(file lines {rows}); fix or drop those rows")
+        df[name] = vals.astype(float).to_numpy()
+    status = df.pop("status")
+    if not status.isin([0.0, 1.0]).all():
+        raise InputError(f"{src}: column {event_col!r} must be 0/1, got {sorted(status.unique().tolist())[:6]}")
+    df["event"] = (status if event_kind == "event" else 1.0 - status).astype(int)
+    if (df["time"] < 0).any():
+        raise InputError(f"{src}: column {cols.time!r} has negative survival times")
+    if fold_col is not None:
+        df["fold"] = table[fold_col].astype(str).to_numpy()
+        dup = df.duplicated(["fold", "case_id"])
+    else:
+        dup = df.duplicated(["case_id"])
+    if dup.any():
+        raise InputError(f"{src}: case(s) {df.loc[dup, 'case_id'].unique()[:5].tolist()} appear more than once"
+                         f"{' in the same fold' if fold_col else ''}; keep one row per case"
+                         f"{' and fold' if fold_col else ' or give a fold column'}")
+    read = {"case_id": cols.case, "risk": cols.risk, "time": cols.time,
+            event_kind: event_col, "fold": fold_col or "(none: pooled)"}
+    return df, read
+
+
+def _fold_key(value: Any) -> str:
+    return str(value)
+
+
+def evaluate_predictions(table: Any, out: Path | str, cols: Columns | None = None,
+                         thresholds: Mapping[Any, float] | None = None, optimistic: bool = False,
+                         extra: Mapping[str, Any] | None = None, plot: bool = True,
+                         title: str = "Kaplan-Meier by predicted risk") -> dict[str, Any]:
+    """Compute c-index (per fold, mean +- std, pooled), log-rank p and write ``out/metrics.json`` and
+    ``out/km.png``. ``optimistic`` labels the figures and metrics (epoch selected on validation).
+    ``extra`` is merged into metrics.json (e.g. per-family Spearman from training). Returns the metrics."""
+    cols = cols or Columns()
+    df, read = read_predictions(table, cols)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    warnings: list[str] = []
+    has_folds = "fold" in df.columns
+    per_fold: dict[str, float | None] = {}
+    high = np.zeros(len(df), dtype=bool)
+    thr_used: dict[str, float] = {}
+    groups = list(df.groupby("fold", sort=False)) if has_folds else [("all", df)]
+    if has_folds:
+        groups.sort(key=lambda kv: (0, int(kv[0])) if str(kv[0]).lstrip("-").isdigit() else (1, str(kv[0])))
+    for fold, sub in groups:
+        key = _fold_key(fold)
+        if has_folds:
+            try:
+                per_fold[key] = concordance_index(sub["time"], sub["event"], sub["risk"],
+                                                  what=f"fold {key} ({len(sub)} cases)")
+            except NoComparablePairsError as exc:
+                per_fold[key] = None
+                warnings.append(str(exc))
+                log.warning("%s", exc)
+        thr = None
+        if thresholds is not None:
+            thr = thresholds.get(fold, thresholds.get(key))
+        thr = float(np.median(sub["risk"])) if thr is None else float(thr)
+        thr_used[key] = thr
+        high[df.index.get_indexer(sub.index)] = sub["risk"].to_numpy() > thr
+    try:
+        pooled: float | None = concordance_index(df["time"], df["event"], df["risk"], what="all cases pooled")
+    except NoComparablePairsError as exc:
+        pooled = None
+        warnings.append(str(exc))
+    defined = [v for v in per_fold.values() if v is not None]
+    if has_folds and not defined:
+        raise NoComparablePairsError("no fold has comparable pairs, the c-index is undefined everywhere: "
+                                     + "; ".join(warnings))
+    if not has_folds and pooled is None:
+        raise NoComparablePairsError(warnings[-1])
+    try:
+        lr = logrank(df["time"], df["event"], high)
+        logrank_p: float | None = lr.p_value
+        n_high, n_low = lr.n_high, lr.n_low
+    except InputError as exc:
+        logrank_p, n_high, n_low = None, int(high.sum()), int((~high).sum())
+        warnings.append(str(exc))
+    note = "OPTIMISTIC (epoch selected on the validation fold)" if optimistic else ""
+    metrics: dict[str, Any] = {
+        "c_index_per_fold": per_fold,
+        "c_index_mean": float(np.mean(defined)) if defined else None,
+        "c_index_std": float(np.std(defined)) if defined else None,
+        "c_index_pooled": pooled,
+        "logrank_p": logrank_p,
+        "n_cases": int(len(df)),
+        "n_events": int(df["event"].sum()),
+        "n_high_risk": n_high,
+        "n_low_risk": n_low,
+        "risk_split": ("per-fold training-risk median" if thresholds is not None else
+                       "per-fold median of the fold's risks" if has_folds else "median risk (pooled)"),
+        "risk_thresholds": thr_used,
+        "c_index_std_ddof": 0,
+        "columns_read": read,
+        "optimistic": bool(optimistic),
+        "warnings": warnings,
+    }
+    if optimistic:
+        metrics["note"] = ("optimistic: the reported epoch was chosen on the validation fold "
+                           "(authors' protocol); use --select final for an unbiased estimate")
+    if extra:
+        metrics.update(extra)
+    if plot:
+        from .reports import plot_km  # noqa: PLC0415
+
+        plot_km(df["time"], df["event"], high, out / "km.png", logrank_p=logrank_p, title=title, note=note)
+        metrics["plots"] = {"km": "km.png"}
+    write_json_atomic(out / "metrics.json", metrics)
+    return metrics
