@@ -1,0 +1,165 @@
+"""``ghanet train``: k-fold training of G-HANet (or ABMIL) on case bags; prints the c-index table."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .common import device_option, manifest_option, no_progress_option, out_option, overwrite_option
+
+
+def _parse_folds(text: str | None) -> list[int] | None:
+    from ..errors import ConfigError  # noqa: PLC0415
+
+    if not text:
+        return None
+    try:
+        folds = [int(x) for x in text.replace(" ", "").split(",") if x != ""]
+    except ValueError:
+        raise ConfigError(f"--folds {text!r}: give fold numbers separated by commas, e.g. 0,1,2") from None
+    if not folds or min(folds) < 0:
+        raise ConfigError(f"--folds {text!r}: give fold numbers >= 0, e.g. 0,1,2")
+    return sorted(set(folds))
+
+
+@click.command("train")
+@click.option("--features", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder holding the .h5 bags (e.g. <out>/features/resnet50_trunc_256).")
+@click.option("--genomics", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output of preprocess-genomics (<out>/genomics): folds, bins, labels, gene targets. "
+                   "Default: <out>/genomics. ABMIL uses only its folds and labels.")
+@out_option
+@click.option("--model", type=click.Choice(["ghanet", "abmil"]), default="ghanet", show_default=True,
+              help="ghanet = G-HANet; abmil = gated-attention MIL baseline (no gene reconstruction).")
+@click.option("--run-name", default=None, help="Sub-folder of <out>/train/ (default: the model name).")
+@click.option("--folds", "folds_text", default=None, metavar="0,1,...", help="Folds to train (default: all).")
+@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--lr", type=float, default=2e-4, show_default=True,
+              help="Adam learning rate (1e-4 suits cohorts where few genes are selected).")
+@click.option("--weight-decay", type=float, default=1e-5, show_default=True)
+@click.option("--accum", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Cases per optimiser step (gradient accumulation; one case per forward pass).")
+@click.option("--alpha", type=float, default=0.3, show_default=True,
+              help="Weight of the gene-reconstruction loss (MSE + SCE, summed over families).")
+@click.option("--topk", type=click.FloatRange(min=0, max=100, min_open=True), default=20.0, show_default=True,
+              help="Percent of patches kept per family for the genomic attention weights.")
+@click.option("--alpha-surv", type=click.FloatRange(min=0, max=1), default=0.0, show_default=True,
+              help="Extra weight of the uncensored NLL term.")
+@click.option("--dim", type=click.IntRange(min=8), default=512, show_default=True, help="Model width d.")
+@click.option("--dropout", type=click.FloatRange(min=0, max=1, max_open=True), default=0.25, show_default=True)
+@click.option("--max-patches", type=click.IntRange(min=1), default=None,
+              help="Random subsample of at most this many patches per training step (default: all).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--select", type=click.Choice(["final", "best-epoch"]), default="final", show_default=True,
+              help="Reported epoch. best-epoch = chosen on the validation fold (authors' protocol; optimistic).")
+@device_option
+@manifest_option
+@click.option("--case-id-from", type=click.Choice(["tcga"]), default=None,
+              help="Case id = first 12 characters of the bag name (TCGA barcodes).")
+@click.option("--shuffle-labels", is_flag=True,
+              help="Negative control: permute survival labels among training cases (c-index should be ~0.5).")
+@click.option("--resume", is_flag=True, help="Continue a run: skip finished folds, restart others from their last epoch.")
+@overwrite_option
+@no_progress_option
+def train(features: Path, genomics: Path | None, out: Path, model: str, run_name: str | None, folds_text: str | None,
+          epochs: int, lr: float, weight_decay: float, accum: int, alpha: float, topk: float, alpha_surv: float,
+          dim: int, dropout: float, max_patches: int | None, seed: int, select: str, device: str,
+          manifest: Path | None, case_id_from: str | None, shuffle_labels: bool, resume: bool, overwrite: bool,
+          no_progress: bool) -> None:
+    """Train G-HANet (or ABMIL) with the folds of preprocess-genomics; write checkpoints and reports.
+
+    Outputs in <out>/train/<run>/: config.json, fold_<k>/ (model.safetensors, model.json, history.json),
+    predictions.csv, metrics.json, km.png, spearman.png, learning_curves.png.
+    """
+    import logging  # noqa: PLC0415
+
+    from ..errors import ConfigError  # noqa: PLC0415
+    from ..training import TrainConfig, train_cv  # noqa: PLC0415
+    from .common import Progress  # noqa: PLC0415
+
+    genomics = genomics or out / "genomics"
+    if not genomics.is_dir():
+        raise ConfigError(f"genomics folder {genomics} not found; run `ghanet preprocess-genomics` first or pass "
+                          f"--genomics (ABMIL needs it too: it holds the folds and survival labels)")
+    config = TrainConfig(model=model, epochs=epochs, lr=lr, weight_decay=weight_decay, accum=accum, alpha=alpha,
+                         topk=topk / 100.0, alpha_surv=alpha_surv, dim=dim, dropout=dropout,
+                         max_patches=max_patches, seed=seed, folds=_parse_folds(folds_text), select=select,
+                         device=device, case_id_from=case_id_from, shuffle_labels=shuffle_labels)
+    log = logging.getLogger("ghanet_pipeline")
+    state: dict[str, Any] = {"bar": None}
+
+    def progress(kind: str, **info: Any) -> None:
+        bar = state["bar"]
+        if kind == "fold_start":
+            if bar is not None:
+                bar.__exit__(None, None, None)
+            bar = state["bar"] = Progress(info["epochs"], f"fold {info['fold']}", disable=no_progress).__enter__()
+        elif kind == "resume" and bar is not None:
+            bar.advance(info["epoch"], note="(resumed)")
+        elif kind == "epoch" and bar is not None:
+            vc = info.get("val_c_index")
+            bar.advance(1, note=f"loss {info['train_loss']:.3f} val c-index {'n/a' if vc is None else f'{vc:.3f}'}")
+        elif kind == "fold_done":
+            if bar is not None:
+                bar.__exit__(None, None, None)
+                state["bar"] = None
+            res = info["result"]
+            log.info("fold %s: %s", info["fold"], res.status if res.ok else res.message)
+
+    try:
+        result = train_cv(features, genomics, out, config, run_name=run_name, manifest=manifest, resume=resume,
+                          overwrite=overwrite, progress=progress)
+    finally:
+        if state["bar"] is not None:
+            state["bar"].__exit__(None, None, None)
+    _print_table(result)
+    from ..batch import exit_code  # noqa: PLC0415
+
+    sys.exit(exit_code(result.folds))
+
+
+def _fmt(v: Any, spec: str = ".3f") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def _print_table(result: Any) -> None:
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    m = result.metrics or {}
+    optimistic = bool(m.get("optimistic"))
+    title = f"c-index per validation fold — {result.run_dir}"
+    if optimistic:
+        title += "\n[red]OPTIMISTIC: epoch selected on the validation fold[/]"
+    table = Table(title=title)
+    for col, just in (("fold", "left"), ("status", "left"), ("epoch", "right"), ("val cases", "right"),
+                      ("c-index", "right"), ("s", "right"), ("message", "left")):
+        table.add_column(col, justify=just, overflow="fold")
+    per_fold = m.get("c_index_per_fold", {})
+    for r in result.folds:
+        k = r.item.replace("fold ", "")
+        c = per_fold.get(k, r.metrics.get("val_c_index"))
+        style = {"done": "green", "skipped": "cyan"}.get(r.status, "red")
+        table.add_row(k, f"[{style}]{r.status}[/]", str(r.metrics.get("epoch", "")), str(r.metrics.get("n_val", "")),
+                      _fmt(c), f"{r.seconds:.1f}", r.message if not r.ok else
+                      ("resumed: already finished" if r.status == "skipped" else ""))
+    if m:
+        table.add_section()
+        table.add_row("mean ± std", "", "", str(m.get("n_cases", "")),
+                      f"{_fmt(m.get('c_index_mean'))} ± {_fmt(m.get('c_index_std'))}", "", "")
+        table.add_row("pooled", "", "", "", _fmt(m.get("c_index_pooled")), "",
+                      f"log-rank p {_fmt(m.get('logrank_p'), '.3g')}")
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(table)
+    sp = m.get("spearman_per_family") or {}
+    if sp:
+        console.print("gene reconstruction (Spearman per validation case, mean ± std): " + "; ".join(
+            f"{fam} {_fmt(v.get('mean'), '.2f')} ± {_fmt(v.get('std'), '.2f')}" for fam, v in sp.items()))
+    for w in (result.warnings or []):
+        console.print(f"[yellow]warning:[/] {w}")
+    if m:
+        console.print(f"reports: {result.run_dir}/metrics.json, predictions.csv, km.png, learning_curves.png"
+                      + (", spearman.png" if "spearman" in m.get("plots", {}) else ""))
