@@ -1,0 +1,184 @@
+"""Shared input handling (inputs.py) and safe file writing (ioutils.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from ghanet_pipeline.errors import ConfigError, InputError
+from ghanet_pipeline.inputs import collect_slides, parse_shard, read_manifest, take_shard, tcga_case_id
+from ghanet_pipeline.ioutils import (atomic_path, file_sha256, remove_stale_temps, safe_child, sanitize_id,
+                                     sanitize_ids, write_json_atomic, write_text_atomic)
+
+
+# -- ioutils ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("raw, safe", [
+    ("TCGA-A1-0001-01Z", "TCGA-A1-0001-01Z"),
+    ("a/b\\c", "a_b_c"),
+    ("../../etc/passwd", "_.._etc_passwd"),
+    (".hidden", "hidden"),
+    ("tab\there", "tab_here"),
+    ("  spaced  ", "spaced"),
+    ("C:evil", "C_evil"),
+])
+def test_sanitize_id(raw, safe):
+    out = sanitize_id(raw)
+    assert out == safe
+    assert "/" not in out and "\\" not in out and not out.startswith(".")
+
+
+@pytest.mark.parametrize("raw", ["", "..", ".", "/", "  ", "../"])
+def test_sanitize_id_refuses_empty(raw):
+    with pytest.raises(InputError, match="cannot be used as a file name"):
+        sanitize_id(raw, what="slide_id")
+
+
+def test_sanitize_ids_collision():
+    assert sanitize_ids(["a", "b"]) == {"a": "a", "b": "b"}
+    with pytest.raises(InputError, match=r"'a/b' and 'a_b' both become file name 'a_b'"):
+        sanitize_ids(["a/b", "a_b"], what="slide_id")
+
+
+def test_safe_child(tmp_path):
+    assert safe_child(tmp_path, "segment", "x.h5") == (tmp_path / "segment" / "x.h5").resolve()
+    with pytest.raises(InputError, match="outside the output directory"):
+        safe_child(tmp_path, "..", "x.h5")
+    with pytest.raises(InputError, match="outside the output directory"):
+        safe_child(tmp_path, "/etc/passwd")
+
+
+def test_atomic_path_success_and_failure(tmp_path):
+    final = tmp_path / "sub" / "f.txt"
+    with atomic_path(final) as tmp:
+        assert tmp.parent == final.parent and tmp.name.startswith(".") and tmp.name.endswith(".tmp")
+        tmp.write_text("new")
+        assert not final.exists()  # only visible once complete
+    assert final.read_text() == "new"
+    with pytest.raises(RuntimeError):
+        with atomic_path(final) as tmp:
+            tmp.write_text("half-written")
+            raise RuntimeError("boom")
+    assert final.read_text() == "new"  # old content kept, no temp left behind
+    assert [p.name for p in final.parent.iterdir()] == ["f.txt"]
+
+
+def test_write_json_atomic(tmp_path):
+    p = write_json_atomic(tmp_path / "a.json", {"path": Path("x/y"), "n": 3})
+    assert json.loads(p.read_text()) == {"path": "x/y", "n": 3}
+    with pytest.raises(ValueError):
+        write_json_atomic(tmp_path / "b.json", {"bad": math.nan})
+    assert not (tmp_path / "b.json").exists()
+    assert write_text_atomic(tmp_path / "c.txt", "é").read_text(encoding="utf-8") == "é"
+
+
+def test_remove_stale_temps_and_sha256(tmp_path):
+    (tmp_path / ".x.h5.abc.tmp").write_text("junk")
+    (tmp_path / "keep.h5").write_bytes(b"data")
+    assert remove_stale_temps(tmp_path) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.h5"]
+    assert remove_stale_temps(tmp_path / "nope") == 0
+    assert file_sha256(tmp_path / "keep.h5") == hashlib.sha256(b"data").hexdigest()
+
+
+# -- manifest ------------------------------------------------------------------------------------------------
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_read_manifest_paths_case_ids_mpp_extra(tmp_path):
+    man = write(tmp_path / "cohort" / "m.csv",
+                "slide_id,path,case_id,mpp,site\n"
+                "TCGA-AA-0001-01Z-00-DX1,slides/a.svs,,0.25,x\n"
+                "s2,/abs/b.svs,P2,,y\n")
+    specs = read_manifest(man)
+    assert [s.slide_id for s in specs] == ["TCGA-AA-0001-01Z-00-DX1", "s2"]
+    assert specs[0].path == tmp_path / "cohort" / "slides" / "a.svs"  # relative to the manifest
+    assert specs[1].path == Path("/abs/b.svs")
+    assert specs[0].case_id == "TCGA-AA-0001-01Z-00-DX1" and specs[1].case_id == "P2"
+    assert (specs[0].mpp, specs[1].mpp) == (0.25, None)
+    assert specs[0].extra == {"site": "x"}
+    assert read_manifest(man, case_id_from="tcga")[0].case_id == "TCGA-AA-0001"
+    assert tcga_case_id("TCGA-AA-0001-01Z-00-DX1") == "TCGA-AA-0001"
+
+
+@pytest.mark.parametrize("text, match", [
+    ("id,file\na,b.svs\n", r"missing column\(s\) slide_id, path"),
+    ("slide_id,path\n", "lists no slides"),
+    ("slide_id,path\na,x.svs\nb,y.svs\na,z.svs\n", r"row 4: slide_id 'a' already used in row 2"),
+    ("slide_id,path\n,x.svs\n", "row 2: empty slide_id"),
+    ("slide_id,path\na,\n", r"row 2 \(slide 'a'\): empty path"),
+    ("slide_id,path,mpp\na,x.svs,fast\n", r"row 2, column mpp: 'fast' is not a positive number"),
+    ("slide_id,path,mpp\na,x.svs,-0.5\n", r"row 2, column mpp"),
+    ("slide_id,path\n..,x.svs\n", "cannot be used as a file name"),
+    ("slide_id,path\na/b,x.svs\na_b,y.svs\n", "both become file name 'a_b'"),
+])
+def test_manifest_errors_name_the_row(tmp_path, text, match):
+    man = write(tmp_path / "m.csv", text)
+    with pytest.raises(InputError, match=match):
+        read_manifest(man)
+
+
+def test_manifest_missing_file(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        read_manifest(tmp_path / "nope.csv")
+
+
+# -- collect_slides -------------------------------------------------------------------------------------------
+def test_collect_files_dirs_globs(tmp_path):
+    for rel in ["d/a.svs", "d/b.tif", "d/notes.txt", "d/sub/c.ndpi"]:
+        write(tmp_path / rel, "x")
+    flat = collect_slides([tmp_path / "d"])
+    assert [s.slide_id for s in flat] == ["a", "b"]
+    deep = collect_slides([tmp_path / "d"], recursive=True)
+    assert sorted(s.slide_id for s in deep) == ["a", "b", "c"]
+    globbed = collect_slides([str(tmp_path / "d" / "*.svs")])
+    assert [s.slide_id for s in globbed] == ["a"]
+    # a missing file is kept: it fails later as that slide's own error
+    missing = collect_slides([tmp_path / "gone.svs"])
+    assert missing[0].slide_id == "gone" and not missing[0].path.exists()
+    # multi-dot names: the slide id stops at the first dot
+    write(tmp_path / "e" / "TCGA-X.svs.tiff", "x")
+    assert collect_slides([tmp_path / "e"])[0].slide_id == "TCGA-X"
+
+
+def test_collect_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    write(tmp_path / "empty" / "sub" / "x.svs", "x")
+    with pytest.raises(InputError, match="holds no slide files.*--recursive"):
+        collect_slides([tmp_path / "empty"])
+    with pytest.raises(InputError, match="matches no files"):
+        collect_slides([str(tmp_path / "*.ndpi")])
+    with pytest.raises(ConfigError, match="no slides given"):
+        collect_slides([])
+    with pytest.raises(ConfigError, match="--case-id-from"):
+        collect_slides([tmp_path / "a.svs"], case_id_from="barcode")
+    write(tmp_path / "one" / "s.svs", "x")
+    write(tmp_path / "two" / "s.svs", "x")
+    with pytest.raises(InputError, match="'s' is used twice"):
+        collect_slides([tmp_path / "one", tmp_path / "two"])
+
+
+def test_collect_mpp_override_and_manifest_precedence(tmp_path):
+    man = write(tmp_path / "m.csv", "slide_id,path,mpp\nm1,a.svs,0.25\nm2,b.svs,\n")
+    specs = {s.slide_id: s for s in collect_slides([tmp_path / "c.svs"], manifest=man, mpp=0.5)}
+    assert specs["m1"].mpp == 0.25  # the manifest wins
+    assert specs["m2"].mpp == 0.5 and specs["c"].mpp == 0.5
+    assert collect_slides([tmp_path / "c.svs"], case_id_from="tcga")[0].case_id == "c"
+
+
+def test_shards():
+    assert parse_shard(None) is None
+    assert parse_shard("1/3") == (1, 3)
+    for bad in ("3/3", "x", "1-3", "-1/2", "0/0"):
+        with pytest.raises(ConfigError, match="--shard"):
+            parse_shard(bad)
+    items = list(range(10))
+    parts = [take_shard(items, (i, 3)) for i in range(3)]
+    assert sorted(sum(parts, [])) == items and parts[1] == [1, 4, 7]
+    assert take_shard(items, None) == items
