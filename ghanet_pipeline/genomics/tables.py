@@ -12,6 +12,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -52,11 +53,15 @@ class GenomicsData:
         return list(self.clinical.index)
 
 
-def read_table_file(path: Path | str) -> pd.DataFrame:
-    """Read a CSV/TSV (optionally ``.zip``/``.gz`` compressed) with every value as text-or-number.
+def read_table_file(path: Path | str,
+                    numeric: Callable[[list[str]], Iterable[str]] | None = None) -> pd.DataFrame:
+    """Read a CSV/TSV (optionally ``.zip``/``.gz`` compressed); columns are text unless numeric.
 
-    The separator is detected from the name (``.tsv``/``.txt`` -> tab) or sniffed. Raises InputError
-    when the file is missing or unreadable.
+    The separator comes from the name (``.tsv``/``.txt``/``.tab`` -> tab, else comma; a ``.csv`` whose
+    header holds tabs is read as TSV). ``numeric(header) -> columns`` names columns parsed as numbers by
+    the fast C parser (NA spellings -> NaN); a column holding text stays text so that
+    :func:`to_numeric_frame` can name the bad cell. Raises InputError when the file is missing or
+    unreadable.
     """
     path = Path(path)
     if not path.is_file():
@@ -65,10 +70,22 @@ def read_table_file(path: Path | str) -> pd.DataFrame:
     for ext in (".zip", ".gz", ".bz2", ".xz"):
         if name.endswith(ext):
             name = name[: -len(ext)]
-    sep = "\t" if name.endswith((".tsv", ".txt", ".tab")) else None
+    sep = "\t" if name.endswith((".tsv", ".txt", ".tab")) else ","
     try:
-        df = pd.read_csv(path, sep=sep, engine="python" if sep is None else "c", dtype=str,
-                         keep_default_na=False, comment=None)
+        header = list(pd.read_csv(path, sep=sep, nrows=0).columns)
+        if len(header) == 1 and "\t" in str(header[0]) and sep == ",":
+            sep = "\t"  # a TSV named .csv
+            header = list(pd.read_csv(path, sep=sep, nrows=0).columns)
+        num = set(numeric([str(c).strip() for c in header])) if numeric is not None else set()
+        if num:
+            # numbers parsed by the C reader; a numeric column holding text comes back as text
+            df = pd.read_csv(path, sep=sep, keep_default_na=False, na_values=list(_NA_TEXT),
+                             dtype={c: str for c in header if str(c).strip() not in num})
+            for c in header:
+                if str(c).strip() not in num and df[c].dtype == object:
+                    df[c] = df[c].fillna("")
+        else:
+            df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
     except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read as CSV/TSV ({exc}); give a comma- or tab-separated "
                          f"table (.csv, .tsv, optionally .zip/.gz)") from None
@@ -90,9 +107,17 @@ def to_numeric_frame(df: pd.DataFrame, path: Path | str, allow_nan: bool, what: 
     quoted in messages next to the 1-based row number. Vectorised over the whole frame.
     """
     shape = df.shape
-    flat = pd.Series(df.to_numpy(dtype=object).ravel(order="C")).astype(str).str.strip()
-    na = flat.isin(_NA_TEXT).to_numpy().reshape(shape)
-    num = pd.to_numeric(flat, errors="coerce").to_numpy(dtype=np.float64).reshape(shape)
+    num = np.empty(shape, dtype=np.float64)
+    na = np.zeros(shape, dtype=bool)
+    is_num = np.array([pd.api.types.is_numeric_dtype(t) for t in df.dtypes], dtype=bool)
+    if is_num.any():                      # parsed by the C reader already
+        num[:, is_num] = df.loc[:, is_num].to_numpy(dtype=np.float64)
+        na[:, is_num] = np.isnan(num[:, is_num])
+    if (~is_num).any():                   # text: strip, recognise NA spellings, parse
+        text = df.loc[:, ~is_num].to_numpy(dtype=object)
+        flat = pd.Series(text.ravel(order="C")).astype(str).str.strip()
+        na[:, ~is_num] = flat.isin(_NA_TEXT).to_numpy().reshape(text.shape)
+        num[:, ~is_num] = pd.to_numeric(flat, errors="coerce").to_numpy(dtype=np.float64).reshape(text.shape)
     out = pd.DataFrame(num, index=df.index, columns=df.columns)
     bad = np.isnan(num) & ~na
     if bad.any():
@@ -236,7 +261,7 @@ def read_mcat_table(path: Path | str, allow_nan: bool = False) -> GenomicsData:
     metadata (kept out of the features, whatever its position). Rows of the same case must agree on
     survival and features; they are collapsed into one row per case.
     """
-    df = read_table_file(path)
+    df = read_table_file(path, numeric=lambda cols: feature_columns(cols))
     notes: list[str] = []
     surv = read_survival(df, path, notes)
     fmap = feature_columns(list(df.columns))
