@@ -64,6 +64,10 @@ def read_splits(directory: Path | str, case_ids: list[str], notes: list[str] | N
         if not train or not val:
             raise InputError(f"{path}: empty train or val column")
         folds.append((train, val))
+    unused = sorted(known - {c for tr, va in folds for c in tr + va})
+    if unused and notes is not None:
+        notes.append(f"{len(unused)} case(s) of the table are in no split file and are not used: "
+                     f"{unused[:5]}{' ...' if len(unused) > 5 else ''}")
     return folds
 
 

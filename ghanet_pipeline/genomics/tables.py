@@ -314,7 +314,7 @@ def read_counts(path: Path | str, clinical_path: Path | str, allow_nan: bool = F
     """
     clinical, notes = read_clinical(clinical_path)
     case_set = set(clinical.index)
-    df = read_table_file(path)
+    df = read_table_file(path, numeric=lambda cols: list(_match_samples(cols, case_set)) or cols[1:])
     if df.shape[1] < 2:
         raise InputError(f"{path}: counts matrix has fewer than 2 columns")
     col_match = _match_samples(list(df.columns), case_set)
