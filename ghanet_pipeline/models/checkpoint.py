@@ -1,0 +1,105 @@
+"""Checkpoints: ``model.safetensors`` (weights) + ``model.json`` (metadata) in one fold directory.
+
+Loading never unpickles: weights come from safetensors, everything else from JSON, and the model is
+rebuilt from the registry name (``model``) and its keyword arguments (``model_config``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..errors import CheckpointError, ConfigError
+from ..ioutils import atomic_path, file_sha256, write_json_atomic
+from ._registry import create_model
+
+CHECKPOINT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+META_NAME = "model.json"
+
+
+def save_checkpoint(fold_dir: Path | str, model: nn.Module, meta: dict[str, Any]) -> Path:
+    """Write the weights and metadata of ``model`` into ``fold_dir``; return the JSON path.
+
+    ``meta`` holds the contract's keys (families, selected, scaler, bin_edges_months, encoder,
+    train_risk_median, fold, epoch, ...); ``checkpoint_version``, ``ghanet_version``, ``model``,
+    ``model_config`` and ``weights_sha256`` are filled in here (``meta`` may override ``model_config``
+    only if it equals the model's). Weights are written first, the JSON last, both atomically, so a
+    readable JSON means a complete checkpoint.
+    """
+    from safetensors.torch import save_file
+
+    fold_dir = Path(fold_dir)
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    weights = fold_dir / WEIGHTS_NAME
+    with atomic_path(weights) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", "model": model.name})
+    record = {"checkpoint_version": CHECKPOINT_VERSION, "ghanet_version": __version__}
+    record.update(meta)
+    record.update(model=model.name, model_config=dict(model.config), weights_sha256=file_sha256(weights))
+    return write_json_atomic(fold_dir / META_NAME, record)
+
+
+def read_checkpoint_meta(fold_dir: Path | str) -> dict[str, Any]:
+    """Read and check ``model.json`` of ``fold_dir`` (no weights loaded)."""
+    meta_path = Path(fold_dir) / META_NAME
+    if not meta_path.is_file():
+        raise CheckpointError(f"{meta_path} not found: {fold_dir} is not a finished ghanet checkpoint "
+                              f"(train it again, or point to a fold_<k> directory of a finished run)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{meta_path} is not readable JSON ({exc}); retrain this fold") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{meta_path} does not hold a JSON object; retrain this fold")
+    version = meta.get("checkpoint_version")
+    if version != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{meta_path} has checkpoint_version {version!r}; this ghanet "
+                              f"({__version__}) reads version {CHECKPOINT_VERSION}: use the ghanet version "
+                              f"that wrote it ({meta.get('ghanet_version', 'unknown')}) or retrain")
+    for key in ("model", "model_config"):
+        if key not in meta:
+            raise CheckpointError(f"{meta_path} has no {key!r} entry; retrain this fold")
+    return meta
+
+
+def load_checkpoint(fold_dir: Path | str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model saved in ``fold_dir`` on ``device`` (eval mode); return ``(model, meta)``.
+
+    Raises :class:`CheckpointError` for a missing file, another checkpoint version, an unknown model,
+    weights that do not match the JSON (hash) or the architecture (keys/shapes).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    fold_dir = Path(fold_dir)
+    meta = read_checkpoint_meta(fold_dir)
+    weights = fold_dir / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} not found next to {META_NAME}; the checkpoint is incomplete, "
+                              f"retrain this fold")
+    expected = meta.get("weights_sha256")
+    if expected and file_sha256(weights) != expected:
+        raise CheckpointError(f"{weights} does not match the weights_sha256 in {META_NAME} (files from "
+                              f"different runs mixed?); copy both files of one fold together or retrain")
+    try:
+        model = create_model(meta["model"], **meta["model_config"])
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{fold_dir / META_NAME}: cannot rebuild model {meta['model']!r}: {exc}") from exc
+    try:
+        state = load_file(str(weights), device=str(device))
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise CheckpointError(f"{weights} is not a readable safetensors file ({exc}); retrain this fold") from exc
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{weights} does not fit model {meta['model']!r} with config "
+                              f"{meta['model_config']}: {exc}") from exc
+    model.to(device).eval()
+    return model, meta

@@ -1,0 +1,177 @@
+"""G-HANet (Wang et al.): histo-genomic knowledge distillation for survival prediction from a slide bag.
+
+Two branches share nothing but the bag of patch features ``F`` (N, in_dim):
+
+* CAB (cross-modal associating branch): G learnable family tokens attend twice, with ONE shared
+  multi-head cross attention, over the embedded patches; the step-2 pre-softmax scores averaged over
+  heads are the association matrix ``A`` (G, N); per-family SNN heads reconstruct the selected genes
+  (training targets only, a family with 0 selected genes has no head).
+* HSB (hyper-attention survival branch): its own patch embedding; per family, patch weights are the mean
+  of the morphology weights (gated attention, softmax over patches) and the genomic weights (softmax of
+  ``A`` over that family's top-k% patches, zeros elsewhere, *detached*: the survival loss does not
+  train CAB through them); the weighted patch sums go through a residual MLP, are fused with the CAB
+  output ``(f_GI + r2) / 2`` (so CAB does get survival gradient through r2, as in the released code),
+  then self attention among the G tokens, a GEGLU FFN, compression to 256 per token and a linear layer
+  to ``n_bins`` logits.
+
+Speed: the two patch embeddings run as one ``(N, in_dim) x (in_dim, 2*dim)`` product, keys/values are
+never projected per patch (see :class:`MultiHeadCrossAttention`), and the top-k genomic weights are
+built from the kept entries only. Memory and time are linear in N.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError, InputError
+from ._registry import register_model
+from .layers import (GatedAttention, GEGLUFeedForward, MultiHeadCrossAttention, MultiHeadSelfAttention,
+                     ReLUDropout, SNNHead, survival_outputs)
+
+
+def topk_count(n_patches: int, topk: float) -> int:
+    """Number of patches kept per family: ``ceil(topk * N)``, at least 1, at most N."""
+    return min(n_patches, max(1, math.ceil(round(topk * n_patches, 6))))
+
+
+def genomic_weights(assoc: torch.Tensor, topk: float) -> torch.Tensor:
+    """Genomic patch weights (G, N) from the association matrix ``assoc`` (G, N).
+
+    Per family (row): softmax over its ``topk_count(N, topk)`` highest-scoring patches, zeros elsewhere.
+    The result is detached: no gradient reaches ``assoc``.
+    """
+    a = assoc.detach()
+    vals, idx = a.topk(topk_count(a.shape[1], topk), dim=1)
+    return torch.zeros_like(a).scatter_(1, idx, vals.softmax(dim=1))
+
+
+class CrossModalAssociation(nn.Module):
+    """CAB: family tokens x patches cross attention (shared weights, used twice) + gene reconstruction."""
+
+    def __init__(self, in_dim: int, family_sizes: Sequence[int], dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.family_sizes = [int(n) for n in family_sizes]
+        self.embed = nn.Linear(in_dim, dim)             # -> ReLU -> Dropout (applied in forward)
+        self.embed_act = ReLUDropout(dropout)
+        self.tokens = nn.Parameter(torch.randn(len(self.family_sizes), dim))
+        self.mhca = MultiHeadCrossAttention(dim, heads, dropout)   # shared by step 1 and step 2
+        self.norm_tokens = nn.LayerNorm(dim)
+        self.norm_patches = nn.LayerNorm(dim)           # LN(h), computed once, used by both steps
+        self.norm_ffn1 = nn.LayerNorm(dim)
+        self.ffn1 = GEGLUFeedForward(dim, 4, dropout)
+        self.norm_query2 = nn.LayerNorm(dim)
+        self.norm_ffn2 = nn.LayerNorm(dim)
+        self.ffn2 = GEGLUFeedForward(dim, 4, dropout)
+        self.norm_out = nn.LayerNorm(dim)
+        self.recon_heads = nn.ModuleDict({str(i): SNNHead(dim, n, dropout)
+                                          for i, n in enumerate(self.family_sizes) if n > 0})
+
+    def forward(self, h_pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:
+        """``h_pre``: embedding pre-activations (N, dim). Returns r2 (G, dim), A (G, N), recon."""
+        h = self.embed_act(h_pre)
+        context = self.norm_patches(h)
+        r1, _ = self.mhca(self.norm_tokens(self.tokens), context)
+        r1 = self.ffn1(self.norm_ffn1(r1)) + r1
+        r2, scores = self.mhca(self.norm_query2(self.tokens + r1), context)
+        r2 = self.norm_out(self.ffn2(self.norm_ffn2(r2)) + r2)
+        assoc = scores.mean(dim=0)                      # (G, N) pre-softmax scaled scores, head mean
+        recon = [self.recon_heads[str(i)](r2[i]) if str(i) in self.recon_heads else None
+                 for i in range(len(self.family_sizes))]
+        return r2, assoc, recon
+
+
+class HyperAttentionSurvival(nn.Module):
+    """HSB: morphology + genomic hyper-attention pooling, fusion with CAB, token self attention, classifier."""
+
+    def __init__(self, in_dim: int, n_families: int, n_bins: int, dim: int, heads: int, dropout: float,
+                 topk: float):
+        super().__init__()
+        self.topk = topk
+        self.embed = nn.Linear(in_dim, dim)             # -> LayerNorm -> ReLU -> Dropout (in forward)
+        self.embed_norm = nn.LayerNorm(dim)
+        self.embed_act = ReLUDropout(dropout)
+        self.gate = GatedAttention(dim, dim // 2)
+        self.hyper = nn.Sequential(nn.Linear(dim, dim), nn.LayerNorm(dim), nn.ReLU(),
+                                   nn.Linear(dim, dim), nn.LayerNorm(dim), nn.ReLU())
+        self.mhsa = MultiHeadSelfAttention(dim, heads, dropout)
+        self.norm_ffn = nn.LayerNorm(dim)
+        self.ffn = GEGLUFeedForward(dim, 4, dropout)
+        self.compress = nn.Sequential(nn.Linear(dim, dim // 2), nn.LayerNorm(dim // 2), nn.ReLU(),
+                                      nn.Dropout(dropout))
+        self.classifier = nn.Linear(n_families * (dim // 2), n_bins)
+
+    def forward(self, hp_pre: torch.Tensor, assoc: torch.Tensor, r2: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``hp_pre`` (N, dim) embedding pre-activations, ``assoc`` (G, N), ``r2`` (G, dim) -> logits, w_mor."""
+        hp = self.embed_act(self.embed_norm(hp_pre))
+        w_mor = self.gate(hp).softmax(dim=0)                            # (N,)
+        hyper = (genomic_weights(assoc, self.topk) + w_mor) * 0.5      # M_hyper (G, N)
+        x = hyper @ hp                                                  # (G, dim)
+        f = (x + self.hyper(x) + r2) * 0.5                              # (f_GI + r2) / 2
+        f = self.mhsa(f) + f
+        f = self.ffn(self.norm_ffn(f)) + f
+        logits = self.classifier(self.compress(f).reshape(1, -1))
+        return logits, w_mor
+
+
+class GHANet(nn.Module):
+    """G-HANet for one case: ``model(features (N, in_dim))`` -> dict.
+
+    Keys: ``logits``, ``hazards``, ``S`` (each (1, n_bins)), ``risk`` (1,) (higher = worse), ``recon``
+    (list over families of (n_i,) reconstructed standardised genes, or None when n_i = 0), ``assoc`` (G, N)
+    pre-softmax association (detached), ``w_mor`` (N,) morphology attention (detached).
+    """
+
+    name = "ghanet"
+    needs_genomics = True
+
+    def __init__(self, in_dim: int = 1024, family_sizes: Sequence[int] = (0,) * 6, n_bins: int = 4,
+                 dim: int = 512, heads: int = 4, dropout: float = 0.25, topk: float = 0.2):
+        super().__init__()
+        family_sizes = [int(n) for n in family_sizes]
+        if not family_sizes or min(family_sizes) < 0:
+            raise ConfigError(f"family_sizes must list one gene count >= 0 per family, got {family_sizes}")
+        if not 0 < topk <= 1:
+            raise ConfigError(f"topk must be a fraction in (0, 1], got {topk}")
+        self.config = {"in_dim": in_dim, "family_sizes": family_sizes, "n_bins": n_bins, "dim": dim,
+                       "heads": heads, "dropout": dropout, "topk": topk}
+        self.cab = CrossModalAssociation(in_dim, family_sizes, dim, heads, dropout)
+        self.hsb = HyperAttentionSurvival(in_dim, len(family_sizes), n_bins, dim, heads, dropout, topk)
+
+    @property
+    def family_sizes(self) -> list[int]:
+        return list(self.config["family_sizes"])
+
+    def embed_pre(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both patch embeddings' pre-activations in one matrix product: (h_pre, hp_pre), each (N, dim)."""
+        weight = torch.cat([self.cab.embed.weight, self.hsb.embed.weight])
+        bias = torch.cat([self.cab.embed.bias, self.hsb.embed.bias])
+        pre = F.linear(features, weight, bias)
+        return pre.split(self.cab.embed.out_features, dim=1)
+
+    def forward(self, features: torch.Tensor) -> dict:
+        _check_features(features, self.config["in_dim"])
+        h_pre, hp_pre = self.embed_pre(features)
+        r2, assoc, recon = self.cab(h_pre)
+        logits, w_mor = self.hsb(hp_pre, assoc, r2)
+        out = survival_outputs(logits)
+        out.update(recon=recon, assoc=assoc.detach(), w_mor=w_mor.detach())
+        return out
+
+
+def _check_features(features: torch.Tensor, in_dim: int) -> None:
+    if features.dim() != 2 or features.shape[1] != in_dim or features.shape[0] == 0:
+        raise InputError(f"expected one bag of patch features shaped (N >= 1, {in_dim}), got "
+                         f"{tuple(features.shape)}; check the encoder's output dimension and empty bags")
+
+
+@register_model("ghanet")
+def build_ghanet(in_dim: int = 1024, family_sizes: Sequence[int] = (0,) * 6, n_bins: int = 4,
+                 dim: int = 512, heads: int = 4, dropout: float = 0.25, topk: float = 0.2) -> GHANet:
+    """G-HANet; ``family_sizes`` = genes selected per family (token order), G = len(family_sizes)."""
+    return GHANet(in_dim, family_sizes, n_bins, dim, heads, dropout, topk)
