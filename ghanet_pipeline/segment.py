@@ -207,10 +207,16 @@ def qc_image(thumb: np.ndarray, qc_ds: float, tissue: TissueMask, thumb_ds: floa
         holes = [np.round((hh + 0.5) * scale - 0.5).astype(np.int32) for hh in poly.holes]
         if holes:
             cv2.polylines(out, holes, True, (0, 60, 220), thick, lineType=cv2.LINE_AA)
-    bar_h = max(18, int(round(max(h, w) / 60)))
-    bar = np.full((bar_h, w, 3), 255, dtype=np.uint8)
-    cv2.putText(bar, title, (4, bar_h - 5), cv2.FONT_HERSHEY_SIMPLEX, bar_h / 34, (0, 0, 0),
-                max(1, bar_h // 20), cv2.LINE_AA)
+    # title lines (split at double spaces), each scaled to fit the width
+    lines = [t for t in title.split("  ") if t]
+    line_h = max(16, int(round(max(h, w) / 60)))
+    bar = np.full((line_h * len(lines) + 4, w, 3), 255, dtype=np.uint8)
+    for k, text in enumerate(lines):
+        scale = line_h / 34
+        (tw, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        scale *= min(1.0, (w - 8) / max(tw, 1))
+        cv2.putText(bar, text, (4, line_h * (k + 1) - 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0),
+                    max(1, line_h // 24), cv2.LINE_AA)
     return np.concatenate([bar, out], axis=0)
 
 
@@ -344,8 +350,8 @@ def segment_slide(spec: SlideSpec, out: Path | str, params: SegmentParams = Segm
     }
     geo = tissue_geojson(tissue, thumb_ds, sid, mpp)
     write_text_atomic(paths["geojson"], json.dumps(geo, separators=(",", ":")) + "\n")
-    title = (f"{sid}  {mpp:.4g} um/px ({mpp_source})  tissue {tissue_mm2:.3g} mm2  "
-             f"{n} patches of {params.patch_size}px @ {params.target_mpp:g} um/px")
+    title = (f"{sid}  {mpp:.4g} um/px ({mpp_source}), tissue {tissue_mm2:.3g} mm2  "
+             f"{n} patches of {params.patch_size} px at {params.target_mpp:g} um/px (min tissue {params.min_tissue:g})")
     _write_png(paths["png"], qc_image(qc_thumb, qc_ds, tissue, thumb_ds, grid, title))
     _write_coords(paths["coords"], grid, attrs)
     return ItemResult(item=sid, status="done" if n else "no tissue", seconds=round(time.perf_counter() - t0, 3),
