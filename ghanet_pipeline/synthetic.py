@@ -37,16 +37,6 @@ _STROMA = np.array([232.0, 163.0, 196.0], dtype=np.float32)
 _DENSE_STROMA = np.array([196.0, 128.0, 178.0], dtype=np.float32)
 _NUCLEUS = np.array([84.0, 44.0, 134.0], dtype=np.float32)
 
-#: rows: R, G, B; columns: weights of t, t*d, t*nuc, t*nuc*d, grain, grain*t (t = tissue, d = dense)
-_COLOR_MIX = np.stack([
-    _STROMA - _BG,
-    _DENSE_STROMA - _STROMA,
-    _NUCLEUS - _STROMA,
-    -(_DENSE_STROMA - _STROMA),
-    np.full(3, 0.3, dtype=np.float32),
-    np.ones(3, dtype=np.float32),
-], axis=1).astype(np.float32)
-
 METADATA_KINDS = ("aperio", "resolution", "objective", "none")
 
 
@@ -163,30 +153,37 @@ class _Renderer:
         if tex_side != side:
             self.sparse = cv2.resize(self.sparse, (side, side), interpolation=cv2.INTER_LINEAR)
             self.dense_tex = cv2.resize(self.dense_tex, (side, side), interpolation=cv2.INTER_LINEAR)
-        self.grain = (rng.standard_normal((side, side)).astype(np.float32) * 6.0)
-        self.grain = cv2.GaussianBlur(self.grain, (0, 0), sigmaX=0.7)
+        grain = (rng.standard_normal((side, side)).astype(np.float32) * 6.0)
+        grain = cv2.GaussianBlur(grain, (0, 0), sigmaX=0.7)[..., None]
+        # two tileable colour textures: normal tissue (pink stroma, sparse nuclei) and dense regions
+        nuc_s, nuc_d = self.sparse[..., None], self.dense_tex[..., None]
+        self.normal = np.clip(_STROMA * (1 - nuc_s) + _NUCLEUS * nuc_s + 1.3 * grain, 0, 255).astype(np.uint8)
+        self.dense = np.clip(_DENSE_STROMA * (1 - nuc_d) + _NUCLEUS * nuc_d + 1.3 * grain, 0, 255).astype(np.uint8)
 
-    def level_textures(self, ds: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def level_textures(self, ds: float) -> tuple[np.ndarray, np.ndarray]:
+        """The two colour textures at a pyramid level (area-averaged, so mean colours match level 0)."""
         import cv2  # noqa: PLC0415
 
         if ds <= 1.0:
-            return self.sparse, self.dense_tex, self.grain
+            return self.normal, self.dense
         s = max(4, int(round(self.side / ds)))
-        rs = lambda a: cv2.resize(a, (s, s), interpolation=cv2.INTER_AREA)  # noqa: E731
-        return rs(self.sparse), rs(self.dense_tex), rs(self.grain)
+        return (cv2.resize(self.normal, (s, s), interpolation=cv2.INTER_AREA),
+                cv2.resize(self.dense, (s, s), interpolation=cv2.INTER_AREA))
 
     def strips(self, lw: int, lh: int, ds: float, rows: int, pad_w: int) -> Iterator[np.ndarray]:
         """RGB uint8 strips (rows, pad_w, 3) covering the level (padding: background colour)."""
         import cv2  # noqa: PLC0415
 
-        sparse, dense_tex, grain = self.level_textures(ds)
-        s = sparse.shape[0]
+        normal, dense = self.level_textures(ds)
+        s = normal.shape[0]
         lmpp = self.mpp * ds
         # field coordinates (cell units) of pixel centres, separable linear interpolation
         fx = (np.arange(lw, dtype=np.float64) + 0.5) * lmpp / self.fields.field_um
         fw = self.fields.tissue.shape[1]
         jx = np.clip(np.floor(fx).astype(np.int64), 0, fw - 2)
         wx = np.clip(fx - jx, 0.0, 1.0).astype(np.float32)
+        bg = np.empty((rows, lw, 3), dtype=np.uint8)
+        bg[...] = _BG_U8
         for y0 in range(0, lh, rows):
             n = min(rows, lh - y0)
             fy = (np.arange(y0, y0 + n, dtype=np.float64) + 0.5) * lmpp / self.fields.field_um
@@ -206,21 +203,13 @@ class _Renderer:
             t = self._interp(self.fields.tissue, iy, wy, jx[c0:c1], wx[c0:c1])
             d = self._interp(self.fields.dense, iy, wy, jx[c0:c1], wx[c0:c1])
             ridx = np.arange(y0, y0 + n) % s
-            cidx = np.arange(c0, c1) % s
-            k0 = int(cidx[0])
+            k0 = c0 % s
             reps = int(math.ceil((k0 + cw) / s))
-            nuc_s = np.tile(sparse[ridx], (1, reps))[:, k0:k0 + cw]
-            nuc_d = np.tile(dense_tex[ridx], (1, reps))[:, k0:k0 + cw]
-            gr = np.tile(grain[ridx], (1, reps))[:, k0:k0 + cw]
-            nuc = nuc_s + d * (nuc_d - nuc_s)
-            tn = t * nuc
-            # colour = linear combination of [1, t, t*d, t*nuc, t*nuc*d, grain, grain*t] (one matmul)
-            feats = np.stack([t, t * d, tn, tn * d, gr, gr * t], axis=0).reshape(6, -1)
-            planes = _COLOR_MIX @ feats  # (3, n * cw)
-            planes += _BG[:, None]
-            np.clip(planes, 0, 255, out=planes)
-            planes8 = planes.astype(np.uint8).reshape(3, n, cw)
-            out[:n, c0:c1] = cv2.merge([planes8[0], planes8[1], planes8[2]])
+            tex_n = np.ascontiguousarray(np.tile(normal[ridx], (1, reps, 1))[:, k0:k0 + cw])
+            tex_d = np.ascontiguousarray(np.tile(dense[ridx], (1, reps, 1))[:, k0:k0 + cw])
+            # per-pixel blends in OpenCV (uint8, SIMD): tissue = lerp(normal, dense, d); lerp(glass, tissue, t)
+            tissue = cv2.blendLinear(tex_n, tex_d, 1.0 - d, d)
+            out[:n, c0:c1] = cv2.blendLinear(bg[:n, :cw], tissue, 1.0 - t, t)
             yield out
 
     @staticmethod
