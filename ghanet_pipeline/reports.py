@@ -116,6 +116,10 @@ def plot_learning_curves(histories: Mapping[Any, Sequence[Mapping[str, Any]]], p
             vals = [h.get("val_c_index") for h in hist if h["epoch"] == sel]
             if vals and vals[0] is not None:
                 ax_c.plot([sel], [vals[0]], "*", ms=12, color=color)
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
+
+    for ax in (ax_l, ax_c):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_l.set_xlabel("epoch")
     ax_l.set_ylabel("loss (NLL + alpha * reconstruction)")
     ax_l.legend(fontsize=7, ncol=2)

@@ -502,7 +502,11 @@ def train_fold(fold: int, fold_data: Any, bags: CaseBags, config: TrainConfig, f
         with torch.no_grad():
             for c in ids:
                 out = model(_to_tensor(bags.features(c), device))
-                risks.append(float(out["risk"].reshape(-1)[0]))
+                risk = float(out["risk"].reshape(-1)[0])
+                if not math.isfinite(risk):
+                    raise TrainingError(f"fold {fold}: the model gives a NaN/inf risk for case {c!r} (after epoch "
+                                        f"{len(history)}); check that case's bag for NaN/inf features, or lower --lr")
+                risks.append(risk)
                 surv.append(out["S"].reshape(-1).cpu().numpy())
                 recons.append([None if r is None else r.reshape(-1).cpu().numpy() for r in out.get("recon") or []])
                 row = labels.loc[c]
@@ -525,9 +529,10 @@ def train_fold(fold: int, fold_data: Any, bags: CaseBags, config: TrainConfig, f
             total, nll, recon = _case_loss(model, out, train_labels[case], targets.get(case), config.alpha,
                                            config.alpha_surv, device)
             if not torch.isfinite(total):
-                raise TrainingError(f"fold {fold}, epoch {epoch + 1}: the loss became {float(total)} on case "
-                                    f"{case!r} (NLL {float(nll):.4g}, reconstruction {float(recon):.4g}); "
-                                    f"check that case's bag for NaN/inf features, or lower --lr")
+                raise TrainingError(
+                    f"fold {fold}, epoch {epoch + 1}: the loss became NaN/inf ({float(total.detach())}) on case "
+                    f"{case!r} (NLL {float(nll.detach()):.4g}, reconstruction {float(recon.detach()):.4g}); "
+                    f"check that case's bag for NaN/inf features, or lower --lr")
             (total / config.accum).backward()
             sums["total"] += float(total.detach())
             sums["nll"] += float(nll.detach())

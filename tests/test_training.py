@@ -1,0 +1,274 @@
+"""k-fold training: planted signal vs shuffled labels, resume, bad input, `ghanet train` end to end.
+
+Data: the synthetic cohort (phenotype drives hazard and planted genes), `preprocess-genomics` on it,
+and bags made straight from the phenotypes (``synthetic_bags``) — no slides, so this is fast.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ghanet_pipeline.bags import write_bag
+from ghanet_pipeline.cli import cli
+from ghanet_pipeline.errors import ConfigError, MismatchError
+from ghanet_pipeline.genomics import GenomicsConfig, load_fold, preprocess_genomics
+from ghanet_pipeline.models import load_checkpoint
+from ghanet_pipeline.synthetic_bags import bag_attrs, write_synthetic_bags
+from ghanet_pipeline.synthetic_cohort import make_cohort, write_cohort_tables
+from ghanet_pipeline.training import TrainConfig, balanced_order, train_cv
+
+torch.set_num_threads(1)  # 2 cores shared with other test processes: 1 thread is fastest
+
+#: tiny model for the plumbing tests (the architecture is the paper's, only narrower)
+TINY = dict(epochs=2, accum=4, dim=32, lr=5e-4)
+
+
+def _make_data(root: Path, n_cases: int, seed: int, n_patches, folds: int = 3) -> tuple[Path, Path, object]:
+    cohort = make_cohort(n_cases=n_cases, seed=seed)
+    paths = write_cohort_tables(cohort, root / "inputs", table_name="table.csv")
+    preprocess_genomics(GenomicsConfig(table=str(paths["table"]), families=str(paths["families"]), folds=folds,
+                                       de_method="ttest"), root)
+    feats = root / "features" / "synthetic"
+    write_synthetic_bags(cohort, feats, n_patches=n_patches, seed=seed)
+    return feats, root / "genomics", cohort
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    feats, gdir, cohort = _make_data(root, n_cases=24, seed=3, n_patches=(20, 40))
+    return feats, gdir, cohort
+
+
+def _copy_features(feats: Path, dst: Path) -> Path:
+    shutil.copytree(feats, dst)
+    return dst
+
+
+def test_balanced_order_balances_classes():
+    bins = np.array([0] * 40 + [1] * 5 + [2] * 5 + [3] * 10)
+    cens = np.array([0, 1] * 30)
+    order = np.concatenate([balanced_order(bins, cens, seed=0, fold=0, epoch=e) for e in range(200)])
+    cls = bins[order] * 2 + cens[order]
+    freq = np.bincount(cls, minlength=8) / len(cls)
+    assert np.allclose(freq, 1 / 8, atol=0.015)
+    assert (balanced_order(bins, cens, 0, 0, 1) == balanced_order(bins, cens, 0, 0, 1)).all()
+    assert not (balanced_order(bins, cens, 0, 0, 1) == balanced_order(bins, cens, 0, 0, 2)).all()
+
+
+@pytest.mark.slow
+def test_planted_signal_learned_and_shuffled_control_is_not(tmp_path):
+    """G-HANet finds the phenotype: val c-index >= 0.70, better than shuffled labels; planted genes
+    are reconstructed (positive Spearman across validation cases), noise genes are not."""
+    feats, gdir, cohort = _make_data(tmp_path, n_cases=48, seed=1, n_patches=(80, 160))
+    cfg = dict(epochs=5, accum=4, lr=5e-4, dim=128)
+    real = train_cv(feats, gdir, tmp_path, TrainConfig(**cfg), run_name="real")
+    ctrl = train_cv(feats, gdir, tmp_path, TrainConfig(**cfg, shuffle_labels=True), run_name="shuffled")
+    assert all(r.status == "done" for r in real.folds + ctrl.folds)
+    c_real, c_ctrl = real.metrics["c_index_mean"], ctrl.metrics["c_index_mean"]
+    assert c_real >= 0.70, real.metrics["c_index_per_fold"]
+    assert c_real > c_ctrl + 0.1, (c_real, c_ctrl)
+
+    genes = pd.concat(pd.read_csv(p) for p in (real.run_dir).glob("fold_*/gene_spearman.csv"))
+    genes["planted"] = genes.gene.str.replace(r"_(rnaseq|cnv|mut)$", "", regex=True).isin(cohort.planted_genes)
+    planted = genes.loc[genes.planted, "spearman"].dropna()
+    noise = genes.loc[~genes.planted, "spearman"].dropna()
+    assert len(planted) >= 6  # the genomics selection keeps planted genes
+    assert planted.mean() > 0.4 and planted.median() > 0.6, planted.describe()
+    assert planted.mean() > noise.mean() + 0.3, (planted.mean(), noise.mean())
+    m = json.loads((real.run_dir / "metrics.json").read_text())
+    assert set(m["spearman_per_family"]) >= {"Tumor Suppression", "Oncogenesis"}
+    assert m["optimistic"] is False and m["select"] == "final"
+
+
+def test_resume_after_interruption_is_identical(tiny, tmp_path):
+    feats, gdir, _ = tiny
+    cfg = dict(TINY, epochs=3, folds=[0])
+    ref = train_cv(feats, gdir, tmp_path / "a", TrainConfig(**cfg))
+
+    class Stop(KeyboardInterrupt):
+        pass
+
+    def interrupt(kind, **info):
+        if kind == "epoch" and info["epoch"] == 2:
+            raise Stop()
+
+    with pytest.raises(Stop):
+        train_cv(feats, gdir, tmp_path / "b", TrainConfig(**cfg), progress=interrupt)
+    fold_dir = tmp_path / "b" / "train" / "ghanet" / "fold_0"
+    assert (fold_dir / "state" / "state.safetensors").is_file() and not (fold_dir / "model.json").exists()
+    assert json.loads((fold_dir / "state" / "state.json").read_text())["epoch"] == 2
+    with pytest.raises(ConfigError, match="--resume"):
+        train_cv(feats, gdir, tmp_path / "b", TrainConfig(**cfg))
+    events = []
+    res = train_cv(feats, gdir, tmp_path / "b", TrainConfig(**cfg), resume=True,
+                   progress=lambda kind, **info: events.append((kind, info.get("epoch"))))
+    assert ("resume", 2) in events and [e for k, e in events if k == "epoch"] == [3]
+    a = pd.read_csv(ref.run_dir / "predictions.csv")
+    b = pd.read_csv(res.run_dir / "predictions.csv")
+    np.testing.assert_allclose(a["risk"], b["risk"], rtol=1e-5, atol=1e-6)
+    assert not (fold_dir / "state").exists()
+    # a finished fold is not retrained; other options refuse to resume
+    mtime = (fold_dir / "model.safetensors").stat().st_mtime_ns
+    again = train_cv(feats, gdir, tmp_path / "b", TrainConfig(**cfg), resume=True)
+    assert [r.status for r in again.folds] == ["skipped"]
+    assert (fold_dir / "model.safetensors").stat().st_mtime_ns == mtime
+    with pytest.raises(MismatchError, match="lr"):
+        train_cv(feats, gdir, tmp_path / "b", TrainConfig(**dict(cfg, lr=1e-3)), resume=True)
+
+
+def test_bags_from_different_encoders_refused(tiny, tmp_path):
+    feats, gdir, cohort = tiny
+    mixed = _copy_features(feats, tmp_path / "mixed")
+    sid = cohort.clinical.slide_id.iloc[0]
+    write_bag(mixed / f"{sid}.h5", np.ones((5, 1024), np.float32), np.zeros((5, 2), np.int64),
+              {**bag_attrs(sid), "encoder": "uni", "weights_sha256": "abc"})
+    with pytest.raises(MismatchError, match="made differently.*encoder"):
+        train_cv(mixed, gdir, tmp_path, TrainConfig(**TINY))
+
+
+def test_missing_bags_warned_and_empty_fold_fails(tiny, tmp_path):
+    feats, gdir, cohort = tiny
+    part = _copy_features(feats, tmp_path / "part")
+    fold0 = load_fold(gdir, 0)
+    slides_of = cohort.clinical.groupby("case_id").slide_id.apply(list)
+    gone = fold0.val_ids[:1]
+    for c in gone:
+        for s in slides_of[c]:
+            (part / f"{s}.h5").unlink()
+    res = train_cv(part, gdir, tmp_path, TrainConfig(**TINY, folds=[0]), run_name="one_missing")
+    assert res.folds[0].status == "done"
+    assert any("no bag" in w and gone[0] in w for w in res.warnings)
+    assert gone[0] in res.metrics["skipped_cases"]
+    assert gone[0] not in set(pd.read_csv(res.run_dir / "predictions.csv").case_id)
+    # now every validation case of fold 0 loses its bags: fold 0 fails, fold 1 still trains
+    for c in fold0.val_ids:
+        for s in slides_of[c]:
+            (part / f"{s}.h5").unlink(missing_ok=True)
+    res = train_cv(part, gdir, tmp_path, TrainConfig(**TINY, folds=[0, 1]), run_name="empty_fold")
+    status = {r.item: r for r in res.folds}
+    assert status["fold 0"].status == "failed"
+    assert "fold 0: none of the" in status["fold 0"].message and "validation cases has a bag" in status["fold 0"].message
+    assert status["fold 1"].status == "done"
+    assert set(res.metrics["c_index_per_fold"]) == {"1"}
+
+
+def test_zero_patch_bag_and_nan_features(tiny, tmp_path):
+    feats, gdir, cohort = tiny
+    bad = _copy_features(feats, tmp_path / "bad")
+    fold0 = load_fold(gdir, 0)
+    slides_of = cohort.clinical.groupby("case_id").slide_id.apply(list)
+    empty_case = fold0.train_ids[0]
+    for s in slides_of[empty_case]:
+        write_bag(bad / f"{s}.h5", np.zeros((0, 1024), np.float32), np.zeros((0, 2), np.int64), bag_attrs(s))
+    res = train_cv(bad, gdir, tmp_path, TrainConfig(**TINY, folds=[0]), run_name="zero")
+    assert any("0 patches" in w for w in res.warnings)
+    assert empty_case in res.metrics["skipped_cases"] and res.folds[0].status == "done"
+    # NaN features in every other training case: the first step on one of them stops the fold, naming it
+    nan_cases = [c for c in fold0.train_ids[1:] if c != empty_case]
+    for c in nan_cases:
+        for s in slides_of[c]:
+            write_bag(bad / f"{s}.h5", np.full((10, 1024), np.nan, np.float32), np.zeros((10, 2), np.int64),
+                      bag_attrs(s))
+    res = train_cv(bad, gdir, tmp_path, TrainConfig(**TINY, folds=[0]), run_name="nan")
+    msg = res.folds[0].message
+    assert res.folds[0].status == "failed" and "fold 0, epoch 1" in msg and "NaN" in msg, msg
+    assert any(repr(c) in msg for c in nan_cases), msg
+    assert not (res.run_dir / "fold_0" / "model.json").exists()
+
+
+def test_targets_and_bags_for_different_cases(tiny, tmp_path):
+    feats, gdir, _ = tiny
+    other = tmp_path / "other"
+    other_cohort = make_cohort(n_cases=6, seed=9, case_prefix="OTHER")
+    write_synthetic_bags(other_cohort, other, n_patches=10)
+    with pytest.raises(MismatchError, match="different case sets"):
+        train_cv(other, gdir, tmp_path, TrainConfig(**TINY))
+
+
+def test_fold_without_comparable_pairs(tiny, tmp_path):
+    feats, gdir, _ = tiny
+    g2 = tmp_path / "genomics"
+    shutil.copytree(gdir, g2)
+    labels = pd.read_csv(g2 / "fold_1" / "labels.csv", dtype={"case_id": str})
+    labels.loc[labels.split == "val", "censorship"] = 1
+    labels.to_csv(g2 / "fold_1" / "labels.csv", index=False)
+    res = train_cv(feats, g2, tmp_path, TrainConfig(**TINY, folds=[0, 1]))
+    assert res.metrics["c_index_per_fold"]["1"] is None
+    assert any("fold 1" in w and "no comparable pairs" in w for w in res.metrics["warnings"])
+    assert res.metrics["c_index_mean"] == pytest.approx(res.metrics["c_index_per_fold"]["0"])
+
+
+def test_best_epoch_is_labelled_optimistic(tiny, tmp_path):
+    feats, gdir, _ = tiny
+    res = train_cv(feats, gdir, tmp_path, TrainConfig(**dict(TINY, epochs=3), folds=[0], select="best-epoch"))
+    m = res.metrics
+    assert m["optimistic"] is True and "optimistic" in m["note"]
+    hist = json.loads((res.run_dir / "fold_0" / "history.json").read_text())
+    cs = [h["val_c_index"] for h in hist["epochs"]]
+    assert hist["selected_epoch"] == int(np.argmax(cs)) + 1
+    assert m["c_index_per_fold"]["0"] == pytest.approx(max(cs))
+
+
+def test_train_cli_end_to_end(tiny, tmp_path):
+    feats, gdir, cohort = tiny
+    runner = CliRunner()
+    args = ["train", "--features", str(feats), "--genomics", str(gdir), "--out", str(tmp_path), "--epochs", "2",
+            "--accum", "4", "--dim", "32", "--lr", "5e-4", "--no-progress", "--max-patches", "25"]
+    res = runner.invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert "mean ± std" in res.output and "c-index" in res.output
+    run = tmp_path / "train" / "ghanet"
+    for f in ("config.json", "metrics.json", "predictions.csv", "km.png", "spearman.png", "learning_curves.png"):
+        assert (run / f).is_file(), f
+    pred = pd.read_csv(run / "predictions.csv", dtype={"case_id": str})
+    assert list(pred.columns) == ["fold", "case_id", "risk", "S_0", "S_1", "S_2", "S_3", "bin",
+                                  "survival_months", "censorship"]
+    assert sorted(pred.case_id) == sorted(cohort.cases.index)  # every case validated exactly once
+    np.testing.assert_allclose(pred["risk"], -pred[["S_0", "S_1", "S_2", "S_3"]].sum(axis=1), rtol=1e-5)
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["topk"] == pytest.approx(0.2) and cfg["max_patches"] == 25 and cfg["epochs"] == 2
+    m = json.loads((run / "metrics.json").read_text())
+    assert set(m["c_index_per_fold"]) == {"0", "1", "2"}
+    for k in range(3):
+        fd = run / f"fold_{k}"
+        model, meta = load_checkpoint(fd)
+        fold = load_fold(gdir, k)
+        assert meta["bin_edges_months"] == pytest.approx(fold.bin_edges_months)
+        assert meta["selected"] == fold.selected and meta["families"] == fold.families
+        assert meta["encoder"]["encoder"] == "synthetic_phenotype" and meta["encoder"]["input_size"] == 224
+        assert meta["scaler"] == fold.scaler
+        hist = json.loads((fd / "history.json").read_text())
+        assert hist["complete"] and len(hist["epochs"]) == 2 and meta["epoch"] == 2
+        # train_risk_median is the median training risk of the saved model
+        from ghanet_pipeline.bags import read_bag
+
+        slides = cohort.clinical.groupby("case_id").slide_id.apply(list)
+        with torch.no_grad():
+            risks = [float(model(torch.from_numpy(np.concatenate(
+                [read_bag(feats / f"{s}.h5").features for s in slides[c]])))["risk"]) for c in fold.train_ids]
+        assert meta["train_risk_median"] == pytest.approx(float(np.median(risks)), rel=1e-4, abs=1e-5)
+    # evaluate on the written predictions reproduces the per-fold c-index
+    res = runner.invoke(cli, ["evaluate", str(run / "predictions.csv"), "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    ev = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert ev["c_index_per_fold"] == pytest.approx(m["c_index_per_fold"])
+    # same run again without --resume: refused (exit 2)
+    res = runner.invoke(cli, args)
+    assert res.exit_code == 2 and "--resume" in res.output
+    # ABMIL under the identical protocol, genomics used only for folds/labels
+    res = runner.invoke(cli, args + ["--model", "abmil"])
+    assert res.exit_code == 0, res.output
+    abmil = tmp_path / "train" / "abmil"
+    assert not (abmil / "spearman.png").exists()
+    assert json.loads((abmil / "fold_0" / "model.json").read_text())["model"] == "abmil"
+    assert (pd.read_csv(abmil / "predictions.csv", dtype={"case_id": str}).sort_values(["fold", "case_id"]).case_id.tolist()
+            == pred.sort_values(["fold", "case_id"]).case_id.tolist())
