@@ -38,6 +38,8 @@ MPP_REL_TOL = 0.02
 _PLAUSIBLE_MPP = (0.02, 50.0)
 #: side (in output/thumbnail pixels) of the blocks read when building a thumbnail
 _THUMB_BLOCK = 512
+#: and at most this many px (per side) at the pyramid level they are read from
+_LEVEL_BLOCK = 4096
 
 MPP_FIX_HINT = "pass --mpp UM_PER_PX (e.g. 0.25 for 40x, 0.5 for 20x) or add an mpp column to the manifest"
 
@@ -240,9 +242,12 @@ class Slide:
         level = int(self._osr.get_best_level_for_downsample(ds))
         lds = self.level_downsamples[level]
         out = np.empty((th, tw, 3), dtype=np.uint8)
-        for ty in range(0, th, _THUMB_BLOCK):
-            for tx in range(0, tw, _THUMB_BLOCK):
-                bw, bh = min(_THUMB_BLOCK, tw - tx), min(_THUMB_BLOCK, th - ty)
+        # blocks of at most _THUMB_BLOCK thumbnail px and _LEVEL_BLOCK px at the level read (memory bound
+        # for slides without a pyramid)
+        step = max(1, min(_THUMB_BLOCK, int(_LEVEL_BLOCK * lds / ds)))
+        for ty in range(0, th, step):
+            for tx in range(0, tw, step):
+                bw, bh = min(step, tw - tx), min(step, th - ty)
                 x0, y0 = int(round(tx * ds)), int(round(ty * ds))
                 lw = max(1, int(round(bw * ds / lds)))
                 lh = max(1, int(round(bh * ds / lds)))

@@ -213,3 +213,15 @@ def test_real_slide_reads_256_at_half_micron(real_slide: Path):
         patch = s.read_patch(plan, 1024, 1024)
     assert patch.shape == (256, 256, 3) and patch.dtype == np.uint8
     assert patch.std() > 10  # real content, not a blank fill
+
+
+def test_thumbnail_blocks_bound_memory_without_changing_result(synthetic_slide_20x, monkeypatch):
+    """Thumbnails are read in blocks (bounded px per read for slides without a pyramid); the block
+    size must not change the result."""
+    import ghanet_pipeline.slide as slide_mod
+
+    with Slide(synthetic_slide_20x) as s:
+        whole, _ = s.thumbnail(8)
+        monkeypatch.setattr(slide_mod, "_LEVEL_BLOCK", 100)  # 100 level px -> blocks of 50 thumbnail px
+        blocked, _ = s.thumbnail(8)
+    assert np.array_equal(whole, blocked)
