@@ -22,15 +22,15 @@ applied too), cases drawn with replacement with weights balancing the 8 classes 
 the FINAL epoch (``select="final"``); ``select="best-epoch"`` picks the epoch with the best validation
 c-index, as the authors did, and every output says that this is optimistic.
 
-Resume: a fold whose ``history.json`` says complete is not retrained; an interrupted fold restarts
+Rerunning a run: a fold whose ``history.json`` says complete is not retrained (other protocol options
+are an error: ``--overwrite`` or another run name). With ``resume=True`` an interrupted fold restarts
 after its last saved epoch with the same weights, optimiser moments and RNG state (bit-identical on
-CPU). Sampling and patch subsampling are seeded per (seed, fold, epoch), so the "sampler position" is
-the epoch number. Nothing is pickled: tensors go to safetensors, the rest to JSON.
+CPU); without it an interrupted fold starts again from epoch 1. Sampling and patch subsampling are
+seeded per (seed, fold, epoch), so the "sampler position" is the epoch number. Nothing is pickled: tensors go to safetensors, the rest to JSON.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -683,16 +683,13 @@ def train_cv(features_dir: Path | str, genomics_dir: Path | str, out: Path | str
     if run_dir.exists() and any(run_dir.iterdir()):
         if overwrite:
             shutil.rmtree(run_dir)
-        elif not resume:
-            raise ConfigError(f"run directory {run_dir} already exists; pass --resume to continue it, --overwrite "
-                              f"to start over, or another --run-name")
         elif cfg_path.is_file():
             old = json.loads(cfg_path.read_text())
             diff = [k for k in PROTOCOL_KEYS if old.get(k) != eff.get(k)]
             if diff:
-                raise MismatchError(f"cannot resume {run_dir}: option(s) differ from the saved run: "
+                raise MismatchError(f"{run_dir} holds a run with other options: "
                                     + ", ".join(f"{k} {old.get(k)!r} -> {eff.get(k)!r}" for k in diff)
-                                    + "; use the original options or --overwrite")
+                                    + "; use the original options, another --run-name, or --overwrite")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cfg_path, eff)
 
@@ -730,11 +727,14 @@ def train_cv(features_dir: Path | str, genomics_dir: Path | str, out: Path | str
 
     def work(k: int) -> ItemResult:
         fold_dir = run_dir / f"fold_{k}"
-        if resume and _fold_complete(fold_dir):
+        if _fold_complete(fold_dir):  # finished with the same options (checked above): not retrained
             oc = _load_finished_fold(fold_dir, k)
             status = "skipped"
         else:
             if not resume and fold_dir.exists():
+                if (fold_dir / "state" / "state.json").is_file():
+                    log.warning("fold %d: an interrupted training is restarted from epoch 1 (pass --resume to "
+                                "continue it from its last saved epoch)", k)
                 shutil.rmtree(fold_dir)
             progress("fold_start", fold=k, epochs=config.epochs)
             oc = train_fold(k, fold_data[k], bags, config, fold_dir, bags.encoder, progress, c_hash)

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from ghanet_pipeline.bags import write_bag
 from ghanet_pipeline.cli import cli
-from ghanet_pipeline.errors import ConfigError, MismatchError
+from ghanet_pipeline.errors import MismatchError
 from ghanet_pipeline.genomics import GenomicsConfig, load_fold, preprocess_genomics
 from ghanet_pipeline.models import load_checkpoint
 from ghanet_pipeline.synthetic_bags import bag_attrs, write_synthetic_bags
@@ -106,8 +106,6 @@ def test_resume_after_interruption_is_identical(tiny, tmp_path):
     fold_dir = tmp_path / "b" / "train" / "ghanet" / "fold_0"
     assert (fold_dir / "state" / "state.safetensors").is_file() and not (fold_dir / "model.json").exists()
     assert json.loads((fold_dir / "state" / "state.json").read_text())["epoch"] == 2
-    with pytest.raises(ConfigError, match="--resume"):
-        train_cv(feats, gdir, tmp_path / "b", TrainConfig(**cfg))
     events = []
     res = train_cv(feats, gdir, tmp_path / "b", TrainConfig(**cfg), resume=True,
                    progress=lambda kind, **info: events.append((kind, info.get("epoch"))))
@@ -121,8 +119,15 @@ def test_resume_after_interruption_is_identical(tiny, tmp_path):
     again = train_cv(feats, gdir, tmp_path / "b", TrainConfig(**cfg), resume=True)
     assert [r.status for r in again.folds] == ["skipped"]
     assert (fold_dir / "model.safetensors").stat().st_mtime_ns == mtime
-    with pytest.raises(MismatchError, match="lr"):
+    with pytest.raises(MismatchError, match="other options: lr"):
         train_cv(feats, gdir, tmp_path / "b", TrainConfig(**dict(cfg, lr=1e-3)), resume=True)
+    # without --resume an interrupted fold starts again from epoch 1
+    with pytest.raises(Stop):
+        train_cv(feats, gdir, tmp_path / "c", TrainConfig(**dict(cfg, epochs=2)), progress=interrupt)
+    events.clear()
+    train_cv(feats, gdir, tmp_path / "c", TrainConfig(**dict(cfg, epochs=2)),
+             progress=lambda kind, **info: events.append((kind, info.get("epoch"))))
+    assert [e for k, e in events if k == "epoch"] == [1, 2]
 
 
 def test_bags_from_different_encoders_refused(tiny, tmp_path):
@@ -261,9 +266,13 @@ def test_train_cli_end_to_end(tiny, tmp_path):
     assert res.exit_code == 0, res.output
     ev = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert ev["c_index_per_fold"] == pytest.approx(m["c_index_per_fold"])
-    # same run again without --resume: refused (exit 2)
+    # same run again: finished folds are skipped, nothing retrained; other options are refused
+    mtime = (run / "fold_0" / "model.safetensors").stat().st_mtime_ns
     res = runner.invoke(cli, args)
-    assert res.exit_code == 2 and "--resume" in res.output
+    assert res.exit_code == 0 and res.output.count("skipped") >= 3, res.output
+    assert (run / "fold_0" / "model.safetensors").stat().st_mtime_ns == mtime
+    res = runner.invoke(cli, args[:-2] + ["--max-patches", "30"])
+    assert res.exit_code == 1 and "other options: max_patches" in res.output
     # ABMIL under the identical protocol, genomics used only for folds/labels
     res = runner.invoke(cli, args + ["--model", "abmil"])
     assert res.exit_code == 0, res.output
@@ -272,3 +281,25 @@ def test_train_cli_end_to_end(tiny, tmp_path):
     assert json.loads((abmil / "fold_0" / "model.json").read_text())["model"] == "abmil"
     assert (pd.read_csv(abmil / "predictions.csv", dtype={"case_id": str}).sort_values(["fold", "case_id"]).case_id.tolist()
             == pred.sort_values(["fold", "case_id"]).case_id.tolist())
+
+
+def test_case_to_bag_mapping(tmp_path):
+    from ghanet_pipeline.training import map_cases_to_bags
+
+    bags = {s: tmp_path / f"{s}.h5" for s in ("TCGA-AA-0001-01Z-00-DX1", "TCGA-AA-0001-01Z-00-DX2",
+                                                "TCGA-AA-0002-01Z-00-DX1", "CASE9", "slideX")}
+    cases = ["TCGA-AA-0001", "TCGA-AA-0002", "CASE9", "TCGA-AA-0003"]
+    # genomics cases.csv slide ids (MCAT tables keep the .svs ending); a case named like its bag
+    slides = {"TCGA-AA-0001": ["TCGA-AA-0001-01Z-00-DX1.svs", "TCGA-AA-0001-01Z-00-DX2.svs"],
+              "TCGA-AA-0002": ["TCGA-AA-0002-01Z-00-DX1.svs"]}
+    found, missing = map_cases_to_bags(cases, bags, slides)
+    assert [p.stem for p in found["TCGA-AA-0001"]] == ["TCGA-AA-0001-01Z-00-DX1", "TCGA-AA-0001-01Z-00-DX2"]
+    assert [p.stem for p in found["CASE9"]] == ["CASE9"] and missing == ["TCGA-AA-0003"]
+    # TCGA barcodes: first 12 characters
+    found, missing = map_cases_to_bags(cases, bags, {}, case_id_from="tcga")
+    assert len(found["TCGA-AA-0001"]) == 2 and "CASE9" in missing
+    # manifest slide_id -> case_id wins
+    man = tmp_path / "m.csv"
+    man.write_text("slide_id,path,case_id\nslideX,x.svs,CASE9\nCASE9,y.svs,OTHER\n")
+    found, missing = map_cases_to_bags(cases, bags, slides, manifest=man)
+    assert [p.stem for p in found["CASE9"]] == ["slideX"] and "TCGA-AA-0001" in missing
