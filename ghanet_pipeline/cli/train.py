@@ -61,7 +61,8 @@ def _parse_folds(text: str | None) -> list[int] | None:
               help="Case id = first 12 characters of the bag name (TCGA barcodes).")
 @click.option("--shuffle-labels", is_flag=True,
               help="Negative control: permute survival labels among training cases (c-index should be ~0.5).")
-@click.option("--resume", is_flag=True, help="Continue a run: skip finished folds, restart others from their last epoch.")
+@click.option("--resume", is_flag=True, help="Continue interrupted folds from their last saved epoch (finished folds "
+                                            "are always skipped when the options match).")
 @overwrite_option
 @no_progress_option
 def train(features: Path, genomics: Path | None, out: Path, model: str, run_name: str | None, folds_text: str | None,
