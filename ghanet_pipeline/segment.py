@@ -321,7 +321,8 @@ def segment_slide(spec: SlideSpec, out: Path | str, params: SegmentParams = Segm
                        f"{side_um:g} um patch")
         elif not tissue.polygons:
             message = (f"no tissue found (saturation > {params.sat_threshold}, pieces >= "
-                       f"{params.min_tissue_area_um2:g} um^2); see the QC image, or lower --sat-threshold")
+                       f"{params.min_tissue_area_um2:g} um^2); see the QC image, or lower --sat-threshold "
+                       f"or --min-tissue-area")
         else:
             message = (f"{tissue_mm2:.3g} mm^2 of tissue but no patch is >= {params.min_tissue:g} tissue; "
                        f"lower --min-tissue")

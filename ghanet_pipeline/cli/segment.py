@@ -26,16 +26,16 @@ from .common import (Progress, manifest_option, no_progress_option, out_option, 
               help="Keep a patch when at least this fraction of its area is tissue.")
 @click.option("--thumbnail-downsample", type=click.FloatRange(min=1), default=32.0, show_default=True,
               help="Tissue mask resolution, as a downsample of --target-mpp (32 -> 16 um/px).")
-@click.option("--min-tissue-area", "min_tissue_area_um2", type=click.FloatRange(min=0), default=50_000.0,
+@click.option("--min-tissue-area", type=click.FloatRange(min=0), default=50_000.0,
               show_default=True, help="Drop tissue pieces smaller than this (um^2).")
-@click.option("--min-hole-area", "min_hole_area_um2", type=click.FloatRange(min=0), default=16_384.0,
+@click.option("--min-hole-area", type=click.FloatRange(min=0), default=16_384.0,
               show_default=True, help="Fill holes smaller than this (um^2).")
 @overwrite_option
 @no_progress_option
 @shard_option
 def segment(slides: tuple[str, ...], manifest: Path | None, recursive: bool, mpp: float | None,
             case_id_from: str | None, out: Path, target_mpp: float, patch_size: int, sat_threshold: int,
-            min_tissue: float, thumbnail_downsample: float, min_tissue_area_um2: float, min_hole_area_um2: float,
+            min_tissue: float, thumbnail_downsample: float, min_tissue_area: float, min_hole_area: float,
             overwrite: bool, no_progress: bool, shard: str | None) -> None:
     """Find tissue and lay the non-overlapping patch grid (256 px at 0.5 um/px by default).
 
@@ -54,7 +54,7 @@ def segment(slides: tuple[str, ...], manifest: Path | None, recursive: bool, mpp
     specs = take_shard(collect_slides(slides, manifest, recursive, case_id_from, mpp), parse_shard(shard))
     params = SegmentParams(target_mpp=target_mpp, patch_size=patch_size, sat_threshold=sat_threshold,
                            min_tissue=min_tissue, thumbnail_downsample=thumbnail_downsample,
-                           min_tissue_area_um2=min_tissue_area_um2, min_hole_area_um2=min_hole_area_um2)
+                           min_tissue_area_um2=min_tissue_area, min_hole_area_um2=min_hole_area)
     remove_stale_temps(Path(out) / "segment")
     with Progress(len(specs), "segment", disable=no_progress) as progress:
         results = run_items(specs, lambda s: s.slide_id, lambda s: segment_slide(s, out, params, overwrite),
