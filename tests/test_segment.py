@@ -294,3 +294,15 @@ def test_escaping_slide_id(synthetic_slide_20x, tmp_path):
     spec = SlideSpec(slide_id="../evil", path=synthetic_slide_20x, case_id="x")
     with pytest.raises(InputError, match="not a safe file name"):
         segment_slide(spec, out, SegmentParams())
+
+
+def test_config_file_sets_options_and_flags_win(synthetic_slide_20x, tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("segment:\n  min-tissue-area: 10000000\n  patch-size: 128\n")
+    res = CliRunner().invoke(cli, ["--config", str(cfg), "segment", str(synthetic_slide_20x), "--out", str(tmp_path),
+                                   "--patch-size", "256", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    rec = items(tmp_path)["synth20x"]
+    assert rec["status"] == "no tissue" and "--min-tissue-area" in rec["message"]
+    config = last_log(tmp_path)["config"]
+    assert config["min_tissue_area_um2"] == 1e7 and config["patch_size"] == 256
