@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,8 @@ def tissue_geojson(tissue: TissueMask, thumb_ds: float, slide_id: str, level0_mp
             continue
         features.append({
             "type": "Feature",
-            "id": f"{slide_id}-tissue-{i}",
+            # QuPath reads "id" as a UUID: a deterministic one per slide and piece
+            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"ghanet:{slide_id}:tissue:{i}")),
             "geometry": {"type": "Polygon", "coordinates": rings},
             "properties": {
                 "objectType": "annotation",

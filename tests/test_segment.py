@@ -75,7 +75,10 @@ def test_coords_file_contract(seg20):
 def test_geojson_is_quppath_style_and_in_level0(seg20):
     geo = json.loads((seg20 / "segment" / "synth20x.geojson").read_text())
     assert geo["type"] == "FeatureCollection" and geo["features"]
+    import uuid
+
     for feat in geo["features"]:
+        assert uuid.UUID(feat["id"])  # QuPath parses ids as UUIDs
         assert feat["geometry"]["type"] == "Polygon"
         assert feat["properties"]["objectType"] == "annotation"
         assert feat["properties"]["classification"]["name"] == "Tissue"
