@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: colour map of every heatmap (perceptually uniform, readable in grey print)
 CMAP = "inferno"
-#: grey used for tissue patches outside a family's top-k mask
+#: light blue used for tissue patches outside a family's top-k mask
 MASKED_RGBA = (0.55, 0.75, 0.95, 0.45)
 
 
@@ -204,7 +204,7 @@ class HeatmapResult:
 
 def write_case_heatmaps(out_dir: Path, case_id: str, slides: Sequence[SlideScores], families: Sequence[str],
                         target_mpp: float, patch_size: int, topk: float, n_top: int = 4,
-                        thumb_px: int = 1000) -> HeatmapResult:
+                        thumb_px: int = 1000, n_models: int = 1) -> HeatmapResult:
     """Write heatmaps and top tiles of one case under ``out_dir`` (= ``<out>/predict/heatmaps/<case>``).
 
     Per slide: ``<slide>_morphology.png`` and ``<slide>_assoc_<family>.png``. Per family: the
@@ -212,6 +212,8 @@ def write_case_heatmaps(out_dir: Path, case_id: str, slides: Sequence[SlideScore
     ``target_mpp`` / ``patch_size`` (the model's settings) as ``top/<family>_<rank>.png``, plus
     ``top_patches.png`` (all families, one row each). The colour scale of a family is shared
     by all slides of the case. The thumbnail's long side is about ``thumb_px`` px (never upsampled).
+    ``n_models`` > 1: the scores are means over that many fold models (said in the titles; a patch
+    is coloured when it is in the top-k of at least one model).
     """
     from .slide import Slide  # noqa: PLC0415
 
@@ -228,6 +230,9 @@ def write_case_heatmaps(out_dir: Path, case_id: str, slides: Sequence[SlideScore
     vmax_fam = [_vmax([s.assoc_masked[g] * n_case for s in slides if s.assoc_masked is not None])
                 for g in range(len(families))]
     handles: dict[str, "Slide"] = {}
+    ens = f", mean of {n_models} fold models" if n_models > 1 else ""
+    scope = f"top {topk:.0%} of patches per model" if n_models > 1 else f"top {topk:.0%} of patches"
+    outside = f"tissue outside every model's top {topk:.0%}" if n_models > 1 else f"tissue outside the top {topk:.0%}"
     try:
         for s in slides:
             if s.slide_path is None or not Path(s.slide_path).exists():
@@ -238,11 +243,12 @@ def write_case_heatmaps(out_dir: Path, case_id: str, slides: Sequence[SlideScore
             thumb, ds = slide.thumbnail(thumbnail_downsample(slide.dimensions, thumb_px))
             size0 = s.patch_size_level0 or slide.plan(target_mpp, patch_size).patch_size_level0
             shape = thumb.shape[:2]
+            name = case_id if s.slide_id == case_id else f"{case_id} / {s.slide_id}"
             if s.w_mor is not None:
                 grid = paint(shape, s.coords, size0, s.w_mor * n_case, ds)
                 res.files.append(render_png(
                     out_dir / f"{s.slide_id}_morphology.png", thumb, grid,
-                    f"{case_id} / {s.slide_id}: morphology attention w_mor ({n_case} patches)",
+                    f"{name}: morphology attention w_mor ({n_case} patches{ens})",
                     "attention x N (1 = uniform)", vmax=vmax_mor))
             if s.assoc_masked is not None:
                 tissue = paint(shape, s.coords, size0, np.zeros(len(s.coords)), ds)
@@ -252,9 +258,9 @@ def write_case_heatmaps(out_dir: Path, case_id: str, slides: Sequence[SlideScore
                     grid = paint(shape, s.coords[kept], size0, vals[kept], ds)
                     res.files.append(render_png(
                         out_dir / f"{s.slide_id}_assoc_{fam_names[g]}.png", thumb, grid,
-                        f"{case_id} / {s.slide_id}: {fam} association (top {topk:.0%} of patches)",
+                        f"{name}: {fam} association ({scope}{ens})",
                         "masked association x N", masked_grid=tissue,
-                        masked_label=f"tissue outside the top {topk:.0%}", vmax=vmax_fam[g]))
+                        masked_label=outside, vmax=vmax_fam[g]))
         # top tiles per family over the whole case
         if any(s.assoc_masked is not None for s in slides) and handles:
             montage: dict[str, list[tuple[np.ndarray, str]]] = {}

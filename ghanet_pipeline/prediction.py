@@ -653,7 +653,7 @@ def _heatmaps(pred: CasePrediction, slide_bags: list[_SlideBag], out: EnsembleOu
     families = ens.families or [f"family_{g + 1}" for g in range(0 if out.assoc_masked is None else out.assoc_masked.shape[0])]
     hm_dir = safe_child(out_dir, "heatmaps", pred.case_id)
     res = write_case_heatmaps(hm_dir, pred.case_id, scores, families, float(enc["target_mpp"]),
-                              int(enc["patch_size"]), ens.topk)
+                              int(enc["patch_size"]), ens.topk, n_models=len(ens.members))
     pred.heatmaps = [str(p) for p in res.files]
     pred.notes += res.notes
 

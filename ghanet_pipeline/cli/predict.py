@@ -82,7 +82,7 @@ def _render(run) -> None:  # noqa: ANN001 - PredictionRun
     edges = next((c.bin_edges_months for c in cases if c.bin_edges_months), None)
     table = Table(title=f"ghanet predict - ensemble of folds {','.join(map(str, run.ensemble_folds))}")
     for col, just in (("case", "left"), ("status", "left"), ("risk", "right"), ("spread (min..max)", "right"),
-                      ("group (threshold)", "left")):
+                      ("group (margin; threshold; folds high)", "left")):
         table.add_column(col, justify=just)
     n_bins = len(edges) - 1 if edges else 0
     for j in range(n_bins):
@@ -95,7 +95,7 @@ def _render(run) -> None:  # noqa: ANN001 - PredictionRun
             risk = f"{c.risk:.3f}" + (f" ± {c.risk_std:.3f}" if c.risk_std is not None else "")
             spread = f"{c.risk_min:.3f}..{c.risk_max:.3f}"
             colour = "red" if c.risk_group == "high" else "cyan"
-            group = f"[{colour}]{c.risk_group}[/] ({c.threshold:.3f}; {c.folds_high}/{c.n_folds} folds high)"
+            group = f"[{colour}]{c.risk_group}[/] ({c.risk - c.threshold:+.2g}; {c.threshold:.3f}; {c.folds_high}/{c.n_folds})"
         else:
             risk = spread = group = ""
         surv = [f"{v:.2f}" for v in c.survival] if c.survival else [""] * n_bins
