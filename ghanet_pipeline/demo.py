@@ -63,8 +63,14 @@ class DemoConfig:
     models: tuple[str, ...] = ("ghanet", "abmil")
     weights: str = "random"
     device: str = "auto"
-    num_workers: int = 0
+    num_workers: int | None = None
     heatmaps: bool = True
+    #: redo every stage; otherwise finished outputs are reused and `train` continues the run (--resume)
+    overwrite: bool = False
+    #: extra `ghanet train` options: the cohort is tiny (~32 training cases per fold), so the demo steps the
+    #: optimiser every 4 cases (default 32 = once per epoch here) with a higher learning rate, and uses
+    #: model width 128 instead of 512 to fit the 10-minute budget on 2 CPU cores
+    train_args: tuple[str, ...] = ("--accum", "4", "--lr", "5e-4", "--dim", "128")
 
 
 @dataclass
@@ -272,23 +278,22 @@ def run_demo(out: Path | str, config: DemoConfig | None = None, stream: IO[str] 
                                   note=f"{config.n_cases} cases, slides in {data_dir / 'slides'}"))
     result.outputs.update({f"input:{k}": v for k, v in paths.items()})
     result.missing = [s for s in STAGE_MODULES if not stage_available(s)]
-    common = ["--out", out, "--no-progress"]
+    redo = ["--overwrite"] if config.overwrite else []
+    common = ["--out", out, "--no-progress", *redo]
 
-    # 1. segment (training + held-out slides: predict then reuses the grid)
+    # 1. segment (training slides; `ghanet predict` segments the held-out slides itself)
     if not stage_available("segment"):
         return _finish(result, t_start)
-    manifests = [paths["manifest"]] + ([paths["holdout_manifest"]] if "holdout_manifest" in paths else [])
-    for m in manifests:
-        if not stage("segment", _ghanet("segment", "--manifest", m, *common)):
-            return _finish(result, t_start)
+    if not stage("segment", _ghanet("segment", "--manifest", paths["manifest"], *common)):
+        return _finish(result, t_start)
     result.outputs["segment"] = out / "segment"
 
     # 2. extract-features (training slides; predict embeds its own slides)
     if not stage_available("extract-features"):
         return _finish(result, t_start)
+    workers = [] if config.num_workers is None else ["--num-workers", config.num_workers]
     if not stage("extract-features", _ghanet("extract-features", "--manifest", paths["manifest"], *common,
-                                             "--weights", config.weights, "--device", config.device,
-                                             "--num-workers", config.num_workers)):
+                                             "--weights", config.weights, "--device", config.device, *workers)):
         return _finish(result, t_start)
     features = _features_dir(out)
     if features is None:
@@ -300,7 +305,7 @@ def run_demo(out: Path | str, config: DemoConfig | None = None, stream: IO[str] 
         return _finish(result, t_start)
     if not stage("preprocess-genomics", _ghanet("preprocess-genomics", "--table", paths["table"],
                                                 "--families", paths["families"], "--folds", config.folds,
-                                                "--out", out)):
+                                                "--out", out, *redo)):
         return _finish(result, t_start)
     result.outputs["genomics"] = out / "genomics"
 
@@ -312,7 +317,8 @@ def run_demo(out: Path | str, config: DemoConfig | None = None, stream: IO[str] 
         run_dir = out / "train" / model
         ok = stage(f"train {model}", _ghanet("train", "--features", features, "--genomics", out / "genomics",
                                              "--model", model, "--run-name", model, "--epochs", config.epochs,
-                                             "--device", config.device, *common))
+                                             *config.train_args, "--device", config.device, *common,
+                                             *([] if config.overwrite else ["--resume"])))
         if not ok:
             if model == config.models[0]:
                 return _finish(result, t_start)

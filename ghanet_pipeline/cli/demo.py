@@ -24,8 +24,10 @@ import click
               help="Models to train, comma-separated; the first one is used by predict.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--overwrite", is_flag=True,
+              help="Redo every stage (default: reuse finished outputs in --out and continue the training runs).")
 def demo(out: Path, cases: int, holdout: int, folds: int, epochs: int, slide_px: int, models: str, seed: int,
-         device: str) -> None:
+         device: str, overwrite: bool) -> None:
     """Build a synthetic cohort, run segment -> extract-features -> preprocess-genomics -> train -> predict,
     then print the c-index table, the held-out risk scores and where the plots are."""
     from rich.console import Console  # noqa: PLC0415
@@ -38,7 +40,7 @@ def demo(out: Path, cases: int, holdout: int, folds: int, epochs: int, slide_px:
     if not model_list:
         raise ConfigError("--models needs at least one model name, e.g. ghanet,abmil")
     config = DemoConfig(n_cases=cases, n_holdout=holdout, folds=folds, epochs=epochs, slide_px=slide_px,
-                        seed=seed, models=model_list, device=device)
+                        seed=seed, models=model_list, device=device, overwrite=overwrite)
     console = Console(width=None if sys.stdout.isatty() else 140)
 
     def on_stage(name: str, cmd: list[str]) -> None:
@@ -68,7 +70,7 @@ def demo(out: Path, cases: int, holdout: int, folds: int, epochs: int, slide_px:
         for col in ("mean", "std", "pooled", "log-rank p"):
             table.add_column(col, justify="right")
         for r in result.cindex:
-            per = [f"{v:.3f}" for v in dict(r.get("c_index_per_fold", {})).values()]
+            per = [_fmt(v) for v in dict(r.get("c_index_per_fold", {})).values()]
             per += [""] * (n_folds - len(per))
             table.add_row(r["model"], *per, *(_fmt(r.get(k)) for k in
                                                 ("c_index_mean", "c_index_std", "c_index_pooled", "logrank_p")))
