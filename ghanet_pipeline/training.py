@@ -26,7 +26,8 @@ Rerunning a run: a fold whose ``history.json`` says complete is not retrained (o
 are an error: ``--overwrite`` or another run name). With ``resume=True`` an interrupted fold restarts
 after its last saved epoch with the same weights, optimiser moments and RNG state (bit-identical on
 CPU); without it an interrupted fold starts again from epoch 1. Sampling and patch subsampling are
-seeded per (seed, fold, epoch), so the "sampler position" is the epoch number. Nothing is pickled: tensors go to safetensors, the rest to JSON.
+seeded per (seed, fold, epoch), so the "sampler position" is the epoch number. Nothing is pickled:
+tensors go to safetensors, the rest to JSON.
 """
 
 from __future__ import annotations
@@ -760,6 +761,7 @@ def _write_run_reports(run_dir: Path, outcomes: Mapping[int, FoldOutcome], confi
     import pandas as pd  # noqa: PLC0415
 
     from .evaluation import evaluate_predictions  # noqa: PLC0415
+    from .metrics import NoComparablePairsError  # noqa: PLC0415
     from .reports import OPTIMISTIC_NOTE, plot_learning_curves, plot_spearman  # noqa: PLC0415
 
     ks = sorted(outcomes)
@@ -777,8 +779,14 @@ def _write_run_reports(run_dir: Path, outcomes: Mapping[int, FoldOutcome], confi
         "skipped_cases": sorted({c for k in ks for c in outcomes[k].skipped_cases}),
     }
     title = f"{config.model}: Kaplan-Meier of validation cases by predicted risk"
-    metrics = evaluate_predictions(pred, run_dir, thresholds={str(k): outcomes[k].train_risk_median for k in ks},
-                                   optimistic=optimistic, extra=extra, title=title)
+    try:
+        metrics = evaluate_predictions(pred, run_dir, thresholds={str(k): outcomes[k].train_risk_median for k in ks},
+                                       optimistic=optimistic, extra=extra, title=title)
+    except NoComparablePairsError as exc:  # no fold has an event pair: keep predictions and curves anyway
+        log.warning("%s", exc)
+        metrics = {"c_index_per_fold": {str(k): None for k in ks}, "c_index_mean": None, "c_index_std": None,
+                   "c_index_pooled": None, "logrank_p": None, "n_cases": int(len(pred)),
+                   "optimistic": optimistic, "warnings": [str(exc)], **extra}
     metrics["warnings"] = warnings + metrics.get("warnings", [])
     note = OPTIMISTIC_NOTE if optimistic else ""
     plot_learning_curves({k: outcomes[k].history for k in ks}, run_dir / "learning_curves.png",

@@ -161,7 +161,8 @@ def test_missing_bags_warned_and_empty_fold_fails(tiny, tmp_path):
     res = train_cv(part, gdir, tmp_path, TrainConfig(**TINY, folds=[0, 1]), run_name="empty_fold")
     status = {r.item: r for r in res.folds}
     assert status["fold 0"].status == "failed"
-    assert "fold 0: none of the" in status["fold 0"].message and "validation cases has a bag" in status["fold 0"].message
+    msg = status["fold 0"].message
+    assert "fold 0: none of the" in msg and "validation cases has a bag" in msg
     assert status["fold 1"].status == "done"
     assert set(res.metrics["c_index_per_fold"]) == {"1"}
 
@@ -279,7 +280,8 @@ def test_train_cli_end_to_end(tiny, tmp_path):
     abmil = tmp_path / "train" / "abmil"
     assert not (abmil / "spearman.png").exists()
     assert json.loads((abmil / "fold_0" / "model.json").read_text())["model"] == "abmil"
-    assert (pd.read_csv(abmil / "predictions.csv", dtype={"case_id": str}).sort_values(["fold", "case_id"]).case_id.tolist()
+    abmil_pred = pd.read_csv(abmil / "predictions.csv", dtype={"case_id": str})
+    assert (abmil_pred.sort_values(["fold", "case_id"]).case_id.tolist()
             == pred.sort_values(["fold", "case_id"]).case_id.tolist())
 
 
