@@ -25,7 +25,15 @@ from ghanet_pipeline.synthetic_bags import bag_attrs, write_synthetic_bags
 from ghanet_pipeline.synthetic_cohort import make_cohort, write_cohort_tables
 from ghanet_pipeline.training import TrainConfig, balanced_order, train_cv
 
-torch.set_num_threads(1)  # 2 cores shared with other test processes: 1 thread is fastest
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """2 cores shared with other processes: one torch thread is fastest (thread spinning otherwise)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 #: tiny model for the plumbing tests (the architecture is the paper's, only narrower)
 TINY = dict(epochs=2, accum=4, dim=32, lr=5e-4)

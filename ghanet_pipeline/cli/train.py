@@ -158,7 +158,8 @@ def _print_table(result: Any) -> None:
     sp = m.get("spearman_per_family") or {}
     if sp:
         console.print("gene reconstruction (Spearman per validation case, mean ± std): " + "; ".join(
-            f"{fam} {_fmt(v.get('mean'), '.2f')} ± {_fmt(v.get('std'), '.2f')}" for fam, v in sp.items()))
+            f"{fam} {_fmt(v.get('mean'), '.2f')} ± {_fmt(v.get('std'), '.2f')}" if v.get("mean") is not None
+            else f"{fam} n/a" for fam, v in sp.items()))
     for w in (result.warnings or []):
         console.print(f"[yellow]warning:[/] {w}")
     if m:
