@@ -28,8 +28,8 @@ def save_checkpoint(fold_dir: Path | str, model: nn.Module, meta: dict[str, Any]
 
     ``meta`` holds the contract's keys (families, selected, scaler, bin_edges_months, encoder,
     train_risk_median, fold, epoch, ...); ``checkpoint_version``, ``ghanet_version``, ``model``,
-    ``model_config`` and ``weights_sha256`` are filled in here (``meta`` may override ``model_config``
-    only if it equals the model's). Weights are written first, the JSON last, both atomically, so a
+    ``model_config`` (from ``model.config``) and ``weights_sha256`` are always set here, whatever ``meta``
+    says. Weights are written first, the JSON last, both atomically, so a
     readable JSON means a complete checkpoint.
     """
     from safetensors.torch import save_file
@@ -40,9 +40,9 @@ def save_checkpoint(fold_dir: Path | str, model: nn.Module, meta: dict[str, Any]
     weights = fold_dir / WEIGHTS_NAME
     with atomic_path(weights) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt", "model": model.name})
-    record = {"checkpoint_version": CHECKPOINT_VERSION, "ghanet_version": __version__}
-    record.update(meta)
-    record.update(model=model.name, model_config=dict(model.config), weights_sha256=file_sha256(weights))
+    record = dict(meta)
+    record.update(checkpoint_version=CHECKPOINT_VERSION, ghanet_version=__version__, model=model.name,
+                  model_config=dict(model.config), weights_sha256=file_sha256(weights))
     return write_json_atomic(fold_dir / META_NAME, record)
 
 
