@@ -749,6 +749,11 @@ def train_cv(features_dir: Path | str, genomics_dir: Path | str, out: Path | str
         return res
 
     results = run_items(folds, lambda k: f"fold {k}", work)
+    # folds finished earlier in this run directory (same options, e.g. one cluster job per --folds k)
+    # belong to the reports too
+    for k in all_folds:
+        if k not in outcomes and _fold_complete(run_dir / f"fold_{k}"):
+            outcomes[k] = _load_finished_fold(run_dir / f"fold_{k}", k)
     metrics = None
     if outcomes:
         metrics = _write_run_reports(run_dir, outcomes, config, warnings)

@@ -127,6 +127,11 @@ def test_resume_after_interruption_is_identical(tiny, tmp_path):
     again = train_cv(feats, gdir, tmp_path / "b", TrainConfig(**cfg), resume=True)
     assert [r.status for r in again.folds] == ["skipped"]
     assert (fold_dir / "model.safetensors").stat().st_mtime_ns == mtime
+    # another fold trained later into the same run: the reports cover both folds
+    more = train_cv(feats, gdir, tmp_path / "b", TrainConfig(**dict(cfg, folds=[1])))
+    assert [r.item for r in more.folds] == ["fold 1"]
+    assert set(more.metrics["c_index_per_fold"]) == {"0", "1"}
+    assert set(pd.read_csv(more.run_dir / "predictions.csv").fold) == {0, 1}
     with pytest.raises(MismatchError, match="other options: lr"):
         train_cv(feats, gdir, tmp_path / "b", TrainConfig(**dict(cfg, lr=1e-3)), resume=True)
     # without --resume an interrupted fold starts again from epoch 1

@@ -147,6 +147,11 @@ def _print_table(result: Any) -> None:
         table.add_row(k, f"[{style}]{r.status}[/]", str(r.metrics.get("epoch", "")), str(r.metrics.get("n_val", "")),
                       _fmt(c), f"{r.seconds:.1f}", r.message if not r.ok else
                       ("resumed: already finished" if r.status == "skipped" else ""))
+    shown = {r.item.replace("fold ", "") for r in result.folds}
+    for k, c in per_fold.items():
+        if k not in shown:  # finished by an earlier command in this run directory
+            table.add_row(k, "[cyan]earlier[/]", str(m.get("selected_epochs", {}).get(k, "")), "", _fmt(c), "",
+                          "trained by an earlier command")
     if m:
         table.add_section()
         table.add_row("mean ± std", "", "", str(m.get("n_cases", "")),
