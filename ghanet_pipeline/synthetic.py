@@ -11,7 +11,7 @@ sizes (nuclei of a few um).
 use to plant a survival signal.
 
 Writing is vectorised (strips of 256 rows, tiled textures; no per-pixel Python loops): a 4000x4000
-slide takes well under a second on one core.
+slide takes about 1 s of CPU time.
 """
 
 from __future__ import annotations
