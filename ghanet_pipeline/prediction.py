@@ -30,13 +30,12 @@ Ensemble rules (pure functions below, tested on their own):
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -44,9 +43,6 @@ from .batch import ItemResult, run_items, write_run_log
 from .errors import CheckpointError, ConfigError, InputError, MismatchError, SlideError
 from .inputs import SlideSpec
 from .ioutils import atomic_path, safe_child, sanitize_ids, write_json_atomic
-
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
 
 log = logging.getLogger(__name__)
 
@@ -477,7 +473,7 @@ def _bag_path(features_dir: Path, spec: SlideSpec) -> Path:
 class _SlideBag:
     spec: SlideSpec
     features: np.ndarray
-    coords: np.ndarray
+    coords: np.ndarray | None  # None for bags without coords (CLAM .pt): no heatmaps
     attrs: dict[str, Any]
 
 
@@ -550,7 +546,7 @@ def _read_existing_bag(path: Path, ens: Ensemble, config: PredictConfig, spec: S
         check_encoder(ens.encoder, attrs, f"bag {path}")
         how = "checked"
     feats = np.asarray(bag.features, dtype=np.float32)
-    coords = np.asarray(bag.coords if bag.coords is not None else np.zeros((len(feats), 2)), dtype=np.int64)
+    coords = None if bag.coords is None else np.asarray(bag.coords, dtype=np.int64)
     return _SlideBag(spec=spec, features=feats, coords=coords, attrs=attrs), how
 
 
@@ -624,7 +620,10 @@ def predict_case(case_id: str, specs: Sequence[SlideSpec], ens: Ensemble, config
     pred.n_patches = int(len(feats))
     if config.heatmaps:
         t = time.perf_counter()
-        _heatmaps(pred, slide_bags, out, ens, out_dir)
+        try:
+            _heatmaps(pred, slide_bags, out, ens, out_dir)
+        except (SlideError, InputError, OSError, ValueError) as exc:  # the score stands; say what is missing
+            pred.message = f"heatmaps failed: {exc}"
         seconds["heatmaps"] = time.perf_counter() - t
     pred.seconds = {**{k: round(v, 3) for k, v in seconds.items()}, "total": round(time.perf_counter() - t0, 3)}
     return pred
@@ -642,6 +641,10 @@ def _heatmaps(pred: CasePrediction, slide_bags: list[_SlideBag], out: EnsembleOu
     for sb in slide_bags:
         stop = start + len(sb.features)
         path = sb.spec.path if sb.spec.path.suffix.lower() not in (".h5", ".pt") else None
+        if sb.coords is None:
+            pred.notes.append(f"slide {sb.spec.slide_id}: its bag has no patch coordinates, no heatmaps")
+            start = stop
+            continue
         size0 = sb.attrs.get("patch_size_level0")
         scores.append(SlideScores(
             slide_id=sb.spec.slide_id, slide_path=path, coords=sb.coords,

@@ -410,3 +410,33 @@ def test_real_slide_score_group_and_heatmaps(tmp_path):
     assert (hm / "CMU-1-Small-Region_morphology.png").stat().st_size > 10_000
     assert len(list(hm.glob("CMU-1-Small-Region_assoc_*.png"))) == 2
     assert len(list((hm / "top").glob("*.png"))) == 8
+
+
+def test_abmil_ensemble_has_attention_but_no_association(tmp_path):
+    run = make_run(tmp_path / "run", ENC, folds=(0, 1), model="abmil")
+    ens = P.load_ensemble(run)
+    feats = np.random.default_rng(1).random((30, TINY_DIM)).astype(np.float32)
+    o = ens.forward(feats)
+    assert o.assoc_masked is None and o.w_mor.shape == (30,)
+    assert o.w_mor.sum() == pytest.approx(1.0, abs=1e-5) and o.risks.shape == (2,)
+
+
+def test_ensemble_maps_are_fold_means_of_the_models_own_weights(tmp_path):
+    import torch
+
+    from ghanet_pipeline.models import genomic_weights, load_checkpoint
+
+    run = make_run(tmp_path / "run", ENC, folds=(0, 1))
+    feats = np.random.default_rng(2).random((17, TINY_DIM)).astype(np.float32)
+    o = P.load_ensemble(run).forward(feats)
+    masks, wm = [], []
+    for k in (0, 1):
+        m, _ = load_checkpoint(run / f"fold_{k}")
+        with torch.no_grad():
+            out = m(torch.as_tensor(feats))
+        masks.append(genomic_weights(out["assoc"], 0.25).numpy())
+        wm.append(out["w_mor"].numpy())
+    np.testing.assert_allclose(o.assoc_masked, np.mean(masks, axis=0), atol=1e-6)
+    np.testing.assert_allclose(o.w_mor, np.mean(wm, axis=0), atol=1e-6)
+    np.testing.assert_allclose(o.assoc_masked.sum(axis=1), 1.0, atol=1e-5)
+    assert ((o.assoc_masked > 0).sum(axis=1) <= 2 * 5).all()  # ceil(0.25 * 17) = 5 per model
