@@ -1,0 +1,86 @@
+"""``ghanet extract-features``: patch grid -> truncated-ResNet50 features -> one HDF5 bag per slide."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .common import (device_option, manifest_option, no_progress_option, out_option, overwrite_option,
+                     shard_option, slides_argument)
+
+
+@click.command("extract-features")
+@slides_argument
+@manifest_option
+@out_option
+@click.option("--encoder", default="resnet50_trunc", show_default=True,
+              help="Encoder from the registry (ghanet_pipeline.encoders.ENCODERS).")
+@click.option("--weights", default=None, metavar="PATH|random[:SEED]",
+              help="Encoder weights: a torchvision state dict (.pth/.safetensors). Default: the torch hub cache "
+                   "($TORCH_HOME/hub/checkpoints/resnet50-*.pth). 'random' = untrained (tests/demos only).")
+@click.option("--resize", "input_size", type=click.IntRange(min=16), default=None, metavar="PX",
+              help="Side in px given to the encoder (area resize); default = the segment patch size (256). "
+                   "224 reproduces later CLAM versions. Recorded as input_size.")
+@device_option
+@click.option("--devices", default=None, metavar="DEV,DEV,...",
+              help="One process per device pulling slides from a shared queue, e.g. cuda:0,cuda:1.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Patches per forward pass [default: 256 on CUDA, 32 on CPU].")
+@click.option("--num-workers", type=click.IntRange(min=0), default=None,
+              help="Reader processes per device, 0 = in-process [default: 1 on CPU; cores/devices - 1 on CUDA].")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="auto: bf16 autocast on CUDA (fp16 if unsupported), fp32 on CPU. bf16 on CPU is ~2x faster "
+                   "where the CPU has AMX/AVX512-BF16.")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Storage type of the features in the bag.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU compute threads (torch) [default: all cores].")
+@overwrite_option
+@no_progress_option
+@shard_option
+def extract_features(slides: tuple[str, ...], recursive: bool, mpp: float | None, case_id_from: str | None,
+                     manifest: Path | None, out: Path, encoder: str, weights: str | None, input_size: int | None,
+                     device: str, devices: str | None, batch_size: int | None, num_workers: int | None,
+                     precision: str, dtype: str, threads: int | None, overwrite: bool, no_progress: bool,
+                     shard: str | None) -> None:
+    """Embed every patch of each slide's grid (from `ghanet segment`; run with defaults when missing)
+    into <out>/features/<encoder_tag>/<slide_id>.h5."""
+    import logging  # noqa: PLC0415
+    from dataclasses import asdict  # noqa: PLC0415
+
+    from ..batch import write_run_log  # noqa: PLC0415
+    from ..errors import ConfigError  # noqa: PLC0415
+    from ..features import ExtractParams, extract_slides, resolve_device  # noqa: PLC0415
+    from ..inputs import collect_slides, parse_shard, take_shard  # noqa: PLC0415
+    from .common import Progress, print_summary  # noqa: PLC0415
+
+    started = time.time()
+    specs = take_shard(collect_slides(slides, manifest, recursive, case_id_from, mpp), parse_shard(shard))
+    dev_list = [d.strip() for d in devices.split(",") if d.strip()] if devices else [device]
+    if not dev_list:
+        raise ConfigError("--devices is empty; give e.g. cuda:0,cuda:1")
+    first = resolve_device(dev_list[0])
+    if batch_size is None:
+        batch_size = 256 if first.type == "cuda" else 32
+    params = ExtractParams(encoder=encoder, weights=weights, input_size=input_size, batch_size=batch_size,
+                           num_workers=num_workers, device=dev_list[0], precision=precision, dtype=dtype,
+                           torch_threads=threads)
+    log = logging.getLogger("ghanet_pipeline")
+    log.info("extract-features: %d slide(s) on %s, batch %d, precision %s, dtype %s", len(specs),
+             ", ".join(dev_list), batch_size, precision, dtype)
+    with Progress(len(specs), "extract-features", disable=no_progress) as bar:
+        def on_done(res) -> None:  # noqa: ANN001
+            bar.advance(1, f"{res.item}: {res.status} {res.metrics.get('patches', '')} patches")
+
+        results = extract_slides(specs, out, params, devices=dev_list if len(dev_list) > 1 else None,
+                                 overwrite=overwrite, on_done=on_done)
+    config = {**asdict(params), "devices": dev_list, "out": str(out), "overwrite": overwrite, "shard": shard,
+              "slides": [str(s.path) for s in specs]}
+    write_run_log(out, "extract-features", config, results, started)
+    print_summary("extract-features", results, [("patches", "patches"), ("patches_per_s", "patches/s")])
+    from ..batch import exit_code  # noqa: PLC0415
+
+    sys.exit(exit_code(results))

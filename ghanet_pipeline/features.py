@@ -1,0 +1,553 @@
+"""Patch features: read every patch of a slide's grid, embed it, write the bag.
+
+Data path (per slide)::
+
+    coords (segment) -> DataLoader workers, each with its own Slide handle, read + decode a whole
+    batch of patches as one uint8 (B, H, W, 3) tensor -> (pinned) -> device -> normalise there
+    (uint8 crosses the bus, 4x fewer bytes than float) -> channels_last -> autocast -> encoder
+    -> float32/float16 rows written into the bag while the next batch is computed.
+
+The order of patches is the coords order and the model is in eval mode, so a rerun gives the same
+bag (killed runs leave only a hidden temp file, removed on the next run). Multi-GPU:
+:func:`extract_slides` with several devices starts one process per device; they pull slides from
+one shared queue.
+
+Units: coords are level-0 pixels (top-left x, y); ``patch_size`` is pixels at ``target_mpp`` um/px;
+``input_size`` is the side in pixels given to the encoder (area-resized from ``patch_size``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import os
+import queue as queue_mod
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from . import __version__
+from .batch import ItemResult, run_items
+from .bags import BAG_SCHEMA_VERSION, BagWriter, encoder_tag, read_bag_attrs, validate_bag
+from .errors import ConfigError, GhanetError, MismatchError, SlideError
+from .inputs import SlideSpec
+from .ioutils import remove_stale_temps, safe_child
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .encoders import LoadedEncoder
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class ExtractParams:
+    """Settings of ``extract-features`` (defaults = the CLI defaults).
+
+    ``input_size``: side in px fed to the encoder (None = the segment patch size, 256; 224 reproduces
+    later CLAM versions). ``precision``: ``auto`` = bf16 autocast on CUDA (fp16 where bf16 is not
+    supported), fp32 on CPU; ``bf16`` on CPU uses AMX/AVX512-BF16 where present. ``dtype``: how
+    features are stored. ``num_workers``: reader processes per device (None = auto: all but one core
+    per GPU process on CUDA, 1 on CPU). ``torch_threads``: CPU compute threads (None = all cores).
+    """
+
+    encoder: str = "resnet50_trunc"
+    weights: str | None = None
+    input_size: int | None = None
+    batch_size: int = 64
+    num_workers: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    dtype: str = "float32"
+    chunk_rows: int = 1024
+    torch_threads: int | None = None
+    prefetch_batches: int = 4
+
+
+# --------------------------------------------------------------------------- process set-up
+
+
+def tune_malloc() -> bool:
+    """Keep freed memory in the process instead of handing it back to the OS after every batch.
+
+    Equivalent of ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>`` (set by the Makefile) applied at
+    run time with ``mallopt`` (glibc only; returns False elsewhere). Without it glibc mmaps and unmaps
+    the large conv buffers of every forward pass, and the page faults cost CPU time (see README
+    benchmarks). Memory use grows only to the peak of one batch.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    ok = libc.mallopt(m_mmap_max, 0) == 1
+    ok &= libc.mallopt(m_trim_threshold, 1 << 34 if ctypes.sizeof(ctypes.c_long) >= 8 else 1 << 30) == 1
+    return bool(ok)
+
+
+def resolve_device(text: str) -> "torch.device":
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> torch.device; :class:`ConfigError` when unusable."""
+    import torch  # noqa: PLC0415
+
+    text = (text or "auto").strip().lower()
+    if text == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "cuda" or text.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {text}: CUDA is not available (torch {torch.__version__}, "
+                              f"built for CUDA {torch.version.cuda}); use --device cpu or check the driver "
+                              f"with 'ghanet doctor'")
+        idx = 0 if text == "cuda" else text.partition(":")[2]
+        try:
+            idx = int(idx)
+        except ValueError:
+            raise ConfigError(f"--device {text}: expected cuda:N with N a GPU number") from None
+        if not 0 <= idx < torch.cuda.device_count():
+            raise ConfigError(f"--device {text}: only {torch.cuda.device_count()} GPU(s) visible")
+        return torch.device(f"cuda:{idx}")
+    raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, not {text!r}")
+
+
+def autocast_dtype(precision: str, device: "torch.device") -> "torch.dtype | None":
+    """Autocast dtype for ``precision`` on ``device`` (None = plain fp32)."""
+    import torch  # noqa: PLC0415
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "fp32" or (precision == "auto" and device.type == "cpu"):
+        return None
+    if device.type == "cuda":
+        if precision == "fp16":
+            return torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "fp16":
+        raise ConfigError("--precision fp16 is for CUDA; on CPU use bf16 or fp32")
+    return torch.bfloat16
+
+
+def precision_name(dtype: "torch.dtype | None") -> str:
+    import torch  # noqa: PLC0415
+
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def default_num_workers(device: "torch.device", n_devices: int = 1) -> int:
+    """Reader processes per device: CPU 1 (compute needs the cores); CUDA: cores / devices (max 32)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if device.type == "cpu":
+        return 1 if cores > 1 else 0
+    return int(max(1, min(32, cores // max(1, n_devices) - 1)))
+
+
+# --------------------------------------------------------------------------- patch reading
+
+
+class PatchBatches:
+    """Map-style dataset: item ``i`` is the i-th block of ``batch_size`` patches as one array.
+
+    Each process opens its own :class:`~ghanet_pipeline.slide.Slide` on first use (OpenSlide handles
+    must not cross ``fork``). Returns ``(i, uint8 tensor (b, input_size, input_size, 3))``, or
+    ``(i, message)`` when a patch cannot be read: the message names the patch's level-0 coordinates
+    and is raised as :class:`SlideError` by the consumer (a worker traceback would hide it).
+    """
+
+    def __init__(self, path: Path, slide_id: str, mpp: float | None, plan: Any, coords: np.ndarray,
+                 batch_size: int, input_size: int) -> None:
+        self.path, self.slide_id, self.mpp, self.plan = Path(path), slide_id, mpp, plan
+        self.coords = np.ascontiguousarray(coords, dtype=np.int64)
+        self.batch_size, self.input_size = int(batch_size), int(input_size)
+        self._slide: Any = None
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.coords) / self.batch_size)
+
+    def _open(self) -> Any:
+        if self._slide is None:
+            from .slide import Slide  # noqa: PLC0415
+
+            self._slide = Slide(self.path, mpp=self.mpp, slide_id=self.slide_id)
+        return self._slide
+
+    def close(self) -> None:
+        if self._slide is not None:
+            self._slide.close()
+            self._slide = None
+
+    def __getstate__(self) -> dict[str, Any]:  # never ship an open handle to another process
+        return {**self.__dict__, "_slide": None}
+
+    def __getitem__(self, i: int) -> tuple[int, Any]:
+        import torch  # noqa: PLC0415
+
+        block = self.coords[i * self.batch_size:(i + 1) * self.batch_size]
+        out = np.empty((len(block), self.input_size, self.input_size, 3), dtype=np.uint8)
+        x0 = y0 = -1
+        try:
+            slide = self._open()
+            resize = self.input_size != self.plan.patch_size
+            if resize:
+                import cv2  # noqa: PLC0415
+            for j, (x0, y0) in enumerate(block.tolist()):
+                patch = slide.read_patch(self.plan, x0, y0)
+                if resize:
+                    patch = cv2.resize(patch, (self.input_size, self.input_size), interpolation=cv2.INTER_AREA)
+                out[j] = patch
+        except Exception as exc:  # noqa: BLE001 - reported with the patch position, raised by the consumer
+            where = f"the patch at level-0 (x={x0}, y={y0})" if x0 >= 0 else "the slide"
+            detail = str(exc) if isinstance(exc, GhanetError) else f"{type(exc).__name__}: {exc}"
+            return i, (f"slide {self.slide_id!r}: reading {where} failed: {detail}. The tile is unreadable "
+                       f"(damaged file?); re-copy or re-export the slide")
+        return i, torch.from_numpy(out)
+
+
+def _worker_init(_worker_id: int) -> None:
+    """Reader processes decode with one thread each (parallelism comes from the number of workers).
+
+    OpenCV's thread settings are deliberately not touched: ``cv2.setNumThreads`` in a forked child
+    whose parent already used OpenCV's pool (segmentation, synthetic slides) deadlocks.
+    """
+    import torch  # noqa: PLC0415
+
+    torch.set_num_threads(1)
+
+
+# --------------------------------------------------------------------------- one process = one device
+
+
+class Extractor:
+    """Encoder on one device plus the settings to turn slides into bags (one per process)."""
+
+    def __init__(self, params: ExtractParams, device: str | None = None, n_devices: int = 1,
+                 encoder: "LoadedEncoder | None" = None) -> None:
+        import torch  # noqa: PLC0415
+
+        from .encoders import load_encoder  # noqa: PLC0415
+
+        if params.dtype not in ("float32", "float16"):
+            raise ConfigError(f"--dtype must be float32 or float16, not {params.dtype!r}")
+        self.params = params
+        self.device = resolve_device(device or params.device)
+        self.amp_dtype = autocast_dtype(params.precision, self.device)
+        self.precision = precision_name(self.amp_dtype)
+        if self.device.type == "cpu":
+            tune_malloc()
+            if params.torch_threads:
+                torch.set_num_threads(int(params.torch_threads))
+        else:
+            torch.backends.cudnn.benchmark = False  # same algorithms every run: identical bags
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        self.num_workers = (default_num_workers(self.device, n_devices) if params.num_workers is None
+                            else int(params.num_workers))
+        self.encoder = encoder or load_encoder(params.encoder, params.weights)
+        self.model = self.encoder.model.to(self.device, memory_format=torch.channels_last).eval()
+
+    # -- paths ----------------------------------------------------------------------------------------
+    def input_size(self, patch_size: int) -> int:
+        return int(self.params.input_size or self.encoder.spec.default_input_size or patch_size)
+
+    def bag_dir(self, out: Path, patch_size: int) -> Path:
+        tag = encoder_tag(self.encoder.name, self.input_size(patch_size), self.encoder.weights_id)
+        return safe_child(out, "features", tag)
+
+    # -- one slide ------------------------------------------------------------------------------------
+    def extract(self, spec: SlideSpec, out: Path, overwrite: bool = False,
+                on_batch: Callable[[int, int], None] | None = None) -> ItemResult:
+        """Write ``<out>/features/<encoder_tag>/<slide_id>.h5`` for one slide (see module doc)."""
+        t0 = time.perf_counter()
+        out = Path(out)
+        coords, cattrs, segmented = _coords_for(spec, out)
+        patch_size = int(cattrs["patch_size"])
+        input_size = self.input_size(patch_size)
+        bag_path = self.bag_dir(out, patch_size) / f"{spec.slide_id}.h5"
+        attrs = self._bag_attrs(spec, cattrs, input_size, len(coords))
+        note = "coords made now by segment (defaults)" if segmented else ""
+        if bag_path.exists() and not overwrite:
+            reason = _reusable(bag_path, attrs, coords)
+            if reason is None:
+                return ItemResult(spec.slide_id, "skipped", 0.0, "valid bag exists",
+                                  {"patches": len(coords), "bag": str(bag_path)})
+            log.info("slide %s: existing bag %s is not usable (%s); extracting again", spec.slide_id,
+                     bag_path, reason)
+        plan = self._plan(spec, cattrs)
+        self._run(spec, plan, coords, input_size, bag_path, attrs, on_batch)
+        secs = time.perf_counter() - t0
+        status = "done" if len(coords) else "no tissue"
+        return ItemResult(spec.slide_id, status, round(secs, 3), note,
+                          {"patches": len(coords), "patches_per_s": round(len(coords) / max(secs, 1e-9), 2),
+                           "bag": str(bag_path)})
+
+    def _bag_attrs(self, spec: SlideSpec, cattrs: dict[str, Any], input_size: int, n: int) -> dict[str, Any]:
+        return {
+            "schema_version": BAG_SCHEMA_VERSION,
+            "slide_id": spec.slide_id,
+            "encoder": self.encoder.name,
+            "weights_sha256": self.encoder.weights_id,
+            "input_size": int(input_size),
+            "target_mpp": float(cattrs["target_mpp"]),
+            "patch_size": int(cattrs["patch_size"]),
+            "patch_size_level0": int(cattrs["patch_size_level0"]),
+            "level0_mpp": float(cattrs["level0_mpp"]),
+            "mpp_source": str(cattrs.get("mpp_source", "")),
+            "source_name": str(cattrs.get("source_name", spec.path.name)),
+            "source_bytes": int(cattrs.get("source_bytes", -1)),
+            "ghanet_version": __version__,
+            "feature_dim": int(self.encoder.dim),
+            "dtype": self.params.dtype,
+            "precision": self.precision,
+            "resize": "none" if input_size == int(cattrs["patch_size"]) else "area",
+            "n_patches": int(n),
+        }
+
+    def _plan(self, spec: SlideSpec, cattrs: dict[str, Any]) -> Any:
+        from .slide import Slide  # noqa: PLC0415
+
+        with Slide(spec.path, mpp=spec.mpp, slide_id=spec.slide_id) as slide:
+            plan = slide.plan(float(cattrs["target_mpp"]), int(cattrs["patch_size"]))
+            if plan.patch_size_level0 != int(cattrs["patch_size_level0"]):
+                raise MismatchError(
+                    f"slide {spec.slide_id!r}: its patch grid was made with patches of "
+                    f"{cattrs['patch_size_level0']} level-0 px (at {cattrs.get('level0_mpp')} um/px) but the slide "
+                    f"now reads as {plan.patch_size_level0} px ({slide.mpp:.4g} um/px from {slide.mpp_source}); "
+                    f"use the same --mpp as for segment, or rerun 'ghanet segment --overwrite'")
+        return plan
+
+    def _run(self, spec: SlideSpec, plan: Any, coords: np.ndarray, input_size: int, bag_path: Path,
+             attrs: dict[str, Any], on_batch: Callable[[int, int], None] | None) -> None:
+        import torch  # noqa: PLC0415
+        from torch.utils.data import DataLoader  # noqa: PLC0415
+
+        from .encoders import preprocess  # noqa: PLC0415
+
+        p = self.params
+        cuda = self.device.type == "cuda"
+        data = PatchBatches(spec.path, spec.slide_id, spec.mpp, plan, coords, p.batch_size, input_size)
+        workers = min(self.num_workers, len(data))
+        loader = DataLoader(data, batch_size=None, shuffle=False, num_workers=workers, pin_memory=cuda,
+                            worker_init_fn=_worker_init if workers else None,
+                            prefetch_factor=max(1, p.prefetch_batches // max(workers, 1) + 1) if workers else None,
+                            persistent_workers=False)
+        amp = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
+               else _null_ctx())
+        done = 0
+        pending: tuple[int, Any] | None = None  # (batch index, device tensor) computed but not yet written
+
+        def flush(item: tuple[int, Any]) -> None:
+            nonlocal done
+            bi, feats_dev = item
+            feats = feats_dev.float().cpu().numpy()
+            start = bi * p.batch_size
+            block = coords[start:start + len(feats)]
+            bad = ~np.isfinite(feats).all(axis=1)
+            if bad.any():
+                x0, y0 = block[int(np.flatnonzero(bad)[0])]
+                raise SlideError(f"slide {spec.slide_id!r}: the encoder gave non-finite features for the patch at "
+                                 f"level-0 (x={x0}, y={y0}) ({int(bad.sum())} patches in all); try --precision fp32")
+            writer.write(start, feats, block)
+            done += len(feats)
+            if on_batch is not None:
+                on_batch(done, len(coords))
+
+        try:
+            with BagWriter(bag_path, len(coords), self.encoder.dim, attrs, dtype=p.dtype,
+                           chunk_rows=p.chunk_rows) as writer, torch.inference_mode(), amp:
+                for bi, batch in loader:
+                    if isinstance(batch, str):
+                        raise SlideError(batch)
+                    x = batch.to(self.device, non_blocking=cuda)
+                    feats_dev = self.model(preprocess(x, self.encoder.spec))
+                    if pending is not None:  # write the previous batch while this one computes (CUDA)
+                        flush(pending)
+                    pending = (bi, feats_dev)
+                if pending is not None:
+                    flush(pending)
+        finally:
+            data.close()
+
+
+class _null_ctx:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _coords_for(spec: SlideSpec, out: Path) -> tuple[np.ndarray, dict[str, Any], bool]:
+    """The slide's coords from ``<out>/segment``; runs segmentation (defaults) when the file is missing."""
+    from .segment import SegmentParams, load_coords, segment_slide  # noqa: PLC0415
+
+    path = safe_child(out, "segment", f"{spec.slide_id}.coords.h5")
+    segmented = False
+    if not path.exists():
+        log.info("slide %s: no patch coords at %s; running 'ghanet segment' with default settings first",
+                 spec.slide_id, path)
+        res = segment_slide(spec, out, SegmentParams())
+        if not res.ok:
+            raise SlideError(f"slide {spec.slide_id!r}: segmentation (run because {path} was missing) failed: "
+                             f"{res.message}")
+        segmented = True
+    coords, attrs = load_coords(path)
+    return np.asarray(coords, dtype=np.int64).reshape(-1, 2), dict(attrs), segmented
+
+
+def _reusable(bag_path: Path, attrs: dict[str, Any], coords: np.ndarray) -> str | None:
+    """None when the existing bag is complete and made with these settings from these coords.
+
+    An incomplete/damaged bag returns a reason (it is redone). A complete bag made with other settings
+    or other coords raises :class:`MismatchError` (never silently replaced or reused).
+    """
+    problems = validate_bag(bag_path)
+    if problems:
+        return "; ".join(problems)
+    old = read_bag_attrs(bag_path)
+    keys = ("encoder", "weights_sha256", "input_size", "target_mpp", "patch_size", "patch_size_level0",
+            "dtype", "slide_id")
+    diffs = [f"{k}={old.get(k)!r} (now {attrs[k]!r})" for k in keys if not _close(old.get(k), attrs[k])]
+    if not diffs:
+        import h5py  # noqa: PLC0415
+
+        with h5py.File(bag_path, "r") as h5:
+            old_coords = h5["coords"][()]
+        if old_coords.shape != coords.shape or not np.array_equal(old_coords, coords):
+            diffs.append(f"coords ({len(old_coords)} patches, now {len(coords)} from segment)")
+    if diffs:
+        raise MismatchError(f"bag {bag_path} already exists but was made differently: {', '.join(diffs)}. "
+                            f"Pass --overwrite to replace it, or use another --out")
+    return None
+
+
+def _close(a: Any, b: Any) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return math.isclose(float(a), float(b), rel_tol=1e-6)
+        except (TypeError, ValueError):
+            return False
+    return a == b
+
+
+# --------------------------------------------------------------------------- many slides
+
+
+def extract_slides(specs: Sequence[SlideSpec], out: Path | str, params: ExtractParams,
+                   devices: Sequence[str] | None = None, overwrite: bool = False,
+                   on_done: Callable[[ItemResult], None] | None = None) -> list[ItemResult]:
+    """Extract bags for ``specs``; a failing slide is recorded and the others go on.
+
+    ``devices``: None/one entry = this process on ``params.device`` (or that entry); several entries
+    (``["cuda:0", "cuda:1"]``; ``["cpu", "cpu"]`` works too) = one spawned process per entry, pulling
+    slides from one shared queue. Results come back in the order of ``specs``.
+    """
+    out = Path(out)
+    remove_stale_temps_under(out)
+    devs = list(devices or [params.device])
+    if len(devs) == 1:
+        extractor = Extractor(params, devs[0])
+        return run_items(specs, lambda s: s.slide_id, lambda s: extractor.extract(s, out, overwrite), on_done)
+    for d in devs:  # validate here: usage errors must not surface as per-slide failures
+        resolve_device(d)
+    return _extract_multi(list(specs), out, params, devs, overwrite, on_done)
+
+
+def remove_stale_temps_under(out: Path) -> int:
+    """Remove temp files left by killed runs in every ``<out>/features/<tag>/`` folder."""
+    root = out / "features"
+    n = 0
+    if root.is_dir():
+        for d in root.iterdir():
+            if d.is_dir():
+                n += remove_stale_temps(d)
+    if n:
+        log.info("removed %d unfinished temporary bag file(s) left by an interrupted run", n)
+    return n
+
+
+def _device_worker(device: str, n_devices: int, params_dict: dict[str, Any], out: str, overwrite: bool,
+                   log_level: int, tasks: Any, results: Any) -> None:
+    """Body of one per-device process: pull (index, spec) until ``None``; post results."""
+    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s [{device}] %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        extractor = Extractor(ExtractParams(**params_dict), device, n_devices=n_devices)
+    except BaseException as exc:  # noqa: BLE001 - report and let the parent fail the remaining slides
+        results.put(("fatal", device, f"{type(exc).__name__}: {exc}" if not isinstance(exc, GhanetError) else str(exc)))
+        return
+    while True:
+        task = tasks.get()
+        if task is None:
+            break
+        idx, spec = task
+        results.put(("start", idx, device))
+        res = run_items([spec], lambda s: s.slide_id, lambda s: extractor.extract(s, Path(out), overwrite))[0]
+        res.metrics["device"] = device
+        results.put(("done", idx, res))
+    results.put(("exit", device, ""))
+
+
+def _extract_multi(specs: list[SlideSpec], out: Path, params: ExtractParams, devices: list[str],
+                   overwrite: bool, on_done: Callable[[ItemResult], None] | None) -> list[ItemResult]:
+    import torch.multiprocessing as tmp  # noqa: PLC0415
+
+    ctx = tmp.get_context("spawn")
+    tasks, results = ctx.Queue(), ctx.Queue()
+    for i, s in enumerate(specs):
+        tasks.put((i, s))
+    for _ in devices:
+        tasks.put(None)
+    pdict = {**asdict(params)}
+    procs = []
+    for d in devices:
+        # malloc tuning is also applied inside each process (tune_malloc); workers inherit the env
+        pr = ctx.Process(target=_device_worker, daemon=False,
+                         args=(d, len(devices), pdict, str(out), overwrite, logging.getLogger("ghanet_pipeline").getEffectiveLevel(),
+                               tasks, results))
+        pr.start()
+        procs.append(pr)
+    out_results: dict[int, ItemResult] = {}
+    running: dict[int, str] = {}
+    exited = 0
+    fatal: list[str] = []
+    while exited < len(procs):
+        try:
+            msg = results.get(timeout=2.0)
+        except queue_mod.Empty:
+            if not any(p.is_alive() for p in procs):
+                break  # all died without saying goodbye
+            continue
+        kind = msg[0]
+        if kind == "start":
+            running[msg[1]] = msg[2]
+        elif kind == "done":
+            running.pop(msg[1], None)
+            out_results[msg[1]] = msg[2]
+            if on_done is not None:
+                on_done(msg[2])
+        elif kind == "fatal":
+            fatal.append(f"{msg[1]}: {msg[2]}")
+            exited += 1
+        elif kind == "exit":
+            exited += 1
+    for p in procs:
+        p.join(timeout=30)
+    reason = ("device process(es) could not start: " + "; ".join(fatal)) if fatal else "a device process died"
+    final = []
+    for i, s in enumerate(specs):
+        if i in out_results:
+            final.append(out_results[i])
+        else:
+            where = f" while on {running[i]}" if i in running else ""
+            res = ItemResult(s.slide_id, "failed", 0.0, f"not extracted{where}: {reason}")
+            if on_done is not None:
+                on_done(res)
+            final.append(res)
+    return final
+
