@@ -140,14 +140,15 @@ def _write_manifest(path: Path, rows: list[dict[str, Any]], columns: list[str]) 
 
 
 def _write_slides(clinical_rows: list[dict[str, Any]], slide_dir: Path, slide_px: int, seed: int,
-                  offset: int = 0) -> list[dict[str, Any]]:
-    """One synthetic slide per clinical row (skipped when the file exists); returns manifest rows."""
+                  offset: int = 0, rewrite: bool = False) -> list[dict[str, Any]]:
+    """One synthetic slide per clinical row (kept when the file exists, unless ``rewrite``); returns
+    manifest rows."""
     from .synthetic import write_synthetic_slide  # noqa: PLC0415
 
     rows = []
     for i, r in enumerate(clinical_rows):
         path = slide_dir / f"{r['slide_id']}.tif"
-        if not path.is_file():
+        if rewrite or not path.is_file():
             write_synthetic_slide(path, slide_px, slide_px, mpp=0.5, phenotype=float(r["phenotype"]),
                                   seed=_slide_seed(seed, offset + i))
         rows.append({"slide_id": r["slide_id"], "path": f"slides/{path.name}", "case_id": r["case_id"],
@@ -164,13 +165,25 @@ def build_cohort(data_dir: Path | str, config: DemoConfig) -> dict[str, Path]:
     ``holdout_manifest`` (new patients' slides, same columns; their genomics are not written: at
     inference a slide alone is enough).
     """
+    from .ioutils import write_json_atomic  # noqa: PLC0415
     from .synthetic_cohort import make_cohort, write_cohort_tables  # noqa: PLC0415
 
     data_dir = Path(data_dir)
     cohort = make_cohort(n_cases=config.n_cases, seed=config.seed)
-    paths = write_cohort_tables(cohort, data_dir)
+    # plain CSV (a .zip embeds a timestamp) and written only when the cohort changed: the stages
+    # fingerprint their input files, so identical inputs let a rerun reuse every finished output
+    stamp = data_dir / "cohort.json"
+    params = {"n_cases": config.n_cases, "seed": config.seed, "slide_px": config.slide_px,
+              "n_holdout": config.n_holdout, "cohort": cohort.params}
+    names = {"table": "genomics_table.csv", "counts": "counts.csv", "clinical": "clinical.csv",
+             "families": "families.csv"}
+    paths = {k: data_dir / v for k, v in names.items()}
+    same = (stamp.is_file() and json.loads(stamp.read_text()) == json.loads(json.dumps(params))
+            and all(p.is_file() for p in paths.values()))
+    if not same:
+        paths = write_cohort_tables(cohort, data_dir, table_name=names["table"])
     train_rows = _write_slides(cohort.clinical.to_dict("records"), data_dir / "slides", config.slide_px,
-                               config.seed)
+                               config.seed, rewrite=not same)
     columns = ["slide_id", "path", "case_id", "phenotype", "survival_months", "censorship"]
     paths["manifest"] = data_dir / "manifest.csv"
     _write_manifest(paths["manifest"], train_rows, columns)
@@ -179,9 +192,11 @@ def build_cohort(data_dir: Path | str, config: DemoConfig) -> dict[str, Path]:
                           second_slide_fraction=0.0)
         new_rows = new.clinical.head(config.n_holdout).to_dict("records")
         hold_rows = _write_slides(new_rows, data_dir / "slides", config.slide_px, config.seed,
-                                  offset=len(train_rows) + 1000)
+                                  offset=len(train_rows) + 1000, rewrite=not same)
         paths["holdout_manifest"] = data_dir / "holdout_manifest.csv"
         _write_manifest(paths["holdout_manifest"], hold_rows, columns)
+    if not same:
+        write_json_atomic(stamp, params)
     return paths
 
 

@@ -81,7 +81,7 @@ def demo(out: Path, cases: int, holdout: int, folds: int, epochs: int, slide_px:
         for col in ("case_id", "risk", "group", "phenotype (truth)", "months", "censored", "status"):
             table.add_column(col)
         for r in sorted(result.risks, key=lambda r: r.get("risk", float("inf"))):
-            table.add_row(r["case_id"], _fmt(r.get("risk")), str(r.get("risk_group", "")), _fmt(r.get("phenotype")),
+            table.add_row(r["case_id"], _fmt(r.get("risk"), 4), str(r.get("risk_group", "")), _fmt(r.get("phenotype")),
                           _fmt(r.get("survival_months"), 1), _fmt(r.get("censorship"), 0), r.get("status", ""))
         console.print(table)
         console.print("higher risk = worse prognosis; higher phenotype = more dense dark-nuclei tissue = "
@@ -94,11 +94,12 @@ def demo(out: Path, cases: int, holdout: int, folds: int, epochs: int, slide_px:
     for p in result.km_plots:
         console.print(f"  Kaplan-Meier plot: {p}")
     if result.heatmaps:
-        console.print(f"  heatmaps ({len(result.heatmaps)}):")
-        for p in result.heatmaps[:12]:
-            console.print(f"    {p}")
-        if len(result.heatmaps) > 12:
-            console.print(f"    ... and {len(result.heatmaps) - 12} more in {result.outputs.get('predict')}")
+        case_dirs = sorted({p.parent.parent if p.parent.name == "top" else p.parent for p in result.heatmaps})
+        console.print(f"  heatmaps: {len(result.heatmaps)} PNGs (morphology attention, association per gene family, "
+                      f"top patches per family) in:")
+        for d in case_dirs:
+            morph = sorted(d.glob("*morphology*.png"))
+            console.print(f"    {d}/" + (f"  e.g. {morph[0].name}" if morph else ""))
     console.print(f"demo finished in {result.seconds:.0f} s" + ("" if result.ok else " [red]with failures[/]"))
     sys.exit(0 if result.ok else 1)
 
