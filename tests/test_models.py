@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from ghanet_pipeline.errors import CheckpointError, ConfigError, InputError
 from ghanet_pipeline.models import (MODELS, create_model, genomic_weights, load_checkpoint, save_checkpoint,
                                     topk_count)
-from ghanet_pipeline.models.layers import MultiHeadCrossAttention, MultiHeadSelfAttention
+from ghanet_pipeline.models.layers import MultiHeadCrossAttention, MultiHeadSelfAttention, ReLUDropout
 from ghanet_pipeline.models.reference import reference_forward
 from ghanet_pipeline.survival import nll_loss, sce_loss
 
@@ -186,6 +186,33 @@ def test_fast_forward_equals_textbook_forward_including_gradients():
         assert torch.allclose(fast[key], ref[key], atol=1e-5), key
     for name in g_fast:
         assert torch.allclose(g_fast[name], g_ref[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_textbook_forward_with_plain_dropout_matches_in_eval_mode():
+    model = tiny(seed=8).eval()
+    feats = torch.randn(12, 16)
+    with torch.no_grad():
+        a, b = model(feats), reference_forward(model, feats, plain_dropout=True)
+    assert torch.allclose(a["risk"], b["risk"], atol=1e-6)
+
+
+def test_relu_dropout_statistics_gradient_and_eval():
+    torch.manual_seed(0)
+    x = torch.randn(400, 300, requires_grad=True)
+    layer = ReLUDropout(0.25).train()
+    torch.manual_seed(1)
+    y = layer(x)
+    kept = (y > 0)
+    positive = x.detach() > 0
+    assert not (kept & ~positive).any()                              # ReLU: nothing negative survives
+    assert kept.sum().item() / positive.sum().item() == pytest.approx(0.75, abs=0.01)
+    assert torch.allclose(y[kept], x.detach()[kept] / 0.75)         # inverted-dropout scaling
+    y.sum().backward()
+    assert torch.allclose(x.grad[kept], torch.full_like(x.grad[kept], 1 / 0.75)) and (x.grad[~kept] == 0).all()
+    torch.manual_seed(1)
+    assert torch.equal(layer(x.detach()), y.detach())               # seeded like the rest of torch
+    layer.eval()
+    assert torch.equal(layer(x.detach()), F.relu(x.detach()))
 
 
 def test_risk_is_invariant_to_patch_order():

@@ -1,9 +1,9 @@
 """Plain, unoptimised G-HANet forward pass, written as the paper/released code state it.
 
 Used by the tests (the fast :class:`GHANet` forward must give the same numbers) and by
-``benchmarks/bench_train_step.py`` as the baseline: separate patch embeddings, keys and values
-projected for every patch in each of the two cross-attention passes, a dense masked softmax
-(-1e5 outside the top-k) for the genomic weights. Same parameters as the fast model.
+``benchmarks/bench_train_step.py`` as the baseline: keys and values projected for every patch in
+each of the two cross-attention passes, a dense masked softmax (-1e5 outside the top-k) for the genomic
+weights, and optionally ReLU + ``F.dropout`` for the patch embeddings. Same parameters as the fast model.
 """
 
 from __future__ import annotations
@@ -15,10 +15,20 @@ from .ghanet import GHANet, topk_count
 from .layers import survival_outputs
 
 
-def reference_forward(model: GHANet, features: torch.Tensor) -> dict:
-    """Textbook forward of ``model`` (same outputs as ``model(features)``; O(N dim^2) attention cost)."""
+def reference_forward(model: GHANet, features: torch.Tensor, plain_dropout: bool = False) -> dict:
+    """Textbook forward of ``model`` (same outputs as ``model(features)``; O(N dim^2) attention cost).
+
+    ``plain_dropout=True`` uses ``F.dropout(F.relu(x))`` for the patch embeddings as the released code
+    does (other random masks than the fused :class:`ReLUDropout`, so train-mode outputs then differ).
+    """
     cab, hsb = model.cab, model.hsb
-    h = cab.embed_act(cab.embed(features))
+
+    def act(module, x):
+        if plain_dropout:
+            return F.dropout(F.relu(x), module.p, training=module.training)
+        return module(x)
+
+    h = act(cab.embed_act, cab.embed(features))
     r1, _ = cab.mhca.forward_reference(cab.norm_tokens(cab.tokens), cab.norm_patches(h))
     r1 = cab.ffn1(cab.norm_ffn1(r1)) + r1
     r2, scores = cab.mhca.forward_reference(cab.norm_query2(cab.tokens + r1), cab.norm_patches(h))
@@ -27,7 +37,7 @@ def reference_forward(model: GHANet, features: torch.Tensor) -> dict:
     recon = [cab.recon_heads[str(i)](r2[i]) if str(i) in cab.recon_heads else None
              for i in range(len(cab.family_sizes))]
 
-    hp = hsb.embed_act(hsb.embed_norm(hsb.embed(features)))
+    hp = act(hsb.embed_act, hsb.embed_norm(hsb.embed(features)))
     gate = hsb.gate
     w_mor = gate.attention_c(torch.tanh(gate.attention_a(hp)) * torch.sigmoid(gate.attention_b(hp)))
     w_mor = F.softmax(w_mor.T, dim=1)                                           # (1, N)
