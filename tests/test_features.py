@@ -1,0 +1,243 @@
+"""extract-features: bags from a tiny synthetic slide (random weights, 64 px encoder input to stay fast)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ghanet_pipeline.bags import read_bag, validate_bag
+from ghanet_pipeline.batch import exit_code
+from ghanet_pipeline.errors import ConfigError, MismatchError
+from ghanet_pipeline.features import ExtractParams, Extractor, extract_slides
+from ghanet_pipeline.inputs import SlideSpec
+from ghanet_pipeline.segment import SegmentParams, load_coords, segment_paths, segment_slide
+
+torch.set_num_threads(2)
+
+SMALL = 64  # encoder input side for most tests (the path and bag logic do not depend on it)
+
+
+@pytest.fixture(scope="module")
+def small_slide(make_synthetic_slide) -> Path:
+    """1280 x 1024 px at 0.5 um/px: 9 tissue patches of 256 px with the default segment settings."""
+    return make_synthetic_slide("extract_small.svs", 1280, 1024, mpp=0.5, phenotype=0.3, seed=5)
+
+
+@pytest.fixture(scope="module")
+def params() -> ExtractParams:
+    return ExtractParams(weights="random", input_size=SMALL, batch_size=4, num_workers=1, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def extractor(params) -> Extractor:
+    return Extractor(params)
+
+
+def _spec(path: Path, sid: str = "s1") -> SlideSpec:
+    return SlideSpec(slide_id=sid, path=path, case_id=sid)
+
+
+def _bag_path(out: Path, sid: str = "s1", size: int = SMALL) -> Path:
+    return out / "features" / f"resnet50_trunc_{size}_random0" / f"{sid}.h5"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, small_slide, extractor):
+    """One uninterrupted run: (out dir, bag) used as the reference by several tests."""
+    out = tmp_path_factory.mktemp("ref")
+    seg = segment_slide(_spec(small_slide), out, SegmentParams())
+    assert seg.status == "done"
+    res = extractor.extract(_spec(small_slide), out)
+    assert res.status == "done", res.message
+    return out, read_bag(res.metrics["bag"])
+
+
+def test_bag_schema_attrs_and_coords_equal_segment(reference, small_slide):
+    out, bag = reference
+    coords, cattrs = load_coords(segment_paths(out, "s1")["coords"])
+    assert len(coords) == 9
+    assert bag.path == _bag_path(out) and validate_bag(bag.path) == []
+    np.testing.assert_array_equal(bag.coords, coords)  # same patches, same order
+    assert bag.features.shape == (9, 1024) and bag.features.dtype == np.float32
+    assert np.isfinite(bag.features).all() and bag.features.std(axis=0).mean() > 0
+    # distinct patches give distinct features (no patch was silently replaced / duplicated)
+    assert len({row.tobytes() for row in bag.features}) == 9
+    a = bag.attrs
+    assert a["encoder"] == "resnet50_trunc" and a["weights_sha256"] == "random:0" and a["input_size"] == SMALL
+    for k in ("target_mpp", "patch_size", "patch_size_level0", "level0_mpp", "source_name", "source_bytes"):
+        assert a[k] == cattrs[k], k
+    assert a["source_bytes"] == small_slide.stat().st_size and a["complete"] is True
+    assert a["precision"] == "fp32" and a["dtype"] == "float32" and a["schema_version"] == 1
+    with h5py.File(bag.path) as h5:
+        assert h5["features"].chunks[0] == 9  # one block of rows, not one row per chunk
+
+
+def test_features_match_direct_encoder_call(reference, small_slide, extractor):
+    """The data path (workers, batching, uint8 transport, device normalisation) equals a plain loop."""
+    import cv2
+
+    from ghanet_pipeline.encoders import preprocess
+    from ghanet_pipeline.slide import Slide
+
+    _, bag = reference
+    with Slide(small_slide) as s:
+        plan = s.plan(0.5, 256)
+        patches = [cv2.resize(s.read_patch(plan, x, y), (SMALL, SMALL), interpolation=cv2.INTER_AREA)
+                   for x, y in bag.coords[:4]]
+    x = torch.from_numpy(np.stack(patches))
+    with torch.inference_mode():
+        direct = extractor.model(preprocess(x, extractor.encoder.spec)).numpy()
+    np.testing.assert_allclose(bag.features[:4], direct, rtol=1e-4, atol=1e-4)
+
+
+def test_rerun_is_deterministic_and_independent_of_workers(reference, small_slide, extractor, params, tmp_path):
+    out_ref, bag = reference
+    shutil.copytree(out_ref / "segment", tmp_path / "segment")
+    res = Extractor(params.__class__(**{**params.__dict__, "num_workers": 0}),
+                    encoder=extractor.encoder).extract(_spec(small_slide), tmp_path)
+    assert res.status == "done"
+    again = read_bag(res.metrics["bag"])
+    np.testing.assert_array_equal(again.features, bag.features)
+    assert again.path.read_bytes() == bag.path.read_bytes()  # byte-identical files
+
+
+def test_skip_valid_bag_refuse_other_settings_overwrite(reference, small_slide, extractor, tmp_path):
+    out_ref, bag = reference
+    shutil.copytree(out_ref, tmp_path / "o")
+    out = tmp_path / "o"
+    assert extractor.extract(_spec(small_slide), out).status == "skipped"
+    path = _bag_path(out)
+    with h5py.File(path, "r+") as h5:
+        h5.attrs["weights_sha256"] = "random:9"  # as if made with other weights
+    with pytest.raises(MismatchError, match="weights_sha256='random:9'.*--overwrite"):
+        extractor.extract(_spec(small_slide), out)
+    res = extractor.extract(_spec(small_slide), out, overwrite=True)
+    assert res.status == "done" and read_bag(path).attrs["weights_sha256"] == "random:0"
+
+
+def test_resume_after_simulated_crash(reference, small_slide, extractor, params, tmp_path):
+    out_ref, bag = reference
+    out = tmp_path / "o"
+    shutil.copytree(out_ref / "segment", out / "segment")
+    folder = _bag_path(out).parent
+    folder.mkdir(parents=True)
+    (folder / ".s1.h5.k1ll3d.tmp").write_bytes(b"half a bag")  # temp file of a killed run
+    shutil.copy(bag.path, folder / "s1.h5")
+    with h5py.File(folder / "s1.h5", "r+") as h5:  # a bag whose writer never set complete
+        h5.attrs["complete"] = False
+        h5["features"][3:] = 0
+    results = extract_slides([_spec(small_slide)], out, params, overwrite=False)
+    assert [r.status for r in results] == ["done"]
+    assert sorted(p.name for p in folder.iterdir()) == ["s1.h5"]
+    np.testing.assert_array_equal(read_bag(folder / "s1.h5").features, bag.features)
+
+
+def test_missing_coords_runs_segment_first(small_slide, extractor, reference, tmp_path):
+    _, bag = reference
+    res = extractor.extract(_spec(small_slide), tmp_path)
+    assert res.status == "done" and "segment" in res.message
+    coords, _ = load_coords(segment_paths(tmp_path, "s1")["coords"])
+    np.testing.assert_array_equal(read_bag(res.metrics["bag"]).coords, coords)
+
+
+def test_corrupt_tile_fails_that_slide_naming_its_coordinates(small_slide, params, reference, tmp_path):
+    """A damaged JPEG tile: the slide fails with the patch's level-0 x/y; the other slide still runs."""
+    import tifffile
+
+    out_ref, bag = reference
+    bad = tmp_path / "bad.svs"
+    shutil.copy(small_slide, bad)
+    out = tmp_path / "o"
+    for sid in ("bad", "s1"):
+        (out / "segment").mkdir(parents=True, exist_ok=True)
+        for ext in (".coords.h5", ".geojson", ".png"):
+            shutil.copy(out_ref / "segment" / f"s1{ext}", out / "segment" / f"{sid}{ext}")
+    with h5py.File(out / "segment" / "bad.coords.h5", "r+") as h5:
+        h5.attrs["slide_id"] = "bad"
+        h5.attrs["source_name"] = "bad.svs"
+    x0, y0 = (int(v) for v in bag.coords[5])  # corrupt the level-0 tile under the 6th patch's top-left
+    with tifffile.TiffFile(bad) as tif:
+        page = tif.pages[0]
+        tiles_across = -(-page.imagewidth // page.tilewidth)
+        k = (y0 // page.tilelength) * tiles_across + (x0 // page.tilewidth)
+        offset, nbytes = page.dataoffsets[k], page.databytecounts[k]
+    with open(bad, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"\x00" * min(nbytes, 64))
+    # patches overlapping that tile, in coords order: the first of them is the one that fails
+    ts = 256
+    tx, ty = (x0 // ts) * ts, (y0 // ts) * ts
+    hits = [(int(x), int(y)) for x, y in bag.coords if x < tx + ts and x + 256 > tx and y < ty + ts and y + 256 > ty]
+    results = extract_slides([_spec(bad, "bad"), _spec(small_slide, "s1")], out, params)
+    by = {r.item: r for r in results}
+    assert by["bad"].status == "failed" and by["s1"].status == "done" and exit_code(results) == 1
+    assert f"(x={hits[0][0]}, y={hits[0][1]})" in by["bad"].message and "level-0" in by["bad"].message
+    assert not _bag_path(out, "bad").exists()
+    assert not list(_bag_path(out, "bad").parent.glob(".*.tmp"))
+
+
+def test_bf16_precision_and_float16_storage(reference, small_slide, extractor, params, tmp_path):
+    out_ref, bag = reference
+    shutil.copytree(out_ref / "segment", tmp_path / "segment")
+    p = params.__class__(**{**params.__dict__, "precision": "bf16", "dtype": "float16"})
+    res = Extractor(p, encoder=extractor.encoder).extract(_spec(small_slide), tmp_path)
+    with h5py.File(res.metrics["bag"]) as h5:
+        assert h5["features"].dtype == np.float16
+        assert h5.attrs["precision"] == "bf16" and h5.attrs["dtype"] == "float16"
+    half = read_bag(res.metrics["bag"]).features
+    rel = np.abs(half - bag.features).max() / np.abs(bag.features).max()
+    assert rel < 0.05  # bf16 rounding, not different features
+    with pytest.raises(ConfigError, match="fp16 is for CUDA"):
+        Extractor(params.__class__(**{**params.__dict__, "precision": "fp16"}), encoder=extractor.encoder)
+
+
+def test_devices_pull_from_one_queue(reference, small_slide, params, tmp_path):
+    """--devices cpu,cpu: two spawned processes share the slides; bags equal the single-process ones."""
+    out_ref, bag = reference
+    out = tmp_path / "o"
+    specs = [_spec(small_slide, f"s{i}") for i in range(3)]
+    results = extract_slides(specs, out, params, devices=["cpu", "cpu"])
+    assert [r.item for r in results] == ["s0", "s1", "s2"] and all(r.status == "done" for r in results)
+    assert {r.metrics["device"] for r in results} <= {"cpu"}
+    for s in specs:
+        np.testing.assert_array_equal(read_bag(_bag_path(out, s.slide_id)).features, bag.features)
+
+
+def test_cli_extract_and_weights_missing_message(small_slide, reference, tmp_path, monkeypatch):
+    from ghanet_pipeline.cli import cli
+
+    out_ref, bag = reference
+    out = tmp_path / "o"
+    shutil.copytree(out_ref / "segment", out / "segment")
+    (out / "segment" / "s1.coords.h5").rename(out / "segment" / "extract_small.coords.h5")
+    with h5py.File(out / "segment" / "extract_small.coords.h5", "r+") as h5:
+        h5.attrs["slide_id"] = "extract_small"
+    runner = CliRunner()
+    args = ["extract-features", str(small_slide), "--out", str(out), "--resize", str(SMALL), "--device", "cpu",
+            "--batch-size", "4", "--num-workers", "0", "--no-progress"]
+    r = runner.invoke(cli, args + ["--weights", "random"])
+    assert r.exit_code == 0, r.output
+    got = read_bag(_bag_path(out, "extract_small"))
+    np.testing.assert_array_equal(got.features, bag.features)
+    assert list((out / "logs").glob("extract-features-*.json"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    r = runner.invoke(cli, args)
+    assert r.exit_code == 2
+    assert "no weights for encoder 'resnet50_trunc'" in r.output and "--weights" in r.output
+
+
+def test_real_slide_bag_coords_equal_segment(real_slide, extractor, tmp_path):
+    spec = _spec(real_slide, "CMU-1-Small-Region")
+    res = extractor.extract(spec, tmp_path)
+    assert res.status == "done", res.message
+    coords, cattrs = load_coords(segment_paths(tmp_path, spec.slide_id)["coords"])
+    bag = read_bag(res.metrics["bag"])
+    assert len(coords) > 20
+    np.testing.assert_array_equal(bag.coords, coords)
+    assert np.isfinite(bag.features).all() and bag.attrs["level0_mpp"] == pytest.approx(0.499, abs=1e-3)
