@@ -18,7 +18,7 @@ from ghanet_pipeline.features import ExtractParams, Extractor, extract_slides
 from ghanet_pipeline.inputs import SlideSpec
 from ghanet_pipeline.segment import SegmentParams, load_coords, segment_paths, segment_slide
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny inputs: per-op overhead dominates; 1 thread is fastest on a shared CPU
 
 SMALL = 64  # encoder input side for most tests (the path and bag logic do not depend on it)
 
@@ -31,7 +31,7 @@ def small_slide(make_synthetic_slide) -> Path:
 
 @pytest.fixture(scope="module")
 def params() -> ExtractParams:
-    return ExtractParams(weights="random", input_size=SMALL, batch_size=4, num_workers=1, device="cpu")
+    return ExtractParams(weights="random", input_size=SMALL, batch_size=4, num_workers=1, device="cpu", torch_threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +201,7 @@ def test_devices_pull_from_one_queue(reference, small_slide, params, tmp_path):
     """--devices cpu,cpu: two spawned processes share the slides; bags equal the single-process ones."""
     out_ref, bag = reference
     out = tmp_path / "o"
-    specs = [_spec(small_slide, f"s{i}") for i in range(3)]
+    specs = [_spec(small_slide, f"s{i}") for i in range(3)]  # 3 slides, 2 processes
     results = extract_slides(specs, out, params, devices=["cpu", "cpu"])
     assert [r.item for r in results] == ["s0", "s1", "s2"] and all(r.status == "done" for r in results)
     assert {r.metrics["device"] for r in results} <= {"cpu"}
