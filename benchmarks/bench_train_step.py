@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -97,11 +98,12 @@ def main() -> None:
             results[impl, n] = json.loads(proc.stdout.strip().splitlines()[-1])
             print(f"done {impl} N={n}", file=sys.stderr)
 
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\nG-HANet, CPU, {args.threads} threads, families {FAMILY_SIZES}, {args.repeats} repeats "
-          f"(min / median seconds)\n")
-    print("| patches | impl | train step s (min / med) | inference s (min / med) | peak RSS GB | "
-          "step vs authors' ref |")
-    print("|---:|---|---:|---:|---:|---:|")
+          f"(min / median seconds; load average at the end {load})\n")
+    print("| patches | impl | train step s (min / med) | train step CPU s (min) | inference s (min / med) | "
+          "peak RSS GB | step vs authors' ref |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
     for n in args.sizes:
         for impl in args.impls:
             r = results[impl, n]
@@ -109,7 +111,8 @@ def main() -> None:
             imin, imed = min(r["infer_s"]), statistics.median(r["infer_s"])
             ref = AUTHORS_REFERENCE.get(n)
             ratio = f"{tmin / ref:.2f}x" if ref else "-"
-            print(f"| {n:,} | {impl} | {tmin:.3f} / {tmed:.3f} | {imin:.3f} / {imed:.3f} | "
+            print(f"| {n:,} | {impl} | {tmin:.3f} / {tmed:.3f} | {min(r['train_cpu_s']):.3f} | "
+                  f"{imin:.3f} / {imed:.3f} | "
                   f"{r['peak_rss_gb']:.2f} | {ratio} |")
     if all(i in args.impls for i in ("fast", "reference")):
         print("\n| patches | fast / reference train step (min) | fast / reference peak RSS |")

@@ -222,6 +222,8 @@ def test_risk_is_invariant_to_patch_order():
     with torch.no_grad():
         a, b = model(feats), model(feats[perm])
     assert torch.allclose(a["risk"], b["risk"], atol=1e-6)
+    with torch.no_grad():                                  # float16 bags are accepted (cast to the weights)
+        assert torch.allclose(model(feats.half())["risk"], model(feats.half().float())["risk"])
     assert torch.allclose(a["w_mor"][perm], b["w_mor"], atol=1e-7)
     assert torch.allclose(a["assoc"][:, perm], b["assoc"], atol=1e-6)
 

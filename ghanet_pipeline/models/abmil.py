@@ -34,7 +34,7 @@ class ABMIL(nn.Module):
         self.classifier = nn.Linear(dim // 2, n_bins)
 
     def forward(self, features: torch.Tensor) -> dict:
-        _check_features(features, self.config["in_dim"])
+        features = _check_features(features, self.config["in_dim"], self.classifier.weight)
         h = self.embed(features)
         w = self.gate(h).softmax(dim=0)
         pooled = (w @ h).unsqueeze(0)

@@ -158,7 +158,7 @@ class GHANet(nn.Module):
         return self.cab.embed(features), self.hsb.embed(features)
 
     def forward(self, features: torch.Tensor) -> dict:
-        _check_features(features, self.config["in_dim"])
+        features = _check_features(features, self.config["in_dim"], self.cab.embed.weight)
         h_pre, hp_pre = self.embed_pre(features)
         r2, assoc, recon = self.cab(h_pre)
         logits, w_mor = self.hsb(hp_pre, assoc, r2)
@@ -167,10 +167,12 @@ class GHANet(nn.Module):
         return out
 
 
-def _check_features(features: torch.Tensor, in_dim: int) -> None:
+def _check_features(features: torch.Tensor, in_dim: int, like: torch.Tensor) -> torch.Tensor:
+    """Check one bag's shape (N >= 1, in_dim); return it in the weights' dtype/device (float16 bags)."""
     if features.dim() != 2 or features.shape[1] != in_dim or features.shape[0] == 0:
         raise InputError(f"expected one bag of patch features shaped (N >= 1, {in_dim}), got "
                          f"{tuple(features.shape)}; check the encoder's output dimension and empty bags")
+    return features.to(device=like.device, dtype=like.dtype)
 
 
 @register_model("ghanet")
