@@ -467,8 +467,11 @@ def extract_slides(specs: Sequence[SlideSpec], out: Path | str, params: ExtractP
     if len(devs) == 1:
         extractor = Extractor(params, devs[0])
         return run_items(specs, lambda s: s.slide_id, lambda s: extractor.extract(s, out, overwrite), on_done)
+    from .encoders import get_encoder_spec, resolve_weights  # noqa: PLC0415
+
     for d in devs:  # validate here: usage errors must not surface as per-slide failures
-        resolve_device(d)
+        autocast_dtype(params.precision, resolve_device(d))
+    resolve_weights(get_encoder_spec(params.encoder), params.weights)
     return _extract_multi(list(specs), out, params, devs, overwrite, on_done)
 
 

@@ -241,3 +241,12 @@ def test_real_slide_bag_coords_equal_segment(real_slide, extractor, tmp_path):
     assert len(coords) > 20
     np.testing.assert_array_equal(bag.coords, coords)
     assert np.isfinite(bag.features).all() and bag.attrs["level0_mpp"] == pytest.approx(0.499, abs=1e-3)
+
+
+def test_devices_usage_errors_are_raised_before_any_process_starts(small_slide, params, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    no_weights = params.__class__(**{**params.__dict__, "weights": None})
+    with pytest.raises(ConfigError, match="no weights for encoder"):
+        extract_slides([_spec(small_slide)], tmp_path, no_weights, devices=["cpu", "cpu"])
+    with pytest.raises(ConfigError, match="--device"):
+        extract_slides([_spec(small_slide)], tmp_path, params, devices=["cpu", "tpu:0"])
