@@ -51,7 +51,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
 def _config(tmp: Path, **over: object) -> Path:
     cfg = {"out": str(tmp / "out"), "manifest": str(tmp / "manifest.csv"),
            "genomics_table": str(tmp / "genomics_table.csv"), "families": str(tmp / "families.csv"),
-           "predict_manifest": str(tmp / "holdout.csv"), "folds": 2,
+           "predict_manifest": str(tmp / "holdout.csv"), "folds": 3,
            "extract": {"weights": "random", "device": "cpu", "num_workers": 0, "gpu": 0, "threads": 1},
            "train": {"run_name": "wf", "model": "ghanet", "epochs": 2, "device": "cpu"},
            "predict": {"device": "cpu"}}
@@ -93,12 +93,12 @@ def test_slurm_profile_dry_run_plans_one_job_per_slide_per_stage_and_per_fold(tm
 
 @pytest.fixture(scope="module")
 def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """10 cases (+2 held-out) with 768 px synthetic slides carrying the phenotype, MCAT table, families."""
+    """12 cases (+2 held-out) with 768 px synthetic slides carrying the phenotype, MCAT table, families."""
     from ghanet_pipeline.synthetic import write_synthetic_slide
     from ghanet_pipeline.synthetic_cohort import make_cohort, write_cohort_tables
 
     tmp = tmp_path_factory.mktemp("wf")
-    cohort = make_cohort(n_cases=10, seed=3, second_slide_fraction=0.0)
+    cohort = make_cohort(n_cases=12, seed=3, second_slide_fraction=0.0)
     write_cohort_tables(cohort, tmp, table_name="genomics_table.csv")
     (tmp / "slides").mkdir()
     rows = []
@@ -141,13 +141,13 @@ def test_workflow_runs_tiny_cohort_end_to_end_and_mixes_with_cli(tiny_cohort: Pa
     for b in bags:  # bag rows = segment's grid
         with h5py.File(b) as f, h5py.File(out / "segment" / f"{b.stem}.coords.h5") as c:
             assert f.attrs["complete"] and (f["coords"][:] == c["coords"][:]).all()
-    for k in range(2):
+    for k in range(3):
         hist = json.loads((out / "train" / "wf" / f"fold_{k}" / "history.json").read_text())
         assert hist["complete"] and len(hist["epochs"]) == 2
     report = json.loads((out / "train" / "wf" / "report" / "metrics.json").read_text())
-    assert len(report["c_index_per_fold"]) == 2
+    assert len(report["c_index_per_fold"]) == 3
     merged = json.loads((out / "train" / "wf" / "metrics.json").read_text())
-    assert len(merged["c_index_per_fold"]) == 2  # the run-level report covers every fold, not the last job's
+    assert len(merged["c_index_per_fold"]) == 3  # the run-level report covers every fold, not the last job's
     pred = pd.read_csv(out / "predict" / "predictions.csv")
     assert set(pred.case_id) == {"NEW-0", "NEW-1"}
     assert pred.risk.notna().all()
