@@ -5,7 +5,8 @@ with ``bags.write_bag``, so attrs and encoder checks are exercised) of ``n_patch
 dimension ``dim`` (1024 like the truncated ResNet50). A patch is a noisy copy of one of a few "tissue"
 prototypes, or of a "dense nuclei" prototype; the share of dense-nuclei patches grows linearly with the
 case's phenotype (``dense_share[0]`` at phenotype 0 to ``dense_share[1]`` at 1), and the phenotype also
-drives the hazard and the planted genes (``synthetic_cohort``). So a model can learn risk from the
+drives the hazard and the planted genes (``synthetic_cohort``). With ``nuisance`` (default) slides also
+differ in ways unrelated to survival (mix of tissue types, staining gain), as real slides do. So a model can learn risk from the
 bags, and the planted genes can be reconstructed from them.
 
 Features are non-negative like ReLU-pooled CNN features. The prototypes depend only on
@@ -37,15 +38,19 @@ def prototypes(dim: int = 1024, n_tissue: int = 4, feature_seed: int = 0) -> tup
 
 def phenotype_features(phenotype: float, n_patches: int, rng: np.random.Generator, dim: int = 1024,
                        dense_share: tuple[float, float] = (0.05, 0.6), noise: float = 0.25,
-                       feature_seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       feature_seed: int = 0, nuisance: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Features (n, dim) float32, coords (n, 2) int64 (level-0 px on a 512-px grid) and the boolean
     dense-nuclei mask of one slide whose case has ``phenotype`` in [0, 1]."""
     tissue, dense = prototypes(dim, feature_seed=feature_seed)
     share = dense_share[0] + (dense_share[1] - dense_share[0]) * float(np.clip(phenotype, 0.0, 1.0))
     is_dense = rng.random(n_patches) < share
-    kind = rng.integers(0, len(tissue), size=n_patches)
+    # nuisance variation unrelated to survival, as on real slides: the mix of tissue types differs from
+    # slide to slide (Dirichlet) and so does the staining (a per-slide gain)
+    mix = rng.dirichlet(np.full(len(tissue), 4.0)) if nuisance else np.full(len(tissue), 1.0 / len(tissue))
+    kind = rng.choice(len(tissue), size=n_patches, p=mix)
     base = np.where(is_dense[:, None], dense[None, :], tissue[kind])
-    feats = np.maximum(base + rng.normal(0.0, noise, size=(n_patches, dim)), 0.0).astype(np.float32)
+    gain = float(np.exp(rng.normal(0.0, 0.1))) if nuisance else 1.0
+    feats = np.maximum(gain * base + rng.normal(0.0, noise, size=(n_patches, dim)), 0.0).astype(np.float32)
     side = int(np.ceil(np.sqrt(n_patches)))
     idx = np.arange(n_patches)
     coords = np.stack([(idx % side) * 512, (idx // side) * 512], axis=1).astype(np.int64)
@@ -63,7 +68,7 @@ def bag_attrs(slide_id: str, feature_seed: int = 0, encoder: str = SYNTHETIC_ENC
 def write_synthetic_bags(cohort: Any, out_dir: Path | str, n_patches: int | tuple[int, int] = 200,
                          dim: int = 1024, seed: int = 0, feature_seed: int = 0,
                          dense_share: tuple[float, float] = (0.05, 0.6), noise: float = 0.25,
-                         dtype: str = "float32") -> dict[str, Path]:
+                         nuisance: bool = True, dtype: str = "float32") -> dict[str, Path]:
     """Write one bag per slide of ``cohort.clinical`` (columns slide_id, phenotype) into ``out_dir``.
 
     ``n_patches``: patches per slide, or a (min, max) range drawn per slide. Deterministic for a given
@@ -80,6 +85,6 @@ def write_synthetic_bags(cohort: Any, out_dir: Path | str, n_patches: int | tupl
         sid = sanitize_id(str(row.slide_id), "slide_id")
         n = n_patches if isinstance(n_patches, int) else int(rng.integers(n_patches[0], n_patches[1] + 1))
         feats, coords, _ = phenotype_features(float(row.phenotype), n, rng, dim=dim, dense_share=dense_share,
-                                              noise=noise, feature_seed=feature_seed)
+                                              noise=noise, feature_seed=feature_seed, nuisance=nuisance)
         paths[sid] = write_bag(out_dir / f"{sid}.h5", feats, coords, bag_attrs(sid, feature_seed), dtype=dtype)
     return paths

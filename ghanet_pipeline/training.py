@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 #: config keys that must match when a run is resumed (the rest — device, folds — may change)
 PROTOCOL_KEYS = ("model", "epochs", "lr", "weight_decay", "accum", "alpha", "topk", "alpha_surv", "dim",
-                 "heads", "dropout", "max_patches", "seed", "select", "case_id_from", "shuffle_labels")
+                 "heads", "dropout", "max_patches", "seed", "select", "case_id_from")
 #: slide file endings stripped when matching slide ids of a genomics table to bag names
 _SLIDE_EXT = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".czi", ".dcm", ".svslide")
 
@@ -84,7 +84,6 @@ class TrainConfig:
     device: str = "auto"
     case_id_from: str | None = None  # None | "tcga" (case id = first 12 characters of the bag name)
     cache_gb: float = 4.0  # keep bags in memory up to this many GiB (float32), else re-read each step
-    shuffle_labels: bool = False  # negative control: permute (time, censorship, bin) among training cases
 
     def validate(self) -> None:
         if self.select not in ("final", "best-epoch"):
@@ -471,11 +470,6 @@ def train_fold(fold: int, fold_data: Any, bags: CaseBags, config: TrainConfig, f
     lab_bins = lab["bin"].to_numpy(dtype=np.int64)
     lab_cens = lab["censorship"].to_numpy(dtype=np.int64)
     train_labels = {c: {"bin": int(b), "censorship": int(s)} for c, b, s in zip(train_ids, lab_bins, lab_cens)}
-    if config.shuffle_labels:  # negative control: labels permuted among the training cases
-        perm = np.random.default_rng([config.seed, fold, 99]).permutation(len(train_ids))
-        train_labels = {c: train_labels[train_ids[j]] for c, j in zip(train_ids, perm)}
-        lab_bins = np.array([train_labels[c]["bin"] for c in train_ids])
-        lab_cens = np.array([train_labels[c]["censorship"] for c in train_ids])
 
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                            weight_decay=config.weight_decay)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -72,28 +73,58 @@ def test_balanced_order_balances_classes():
     assert not (balanced_order(bins, cens, 0, 0, 1) == balanced_order(bins, cens, 0, 0, 2)).all()
 
 
+def _permuted_survival(cohort, seed: int):
+    """The cohort with (survival_months, censorship) permuted among cases: slides and genes keep their
+    case, so nothing in the slides predicts these labels (the permutation-test null)."""
+    cases = cohort.cases
+    ids = list(cases.index)
+    donor = dict(zip(ids, np.asarray(ids)[np.random.default_rng(seed).permutation(len(ids))]))
+    table = cohort.table.copy()
+    for col in ("survival_months", "censorship"):
+        table[col] = [cases.loc[donor[c], col] for c in table.case_id]
+    return replace(cohort, table=table)
+
+
 @pytest.mark.slow
-def test_planted_signal_learned_and_shuffled_control_is_not(tmp_path):
-    """G-HANet finds the phenotype: val c-index >= 0.70, better than shuffled labels; planted genes
-    are reconstructed (positive Spearman across validation cases), noise genes are not."""
-    feats, gdir, cohort = _make_data(tmp_path, n_cases=48, seed=1, n_patches=(80, 160))
-    cfg = dict(epochs=5, accum=4, lr=5e-4, dim=128)
-    real = train_cv(feats, gdir, tmp_path, TrainConfig(**cfg), run_name="real")
-    ctrl = train_cv(feats, gdir, tmp_path, TrainConfig(**cfg, shuffle_labels=True), run_name="shuffled")
+def test_planted_signal_learned_and_permuted_labels_are_not(tmp_path):
+    """G-HANet finds the phenotype that drives hazard: mean validation c-index >= 0.70; the same model
+    trained on survival labels shuffled among cases (and validated on them) stays near 0.5; the planted
+    genes are reconstructed (Spearman across validation cases), the other genes are not.
+
+    The shuffled labels are permuted for the whole cohort before preprocess-genomics, so bins, gene
+    selection, training and validation all see them: a leak anywhere (e.g. validation labels used in
+    training) would show up as a c-index above 0.5. (Permuting only the training labels and validating
+    on the true ones is a coin flip here: the phenotype dominates the bags, so any model that picks up
+    its direction by chance scores ~0.8 or ~0.2.) 96 cases: the authors' class-balanced sampler makes
+    tiny cohorts very noisy (a class with one case gets 1/7 of all draws).
+    """
+    cohort = make_cohort(n_cases=96, seed=1)
+    for name, co in (("real", cohort), ("shuffled", _permuted_survival(cohort, seed=1))):
+        paths = write_cohort_tables(co, tmp_path / name / "inputs", table_name="table.csv")
+        preprocess_genomics(GenomicsConfig(table=str(paths["table"]), families=str(paths["families"]), folds=3,
+                                           de_method="ttest"), tmp_path / name)
+    feats = tmp_path / "features"
+    write_synthetic_bags(cohort, feats, n_patches=(60, 120), seed=1)
+    # small settings: narrow model, short schedule, light dropout (with 0.25 and ~20 training steps per epoch
+    # the risk direction on 32 validation cases still swings from epoch to epoch)
+    cfg = TrainConfig(epochs=6, accum=4, lr=5e-4, dim=64, dropout=0.1)
+    real = train_cv(feats, tmp_path / "real" / "genomics", tmp_path, cfg, run_name="real")
+    ctrl = train_cv(feats, tmp_path / "shuffled" / "genomics", tmp_path, cfg, run_name="shuffled")
     assert all(r.status == "done" for r in real.folds + ctrl.folds)
     c_real, c_ctrl = real.metrics["c_index_mean"], ctrl.metrics["c_index_mean"]
-    assert c_real >= 0.70, real.metrics["c_index_per_fold"]
-    assert c_real > c_ctrl + 0.1, (c_real, c_ctrl)
+    assert c_real >= 0.70 and min(real.metrics["c_index_per_fold"].values()) >= 0.6, real.metrics["c_index_per_fold"]
+    assert abs(c_ctrl - 0.5) < 0.12 and c_real > c_ctrl + 0.15, (c_real, ctrl.metrics["c_index_per_fold"])
+    assert real.metrics["logrank_p"] < 0.01
 
-    genes = pd.concat(pd.read_csv(p) for p in (real.run_dir).glob("fold_*/gene_spearman.csv"))
+    genes = pd.concat(pd.read_csv(p) for p in real.run_dir.glob("fold_*/gene_spearman.csv"))
     genes["planted"] = genes.gene.str.replace(r"_(rnaseq|cnv|mut)$", "", regex=True).isin(cohort.planted_genes)
     planted = genes.loc[genes.planted, "spearman"].dropna()
     noise = genes.loc[~genes.planted, "spearman"].dropna()
-    assert len(planted) >= 6  # the genomics selection keeps planted genes
-    assert planted.mean() > 0.4 and planted.median() > 0.6, planted.describe()
-    assert planted.mean() > noise.mean() + 0.3, (planted.mean(), noise.mean())
+    assert len(planted) >= 12  # the genomics selection keeps planted genes
+    assert planted.median() > 0.6 and planted.mean() > 0.4, planted.describe()
+    assert planted.mean() > noise.mean() + 0.3 and abs(noise.mean()) < 0.15, (planted.mean(), noise.mean())
     m = json.loads((real.run_dir / "metrics.json").read_text())
-    assert set(m["spearman_per_family"]) >= {"Tumor Suppression", "Oncogenesis"}
+    assert {"Tumor Suppression", "Oncogenesis"} <= set(m["spearman_per_family"])
     assert m["optimistic"] is False and m["select"] == "final"
 
 

@@ -59,8 +59,6 @@ def _parse_folds(text: str | None) -> list[int] | None:
 @manifest_option
 @click.option("--case-id-from", type=click.Choice(["tcga"]), default=None,
               help="Case id = first 12 characters of the bag name (TCGA barcodes).")
-@click.option("--shuffle-labels", is_flag=True,
-              help="Negative control: permute survival labels among training cases (c-index should be ~0.5).")
 @click.option("--resume", is_flag=True, help="Continue interrupted folds from their last saved epoch (finished folds "
                                             "are always skipped when the options match).")
 @overwrite_option
@@ -68,7 +66,7 @@ def _parse_folds(text: str | None) -> list[int] | None:
 def train(features: Path, genomics: Path | None, out: Path, model: str, run_name: str | None, folds_text: str | None,
           epochs: int, lr: float, weight_decay: float, accum: int, alpha: float, topk: float, alpha_surv: float,
           dim: int, dropout: float, max_patches: int | None, seed: int, select: str, device: str,
-          manifest: Path | None, case_id_from: str | None, shuffle_labels: bool, resume: bool, overwrite: bool,
+          manifest: Path | None, case_id_from: str | None, resume: bool, overwrite: bool,
           no_progress: bool) -> None:
     """Train G-HANet (or ABMIL) with the folds of preprocess-genomics; write checkpoints and reports.
 
@@ -88,7 +86,7 @@ def train(features: Path, genomics: Path | None, out: Path, model: str, run_name
     config = TrainConfig(model=model, epochs=epochs, lr=lr, weight_decay=weight_decay, accum=accum, alpha=alpha,
                          topk=topk / 100.0, alpha_surv=alpha_surv, dim=dim, dropout=dropout,
                          max_patches=max_patches, seed=seed, folds=_parse_folds(folds_text), select=select,
-                         device=device, case_id_from=case_id_from, shuffle_labels=shuffle_labels)
+                         device=device, case_id_from=case_id_from)
     log = logging.getLogger("ghanet_pipeline")
     state: dict[str, Any] = {"bar": None}
 
