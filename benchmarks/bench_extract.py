@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -42,7 +43,8 @@ def make_slide(cache: Path, n_patches: int) -> tuple[Path, Path]:
     from ghanet_pipeline.synthetic import write_synthetic_slide
 
     cache.mkdir(parents=True, exist_ok=True)
-    side = 4096
+    # ~40 % of the synthetic slide is tissue: 4096 px holds ~100 patches of 256 px
+    side = max(4096, 256 * math.ceil(math.sqrt(n_patches / 0.3)))
     slide = cache / f"bench_extract_{side}.svs"
     if not slide.exists():
         write_synthetic_slide(slide, side, side, mpp=0.5, phenotype=0.3, seed=11)

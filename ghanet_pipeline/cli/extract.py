@@ -30,7 +30,7 @@ from .common import (device_option, manifest_option, no_progress_option, out_opt
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Patches per forward pass [default: 256 on CUDA, 32 on CPU].")
 @click.option("--num-workers", type=click.IntRange(min=0), default=None,
-              help="Reader processes per device, 0 = in-process [default: 1 on CPU; cores/devices - 1 on CUDA].")
+              help="Reader processes per device, 0 = in-process [default: CUDA cores/devices - 1; CPU 0 below 8 cores, else cores/8].")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="auto: bf16 autocast on CUDA (fp16 if unsupported), fp32 on CPU. bf16 on CPU is ~2x faster "
                    "where the CPU has AMX/AVX512-BF16.")
