@@ -17,7 +17,7 @@ import click
 @click.option("--holdout", type=click.IntRange(min=0), default=4, show_default=True,
               help="New patients whose slides are scored by `ghanet predict` at the end.")
 @click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True, help="Cross-validation folds.")
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True, help="Training epochs per fold.")
+@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True, help="Training epochs per fold.")
 @click.option("--slide-px", type=click.IntRange(min=512), default=2048, show_default=True,
               help="Side of each synthetic slide in level-0 px at 0.5 um/px.")
 @click.option("--models", default="ghanet,abmil", show_default=True,
