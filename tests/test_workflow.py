@@ -132,7 +132,8 @@ def test_workflow_runs_tiny_cohort_end_to_end_and_mixes_with_cli(tiny_cohort: Pa
     hand_coords = out / "segment" / f"{first.slide_id}.coords.h5"
     mtime = hand_coords.stat().st_mtime_ns
 
-    res = _snakemake("-s", "pipelines/Snakefile", "--cores", "2", "--configfile", str(cfg))
+    snakefile = str(REPO / "pipelines" / "Snakefile")  # run in tmp: Snakemake's .snakemake/ state stays there
+    res = _snakemake("-s", snakefile, "--cores", "2", "--configfile", str(cfg), cwd=tmp)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-6000:]
     assert hand_coords.stat().st_mtime_ns == mtime  # hand-run output kept
 
@@ -152,6 +153,6 @@ def test_workflow_runs_tiny_cohort_end_to_end_and_mixes_with_cli(tiny_cohort: Pa
     assert set(pred.case_id) == {"NEW-0", "NEW-1"}
     assert pred.risk.notna().all()
 
-    again = _snakemake("-s", "pipelines/Snakefile", "--cores", "2", "--configfile", str(cfg), "-n")
+    again = _snakemake("-s", snakefile, "--cores", "2", "--configfile", str(cfg), "-n", cwd=tmp)
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
