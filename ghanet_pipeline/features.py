@@ -307,6 +307,7 @@ class Extractor:
             log.info("slide %s: existing bag %s is not usable (%s); extracting again", spec.slide_id,
                      bag_path, reason)
         plan = self._plan(spec, cattrs)
+        remove_stale_temps(bag_path.parent, [bag_path.name])  # this slide's leftovers only (parallel-job safe)
         self._run(spec, plan, coords, input_size, bag_path, attrs, on_batch)
         secs = time.perf_counter() - t0
         status = "done" if len(coords) else "no tissue"
@@ -476,7 +477,6 @@ def extract_slides(specs: Sequence[SlideSpec], out: Path | str, params: ExtractP
     slides from one shared queue. Results come back in the order of ``specs``.
     """
     out = Path(out)
-    remove_stale_temps_under(out)
     devs = list(devices or [params.device])
     if len(devs) == 1:
         extractor = Extractor(params, devs[0])
@@ -487,19 +487,6 @@ def extract_slides(specs: Sequence[SlideSpec], out: Path | str, params: ExtractP
         autocast_dtype(params.precision, resolve_device(d))
     resolve_weights(get_encoder_spec(params.encoder), params.weights)
     return _extract_multi(list(specs), out, params, devs, overwrite, on_done)
-
-
-def remove_stale_temps_under(out: Path) -> int:
-    """Remove temp files left by killed runs in every ``<out>/features/<tag>/`` folder."""
-    root = out / "features"
-    n = 0
-    if root.is_dir():
-        for d in root.iterdir():
-            if d.is_dir():
-                n += remove_stale_temps(d)
-    if n:
-        log.info("removed %d unfinished temporary bag file(s) left by an interrupted run", n)
-    return n
 
 
 def _device_worker(device: str, n_devices: int, params_dict: dict[str, Any], out: str, overwrite: bool,

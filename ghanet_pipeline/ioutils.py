@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -100,16 +101,24 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def remove_stale_temps(directory: Path | str) -> int:
-    """Delete temporary files left by killed runs (``.*.tmp``) in ``directory``; return how many."""
+def remove_stale_temps(directory: Path | str, final_names: Iterable[str] | None = None) -> int:
+    """Delete temporary files left by killed runs in ``directory``; return how many.
+
+    With ``final_names`` only the temporaries of those outputs (``.<name>.*.tmp``) are removed: call
+    it per item just before writing that item, so parallel jobs writing other items into the same
+    folder (Snakemake, ``--shard`` array jobs) never lose their files. Without it, every ``.*.tmp``
+    goes (only safe when no other job writes there).
+    """
     directory = Path(directory)
     if not directory.is_dir():
         return 0
+    patterns = [".*.tmp"] if final_names is None else [f".{glob.escape(n)}.*.tmp" for n in final_names]
     n = 0
-    for p in directory.glob(".*.tmp"):
-        with contextlib.suppress(OSError):
-            p.unlink()
-            n += 1
+    for pattern in patterns:
+        for p in directory.glob(pattern):
+            with contextlib.suppress(OSError):
+                p.unlink()
+                n += 1
     return n
 
 

@@ -28,7 +28,7 @@ from . import __version__
 from .batch import ItemResult
 from .errors import InputError, MismatchError
 from .inputs import SlideSpec
-from .ioutils import atomic_path, safe_child, sanitize_id, write_text_atomic
+from .ioutils import atomic_path, remove_stale_temps, safe_child, sanitize_id, write_text_atomic
 from .tiling import DEFAULT_MIN_TISSUE, Grid, patch_grid
 from .tissue import TissueMask, TissueParams, detect_tissue
 
@@ -297,6 +297,7 @@ def segment_slide(spec: SlideSpec, out: Path | str, params: SegmentParams = Segm
             return ItemResult(item=sid, status="skipped", seconds=round(time.perf_counter() - t0, 3),
                               metrics=_metrics(attrs, len(coords)))
 
+    remove_stale_temps(paths["coords"].parent, [p.name for p in paths.values()])  # this slide's leftovers only
     with Slide(spec.path, mpp=spec.mpp, slide_id=sid) as slide:
         plan = slide.plan(params.target_mpp, params.patch_size)
         thumb_ds_req = max(1.0, params.thumbnail_downsample * params.target_mpp / slide.mpp)

@@ -84,6 +84,19 @@ def test_remove_stale_temps_and_sha256(tmp_path):
     assert file_sha256(tmp_path / "keep.h5") == hashlib.sha256(b"data").hexdigest()
 
 
+
+def test_remove_stale_temps_scoped_to_one_item_spares_other_jobs(tmp_path):
+    """A job cleaning its own slide's leftovers must not delete another job's file in progress."""
+    from ghanet_pipeline.ioutils import atomic_path
+
+    (tmp_path / ".A.h5.old1.tmp").write_text("killed run of A")
+    (tmp_path / ".A.b.h5.x.tmp").write_text("slide 'A.b' being written by another job")
+    with atomic_path(tmp_path / "B.h5") as other_job_tmp:
+        other_job_tmp.write_text("in progress")
+        assert remove_stale_temps(tmp_path, ["A.h5"]) == 1
+        assert other_job_tmp.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".A.b.h5.x.tmp", "B.h5"]
+
 # -- manifest ------------------------------------------------------------------------------------------------
 def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)

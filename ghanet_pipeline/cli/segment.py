@@ -45,7 +45,6 @@ def segment(slides: tuple[str, ...], manifest: Path | None, recursive: bool, mpp
     from ..batch import run_items, write_run_log  # noqa: PLC0415
     from ..errors import ConfigError  # noqa: PLC0415
     from ..inputs import collect_slides, parse_shard, take_shard  # noqa: PLC0415
-    from ..ioutils import remove_stale_temps  # noqa: PLC0415
     from ..segment import SegmentParams, segment_slide  # noqa: PLC0415
 
     started = time.time()
@@ -55,7 +54,6 @@ def segment(slides: tuple[str, ...], manifest: Path | None, recursive: bool, mpp
     params = SegmentParams(target_mpp=target_mpp, patch_size=patch_size, sat_threshold=sat_threshold,
                            min_tissue=min_tissue, thumbnail_downsample=thumbnail_downsample,
                            min_tissue_area_um2=min_tissue_area, min_hole_area_um2=min_hole_area)
-    remove_stale_temps(Path(out) / "segment")
     with Progress(len(specs), "segment", disable=no_progress) as progress:
         results = run_items(specs, lambda s: s.slide_id, lambda s: segment_slide(s, out, params, overwrite),
                             on_done=lambda r: progress.advance(1, f"{r.item}: {r.status}"))
