@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import out_option, overwrite_option
+from .common import no_progress_option, out_option, overwrite_option
 
 
 @click.command("preprocess-genomics")
@@ -37,11 +37,16 @@ from .common import out_option, overwrite_option
 @click.option("--n-cpus", type=click.IntRange(min=1), default=1, show_default=True, help="Processes for DESeq2.")
 @out_option
 @overwrite_option
+@no_progress_option
 def preprocess_genomics(table: Path, clinical: Path | None, families: Path, splits: Path | None, folds: int,
                         de_method: str, bins_from: str, seed: int, padj: float, lfc: float, pvalue: float,
-                        impute: str, n_cpus: int, out: Path, overwrite: bool) -> None:
+                        impute: str, n_cpus: int, out: Path, overwrite: bool,
+                        no_progress: bool) -> None:
     """Select the genes of each family that differ between high- and low-risk training patients (per
-    fold) and write standardised reconstruction targets under <out>/genomics/."""
+    fold) and write standardised reconstruction targets under <out>/genomics/.
+
+    Folds are reported as they finish (no progress bar: the stage takes seconds); --no-progress is
+    accepted for the same command lines as the other stages."""
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
 
