@@ -25,6 +25,8 @@ import numpy as np
 from .ioutils import atomic_path, sanitize_id
 
 if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
     from .slide import Slide
 
 #: colour map of every heatmap (perceptually uniform, readable in grey print)
@@ -89,6 +91,13 @@ def blend(thumbnail: np.ndarray, grid: np.ndarray, vmax: float, alpha: float = 0
     return img
 
 
+def _save_png(fig: "Figure", path: Path) -> None:
+    """Lay out ``fig`` and write it as PNG atomically (the caller closes it)."""
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
 def render_png(path: Path, thumbnail: np.ndarray, grid: np.ndarray, title: str, colorbar_label: str,
                masked_grid: np.ndarray | None = None, masked_label: str = "", vmax: float | None = None) -> Path:
     """Write ``thumbnail`` with ``grid`` (NaN = transparent) on top, a colour bar and a legend (PNG).
@@ -122,9 +131,7 @@ def render_png(path: Path, thumbnail: np.ndarray, grid: np.ndarray, title: str, 
         ax.legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.85)
         ax.set_title(title, fontsize=9)
         ax.set_axis_off()
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
+        _save_png(fig, path)
     finally:
         plt.close(fig)
     return Path(path)
@@ -167,9 +174,7 @@ def render_montage(path: Path, tiles: dict[str, list[tuple[np.ndarray, str]]], t
                 if c == 0:
                     ax.set_ylabel(fam, fontsize=8)
         fig.suptitle(title, fontsize=9)
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
+        _save_png(fig, path)
     finally:
         plt.close(fig)
     return Path(path)
