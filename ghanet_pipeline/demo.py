@@ -197,7 +197,36 @@ def build_cohort(data_dir: Path | str, config: DemoConfig) -> dict[str, Path]:
         _write_manifest(paths["holdout_manifest"], hold_rows, columns)
     if not same:
         write_json_atomic(stamp, params)
+    paths["workflow_config"] = write_workflow_config(data_dir, paths, config)
     return paths
+
+
+def write_workflow_config(data_dir: Path, paths: dict[str, Path], config: DemoConfig) -> Path:
+    """A Snakemake config for the same synthetic cohort (``<data_dir>/workflow.yaml``), so that
+    ``snakemake -s pipelines/Snakefile --configfile <it> --cores 2`` runs it through the workflow;
+    outputs go to ``<data_dir>/../workflow-out`` (apart from the demo's own outputs)."""
+    import yaml  # noqa: PLC0415
+
+    from .ioutils import write_text_atomic  # noqa: PLC0415
+
+    data_dir = Path(data_dir).resolve()
+    cfg: dict[str, Any] = {
+        "out": str(data_dir.parent / "workflow-out"),
+        "manifest": str(paths["manifest"].resolve()),
+        "genomics_table": str(paths["table"].resolve()),
+        "families": str(paths["families"].resolve()),
+        "folds": int(config.folds),
+        "extract": {"weights": config.weights, "device": config.device, "num_workers": 0, "gpu": 0, "threads": 2},
+        "train": {"run_name": "ghanet", "model": "ghanet", "epochs": int(config.epochs), "device": config.device,
+                  "threads": 1, "extra": " ".join(config.train_args)},
+        "predict": {"device": config.device},
+    }
+    if "holdout_manifest" in paths:
+        cfg["predict_manifest"] = str(paths["holdout_manifest"].resolve())
+    return write_text_atomic(data_dir / "workflow.yaml",
+                             "# Snakemake config for the demo cohort (written by `ghanet demo`):\n"
+                             "#   snakemake -s pipelines/Snakefile --configfile " + str(data_dir / "workflow.yaml")
+                             + " --cores 2\n" + yaml.safe_dump(cfg, sort_keys=False))
 
 
 # --------------------------------------------------------------------------------------------------
