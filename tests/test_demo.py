@@ -38,6 +38,15 @@ def test_build_cohort_writes_slides_carrying_the_phenotype_and_a_separate_holdou
         pheno.append(r.phenotype)
     # the planted signal reaches the pixels: more dense dark-nuclei tissue -> darker tissue
     assert spearmanr(pheno, darkness)[0] > 0.7
+    # the Snakemake config for the same cohort points at these files and keeps outputs apart
+    import yaml
+
+    wf = yaml.safe_load(paths["workflow_config"].read_text())
+    assert Path(wf["manifest"]) == paths["manifest"].resolve()
+    assert Path(wf["genomics_table"]) == paths["table"].resolve()
+    assert Path(wf["predict_manifest"]) == paths["holdout_manifest"].resolve()
+    assert Path(wf["out"]).parent == tmp_path.resolve().parent and wf["folds"] == cfg.folds
+    assert wf["extract"]["weights"] == "random" and "--dim" in wf["train"]["extra"]
     # a second call reuses the slides (no rewrite)
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "slides").iterdir()}
     build_cohort(tmp_path, cfg)
