@@ -19,6 +19,7 @@ Units: coords are level-0 pixels (top-left x, y); ``patch_size`` is pixels at ``
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import math
 import os
@@ -335,6 +336,7 @@ class Extractor:
             "precision": self.precision,
             "resize": "none" if input_size == int(cattrs["patch_size"]) else "area",
             "n_patches": int(n),
+            "segment_params": segment_params_json(cattrs),
         }
 
     def _plan(self, spec: SlideSpec, cattrs: dict[str, Any]) -> Any:
@@ -487,6 +489,19 @@ def extract_slides(specs: Sequence[SlideSpec], out: Path | str, params: ExtractP
         autocast_dtype(params.precision, resolve_device(d))
     resolve_weights(get_encoder_spec(params.encoder), params.weights)
     return _extract_multi(list(specs), out, params, devs, overwrite, on_done)
+
+
+def segment_params_json(coords_attrs: dict[str, Any]) -> str:
+    """The segmentation settings a coords file was made with, as JSON (stored in the bag so that a
+    model trained on these bags can segment new slides the same way at prediction time)."""
+    from .segment import SegmentParams  # noqa: PLC0415
+
+    keys = SegmentParams().result_params()
+    return json.dumps({k: _plain(coords_attrs[k]) for k in keys if k in coords_attrs}, sort_keys=True)
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
 
 
 def _device_worker(device: str, n_devices: int, params_dict: dict[str, Any], out: str, overwrite: bool,

@@ -196,6 +196,20 @@ class EnsembleOutput:
     assoc_masked: np.ndarray | None
 
 
+def segment_params_for(recorded: dict[str, Any], encoder_settings: dict[str, Any]) -> "SegmentParams":
+    """Segmentation settings for new slides: those the training bags were made with (tissue threshold,
+    minimum tissue fraction and areas ...), else the defaults; um/px and patch size always come from
+    the checkpoint's encoder record, so the patches match what the model was trained on."""
+    from dataclasses import fields  # noqa: PLC0415
+
+    from .segment import SegmentParams  # noqa: PLC0415
+
+    known = {f.name for f in fields(SegmentParams)}
+    kwargs = {k: v for k, v in recorded.items() if k in known}
+    kwargs.update(target_mpp=float(encoder_settings["target_mpp"]), patch_size=int(encoder_settings["patch_size"]))
+    return SegmentParams(**kwargs)
+
+
 @dataclass
 class Ensemble:
     """The fold models of one training run, loaded once."""
@@ -216,6 +230,11 @@ class Ensemble:
     @property
     def families(self) -> list[str]:
         return list(self.members[0].meta.get("families") or [])
+
+    @property
+    def segment_params(self) -> dict[str, Any]:
+        """Segmentation settings of the training bags (empty for older checkpoints / CLAM bags)."""
+        return dict(self.members[0].meta.get("segment_params") or {})
 
     @property
     def topk(self) -> float:
@@ -501,15 +520,16 @@ class _Embedder:
                                input_size=int(self.settings["input_size"]), batch_size=config.batch_size,
                                num_workers=config.num_workers, device=config.device)
         self.extractor = Extractor(params, config.device, encoder=encoder)
+        self.segment_params = segment_params_for(ens.segment_params, self.settings)
 
     def embed(self, spec: SlideSpec, seconds: dict[str, float]) -> _SlideBag | None:
         """Bag of one slide (None when the slide has no tissue patch); adds to ``seconds``."""
         from . import bags  # noqa: PLC0415
-        from .segment import SegmentParams, load_coords, segment_slide  # noqa: PLC0415
+        from .segment import load_coords, segment_slide  # noqa: PLC0415
 
         out = Path(self.config.out)
         t = time.perf_counter()
-        params = SegmentParams(target_mpp=float(self.settings["target_mpp"]), patch_size=int(self.settings["patch_size"]))
+        params = self.segment_params
         res = segment_slide(spec, out, params, overwrite=self.config.overwrite)
         seconds["segment"] += time.perf_counter() - t
         if not res.ok:

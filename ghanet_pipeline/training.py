@@ -230,6 +230,7 @@ class CaseBags:
             check_compatible(attrs_list)  # encoder, weights, input size, geometry, feature dim
         self.dim = next(iter(dims)) if dims else 0
         self.encoder = _encoder_info(attrs_list)
+        self.segment_params = _segment_info(attrs_list)
 
     def cases(self) -> list[str]:
         return list(self.paths)
@@ -239,6 +240,17 @@ class CaseBags:
             return self._cache[case]
         feats = [np.asarray(self._read_bag(p).features, dtype=np.float32) for p in self.paths[case]]
         return feats[0] if len(feats) == 1 else np.concatenate(feats, axis=0)
+
+
+def _segment_info(attrs_list: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Segmentation settings recorded in the bags (None for bags without them, e.g. CLAM's)."""
+    import json  # noqa: PLC0415
+
+    for attrs in attrs_list:
+        text = attrs.get("segment_params")
+        if text:
+            return dict(json.loads(text))
+    return None
 
 
 def _encoder_info(attrs_list: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -606,7 +618,8 @@ def train_fold(fold: int, fold_data: Any, bags: CaseBags, config: TrainConfig, f
         "model_config": dict(getattr(model, "config", model_kwargs)), "families": families,
         "selected": {f: list(fold_data.selected.get(f, [])) for f in families},
         "scaler": getattr(fold_data, "scaler", None), "bin_edges_months": list(map(float, fold_data.bin_edges_months)),
-        "encoder": dict(encoder), "train_risk_median": train_median, "fold": fold, "epoch": selected_epoch,
+        "encoder": dict(encoder), "segment_params": getattr(bags, "segment_params", None),
+        "train_risk_median": train_median, "fold": fold, "epoch": selected_epoch,
         "select": config.select, "n_train_cases": len(train_unique), "n_val_cases": len(val_ids),
     }
     with atomic_path(fold_dir / "predictions.csv") as tmp:

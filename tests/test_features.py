@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import h5py
+
 import numpy as np
 import pytest
 import torch
@@ -74,6 +76,10 @@ def test_bag_schema_attrs_and_coords_equal_segment(reference, small_slide):
         assert a[k] == cattrs[k], k
     assert a["source_bytes"] == small_slide.stat().st_size and a["complete"] is True
     assert a["precision"] == "fp32" and a["dtype"] == "float32" and a["schema_version"] == 1
+    # the segmentation settings travel with the bag (training records them for predict)
+    seg = json.loads(a["segment_params"])
+    assert seg["sat_threshold"] == cattrs["sat_threshold"] and seg["min_tissue"] == cattrs["min_tissue"]
+    assert seg["min_tissue_area_um2"] == cattrs["min_tissue_area_um2"] and "qc_max_side" not in seg
     with h5py.File(bag.path) as h5:
         assert h5["features"].chunks[0] == 9  # one block of rows, not one row per chunk
 

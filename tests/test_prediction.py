@@ -79,6 +79,19 @@ def test_ensemble_survival_different_edges_interpolates_at_mean_edges():
     np.testing.assert_allclose(c.S, (np.array([0.6, 0.4, 0.2, 0.2]) + f1) / 2)
 
 
+
+def test_new_slides_are_segmented_with_the_training_settings():
+    """Recorded tissue settings are reused; um/px and patch size always come from the encoder record."""
+    from ghanet_pipeline.prediction import segment_params_for
+    from ghanet_pipeline.segment import SegmentParams
+
+    enc = {"target_mpp": 0.25, "patch_size": 224}
+    p = segment_params_for({"sat_threshold": 8, "min_tissue": 0.8, "target_mpp": 0.5, "patch_size": 256,
+                            "unknown_future_key": 1}, enc)
+    assert (p.sat_threshold, p.min_tissue, p.target_mpp, p.patch_size) == (8, 0.8, 0.25, 224)
+    d = segment_params_for({}, enc)  # old checkpoint / CLAM bags: defaults
+    assert d.sat_threshold == SegmentParams().sat_threshold and d.min_tissue == SegmentParams().min_tissue
+
 def test_encoder_differences_and_check():
     model = {"encoder": "resnet50_trunc", "weights_sha256": "abc", "input_size": 256, "target_mpp": 0.5,
              "patch_size": 256}
