@@ -92,10 +92,12 @@ def read_manifest(manifest: Path | str, case_id_from: str | None = None) -> list
                                mpp=mpp, raw_slide_id=sid, extra=extra))
     if not specs:
         raise InputError(f"manifest {manifest} lists no slides")
-    return _sanitised(specs)
+    return sanitise_specs(specs)
 
 
-def _sanitised(specs: list[SlideSpec]) -> list[SlideSpec]:
+def sanitise_specs(specs: list[SlideSpec]) -> list[SlideSpec]:
+    """Give each spec a file-name-safe ``slide_id`` (keeping the given one in ``raw_slide_id``);
+    two ids that would become the same file name raise :class:`InputError`."""
     mapping = sanitize_ids([s.raw_slide_id or s.slide_id for s in specs], what="slide_id")
     for s in specs:
         s.raw_slide_id = s.raw_slide_id or s.slide_id
@@ -147,7 +149,7 @@ def collect_slides(inputs: Sequence[str | Path] = (), manifest: Path | str | Non
         seen[s.raw_slide_id] = s.path
         if mpp is not None and s.mpp is None:
             s.mpp = mpp
-    return _sanitised(specs)
+    return sanitise_specs(specs)
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:

@@ -470,12 +470,12 @@ def group_cases(specs: Sequence[SlideSpec]) -> dict[str, list[SlideSpec]]:
 def specs_from_features_dir(features_dir: Path) -> list[SlideSpec]:
     """One spec per bag in ``features_dir`` (``*.h5``/``*.pt``; case = slide id); used when no slides are given."""
     from .bags import find_bags  # noqa: PLC0415
-    from .inputs import _sanitised  # noqa: PLC0415
+    from .inputs import sanitise_specs  # noqa: PLC0415
 
     found = find_bags(features_dir)
     if not found:
         raise InputError(f"--features {features_dir}: no .h5 or .pt bags inside")
-    return _sanitised([SlideSpec(slide_id=sid, path=p, case_id=sid, raw_slide_id=sid) for sid, p in found.items()])
+    return sanitise_specs([SlideSpec(slide_id=sid, path=p, case_id=sid, raw_slide_id=sid) for sid, p in found.items()])
 
 
 def _bag_path(features_dir: Path, spec: SlideSpec) -> Path:
