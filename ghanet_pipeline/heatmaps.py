@@ -224,7 +224,7 @@ def write_case_heatmaps(out_dir: Path, case_id: str, slides: Sequence[SlideScore
 
     res = HeatmapResult()
     out_dir = Path(out_dir)
-    fam_names = [sanitize_id(f, "family") for f in families]
+    fam_names = [sanitize_id(f, "family").replace(" ", "_") for f in families]  # shell-friendly file names
     # shared colour scales over the case (values x N)
     def _vmax(arrs: list[np.ndarray]) -> float:
         vals = [a for a in arrs if a is not None and a.size]

@@ -75,7 +75,7 @@ def test_case_heatmaps_on_real_slide(tmp_path):
                              patch_size_level0=plan.patch_size_level0)]
     res = hm.write_case_heatmaps(tmp_path, "case1", scores, ["Onco", "Tumor Supp"], 0.5, 256, 0.25, n_top=4)
     names = sorted(p.relative_to(tmp_path).as_posix() for p in res.files)
-    assert "cmu_morphology.png" in names and "cmu_assoc_Onco.png" in names and "cmu_assoc_Tumor Supp.png" in names
+    assert "cmu_morphology.png" in names and "cmu_assoc_Onco.png" in names and "cmu_assoc_Tumor_Supp.png" in names
     tiles = sorted(tmp_path.glob("top/*.png"))
     from ghanet_pipeline.models import topk_count
 

@@ -386,7 +386,7 @@ def test_slides_end_to_end_with_bad_inputs(tmp_path):
     hm = out / "predict/heatmaps/caseA"
     for sid in ("a1", "a2"):
         assert (hm / f"{sid}_morphology.png").is_file()
-        assert (hm / f"{sid}_assoc_Tumor Supp.png").is_file() and (hm / f"{sid}_assoc_Oncogenes.png").is_file()
+        assert (hm / f"{sid}_assoc_Tumor_Supp.png").is_file() and (hm / f"{sid}_assoc_Oncogenes.png").is_file()
     assert len(list((hm / "top").glob("Oncogenes_*.png"))) == min(4, -(-(n1 + n2) // 4))
     assert (hm / "top_patches.png").is_file()
     assert "caseA" in r.output and "failed" in r.output
