@@ -55,17 +55,34 @@ def read_manifest(manifest: Path | str, case_id_from: str | None = None) -> list
     manifest = Path(manifest)
     if not manifest.is_file():
         raise InputError(f"manifest {manifest} does not exist")
-    with open(manifest, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        cols = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in ("slide_id", "path") if c not in cols]
-        if missing:
-            raise InputError(f"manifest {manifest}: missing column(s) {', '.join(missing)}; "
-                             f"expected a header like 'slide_id,path,case_id,mpp'")
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            cols = [c.strip() for c in next(reader, [])]
+            missing = [c for c in ("slide_id", "path") if c not in cols]
+            if missing:
+                raise InputError(f"manifest {manifest}: missing column(s) {', '.join(missing)}; "
+                                 f"expected a header like 'slide_id,path,case_id,mpp'")
+            dup = sorted({c for c in cols if c and cols.count(c) > 1})
+            if dup:
+                raise InputError(f"manifest {manifest}: column(s) {', '.join(dup)} appear more than once in "
+                                 f"the header; keep one of each")
+            rows = []
+            for i, values in enumerate(reader, start=2):  # row 1 is the header
+                if not any(v.strip() for v in values):
+                    continue  # blank line
+                if len(values) > len(cols):
+                    raise InputError(f"manifest {manifest}, row {i}: {len(values)} fields but the header has "
+                                     f"{len(cols)}; quote values that contain commas")
+                rows.append((i, {k: v.strip() for k, v in zip(cols, values + [""] * (len(cols) - len(values)))}))
+    except UnicodeDecodeError as exc:
+        raise InputError(f"manifest {manifest} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                         f"save it as UTF-8 CSV") from None
+    except csv.Error as exc:
+        raise InputError(f"manifest {manifest} is not a readable CSV ({exc})") from None
     specs: list[SlideSpec] = []
     seen: dict[str, int] = {}
-    for i, row in enumerate(rows, start=2):  # row 1 is the header
+    for i, row in rows:
         sid = row["slide_id"]
         if not sid:
             raise InputError(f"manifest {manifest}, row {i}: empty slide_id")

@@ -130,10 +130,26 @@ def test_read_manifest_paths_case_ids_mpp_extra(tmp_path):
     ("slide_id,path,mpp\na,x.svs,-0.5\n", r"row 2, column mpp"),
     ("slide_id,path\n..,x.svs\n", "cannot be used as a file name"),
     ("slide_id,path\na/b,x.svs\na_b,y.svs\n", "both become file name 'a_b'"),
+    ("slide_id,path\na,x.svs\nb,y,z.svs\n", r"row 3: 3 fields but the header has 2; quote values"),
+    ("slide_id,path,slide_id\na,x.svs,b\n", "slide_id appear more than once in the header"),
 ])
 def test_manifest_errors_name_the_row(tmp_path, text, match):
     man = write(tmp_path / "m.csv", text)
     with pytest.raises(InputError, match=match):
+        read_manifest(man)
+
+
+def test_manifest_short_rows_blank_lines_and_bom(tmp_path):
+    man = tmp_path / "m.csv"
+    man.write_bytes("\ufeffslide_id,path,case_id\n a , x.svs \n\nb,y.svs,P\n".encode("utf-8"))
+    specs = read_manifest(man)
+    assert [(s.slide_id, s.path.name, s.case_id) for s in specs] == [("a", "x.svs", "a"), ("b", "y.svs", "P")]
+
+
+def test_manifest_not_utf8(tmp_path):
+    man = tmp_path / "m.csv"
+    man.write_bytes("slide_id,path\nm\u00e9,x.svs\n".encode("utf-16"))
+    with pytest.raises(InputError, match=r"m.csv is not UTF-8 text.*save it as UTF-8"):
         read_manifest(man)
 
 
