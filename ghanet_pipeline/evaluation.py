@@ -45,13 +45,14 @@ def read_predictions(table: Any, cols: Columns) -> tuple[Any, dict[str, str]]:
     time, event (0/1), fold (or absent), plus a dict saying which source column was read for what."""
     import pandas as pd  # noqa: PLC0415
 
+    from .genomics.tables import read_table_file  # noqa: PLC0415  (CSV/TSV, compressed, clear errors)
+
     src = "table"
     if not isinstance(table, pd.DataFrame):
         src = str(table)
-        try:
-            table = pd.read_csv(table, dtype={cols.case: str})
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read predictions table {src}: {exc}") from None
+        table = read_table_file(table)
+    if len(table) == 0:
+        raise InputError(f"{src}: the predictions table has no rows")
     have = list(table.columns)
     need = [cols.case, cols.risk, cols.time]
     event_col, event_kind = cols.event, "event"
@@ -68,7 +69,13 @@ def read_predictions(table: Any, cols: Columns) -> tuple[Any, dict[str, str]]:
     fold_col = cols.fold if cols.fold and cols.fold in have else None
     if cols.fold and cols.fold != "fold" and fold_col is None:
         raise InputError(f"{src}: fold column {cols.fold!r} not found; found {have}")
-    df = pd.DataFrame({"case_id": table[cols.case].astype(str)})
+    case_ids = table[cols.case].astype(str).str.strip()
+    empty = (case_ids == "") | table[cols.case].isna().to_numpy()
+    if empty.any():
+        rows = (np.flatnonzero(empty.to_numpy())[:5] + 2).tolist()  # +2: header line, 1-based
+        raise InputError(f"{src}: column {cols.case!r} has {int(empty.sum())} empty case id(s) (file lines "
+                         f"{rows}); fill them or drop those rows")
+    df = pd.DataFrame({"case_id": case_ids})
     for name, col in (("risk", cols.risk), ("time", cols.time), ("status", event_col)):
         vals = pd.to_numeric(table[col], errors="coerce")
         bad = vals.isna() | ~np.isfinite(vals.astype(float))

@@ -91,6 +91,24 @@ def test_bad_tables_named(tmp_path):
         evaluate_predictions(dup, tmp_path)
     with pytest.raises(InputError, match="must be 0/1"):
         evaluate_predictions(df.assign(censorship=2), tmp_path)
+    no_id = df.astype({"case_id": object})
+    no_id.loc[4, "case_id"] = None
+    with pytest.raises(InputError, match=r"1 empty case id\(s\) \(file lines \[6\]\)"):
+        evaluate_predictions(no_id, tmp_path)
+    with pytest.raises(InputError, match="no rows"):
+        evaluate_predictions(df.iloc[:0], tmp_path)
+
+
+def test_predictions_file_tsv_and_empty_case_id(tmp_path):
+    df = _table()
+    tsv = tmp_path / "pred.tsv"
+    df.to_csv(tsv, sep="\t", index=False)
+    m = evaluate_predictions(tsv, tmp_path / "tsv")
+    assert m["c_index_per_fold"] == evaluate_predictions(df, tmp_path / "ref")["c_index_per_fold"]
+    csv = tmp_path / "pred.csv"
+    df.assign(case_id=["" if i == 7 else c for i, c in enumerate(df.case_id)]).to_csv(csv, index=False)
+    with pytest.raises(InputError, match=r"pred.csv: column 'case_id' has 1 empty case id.*\[9\]"):
+        evaluate_predictions(csv, tmp_path / "x")
 
 
 def test_cli_evaluate(tmp_path):
