@@ -4,6 +4,7 @@ resume/overwrite, and the bad-input list (asserting the messages)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import h5py
@@ -309,3 +310,19 @@ def test_config_file_sets_options_and_flags_win(synthetic_slide_20x, tmp_path):
     assert rec["status"] == "no tissue" and "--min-tissue-area" in rec["message"]
     config = last_log(tmp_path)["config"]
     assert config["min_tissue_area_um2"] == 1e7 and config["patch_size"] == 256
+
+
+@pytest.mark.parametrize("text, match", [
+    ("segmnt:\n  patch-size: 128\n", r"'segmnt' is not a ghanet command \(top-level keys are command names: doctor"),
+    ("segment: [1, 2]\n", r"'segment' must hold a mapping of option -> value"),
+    ("- segment\n", "must hold a mapping of command name -> options"),
+    ("segment: {patch-size: [\n", "cannot read"),
+])
+def test_bad_config_file_is_a_usage_error(tmp_path, text, match):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(text)
+    res = CliRunner().invoke(cli, ["--config", str(cfg), "segment", str(tmp_path / "x.svs"), "--out", str(tmp_path)])
+    assert res.exit_code == 2, res.output
+    assert not isinstance(res.exception, AttributeError)
+    assert "Invalid value for '--config'" in res.output and re.search(match, one_line(res.output))
+    assert not (tmp_path / "logs").exists()  # nothing ran

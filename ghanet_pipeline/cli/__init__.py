@@ -74,11 +74,18 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
 
     try:
         data = yaml.safe_load(Path(value).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise click.BadParameter(f"cannot read {value}: {exc}") from None
     if not isinstance(data, dict):
         raise click.BadParameter(f"{value} must hold a mapping of command name -> options")
-    ctx.default_map = {cmd: {k.replace("-", "_"): v for k, v in (opts or {}).items()}
+    for cmd, opts in data.items():
+        if cmd not in COMMANDS:
+            raise click.BadParameter(f"{value}: {cmd!r} is not a ghanet command (top-level keys are command "
+                                     f"names: {', '.join(COMMANDS)})")
+        if opts is not None and not isinstance(opts, dict):
+            raise click.BadParameter(f"{value}: {cmd!r} must hold a mapping of option -> value (indented "
+                                     f"'out: ghanet-out' lines below it), not a {type(opts).__name__}")
+    ctx.default_map = {cmd: {str(k).replace("-", "_"): v for k, v in (opts or {}).items()}
                        for cmd, opts in data.items()}
     return value
 
