@@ -370,8 +370,9 @@ def read_counts(path: Path | str, clinical_path: Path | str, allow_nan: bool = F
         n_dup = int(mat.columns.duplicated().sum())
         mat = mat.T.groupby(level=0, sort=False).sum(min_count=1).T
         notes.append(f"{Path(path).name}: {n_dup} rows with a repeated gene symbol summed")
-    common = [c for c in clinical.index if c in set(mat.index)]
-    no_counts = [c for c in clinical.index if c not in set(mat.index)]
+    have_counts = set(mat.index)
+    common = [c for c in clinical.index if c in have_counts]
+    no_counts = [c for c in clinical.index if c not in have_counts]
     if no_counts:
         notes.append(f"{len(no_counts)} case(s) of {Path(clinical_path).name} have no counts and are left "
                      f"out: {no_counts[:5]}{' ...' if len(no_counts) > 5 else ''}")
@@ -388,11 +389,6 @@ def read_counts(path: Path | str, clinical_path: Path | str, allow_nan: bool = F
     feats.index.name = "case_id"
     return GenomicsData(kind="counts", clinical=clinical.loc[common], features=feats,
                         feature_gene={c: c for c in feats.columns}, source=str(path), notes=notes)
-
-
-def is_count_matrix(x: np.ndarray) -> bool:
-    """True when every finite value is a non-negative integer (and there is no NaN)."""
-    return bool(np.isfinite(x).all() and (x >= 0).all() and (np.floor(x) == x).all())
 
 
 def first_non_count(features: pd.DataFrame) -> tuple[str, str, float] | None:
