@@ -326,3 +326,10 @@ def test_bad_config_file_is_a_usage_error(tmp_path, text, match):
     assert not isinstance(res.exception, AttributeError)
     assert "Invalid value for '--config'" in res.output and re.search(match, one_line(res.output))
     assert not (tmp_path / "logs").exists()  # nothing ran
+
+
+@pytest.mark.parametrize("value", ["0", "-0.25"])
+def test_non_positive_mpp_is_a_usage_error(tmp_path, value):
+    code, output = run(tmp_path / "x.svs", "--out", tmp_path, "--mpp", value)
+    assert code == 2 and "Invalid value for '--mpp'" in output and ">0" in one_line(output)
+    assert not (tmp_path / "logs").exists()  # refused before any slide ran

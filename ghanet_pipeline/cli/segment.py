@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import click
 
-from .common import (Progress, manifest_option, no_progress_option, out_option, overwrite_option, print_summary,
-                     shard_option, slides_argument)
+from .common import (Progress, finish, manifest_option, no_progress_option, out_option, overwrite_option,
+                     print_summary, shard_option, slides_argument)
 
 
 @click.command("segment")
@@ -43,13 +42,10 @@ def segment(slides: tuple[str, ...], manifest: Path | None, recursive: bool, mpp
     <out>/segment/<slide_id>.geojson, .coords.h5 and .png, and a run log in <out>/logs/.
     """
     from ..batch import run_items, write_run_log  # noqa: PLC0415
-    from ..errors import ConfigError  # noqa: PLC0415
     from ..inputs import collect_slides, parse_shard, take_shard  # noqa: PLC0415
     from ..segment import SegmentParams, segment_slide  # noqa: PLC0415
 
     started = time.time()
-    if mpp is not None and not mpp > 0:
-        raise ConfigError(f"--mpp must be a positive number of um per pixel, not {mpp}")
     specs = take_shard(collect_slides(slides, manifest, recursive, case_id_from, mpp), parse_shard(shard))
     params = SegmentParams(target_mpp=target_mpp, patch_size=patch_size, sat_threshold=sat_threshold,
                            min_tissue=min_tissue, thumbnail_downsample=thumbnail_downsample,
@@ -66,4 +62,4 @@ def segment(slides: tuple[str, ...], manifest: Path | None, recursive: bool, mpp
     print_summary("ghanet segment", results, [("um/px", "um/px (source)"), ("tissue_mm2", "tissue mm²"),
                                                ("patches", "patches")])
     click.echo(f"outputs: {Path(out) / 'segment'}   run log: {log_path}")
-    sys.exit(0 if all(r.ok for r in results) else 1)
+    finish(results)
