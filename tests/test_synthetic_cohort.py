@@ -8,19 +8,8 @@ import pytest
 from scipy import stats
 
 from ghanet_pipeline.genomics.tables import read_counts, read_mcat_table
+from ghanet_pipeline.metrics import concordance_index
 from ghanet_pipeline.synthetic_cohort import FAMILY_NAMES, make_cohort, write_cohort_tables
-
-
-def _cindex(time, event, risk):
-    """Harrell's c-index (plain O(n^2) reference; ties in risk count 0.5)."""
-    num = den = 0.0
-    for i in range(len(time)):
-        if not event[i]:
-            continue
-        later = time > time[i]
-        den += later.sum()
-        num += (risk[i] > risk[later]).sum() + 0.5 * (risk[i] == risk[later]).sum()
-    return num / den
 
 
 def test_tables_are_consistent_and_deterministic():
@@ -52,8 +41,7 @@ def test_tables_are_consistent_and_deterministic():
 def test_phenotype_drives_survival_and_planted_genes_only():
     c = make_cohort(n_cases=300, seed=0)
     cases = c.cases
-    ci = _cindex(cases["survival_months"].to_numpy(), cases["censorship"].to_numpy() == 0,
-                 cases["phenotype"].to_numpy())
+    ci = concordance_index(cases["survival_months"], 1 - cases["censorship"], cases["phenotype"])
     assert ci > 0.75
     assert 0.2 < cases["censorship"].mean() < 0.5
     logc = np.log1p(c.counts.loc[:, cases.index].to_numpy(float))
