@@ -116,3 +116,14 @@ def test_cli_synth_slide(tmp_path):
     assert res.exit_code == 0, res.output
     with openslide.OpenSlide(str(tmp_path / "n.tif")) as osr:
         assert "openslide.mpp-x" not in osr.properties
+
+
+@pytest.mark.parametrize("name", ["table.txt", "../escape.csv", "sub/t.csv", ".csv"])
+def test_cli_synth_cohort_refuses_bad_table_name(tmp_path, name):
+    from click.testing import CliRunner
+
+    from ghanet_pipeline.cli import cli
+
+    res = CliRunner().invoke(cli, ["synth", "cohort", str(tmp_path / "c"), "--cases", "4", "--table-name", name])
+    assert res.exit_code == 2 and "plain file name ending in .csv or .csv.zip" in " ".join(res.output.split())
+    assert not (tmp_path / "c").exists() and not (tmp_path / "escape.csv").exists()

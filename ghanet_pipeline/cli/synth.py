@@ -40,12 +40,19 @@ def slide(out: Path, size: tuple[int, int], mpp: float, phenotype: float, seed: 
                f"{path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s")
 
 
+def _table_name(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    if Path(value).name != value or not value.endswith((".csv", ".csv.zip")) or value.startswith("."):
+        raise click.BadParameter(f"{value!r} must be a plain file name ending in .csv or .csv.zip (it is "
+                                 f"written inside OUT_DIR), e.g. genomics_table.csv.zip")
+    return value
+
+
 @synth.command("cohort")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--cases", "n_cases", type=click.IntRange(min=4), default=40, show_default=True,
               help="Number of patients.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Cohort seed.")
-@click.option("--table-name", default="genomics_table.csv.zip", show_default=True,
+@click.option("--table-name", default="genomics_table.csv.zip", show_default=True, callback=_table_name,
               help="File name of the MCAT-style table (.csv or .csv.zip).")
 def cohort(out_dir: Path, n_cases: int, seed: int, table_name: str) -> None:
     """Write a synthetic cohort's tables to OUT_DIR: MCAT-style genomics table, raw counts, clinical
