@@ -525,7 +525,7 @@ class _Embedder:
     def embed(self, spec: SlideSpec, seconds: dict[str, float]) -> _SlideBag | None:
         """Bag of one slide (None when the slide has no tissue patch); adds to ``seconds``."""
         from . import bags  # noqa: PLC0415
-        from .segment import load_coords, segment_slide  # noqa: PLC0415
+        from .segment import segment_slide  # noqa: PLC0415
 
         out = Path(self.config.out)
         t = time.perf_counter()
@@ -534,8 +534,7 @@ class _Embedder:
         seconds["segment"] += time.perf_counter() - t
         if not res.ok:
             raise SlideError(res.message if spec.slide_id in res.message else f"slide {spec.slide_id}: {res.message}")
-        coords, cattrs = load_coords(safe_child(out, "segment", f"{spec.slide_id}.coords.h5"))
-        if len(coords) == 0:
+        if not res.metrics.get("patches"):
             self.last_note = f"slide {spec.slide_id}: {res.message or 'no tissue patch'}"
             return None
         t = time.perf_counter()
