@@ -374,7 +374,6 @@ class PredictConfig:
     batch_size: int = 64
     num_workers: int = 0
     overwrite: bool = False
-    n_top: int = 4
 
 
 @dataclass
