@@ -39,6 +39,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .bags import COMPAT_KEYS
 from .batch import ItemResult, run_items, write_run_log
 from .errors import CheckpointError, ConfigError, InputError, MismatchError, SlideError
 from .inputs import SlideSpec
@@ -47,7 +48,7 @@ from .ioutils import atomic_path, safe_child, sanitize_ids, write_json_atomic
 log = logging.getLogger(__name__)
 
 #: encoder settings a bag must share with the model (keys of checkpoint ``encoder`` and bag attrs)
-ENCODER_KEYS = ("encoder", "weights_sha256", "input_size", "target_mpp", "patch_size")
+ENCODER_KEYS = COMPAT_KEYS
 #: checkpoint metadata keys prediction needs
 REQUIRED_META = ("model", "model_config", "encoder", "train_risk_median", "bin_edges_months")
 #: version of the per-case JSON written here
