@@ -95,8 +95,13 @@ class TrainConfig:
             raise ConfigError(f"--lr must be a positive number, got {self.lr}")
         if not 0 < self.topk <= 1:
             raise ConfigError(f"topk must be a fraction in (0, 1] (20 % = 0.2), got {self.topk}")
-        if self.alpha < 0:
-            raise ConfigError(f"--alpha must be >= 0, got {self.alpha}")
+        if not (self.alpha >= 0 and math.isfinite(self.alpha)):
+            raise ConfigError(f"--alpha must be a number >= 0, got {self.alpha}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ConfigError(f"--weight-decay must be a number >= 0, got {self.weight_decay}")
+        if self.dim < self.heads or self.dim % self.heads:
+            raise ConfigError(f"--dim {self.dim} must be a multiple of the {self.heads} attention heads "
+                              f"(e.g. {max(self.heads, self.dim - self.dim % self.heads)})")
         if self.max_patches is not None and self.max_patches < 1:
             raise ConfigError(f"--max-patches must be at least 1, got {self.max_patches}")
         if self.case_id_from not in (None, "slide_id", "tcga"):
@@ -285,6 +290,9 @@ def _resolve_device(name: str):
         raise ConfigError(f"--device {name!r} is not a device: {exc}; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: CUDA is not available here; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                          f"(cuda:0 ...); pick one of them or use --device cuda")
     return dev
 
 
@@ -687,7 +695,11 @@ def train_cv(features_dir: Path | str, genomics_dir: Path | str, out: Path | str
     out = Path(out)
     run = sanitize_id(run_name or config.model, "run name")
     run_dir = safe_child(out, "train", run)
+    _resolve_device(config.device)  # a bad --device is a usage error, not a failure of every fold
     all_folds = list_folds(genomics_dir)
+    if not all_folds:
+        raise InputError(f"{genomics_dir} holds no folds (fold_<k>/targets.h5); run `ghanet preprocess-genomics` "
+                         f"first and pass its output folder (<out>/genomics) as --genomics")
     folds = list(config.folds) if config.folds else all_folds
     unknown = [k for k in folds if k not in all_folds]
     if unknown:

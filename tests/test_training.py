@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from ghanet_pipeline.bags import write_bag
 from ghanet_pipeline.cli import cli
-from ghanet_pipeline.errors import MismatchError
+from ghanet_pipeline.errors import InputError, MismatchError
 from ghanet_pipeline.genomics import GenomicsConfig, load_fold, preprocess_genomics
 from ghanet_pipeline.models import load_checkpoint
 from ghanet_pipeline.synthetic_bags import bag_attrs, write_synthetic_bags
@@ -349,3 +349,23 @@ def test_case_to_bag_mapping(tmp_path):
     man.write_text("slide_id,path,case_id\nslideX,x.svs,CASE9\nCASE9,y.svs,OTHER\n")
     found, missing = map_cases_to_bags(cases, bags, slides, manifest=man)
     assert [p.stem for p in found["CASE9"]] == ["slideX"] and "TCGA-AA-0001" in missing
+
+
+@pytest.mark.parametrize("opts, expected", [
+    (["--dim", "10"], "--dim 10 must be a multiple of the 4 attention heads"),
+    (["--weight-decay", "-1"], "--weight-decay must be a number >= 0"),
+    (["--weight-decay", "nan"], "--weight-decay must be a number >= 0"),
+    (["--alpha", "inf"], "--alpha must be a number >= 0"),
+    (["--device", "cuda:99" if torch.cuda.is_available() else "cuda"], "--device cuda"),
+])
+def test_bad_options_are_usage_errors_before_anything_is_written(tmp_path, opts, expected):
+    (tmp_path / "genomics").mkdir()
+    res = CliRunner().invoke(cli, ["train", "--features", str(tmp_path), "--genomics", str(tmp_path / "genomics"),
+                                   "--out", str(tmp_path / "out"), "--no-progress", *opts])
+    assert res.exit_code == 2 and expected in res.output, res.output
+    assert not (tmp_path / "out" / "train").exists()
+
+
+def test_genomics_folder_without_folds_says_so(tmp_path):
+    with pytest.raises(InputError, match="holds no folds.*preprocess-genomics"):
+        train_cv(tmp_path, tmp_path, tmp_path / "out", TrainConfig(**TINY))
