@@ -246,11 +246,11 @@ def _run(stage: str, cmd: list[str], stream: IO[str] | None, env: dict[str, str]
 
 
 def _features_dir(out: Path) -> Path | None:
-    """The one ``<out>/features/<encoder_tag>/`` folder holding bags (None when there is none)."""
+    """The ``<out>/features/<encoder_tag>/`` folder holding bags (the last by name when there are
+    several; None when there is none)."""
     root = out / "features"
-    dirs = sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
-    dirs = [d for d in dirs if any(d.glob("*.h5"))]
-    return dirs[0] if len(dirs) == 1 else (dirs[-1] if dirs else None)
+    dirs = sorted(d for d in root.iterdir() if d.is_dir() and any(d.glob("*.h5"))) if root.is_dir() else []
+    return dirs[-1] if dirs else None
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
