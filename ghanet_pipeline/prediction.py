@@ -282,7 +282,8 @@ def find_fold_dirs(run_dir: Path | str, folds: Sequence[int] | None = None) -> l
     """``(fold, dir)`` of the checkpoints in a training run (``fold_<k>/``) or of one fold dir itself."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise CheckpointError(f"--model {run_dir}: no such directory; pass a training run folder "
+        what = "is a file, not a folder" if run_dir.exists() else "no such directory"
+        raise CheckpointError(f"--model {run_dir}: {what}; pass a training run folder "
                               f"(<out>/train/<run>/ with fold_<k>/ inside) or one fold_<k>/ folder")
     if (run_dir / "model.json").exists():
         try:

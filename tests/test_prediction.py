@@ -403,6 +403,8 @@ def test_cli_usage_errors(tmp_path):
     assert r.exit_code == 2 and "--folds" in r.output
     r = _invoke(["predict", "x.svs", "--model", str(tmp_path / "missing")])
     assert r.exit_code == 1 and "no such directory" in r.output
+    r = _invoke(["predict", "x.svs", "--model", str(run / "fold_0" / "model.json")])
+    assert r.exit_code == 1 and "is a file, not a folder" in r.output and "fold_<k>/ folder" in r.output
 
 
 @pytest.mark.skipif(not REAL_SLIDE.exists(), reason="real test slide absent")
