@@ -47,6 +47,7 @@ import numpy as np
 from . import __version__
 from .batch import ItemResult, run_items, write_run_log
 from .errors import ConfigError, GhanetError, InputError, MismatchError
+from .inputs import SLIDE_EXTENSIONS
 from .ioutils import atomic_path, safe_child, sanitize_id, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,6 @@ log = logging.getLogger(__name__)
 #: config keys that must match when a run is resumed (the rest — device, folds — may change)
 PROTOCOL_KEYS = ("model", "epochs", "lr", "weight_decay", "accum", "alpha", "topk", "alpha_surv", "dim",
                  "heads", "dropout", "max_patches", "seed", "select", "case_id_from")
-#: slide file endings stripped when matching slide ids of a genomics table to bag names
-_SLIDE_EXT = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".czi", ".dcm", ".svslide")
 
 
 class TrainingError(GhanetError):
@@ -128,8 +127,9 @@ def _noop(*_a: Any, **_k: Any) -> None:
 # --------------------------------------------------------------------------------------------------
 
 def _strip_slide_ext(name: str) -> str:
+    """``name`` without a slide file ending (MCAT tables keep ``.svs`` in their slide ids)."""
     low = name.lower()
-    for ext in _SLIDE_EXT:
+    for ext in SLIDE_EXTENSIONS:
         if low.endswith(ext):
             return name[: -len(ext)]
     return name
@@ -249,8 +249,6 @@ class CaseBags:
 
 def _segment_info(attrs_list: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """Segmentation settings recorded in the bags (None for bags without them, e.g. CLAM's)."""
-    import json  # noqa: PLC0415
-
     for attrs in attrs_list:
         text = attrs.get("segment_params")
         if text:
@@ -651,12 +649,6 @@ def train_fold(fold: int, fold_data: Any, bags: CaseBags, config: TrainConfig, f
 # the whole cross-validation
 # --------------------------------------------------------------------------------------------------
 
-def _json_safe(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
-
-
 def _spearman_summary(frames: Sequence[Any], key: str) -> dict[str, dict[str, Any]]:
     import pandas as pd  # noqa: PLC0415
 
@@ -668,8 +660,8 @@ def _spearman_summary(frames: Sequence[Any], key: str) -> dict[str, dict[str, An
     for fam, sub in df.groupby("family", sort=False):
         vals = sub["spearman"].to_numpy(dtype=float)
         vals = vals[np.isfinite(vals)]
-        out[str(fam)] = {"mean": _json_safe(float(vals.mean())) if len(vals) else None,
-                         "std": _json_safe(float(vals.std())) if len(vals) else None, "n": int(len(vals)),
+        out[str(fam)] = {"mean": float(vals.mean()) if len(vals) else None,
+                         "std": float(vals.std()) if len(vals) else None, "n": int(len(vals)),
                          "per": key}
     return out
 
