@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..survival import survival_from_hazards
+
 
 def _drop_mask(shape: torch.Size, p: float) -> torch.Tensor:
     """Boolean mask, True with probability ``p`` (to 1/65536), from 16 random bits per element.
@@ -189,5 +191,5 @@ def survival_outputs(logits: torch.Tensor) -> dict[str, torch.Tensor]:
     S = cumprod(1 - hazards) (probability of surviving past each bin), risk = -sum(S) (higher = worse).
     """
     hazards = torch.sigmoid(logits)
-    surv = torch.cumprod(1 - hazards, dim=1)
+    surv = survival_from_hazards(hazards)
     return {"logits": logits, "hazards": hazards, "S": surv, "risk": -surv.sum(dim=1)}
