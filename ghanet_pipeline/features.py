@@ -414,10 +414,14 @@ class _null_ctx:
 
 
 def _coords_for(spec: SlideSpec, out: Path) -> tuple[np.ndarray, dict[str, Any], bool]:
-    """The slide's coords from ``<out>/segment``; runs segmentation (defaults) when the file is missing."""
-    from .segment import SegmentParams, load_coords, segment_slide  # noqa: PLC0415
+    """The slide's coords from ``<out>/segment``; runs segmentation (defaults) when the file is missing.
 
-    path = safe_child(out, "segment", f"{spec.slide_id}.coords.h5")
+    Raises :class:`MismatchError` when the coords file was made from another slide file (other name
+    or size, e.g. a slide replaced after segmenting, or a same-named slide of another folder).
+    """
+    from .segment import SegmentParams, load_coords, segment_paths, segment_slide  # noqa: PLC0415
+
+    path = segment_paths(out, spec.slide_id)["coords"]
     segmented = False
     if not path.exists():
         log.info("slide %s: no patch coords at %s; running 'ghanet segment' with default settings first",
@@ -427,8 +431,14 @@ def _coords_for(spec: SlideSpec, out: Path) -> tuple[np.ndarray, dict[str, Any],
             raise SlideError(f"slide {spec.slide_id!r}: segmentation (run because {path} was missing) failed: "
                              f"{res.message}")
         segmented = True
-    coords, attrs = load_coords(path)
-    return np.asarray(coords, dtype=np.int64).reshape(-1, 2), dict(attrs), segmented
+    coords, attrs = load_coords(path)  # (N, 2) int64 and plain python attrs
+    src = Path(spec.path)
+    size = src.stat().st_size if src.is_file() else None
+    if attrs.get("source_name") != src.name or (size is not None and int(attrs.get("source_bytes", -1)) != size):
+        raise MismatchError(f"slide {spec.slide_id!r}: its patch coords {path} were made from "
+                            f"{attrs.get('source_name')} ({attrs.get('source_bytes')} bytes), not from {src} "
+                            f"({size} bytes); rerun 'ghanet segment --overwrite' for this slide, or use another --out")
+    return coords, attrs, segmented
 
 
 def _reusable(bag_path: Path, attrs: dict[str, Any], coords: np.ndarray) -> str | None:

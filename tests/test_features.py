@@ -151,6 +151,26 @@ def test_missing_coords_runs_segment_first(small_slide, extractor, reference, tm
     np.testing.assert_array_equal(read_bag(res.metrics["bag"]).coords, coords)
 
 
+def test_coords_of_another_slide_file_are_refused(reference, small_slide, extractor, tmp_path):
+    """Coords made from another file under the same slide_id (slide replaced, or same name in another
+    folder) are never used to embed this one: the slide fails naming both files and the fix."""
+    out_ref, _ = reference
+    out = tmp_path / "o"
+    shutil.copytree(out_ref / "segment", out / "segment")
+    changed = tmp_path / "other" / small_slide.name
+    changed.parent.mkdir()
+    changed.write_bytes(small_slide.read_bytes() + b"\0" * 16)  # same name, another size
+    renamed = tmp_path / "renamed.svs"
+    shutil.copy(small_slide, renamed)  # same size, another name
+    for path in (changed, renamed):
+        with pytest.raises(MismatchError) as err:
+            extractor.extract(_spec(path), out)
+        msg = str(err.value)
+        assert "s1.coords.h5" in msg and str(path) in msg and "ghanet segment --overwrite" in msg
+    assert not _bag_path(out).exists()
+    assert extractor.extract(_spec(small_slide), out).status == "done"  # the slide the coords belong to
+
+
 def test_corrupt_tile_fails_that_slide_naming_its_coordinates(small_slide, params, reference, tmp_path):
     """A damaged JPEG tile: the slide fails with the patch's level-0 x/y; the other slide still runs."""
     import tifffile
