@@ -502,16 +502,13 @@ def extract_slides(specs: Sequence[SlideSpec], out: Path | str, params: ExtractP
 
 
 def segment_params_json(coords_attrs: dict[str, Any]) -> str:
-    """The segmentation settings a coords file was made with, as JSON (stored in the bag so that a
-    model trained on these bags can segment new slides the same way at prediction time)."""
+    """The segmentation settings in a coords file's attrs (plain values, as from ``load_coords``), as
+    JSON (stored in the bag so that a model trained on these bags can segment new slides the same way
+    at prediction time)."""
     from .segment import SegmentParams  # noqa: PLC0415
 
     keys = SegmentParams().result_params()
-    return json.dumps({k: _plain(coords_attrs[k]) for k in keys if k in coords_attrs}, sort_keys=True)
-
-
-def _plain(v: Any) -> Any:
-    return v.item() if hasattr(v, "item") else v
+    return json.dumps({k: coords_attrs[k] for k in keys if k in coords_attrs}, sort_keys=True)
 
 
 def _device_worker(device: str, n_devices: int, params_dict: dict[str, Any], out: str, overwrite: bool,
