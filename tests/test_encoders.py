@@ -81,6 +81,24 @@ def test_weights_file_is_loaded_and_hashed(tmp_path, random_encoder):
     assert torch.equal(enc2.model.state_dict()["4.0.conv1.weight"], full.layer1[0].conv1.weight)
 
 
+def test_wrapped_state_dicts_are_unwrapped(tmp_path):
+    """Training checkpoints ({"state_dict": ...}, {"model": ...}) and DataParallel "module." keys load
+    as the plain state dict they hold; a file without tensors is refused naming it."""
+    from torchvision.models import resnet50
+
+    torch.manual_seed(2)
+    sd = resnet50(weights=None).state_dict()
+    for key in ("state_dict", "model"):
+        path = tmp_path / f"{key}.pth"
+        torch.save({key: {f"module.{k}": v for k, v in sd.items()}, "epoch": 3}, path)
+        enc = load_encoder("resnet50_trunc", str(path))
+        assert torch.equal(enc.model.state_dict()["0.weight"], sd["conv1.weight"])
+    empty = tmp_path / "empty.pth"
+    torch.save({"epoch": 3}, empty)
+    with pytest.raises(ConfigError, match=r"empty\.pth does not hold a state dict"):
+        load_encoder("resnet50_trunc", str(empty))
+
+
 def test_weights_with_wrong_keys_name_them(tmp_path):
     from torchvision.models import resnet50
 
