@@ -173,7 +173,8 @@ def resolve_weights(spec: EncoderSpec, weights: str | Path | None, hub_dir: Path
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise ConfigError(f"--weights {weights}: no such file. Pass a torchvision {spec.name} state dict "
+            what = "is a folder, not a file" if path.is_dir() else "no such file"
+            raise ConfigError(f"--weights {weights}: {what}. Pass a torchvision {spec.name} state dict "
                               f"(.pth or .safetensors) or 'random' for untrained weights (tests only)")
         return path
     if hub_dir is None:

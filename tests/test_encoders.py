@@ -122,6 +122,8 @@ def test_missing_weights_error_explains_how_to_get_them(tmp_path):
     assert "never downloads" in msg
     with pytest.raises(ConfigError, match="no such file"):
         resolve_weights(spec, tmp_path / "nope.pth")
+    with pytest.raises(ConfigError, match="is a folder, not a file"):
+        resolve_weights(spec, tmp_path)
 
 
 def test_hub_cache_is_used_when_present(tmp_path, monkeypatch):
