@@ -37,7 +37,8 @@ from .common import (device_option, manifest_option, no_progress_option, out_opt
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Storage type of the features in the bag.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU compute threads (torch) [default: the cores not used by reader processes].")
+              help="CPU compute threads (torch) [default: the cores not used by the automatic reader processes; "
+                   "all cores when --num-workers is given].")
 @overwrite_option
 @no_progress_option
 @shard_option
