@@ -10,7 +10,7 @@ DEMO_OUT ?= demo-out
 export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 17179869184
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo lint test test-fast bench clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,10 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/ghanet demo --out $(DEMO_OUT)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check ghanet_pipeline tests benchmarks
+
+test: lint
 	$(BIN)/python -m pytest -q -ra
 
 test-fast: $(STAMP)

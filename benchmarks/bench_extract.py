@@ -39,8 +39,8 @@ def make_slide(cache: Path, n_patches: int) -> tuple[Path, Path]:
     import numpy as np
 
     from ghanet_pipeline.inputs import SlideSpec
-    from ghanet_pipeline.segment import SegmentParams, segment_paths, segment_slide
-    from ghanet_pipeline.synthetic import write_synthetic_slide
+    from ghanet_pipeline.wsi.segment import SegmentParams, segment_paths, segment_slide
+    from ghanet_pipeline.wsi.synthetic import write_synthetic_slide
 
     cache.mkdir(parents=True, exist_ok=True)
     # ~40 % of the synthetic slide is tissue: 4096 px holds ~100 patches of 256 px
@@ -71,7 +71,7 @@ def encoder_only(ex, patches, batch_size: int) -> float:
     """Seconds for the encoder on pre-made uint8 tensors (device normalise, forward, result to host)."""
     import torch
 
-    from ghanet_pipeline.encoders import preprocess
+    from ghanet_pipeline.features.encoders import preprocess
 
     cuda = ex.device.type == "cuda"
     batches = [patches[i:i + batch_size] for i in range(0, len(patches), batch_size)]
@@ -97,8 +97,8 @@ def read_patches(slide: Path, out: Path, input_size: int):
     import numpy as np
     import torch
 
-    from ghanet_pipeline.segment import load_coords, segment_paths
-    from ghanet_pipeline.slide import Slide
+    from ghanet_pipeline.wsi.segment import load_coords, segment_paths
+    from ghanet_pipeline.wsi.slide import Slide
 
     coords, attrs = load_coords(segment_paths(out, "bench")["coords"])
     with Slide(slide) as s:
@@ -114,7 +114,7 @@ def run_main(args: argparse.Namespace) -> None:
 
     import torch
 
-    from ghanet_pipeline.features import ExtractParams, Extractor
+    from ghanet_pipeline.features.extract import Extractor, ExtractParams
     from ghanet_pipeline.inputs import SlideSpec
 
     slide, out = make_slide(Path(args.cache), args.patches)
@@ -130,7 +130,7 @@ def run_main(args: argparse.Namespace) -> None:
     patches = read_patches(slide, out, first.input_size(256))
     n = len(patches)
     times: dict[str, dict[str, list[float]]] = {p: {"enc": [], "e2e": []} for p in extractors}
-    for prec, ex in extractors.items():  # warm-up: kernels, oneDNN primitives, cuDNN plans, page cache
+    for ex in extractors.values():  # warm-up: kernels, oneDNN primitives, cuDNN plans, page cache
         encoder_only(ex, patches, args.batch_size)
         ex.extract(spec, out, overwrite=True)
     for _ in range(args.repeats):
@@ -166,8 +166,8 @@ def run_main(args: argparse.Namespace) -> None:
 
 def malloc_child(args: argparse.Namespace) -> None:
     """One fresh process: encoder-only seconds per repeat, printed as JSON."""
-    from ghanet_pipeline import features
-    from ghanet_pipeline.features import ExtractParams, Extractor
+    from ghanet_pipeline.features import extract as features
+    from ghanet_pipeline.features.extract import Extractor, ExtractParams
 
     if args.malloc_child == "off":
         features.tune_malloc = lambda: False  # keep glibc defaults in this process

@@ -18,11 +18,11 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ghanet_pipeline.demo.cohort import make_cohort, write_cohort_tables  # noqa: E402
 from ghanet_pipeline.genomics.bins import assign_bins, fit_bin_edges  # noqa: E402
 from ghanet_pipeline.genomics.folds import make_folds  # noqa: E402
 from ghanet_pipeline.genomics.pipeline import GenomicsConfig, preprocess_genomics  # noqa: E402
 from ghanet_pipeline.genomics.selection import deseq2_select, risk_groups, ttest_select, welch_ttest  # noqa: E402
-from ghanet_pipeline.synthetic_cohort import make_cohort, write_cohort_tables  # noqa: E402
 
 
 def timed(fn, repeats: int) -> tuple[float, float]:
@@ -58,7 +58,7 @@ def main() -> None:
     groups = [fold_groups(cases, tr) for tr, _ in folds]
 
     def ttest_5_folds():
-        for (tr, _), (hi, lo) in zip(folds, groups):
+        for (tr, _), (hi, lo) in zip(folds, groups, strict=False):
             ttest_select(x.loc[tr], hi, lo)
 
     mn, md = timed(ttest_5_folds, reps)
@@ -88,7 +88,7 @@ def main() -> None:
     tr, _ = make_folds(cases, 5, seed=0)[0]
     hi, lo = fold_groups(cases, tr)
     for n_cpus in ((1,) if args.quick else (1, 2)):
-        mn, md = timed(lambda: deseq2_select(counts.loc[tr], hi, lo, n_cpus=n_cpus), 1 if args.quick else 2)
+        mn, md = timed(lambda n_cpus=n_cpus: deseq2_select(counts.loc[tr], hi, lo, n_cpus=n_cpus), 1 if args.quick else 2)
         rows.append((f"DESeq2 (pydeseq2), 1 fold: {len(tr)} training cases ({int(hi.sum())} high / "
                      f"{int(lo.sum())} low) x {counts.shape[1]} genes, n_cpus={n_cpus}", mn, md))
 

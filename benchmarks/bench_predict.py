@@ -50,11 +50,12 @@ def main() -> None:
 
     import torch
 
-    from ghanet_pipeline.features import ExtractParams, extract_slides
+    from ghanet_pipeline.features.extract import ExtractParams, extract_slides
+    from ghanet_pipeline.inference.predict import predict_cases
+    from ghanet_pipeline.inference.records import PredictConfig
     from ghanet_pipeline.inputs import SlideSpec
-    from ghanet_pipeline.prediction import PredictConfig, predict_cases
-    from ghanet_pipeline.segment import SegmentParams, segment_slide
-    from ghanet_pipeline.synthetic import write_synthetic_slide
+    from ghanet_pipeline.wsi.segment import SegmentParams, segment_slide
+    from ghanet_pipeline.wsi.synthetic import write_synthetic_slide
 
     torch.set_num_threads(args.threads)
     root = Path(tempfile.mkdtemp(prefix="bench_predict_"))

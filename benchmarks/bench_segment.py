@@ -19,11 +19,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ghanet_pipeline.inputs import SlideSpec  # noqa: E402
-from ghanet_pipeline.segment import SegmentParams, segment_slide  # noqa: E402
-from ghanet_pipeline.slide import Slide  # noqa: E402
-from ghanet_pipeline.synthetic import write_synthetic_slide  # noqa: E402
-from ghanet_pipeline.tiling import patch_grid  # noqa: E402
-from ghanet_pipeline.tissue import detect_tissue  # noqa: E402
+from ghanet_pipeline.wsi.segment import SegmentParams, segment_slide  # noqa: E402
+from ghanet_pipeline.wsi.slide import Slide  # noqa: E402
+from ghanet_pipeline.wsi.synthetic import write_synthetic_slide  # noqa: E402
+from ghanet_pipeline.wsi.tiling import patch_grid  # noqa: E402
+from ghanet_pipeline.wsi.tissue import detect_tissue  # noqa: E402
 
 REAL = Path(__file__).resolve().parents[2] / "shared/data/CMU-1-Small-Region.svs"
 

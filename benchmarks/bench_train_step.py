@@ -36,15 +36,15 @@ def worker(impl: str, n: int, repeats: int, threads: int) -> dict:
 
     from ghanet_pipeline.models import create_model
     from ghanet_pipeline.models.reference import reference_forward
-    from ghanet_pipeline.survival import nll_loss, sce_loss
-    from ghanet_pipeline.training import _make_optimizer
+    from ghanet_pipeline.models.survival import nll_loss, sce_loss
+    from ghanet_pipeline.training.state import make_optimizer
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = create_model("ghanet", in_dim=1024, family_sizes=FAMILY_SIZES)
     forward = model if impl == "fast" else (lambda x: reference_forward(model, x, plain_dropout=True))
     # fast = what `ghanet train` uses (fused Adam); reference = the authors' plain Adam
-    opt = (_make_optimizer(model, 2e-4, 1e-5) if impl == "fast"
+    opt = (make_optimizer(model, 2e-4, 1e-5) if impl == "fast"
            else torch.optim.Adam(model.parameters(), lr=2e-4, weight_decay=1e-5))
     features = torch.randn(n, 1024)
     targets = [torch.randn(k) for k in FAMILY_SIZES]
@@ -55,7 +55,7 @@ def worker(impl: str, n: int, repeats: int, threads: int) -> dict:
         model.train()
         out = forward(features)
         loss = nll_loss(out["hazards"], out["S"], 2, 0)
-        recon = sum(F.mse_loss(p, t) + sce_loss(p, t) for p, t in zip(out["recon"], targets) if p is not None)
+        recon = sum(F.mse_loss(p, t) + sce_loss(p, t) for p, t in zip(out["recon"], targets, strict=False) if p is not None)
         (loss + 0.3 * recon).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

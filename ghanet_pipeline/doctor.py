@@ -44,13 +44,13 @@ def run_checks(out: Path) -> list[Check]:
         ok, v = _module_version(mod)
         checks.append(Check(mod, ok, v))
     try:
-        import openslide  # noqa: PLC0415
+        import openslide
 
         checks.append(Check("OpenSlide library", True, f"{openslide.__library_version__} (openslide-python {openslide.__version__})"))
     except Exception as exc:  # noqa: BLE001
         checks.append(Check("OpenSlide library", False, f"{exc}; pip install openslide-bin openslide-python"))
     try:
-        import torch  # noqa: PLC0415
+        import torch
 
         checks.append(Check("torch", True, torch.__version__))
         cuda = torch.cuda.is_available()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import csv
 import glob
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from .errors import ConfigError, InputError
 from .ioutils import sanitize_ids
@@ -74,7 +74,7 @@ def read_manifest(manifest: Path | str, case_id_from: str | None = None) -> list
                 if len(values) > len(cols):
                     raise InputError(f"manifest {manifest}, row {i}: {len(values)} fields but the header has "
                                      f"{len(cols)}; quote values that contain commas")
-                rows.append((i, {k: v.strip() for k, v in zip(cols, values + [""] * (len(cols) - len(values)))}))
+                rows.append((i, {k: v.strip() for k, v in zip(cols, values + [""] * (len(cols) - len(values)), strict=False)}))
     except UnicodeDecodeError as exc:
         raise InputError(f"manifest {manifest} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
                          f"save it as UTF-8 CSV") from None

@@ -10,8 +10,9 @@ import os
 import re
 import tempfile
 import unicodedata
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from .errors import InputError
 

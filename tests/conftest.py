@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -24,10 +24,10 @@ def synth_slide_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def make_synthetic_slide(synth_slide_dir: Path) -> Callable[..., Path]:
     """``make_synthetic_slide(name, width, height, **kwargs)`` -> path; cached per session by name.
 
-    kwargs go to :func:`ghanet_pipeline.synthetic.write_synthetic_slide` (mpp, phenotype, seed,
+    kwargs go to :func:`ghanet_pipeline.wsi.synthetic.write_synthetic_slide` (mpp, phenotype, seed,
     metadata, blank, level_factor ...). Calling twice with the same name returns the first file.
     """
-    from ghanet_pipeline.synthetic import write_synthetic_slide
+    from ghanet_pipeline.wsi.synthetic import write_synthetic_slide
 
     made: dict[str, Path] = {}
 

@@ -7,9 +7,19 @@ import numpy as np
 import pytest
 import torch
 
-from ghanet_pipeline.bags import (REQUIRED_ATTRS, BagWriter, check_compatible, check_matches, encoder_tag,
-                                  find_bags, read_bag, read_bag_attrs, validate_bag, write_bag)
 from ghanet_pipeline.errors import InputError, MismatchError
+from ghanet_pipeline.features.bags import (
+    REQUIRED_ATTRS,
+    BagWriter,
+    check_compatible,
+    check_matches,
+    encoder_tag,
+    find_bags,
+    read_bag,
+    read_bag_attrs,
+    validate_bag,
+    write_bag,
+)
 
 
 def _attrs(**over):

@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ghanet_pipeline.demo import DemoConfig, build_cohort, run_demo, stage_available
+from ghanet_pipeline.demo.run import DemoConfig, build_cohort, run_demo, stage_available
 
 
 def test_build_cohort_writes_slides_carrying_the_phenotype_and_a_separate_holdout(tmp_path: Path) -> None:
     from scipy.stats import spearmanr
 
-    from ghanet_pipeline.slide import Slide
+    from ghanet_pipeline.wsi.slide import Slide
 
     cfg = DemoConfig(n_cases=10, n_holdout=2, slide_px=768, seed=1)
     paths = build_cohort(tmp_path, cfg)
@@ -54,7 +54,7 @@ def test_build_cohort_writes_slides_carrying_the_phenotype_and_a_separate_holdou
 
 
 def test_missing_stage_is_skipped_and_listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import ghanet_pipeline.demo as demo
+    import ghanet_pipeline.demo.run as demo
 
     monkeypatch.setattr(demo, "stage_available", lambda stage: False)
     res = run_demo(tmp_path, DemoConfig(n_cases=8, n_holdout=1, slide_px=512))

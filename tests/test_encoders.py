@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from ghanet_pipeline.encoders import (ENCODERS, get_encoder_spec, load_encoder, parse_random, preprocess,
-                                      resolve_weights)
 from ghanet_pipeline.errors import ConfigError
+from ghanet_pipeline.features.encoders import (
+    ENCODERS,
+    get_encoder_spec,
+    load_encoder,
+    parse_random,
+    preprocess,
+    resolve_weights,
+)
 
 torch.set_num_threads(2)
 

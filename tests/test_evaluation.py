@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from ghanet_pipeline.cli import cli
 from ghanet_pipeline.errors import InputError
-from ghanet_pipeline.evaluation import Columns, evaluate_predictions
-from ghanet_pipeline.metrics import NoComparablePairsError, concordance_index
+from ghanet_pipeline.evaluation.evaluate import Columns, evaluate_predictions
+from ghanet_pipeline.evaluation.metrics import NoComparablePairsError, concordance_index
 
 
 def _table(n: int = 90, folds: int = 3, seed: int = 0) -> pd.DataFrame:

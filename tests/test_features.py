@@ -12,12 +12,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from ghanet_pipeline.bags import read_bag, validate_bag
-from ghanet_pipeline.batch import exit_code
 from ghanet_pipeline.errors import ConfigError, MismatchError
-from ghanet_pipeline.features import ExtractParams, Extractor, extract_slides
+from ghanet_pipeline.features.bags import read_bag, validate_bag
+from ghanet_pipeline.features.extract import Extractor, ExtractParams, extract_slides
 from ghanet_pipeline.inputs import SlideSpec
-from ghanet_pipeline.segment import SegmentParams, load_coords, segment_paths, segment_slide
+from ghanet_pipeline.runs import exit_code
+from ghanet_pipeline.wsi.segment import SegmentParams, load_coords, segment_paths, segment_slide
 
 torch.set_num_threads(1)  # tiny inputs: per-op overhead dominates; 1 thread is fastest on a shared CPU
 
@@ -87,8 +87,8 @@ def test_features_match_direct_encoder_call(reference, small_slide, extractor):
     """The data path (workers, batching, uint8 transport, device normalisation) equals a plain loop."""
     import cv2
 
-    from ghanet_pipeline.encoders import preprocess
-    from ghanet_pipeline.slide import Slide
+    from ghanet_pipeline.features.encoders import preprocess
+    from ghanet_pipeline.wsi.slide import Slide
 
     _, bag = reference
     with Slide(small_slide) as s:

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from ghanet_pipeline.cli import cli
+from ghanet_pipeline.demo.cohort import make_cohort, write_cohort_tables
 from ghanet_pipeline.genomics import list_folds, load_fold
-from ghanet_pipeline.synthetic_cohort import make_cohort, write_cohort_tables
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from ghanet_pipeline.demo.cohort import make_cohort
 from ghanet_pipeline.errors import InputError
 from ghanet_pipeline.genomics.bins import assign_bins, fit_bin_edges
-from ghanet_pipeline.genomics.selection import (choose_method, deseq2_select, risk_groups, ttest_select,
-                                                welch_ttest)
-from ghanet_pipeline.synthetic_cohort import make_cohort
+from ghanet_pipeline.genomics.selection import choose_method, deseq2_select, risk_groups, ttest_select, welch_ttest
 
 
 @pytest.mark.filterwarnings("ignore:Precision loss")

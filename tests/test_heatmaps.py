@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ghanet_pipeline import heatmaps as hm
+from ghanet_pipeline.inference import heatmaps as hm
 
 
 def masked(assoc: np.ndarray, topk: float) -> np.ndarray:
@@ -59,7 +59,7 @@ def test_render_png_writes_image_with_colorbar(tmp_path):
 
 @pytest.mark.skipif(not REAL_SLIDE.exists(), reason="real test slide absent")
 def test_case_heatmaps_on_real_slide(tmp_path):
-    from ghanet_pipeline.slide import Slide
+    from ghanet_pipeline.wsi.slide import Slide
 
     with Slide(REAL_SLIDE) as s:
         plan = s.plan(0.5, 256)

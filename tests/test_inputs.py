@@ -11,8 +11,16 @@ import pytest
 
 from ghanet_pipeline.errors import ConfigError, InputError
 from ghanet_pipeline.inputs import collect_slides, parse_shard, read_manifest, take_shard, tcga_case_id
-from ghanet_pipeline.ioutils import (atomic_path, file_sha256, remove_stale_temps, safe_child, sanitize_id,
-                                     sanitize_ids, write_json_atomic, write_text_atomic)
+from ghanet_pipeline.ioutils import (
+    atomic_path,
+    file_sha256,
+    remove_stale_temps,
+    safe_child,
+    sanitize_id,
+    sanitize_ids,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 
 # -- ioutils ------------------------------------------------------------------------------------------------

@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 
 from ghanet_pipeline.errors import InputError
-from ghanet_pipeline.metrics import (NoComparablePairsError, concordance, concordance_index, kaplan_meier,
-                                     logrank, spearman, split_at_threshold)
+from ghanet_pipeline.evaluation.metrics import (
+    NoComparablePairsError,
+    concordance,
+    concordance_index,
+    kaplan_meier,
+    logrank,
+    spearman,
+    split_at_threshold,
+)
 
 
 def test_hand_checked_perfect_and_reversed():

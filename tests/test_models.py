@@ -11,11 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from ghanet_pipeline.errors import CheckpointError, ConfigError, InputError
-from ghanet_pipeline.models import (MODELS, create_model, genomic_weights, load_checkpoint, save_checkpoint,
-                                    topk_count)
+from ghanet_pipeline.models import MODELS, create_model, genomic_weights, load_checkpoint, save_checkpoint, topk_count
 from ghanet_pipeline.models.layers import MultiHeadCrossAttention, MultiHeadSelfAttention, ReLUDropout
 from ghanet_pipeline.models.reference import reference_forward
-from ghanet_pipeline.survival import nll_loss, sce_loss
+from ghanet_pipeline.models.survival import nll_loss, sce_loss
 
 torch.set_num_threads(1)   # tiny tensors: one thread is fastest on a busy machine
 
@@ -272,7 +271,7 @@ def test_checkpoint_round_trip(tmp_path, monkeypatch, name):
         a, b = model(feats), loaded(feats)
     assert torch.equal(a["risk"], b["risk"]) and torch.equal(a["hazards"], b["hazards"])
     if name == "ghanet":
-        assert all((x is None and y is None) or torch.equal(x, y) for x, y in zip(a["recon"], b["recon"]))
+        assert all((x is None and y is None) or torch.equal(x, y) for x, y in zip(a["recon"], b["recon"], strict=False))
 
 
 def test_load_checkpoint_refuses_bad_directories(tmp_path):
@@ -314,10 +313,10 @@ def test_tiny_ghanet_overfits_a_few_bags():
 
     def total():
         loss = 0.0
-        for x, (y, c), tg in zip(bags, labels, targets):
+        for x, (y, c), tg in zip(bags, labels, targets, strict=False):
             out = model(x)
             loss = loss + nll_loss(out["hazards"], out["S"], [y], [c]) + 0.3 * sum(
-                F.mse_loss(p, t) + sce_loss(p, t) for p, t in zip(out["recon"], tg) if p is not None)
+                F.mse_loss(p, t) + sce_loss(p, t) for p, t in zip(out["recon"], tg, strict=False) if p is not None)
         return loss / len(bags)
 
     with torch.no_grad():

@@ -9,8 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ghanet_pipeline import prediction as P
 from ghanet_pipeline.errors import CheckpointError, ConfigError, MismatchError
+from ghanet_pipeline.inference import ensemble as ENS
+from ghanet_pipeline.inference import loading as L
+from ghanet_pipeline.inference import predict as P
+from ghanet_pipeline.inference import records as R
 
 REAL_SLIDE = Path(__file__).resolve().parents[1].parent / "shared/data/CMU-1-Small-Region.svs"
 EDGES = [0.0, 10.0, 20.0, 40.0, 80.0]
@@ -30,38 +33,38 @@ def _threads():
 
 
 def test_summarize_risks_mean_and_spread():
-    rs = P.summarize_risks([-2.0, -1.0, -3.0])
+    rs = ENS.summarize_risks([-2.0, -1.0, -3.0])
     assert rs.mean == pytest.approx(-2.0)
     assert rs.std == pytest.approx(1.0)  # sample std (ddof=1)
     assert (rs.min, rs.max, rs.n) == (-3.0, -1.0, 3)
-    one = P.summarize_risks([-1.5])
+    one = ENS.summarize_risks([-1.5])
     assert one.std is None and one.mean == one.min == one.max == -1.5
     with pytest.raises(ValueError):
-        P.summarize_risks([float("nan")])
+        ENS.summarize_risks([float("nan")])
 
 
 def test_risk_group_compares_mean_risk_with_mean_training_median():
     # fold 0: far above its median, fold 1: a little below its own median -> majority is a tie,
     # mean margin (0.5 - 0.1) / 2 > 0 -> high
-    d = P.risk_group([-1.0, -2.6], [-1.5, -2.5])
+    d = ENS.risk_group([-1.0, -2.6], [-1.5, -2.5])
     assert d.threshold == pytest.approx(-2.0)
     assert d.margin == pytest.approx(0.2)
     assert d.group == "high" and d.folds_high == 1 and d.n_folds == 2
     # the same margins with opposite sign -> low
-    assert P.risk_group([-2.0, -2.4], [-1.5, -2.5]).group == "low"
+    assert ENS.risk_group([-2.0, -2.4], [-1.5, -2.5]).group == "low"
     # exactly at the threshold counts as low (training split: high = strictly above the median)
-    assert P.risk_group([-2.0], [-2.0]).group == "low"
+    assert ENS.risk_group([-2.0], [-2.0]).group == "low"
     # invariant to shifting one fold's whole risk scale together with its median
-    a = P.risk_group([-1.0, -2.6], [-1.5, -2.5])
-    b = P.risk_group([-1.0 + 7.0, -2.6], [-1.5 + 7.0, -2.5])
+    a = ENS.risk_group([-1.0, -2.6], [-1.5, -2.5])
+    b = ENS.risk_group([-1.0 + 7.0, -2.6], [-1.5 + 7.0, -2.5])
     assert a.group == b.group and a.margin == pytest.approx(b.margin)
     with pytest.raises(ValueError):
-        P.risk_group([-1.0, -2.0], [-1.0])
+        ENS.risk_group([-1.0, -2.0], [-1.0])
 
 
 def test_ensemble_survival_same_edges_is_plain_mean():
     S = np.array([[0.9, 0.7, 0.5, 0.2], [0.8, 0.6, 0.3, 0.1]])
-    c = P.ensemble_survival(S, np.array([EDGES, EDGES]))
+    c = ENS.ensemble_survival(S, np.array([EDGES, EDGES]))
     np.testing.assert_allclose(c.S, [0.85, 0.65, 0.4, 0.15])
     np.testing.assert_allclose(c.S_std, np.std(S, axis=0, ddof=1))
     assert c.edges_months == EDGES and not c.edges_differ
@@ -70,7 +73,7 @@ def test_ensemble_survival_same_edges_is_plain_mean():
 def test_ensemble_survival_different_edges_interpolates_at_mean_edges():
     S = np.array([[0.8, 0.6, 0.4, 0.2], [0.8, 0.6, 0.4, 0.2]])
     E = np.array([[0, 10, 20, 30, 40], [0, 30, 40, 50, 60]], dtype=float)
-    c = P.ensemble_survival(S, E)
+    c = ENS.ensemble_survival(S, E)
     assert c.edges_differ
     np.testing.assert_allclose(c.edges_months, [0, 20, 30, 40, 50])
     # fold 0 at t=20,30,40,50: 0.6, 0.4, 0.2, 0.2 (flat after its last edge)
@@ -82,8 +85,8 @@ def test_ensemble_survival_different_edges_interpolates_at_mean_edges():
 
 def test_new_slides_are_segmented_with_the_training_settings():
     """Recorded tissue settings are reused; um/px and patch size always come from the encoder record."""
-    from ghanet_pipeline.prediction import segment_params_for
-    from ghanet_pipeline.segment import SegmentParams
+    from ghanet_pipeline.inference.loading import segment_params_for
+    from ghanet_pipeline.wsi.segment import SegmentParams
 
     enc = {"target_mpp": 0.25, "patch_size": 224}
     p = segment_params_for({"sat_threshold": 8, "min_tissue": 0.8, "target_mpp": 0.5, "patch_size": 256,
@@ -95,11 +98,11 @@ def test_new_slides_are_segmented_with_the_training_settings():
 def test_encoder_differences_and_check():
     model = {"encoder": "resnet50_trunc", "weights_sha256": "abc", "input_size": 256, "target_mpp": 0.5,
              "patch_size": 256}
-    assert P.encoder_differences(model, {**model, "target_mpp": 0.50001}) == []
-    diffs = P.encoder_differences(model, {**model, "weights_sha256": "def", "input_size": 224})
+    assert L.encoder_differences(model, {**model, "target_mpp": 0.50001}) == []
+    diffs = L.encoder_differences(model, {**model, "weights_sha256": "def", "input_size": 224})
     assert len(diffs) == 2 and any("weights_sha256" in d for d in diffs)
     with pytest.raises(MismatchError, match="weights_sha256: model 'abc', features 'def'"):
-        P.check_encoder(model, {**model, "weights_sha256": "def"}, "bag x.h5")
+        L.check_encoder(model, {**model, "weights_sha256": "def"}, "bag x.h5")
 
 
 # --------------------------------------------------------------------------- fixtures: tiny models + bags
@@ -110,7 +113,7 @@ TINY_DIM = 8
 
 def _register_tiny_encoder():
     """A registered encoder with 8-d output (a 1x1 conv + pooling): slides end to end in milliseconds."""
-    from ghanet_pipeline import encoders
+    from ghanet_pipeline.features import encoders
 
     if TINY_ENCODER in encoders.ENCODERS:
         return
@@ -172,7 +175,7 @@ ENC = {"encoder": TINY_ENCODER, "weights_sha256": "random:0", "input_size": 32, 
 
 
 def write_bags(folder: Path, ids, encoder=ENC, n=20, seed=0) -> dict[str, np.ndarray]:
-    from ghanet_pipeline.bags import write_bag
+    from ghanet_pipeline.features.bags import write_bag
 
     rng = np.random.default_rng(seed)
     feats = {}
@@ -197,7 +200,7 @@ def test_predict_from_bags_matches_manual_ensemble(tmp_path):
     feats = write_bags(tmp_path / "bags", ["s1", "s2", "s3"])
     specs = [SlideSpec("s1", tmp_path / "s1.svs", "caseA"), SlideSpec("s2", tmp_path / "s2.svs", "caseA"),
              SlideSpec("s3", tmp_path / "s3.svs", "caseB")]
-    cfg = P.PredictConfig(out=tmp_path / "out", features_dir=tmp_path / "bags", device="cpu")
+    cfg = R.PredictConfig(out=tmp_path / "out", features_dir=tmp_path / "bags", device="cpu")
     res = P.predict_cases(specs, run, cfg)
     assert [c.case_id for c in res.cases] == ["caseA", "caseB"]
     a = res.cases[0]
@@ -229,7 +232,7 @@ def test_predict_from_bags_matches_manual_ensemble(tmp_path):
     assert j["encoder"]["encoder"] == TINY_ENCODER and j["encoder_check"] == "checked"
     assert list((tmp_path / "out/logs").glob("predict-*.json"))
     # --folds subset: one model, no spread
-    one = P.predict_cases(specs[2:], run, P.PredictConfig(out=tmp_path / "out1", features_dir=tmp_path / "bags",
+    one = P.predict_cases(specs[2:], run, R.PredictConfig(out=tmp_path / "out1", features_dir=tmp_path / "bags",
                                                           device="cpu", folds=[1]))
     assert one.cases[0].n_folds == 1 and one.cases[0].risk_std is None
 
@@ -241,7 +244,7 @@ def test_bag_from_other_encoder_is_refused(tmp_path):
     from ghanet_pipeline.inputs import SlideSpec
 
     specs = [SlideSpec("good", tmp_path / "g.svs", "good"), SlideSpec("bad", tmp_path / "b.svs", "bad")]
-    res = P.predict_cases(specs, run, P.PredictConfig(out=tmp_path / "out", features_dir=tmp_path / "bags",
+    res = P.predict_cases(specs, run, R.PredictConfig(out=tmp_path / "out", features_dir=tmp_path / "bags",
                                                       device="cpu"))
     good, bad = res.cases
     assert good.status == "done"
@@ -257,7 +260,7 @@ def test_clam_bag_needs_assume_encoder(tmp_path):
     with h5py.File(tmp_path / "clam" / "TCGA-1.h5", "w") as h5:  # CLAM layout: no encoder attrs
         h5["features"] = np.random.default_rng(0).random((15, TINY_DIM)).astype(np.float32)
         h5["coords"] = np.stack([np.arange(15) * 256, np.zeros(15)], 1).astype(np.int64)
-    cfg = P.PredictConfig(out=tmp_path / "out", features_dir=tmp_path / "clam", device="cpu")
+    cfg = R.PredictConfig(out=tmp_path / "out", features_dir=tmp_path / "clam", device="cpu")
     res = P.predict_cases([], run, cfg)  # no slides: every bag in the folder is a case
     assert res.cases[0].status == "failed" and "--assume-encoder" in res.cases[0].message
     cfg.assume_encoder, cfg.overwrite = True, True
@@ -268,35 +271,35 @@ def test_clam_bag_needs_assume_encoder(tmp_path):
 
 def test_run_dir_problems_are_clear(tmp_path):
     with pytest.raises(CheckpointError, match="no such directory"):
-        P.load_ensemble(tmp_path / "nope")
+        L.load_ensemble(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="no fold_<k>/ folders"):
-        P.load_ensemble(tmp_path / "empty")
+        L.load_ensemble(tmp_path / "empty")
     run = make_run(tmp_path / "run", ENC, folds=(0, 1))
     with pytest.raises(ConfigError, match="fold\\(s\\) 5 not in"):
-        P.load_ensemble(run, folds=[0, 5])
+        L.load_ensemble(run, folds=[0, 5])
     (run / "fold_1" / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="model.safetensors is missing"):
-        P.load_ensemble(run)
-    assert P.load_ensemble(run, folds=[0]).folds == [0]
+        L.load_ensemble(run)
+    assert L.load_ensemble(run, folds=[0]).folds == [0]
     # a checkpoint from an incompatible version
     meta_path = run / "fold_0" / "model.json"
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "checkpoint_version": 99}))
     with pytest.raises(CheckpointError, match="checkpoint_version 99"):
-        P.load_ensemble(run, folds=[0])
+        L.load_ensemble(run, folds=[0])
     # an older checkpoint without the training median
     del meta["train_risk_median"]
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="lacks train_risk_median"):
-        P.load_ensemble(run, folds=[0])
+        L.load_ensemble(run, folds=[0])
 
 
 def test_folds_trained_on_different_encoders_are_refused(tmp_path):
     make_run(tmp_path / "run", ENC, folds=(0,))
     make_run(tmp_path / "run", {**ENC, "input_size": 64}, folds=(1,))
     with pytest.raises(MismatchError, match="input_size"):
-        P.load_ensemble(tmp_path / "run")
+        L.load_ensemble(tmp_path / "run")
 
 
 def test_mismatched_encoder_weights_stop_before_any_slide(tmp_path):
@@ -306,7 +309,7 @@ def test_mismatched_encoder_weights_stop_before_any_slide(tmp_path):
     run = make_run(tmp_path / "run", {**ENC, "weights_sha256": "random:0"}, folds=(0,))
     spec = SlideSpec("x", tmp_path / "x.svs", "x")
     with pytest.raises(MismatchError, match="weights_sha256: model 'random:0', features 'random:3'"):
-        P.predict_cases([spec], run, P.PredictConfig(out=tmp_path / "out", weights="random:3", device="cpu"))
+        P.predict_cases([spec], run, R.PredictConfig(out=tmp_path / "out", weights="random:3", device="cpu"))
     assert not (tmp_path / "out" / "predict").exists()
 
 
@@ -315,7 +318,7 @@ def test_predictions_csv_of_another_model_is_not_overwritten(tmp_path):
 
     write_bags(tmp_path / "bags", ["s1"])
     spec = [SlideSpec("s1", tmp_path / "s1.svs", "s1")]
-    cfg = P.PredictConfig(out=tmp_path / "out", features_dir=tmp_path / "bags", device="cpu")
+    cfg = R.PredictConfig(out=tmp_path / "out", features_dir=tmp_path / "bags", device="cpu")
     P.predict_cases(spec, make_run(tmp_path / "runA", ENC, folds=(0,)), cfg)
     with pytest.raises(ConfigError, match="another model"):
         P.predict_cases(spec, make_run(tmp_path / "runB", ENC, folds=(0,)), cfg)
@@ -339,7 +342,7 @@ def _invoke(args: list[str]):
 def test_slides_end_to_end_with_bad_inputs(tmp_path):
     """Synthetic slides, tiny encoder + models: a pooled 2-slide case, a no-tissue slide, an unreadable file,
     and a manifest case none of whose slides can be read."""
-    from ghanet_pipeline.synthetic import write_synthetic_slide
+    from ghanet_pipeline.wsi.synthetic import write_synthetic_slide
 
     _register_tiny_encoder()
     d = tmp_path / "slides"
@@ -366,13 +369,13 @@ def test_slides_end_to_end_with_bad_inputs(tmp_path):
     n1, n2 = ja["patches_per_slide"]["a1"], ja["patches_per_slide"]["a2"]
     assert n1 > 0 and n2 > 0 and int(a["patches"]) == n1 + n2
     # the pooled bag is exactly the two slides' bags (made by the features stage, same settings)
-    from ghanet_pipeline.bags import read_bag
+    from ghanet_pipeline.features.bags import read_bag
 
     bag_dir = next((out / "features").iterdir())
     assert read_bag(bag_dir / "a1.h5").attrs["input_size"] == 32
     assert float(a["seconds_extract"]) > 0 and float(a["seconds_segment"]) > 0
     S = [float(a[f"S_bin{j}"]) for j in range(1, 5)]
-    assert all(1 >= x >= y >= 0 for x, y in zip(S, S[1:]))
+    assert all(1 >= x >= y >= 0 for x, y in zip(S, S[1:], strict=False))
     assert a["bin_edges_months"] == "0;10;20;40;80"
     b = rows["caseB"]
     assert b["status"] == "no tissue" and b["risk"] == "" and b["risk_group"] == ""
@@ -429,7 +432,7 @@ def test_real_slide_score_group_and_heatmaps(tmp_path):
 
 def test_abmil_ensemble_has_attention_but_no_association(tmp_path):
     run = make_run(tmp_path / "run", ENC, folds=(0, 1), model="abmil")
-    ens = P.load_ensemble(run)
+    ens = L.load_ensemble(run)
     feats = np.random.default_rng(1).random((30, TINY_DIM)).astype(np.float32)
     o = ens.forward(feats)
     assert o.assoc_masked is None and o.w_mor.shape == (30,)
@@ -443,7 +446,7 @@ def test_ensemble_maps_are_fold_means_of_the_models_own_weights(tmp_path):
 
     run = make_run(tmp_path / "run", ENC, folds=(0, 1))
     feats = np.random.default_rng(2).random((17, TINY_DIM)).astype(np.float32)
-    o = P.load_ensemble(run).forward(feats)
+    o = L.load_ensemble(run).forward(feats)
     masks, wm = [], []
     for k in (0, 1):
         m, _ = load_checkpoint(run / f"fold_{k}")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ghanet_pipeline.errors import SlideError
-from ghanet_pipeline.slide import MPP_REL_TOL, Slide, resolve_mpp, rgba_to_rgb
+from ghanet_pipeline.wsi.slide import MPP_REL_TOL, Slide, resolve_mpp, rgba_to_rgb
 
 
 # -- um/px resolution -------------------------------------------------------------------------------------
@@ -218,7 +218,7 @@ def test_real_slide_reads_256_at_half_micron(real_slide: Path):
 def test_thumbnail_blocks_bound_memory_without_changing_result(synthetic_slide_20x, monkeypatch):
     """Thumbnails are read in blocks (bounded px per read for slides without a pyramid); the block
     size must not change the result."""
-    import ghanet_pipeline.slide as slide_mod
+    import ghanet_pipeline.wsi.slide as slide_mod
 
     with Slide(synthetic_slide_20x) as s:
         whole, _ = s.thumbnail(8)

@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from ghanet_pipeline.survival import (median_survival_months, nll_loss, risk_from_hazards, sce_loss,
-                                      survival_curve, survival_from_hazards)
+from ghanet_pipeline.models.survival import (
+    median_survival_months,
+    nll_loss,
+    risk_from_hazards,
+    sce_loss,
+    survival_curve,
+    survival_from_hazards,
+)
 
 H = torch.tensor([[0.1, 0.2, 0.3, 0.4]], dtype=torch.float64)
 S = torch.cumprod(1 - H, dim=1)          # 0.9, 0.72, 0.504, 0.3024

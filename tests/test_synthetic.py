@@ -6,8 +6,8 @@ import numpy as np
 import openslide
 import pytest
 
-from ghanet_pipeline.slide import Slide
-from ghanet_pipeline.synthetic import tissue_fields, write_synthetic_slide
+from ghanet_pipeline.wsi.slide import Slide
+from ghanet_pipeline.wsi.synthetic import tissue_fields, write_synthetic_slide
 
 
 def test_openslide_reads_aperio_metadata(synthetic_slide_20x, synthetic_slide_40x):

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from ghanet_pipeline.demo.cohort import FAMILY_NAMES, make_cohort, write_cohort_tables
+from ghanet_pipeline.evaluation.metrics import concordance_index
 from ghanet_pipeline.genomics.tables import read_counts, read_mcat_table
-from ghanet_pipeline.metrics import concordance_index
-from ghanet_pipeline.synthetic_cohort import FAMILY_NAMES, make_cohort, write_cohort_tables
 
 
 def test_tables_are_consistent_and_deterministic():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ghanet_pipeline.tiling import cell_fractions, patch_grid
+from ghanet_pipeline.wsi.tiling import cell_fractions, patch_grid
 
 
 def brute_force_fractions(mask: np.ndarray, thumb_ds: int, step: int, n_cols: int, n_rows: int) -> np.ndarray:

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ghanet_pipeline.tissue import TissueParams, detect_tissue, saturation_mask
+from ghanet_pipeline.wsi.tissue import TissueParams, detect_tissue, saturation_mask
 
 PINK = (230, 150, 190)
 GLASS = (243, 242, 245)

@@ -17,14 +17,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from ghanet_pipeline.bags import write_bag
 from ghanet_pipeline.cli import cli
+from ghanet_pipeline.demo.bags import bag_attrs, write_synthetic_bags
+from ghanet_pipeline.demo.cohort import make_cohort, write_cohort_tables
 from ghanet_pipeline.errors import InputError, MismatchError
+from ghanet_pipeline.features.bags import write_bag
 from ghanet_pipeline.genomics import GenomicsConfig, load_fold, preprocess_genomics
 from ghanet_pipeline.models import load_checkpoint
-from ghanet_pipeline.synthetic_bags import bag_attrs, write_synthetic_bags
-from ghanet_pipeline.synthetic_cohort import make_cohort, write_cohort_tables
-from ghanet_pipeline.training import TrainConfig, balanced_order, train_cv
+from ghanet_pipeline.training.config import TrainConfig
+from ghanet_pipeline.training.cv import train_cv
+from ghanet_pipeline.training.data import balanced_order
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -78,7 +80,7 @@ def _permuted_survival(cohort, seed: int):
     case, so nothing in the slides predicts these labels (the permutation-test null)."""
     cases = cohort.cases
     ids = list(cases.index)
-    donor = dict(zip(ids, np.asarray(ids)[np.random.default_rng(seed).permutation(len(ids))]))
+    donor = dict(zip(ids, np.asarray(ids)[np.random.default_rng(seed).permutation(len(ids))], strict=False))
     table = cohort.table.copy()
     for col in ("survival_months", "censorship"):
         table[col] = [cases.loc[donor[c], col] for c in table.case_id]
@@ -299,7 +301,7 @@ def test_train_cli_end_to_end(tiny, tmp_path):
         hist = json.loads((fd / "history.json").read_text())
         assert hist["complete"] and len(hist["epochs"]) == 2 and meta["epoch"] == 2
         # train_risk_median is the median training risk of the saved model
-        from ghanet_pipeline.bags import read_bag
+        from ghanet_pipeline.features.bags import read_bag
 
         slides = cohort.clinical.groupby("case_id").slide_id.apply(list)
         with torch.no_grad():
@@ -330,7 +332,7 @@ def test_train_cli_end_to_end(tiny, tmp_path):
 
 
 def test_case_to_bag_mapping(tmp_path):
-    from ghanet_pipeline.training import map_cases_to_bags
+    from ghanet_pipeline.training.data import map_cases_to_bags
 
     bags = {s: tmp_path / f"{s}.h5" for s in ("TCGA-AA-0001-01Z-00-DX1", "TCGA-AA-0001-01Z-00-DX2",
                                                 "TCGA-AA-0002-01Z-00-DX1", "CASE9", "slideX")}

@@ -94,8 +94,8 @@ def test_slurm_profile_dry_run_plans_one_job_per_slide_per_stage_and_per_fold(tm
 @pytest.fixture(scope="module")
 def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """12 cases (+2 held-out) with 768 px synthetic slides carrying the phenotype, MCAT table, families."""
-    from ghanet_pipeline.synthetic import write_synthetic_slide
-    from ghanet_pipeline.synthetic_cohort import make_cohort, write_cohort_tables
+    from ghanet_pipeline.demo.cohort import make_cohort, write_cohort_tables
+    from ghanet_pipeline.wsi.synthetic import write_synthetic_slide
 
     tmp = tmp_path_factory.mktemp("wf")
     cohort = make_cohort(n_cases=12, seed=3, second_slide_fraction=0.0)

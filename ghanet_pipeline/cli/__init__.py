@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import sys
 from pathlib import Path
 
 import click
@@ -49,7 +48,7 @@ class LazyGroup(click.Group):
         return getattr(module, attr)
 
     def invoke(self, ctx: click.Context):
-        from ..errors import ConfigError, GhanetError  # noqa: PLC0415
+        from ..errors import ConfigError, GhanetError
 
         try:
             return super().invoke(ctx)
@@ -70,7 +69,7 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
     """``--config FILE.yaml``: top-level keys are command names, below them option names."""
     if value is None:
         return None
-    import yaml  # noqa: PLC0415
+    import yaml
 
     try:
         data = yaml.safe_load(Path(value).read_text()) or {}
@@ -100,7 +99,7 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
 def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """ghanet: survival risk from whole-slide images with G-HANet."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    from .common import setup_logging  # noqa: PLC0415
+    from .common import setup_logging
 
     setup_logging(level)
 

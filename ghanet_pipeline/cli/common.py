@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import click
 
-from ..batch import ItemResult
+from ..runs import ItemResult
 
 F = Callable[..., Any]
 
@@ -22,7 +23,7 @@ def setup_logging(level: int) -> None:
     if root.handlers:
         return
     if sys.stderr.isatty():
-        from rich.logging import RichHandler  # noqa: PLC0415
+        from rich.logging import RichHandler
 
         handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -95,10 +96,10 @@ class Progress:
         self._bar = None
         self._log = logging.getLogger("ghanet_pipeline")
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         if not self.plain:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,  # noqa: PLC0415
-                                       TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
 
             self._bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                      TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
@@ -121,8 +122,8 @@ class Progress:
 
 def print_summary(title: str, results: Sequence[ItemResult], columns: Iterable[tuple[str, str]] = ()) -> None:
     """Rich table: item, status, the given metric columns ``(key, header)``, seconds, message."""
-    from rich.console import Console  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
+    from rich.console import Console
+    from rich.table import Table
 
     cols = list(columns)
     table = Table(title=title)
@@ -149,6 +150,6 @@ def print_summary(title: str, results: Sequence[ItemResult], columns: Iterable[t
 
 def finish(results: Sequence[ItemResult]) -> None:
     """Exit 0 when every item succeeded, 1 when any failed."""
-    from ..batch import exit_code  # noqa: PLC0415
+    from ..runs import exit_code
 
     sys.exit(exit_code(results))

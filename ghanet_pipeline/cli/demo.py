@@ -30,11 +30,11 @@ def demo(out: Path, cases: int, holdout: int, folds: int, epochs: int, slide_px:
          device: str, overwrite: bool) -> None:
     """Build a synthetic cohort, run segment -> extract-features -> preprocess-genomics -> train -> predict,
     then print the c-index table, the held-out risk scores and where the plots are."""
-    from rich.console import Console  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
+    from rich.console import Console
+    from rich.table import Table
 
-    from ..demo import DemoConfig, run_demo  # noqa: PLC0415
-    from ..errors import ConfigError  # noqa: PLC0415
+    from ..demo.run import DemoConfig, run_demo
+    from ..errors import ConfigError
 
     model_list = tuple(m.strip() for m in models.split(",") if m.strip())
     if not model_list:

@@ -14,10 +14,10 @@ from .common import out_option
 @out_option
 def doctor(out: Path) -> None:
     """Print versions, OpenSlide, torch/CUDA, where ResNet50 weights are looked for, output dir check."""
-    from rich.console import Console  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
+    from rich.console import Console
+    from rich.table import Table
 
-    from ..doctor import run_checks  # noqa: PLC0415
+    from ..doctor import run_checks
 
     checks = run_checks(out)
     table = Table(title="ghanet doctor")

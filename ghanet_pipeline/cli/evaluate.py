@@ -27,11 +27,11 @@ from .common import overwrite_option
 def evaluate(predictions: Path, out: Path, case_col: str, risk_col: str, time_col: str, censorship_col: str,
              event_col: str | None, fold_col: str, no_folds: bool, overwrite: bool) -> None:
     """Compute c-index, Kaplan-Meier curves (median-risk split) and log-rank p for PREDICTIONS.csv."""
-    from rich.console import Console  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
+    from rich.console import Console
+    from rich.table import Table
 
-    from ..errors import ConfigError  # noqa: PLC0415
-    from ..evaluation import Columns, evaluate_predictions  # noqa: PLC0415
+    from ..errors import ConfigError
+    from ..evaluation.evaluate import Columns, evaluate_predictions
 
     if (out / "metrics.json").exists() and not overwrite:
         raise ConfigError(f"{out / 'metrics.json'} already exists; pass --overwrite or another --out")

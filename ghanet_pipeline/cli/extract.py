@@ -8,8 +8,15 @@ from pathlib import Path
 
 import click
 
-from .common import (device_option, manifest_option, no_progress_option, out_option, overwrite_option,
-                     shard_option, slides_argument)
+from .common import (
+    device_option,
+    manifest_option,
+    no_progress_option,
+    out_option,
+    overwrite_option,
+    shard_option,
+    slides_argument,
+)
 
 
 @click.command("extract-features")
@@ -17,7 +24,7 @@ from .common import (device_option, manifest_option, no_progress_option, out_opt
 @manifest_option
 @out_option
 @click.option("--encoder", default="resnet50_trunc", show_default=True,
-              help="Encoder from the registry (ghanet_pipeline.encoders.ENCODERS).")
+              help="Encoder from the registry (ghanet_pipeline.features.encoders.ENCODERS).")
 @click.option("--weights", default=None, metavar="PATH|random[:SEED]",
               help="Encoder weights: a torchvision state dict (.pth/.safetensors). Default: the torch hub cache "
                    "($TORCH_HOME/hub/checkpoints/resnet50-*.pth). 'random' = untrained (tests/demos only).")
@@ -49,14 +56,14 @@ def extract_features(slides: tuple[str, ...], recursive: bool, mpp: float | None
                      shard: str | None) -> None:
     """Embed every patch of each slide's grid (from `ghanet segment`; run with defaults when missing)
     into <out>/features/<encoder_tag>/<slide_id>.h5."""
-    import logging  # noqa: PLC0415
-    from dataclasses import asdict  # noqa: PLC0415
+    import logging
+    from dataclasses import asdict
 
-    from ..batch import write_run_log  # noqa: PLC0415
-    from ..errors import ConfigError  # noqa: PLC0415
-    from ..features import ExtractParams, extract_slides, resolve_device  # noqa: PLC0415
-    from ..inputs import collect_slides, parse_shard, take_shard  # noqa: PLC0415
-    from .common import Progress, print_summary  # noqa: PLC0415
+    from ..errors import ConfigError
+    from ..features.extract import ExtractParams, extract_slides, resolve_device
+    from ..inputs import collect_slides, parse_shard, take_shard
+    from ..runs import write_run_log
+    from .common import Progress, print_summary
 
     started = time.time()
     specs = take_shard(collect_slides(slides, manifest, recursive, case_id_from, mpp), parse_shard(shard))
@@ -82,6 +89,6 @@ def extract_features(slides: tuple[str, ...], recursive: bool, mpp: float | None
               "slides": [str(s.path) for s in specs]}
     write_run_log(out, "extract-features", config, results, started)
     print_summary("extract-features", results, [("patches", "patches"), ("patches_per_s", "patches/s")])
-    from ..batch import exit_code  # noqa: PLC0415
+    from ..runs import exit_code
 
     sys.exit(exit_code(results))

@@ -47,11 +47,12 @@ def preprocess_genomics(table: Path, clinical: Path | None, families: Path, spli
 
     Folds are reported as they finish (no progress bar: the stage takes seconds); --no-progress is
     accepted for the same command lines as the other stages."""
-    from rich.console import Console  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
+    from rich.console import Console
+    from rich.table import Table
 
-    from ..genomics.pipeline import GenomicsConfig, preprocess_genomics as run  # noqa: PLC0415
-    from .common import finish, print_summary  # noqa: PLC0415
+    from ..genomics.pipeline import GenomicsConfig
+    from ..genomics.pipeline import preprocess_genomics as run
+    from .common import finish, print_summary
 
     cfg = GenomicsConfig(table=str(table), families=str(families), clinical=str(clinical) if clinical else None,
                          splits=str(splits) if splits else None, folds=folds, de_method=de_method,
@@ -87,7 +88,7 @@ def preprocess_genomics(table: Path, clinical: Path | None, families: Path, spli
         for name in order:
             vals = [wide.loc[name, c] for c in folds_cols]
             t1.add_row(name, str(before[name]),
-                       *[f"{v:.1f}" if c == "mean" else f"{int(v)}" for c, v in zip(folds_cols, vals)])
+                       *[f"{v:.1f}" if c == "mean" else f"{int(v)}" for c, v in zip(folds_cols, vals, strict=False)])
         console.print(t1)
     console.print(f"outputs: {res.out_dir}  (summary.csv, fold_<k>/...)  log: {res.log_path}")
     finish(res.results)

@@ -7,12 +7,20 @@ from pathlib import Path
 
 import click
 
-from .common import (batch_size_option, device_option, manifest_option, no_progress_option, num_workers_option,
-                     out_option, overwrite_option, slides_argument)
+from .common import (
+    batch_size_option,
+    device_option,
+    manifest_option,
+    no_progress_option,
+    num_workers_option,
+    out_option,
+    overwrite_option,
+    slides_argument,
+)
 
 
 def _parse_folds(text: str | None) -> list[int] | None:
-    from ..errors import ConfigError  # noqa: PLC0415
+    from ..errors import ConfigError
 
     if not text:
         return None
@@ -57,9 +65,10 @@ def predict(slides: tuple[str, ...], recursive: bool, mpp: float | None, case_id
     <out>/predict/heatmaps/<case_id>/. Exit 0 when every case got a score or had no tissue, 1 when a
     case failed (the others still run), 2 on a usage error.
     """
-    from ..inputs import collect_slides  # noqa: PLC0415
-    from ..prediction import PredictConfig, predict_cases  # noqa: PLC0415
-    from .common import Progress  # noqa: PLC0415
+    from ..inference.predict import predict_cases
+    from ..inference.records import PredictConfig
+    from ..inputs import collect_slides
+    from .common import Progress
 
     fold_list = _parse_folds(folds)
     specs = (collect_slides(slides, manifest, recursive, case_id_from, mpp)
@@ -75,8 +84,8 @@ def predict(slides: tuple[str, ...], recursive: bool, mpp: float | None, case_id
 
 
 def _render(run) -> None:  # noqa: ANN001 - PredictionRun
-    from rich.console import Console  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
+    from rich.console import Console
+    from rich.table import Table
 
     cases = run.cases
     edges = next((c.bin_edges_months for c in cases if c.bin_edges_months), None)

@@ -7,8 +7,17 @@ from pathlib import Path
 
 import click
 
-from .common import (Progress, finish, manifest_option, no_progress_option, out_option, overwrite_option,
-                     print_summary, shard_option, slides_argument)
+from .common import (
+    Progress,
+    finish,
+    manifest_option,
+    no_progress_option,
+    out_option,
+    overwrite_option,
+    print_summary,
+    shard_option,
+    slides_argument,
+)
 
 
 @click.command("segment")
@@ -41,9 +50,9 @@ def segment(slides: tuple[str, ...], manifest: Path | None, recursive: bool, mpp
     SLIDES are slide files, directories or glob patterns (or use --manifest). Writes
     <out>/segment/<slide_id>.geojson, .coords.h5 and .png, and a run log in <out>/logs/.
     """
-    from ..batch import run_items, write_run_log  # noqa: PLC0415
-    from ..inputs import collect_slides, parse_shard, take_shard  # noqa: PLC0415
-    from ..segment import SegmentParams, segment_slide  # noqa: PLC0415
+    from ..inputs import collect_slides, parse_shard, take_shard
+    from ..runs import run_items, write_run_log
+    from ..wsi.segment import SegmentParams, segment_slide
 
     started = time.time()
     specs = take_shard(collect_slides(slides, manifest, recursive, case_id_from, mpp), parse_shard(shard))

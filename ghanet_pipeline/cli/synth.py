@@ -29,9 +29,9 @@ def synth() -> None:
 def slide(out: Path, size: tuple[int, int], mpp: float, phenotype: float, seed: int, metadata_kind: str,
           no_metadata: bool) -> None:
     """Write a pyramidal tiled-JPEG TIFF slide to OUT (OpenSlide reads it as Aperio)."""
-    import time  # noqa: PLC0415
+    import time
 
-    from ..synthetic import write_synthetic_slide  # noqa: PLC0415
+    from ..wsi.synthetic import write_synthetic_slide
 
     t0 = time.perf_counter()
     path = write_synthetic_slide(out, size[0], size[1], mpp=mpp, phenotype=phenotype, seed=seed,
@@ -57,7 +57,7 @@ def _table_name(_ctx: click.Context, _param: click.Parameter, value: str) -> str
 def cohort(out_dir: Path, n_cases: int, seed: int, table_name: str) -> None:
     """Write a synthetic cohort's tables to OUT_DIR: MCAT-style genomics table, raw counts, clinical
     (one row per slide, with the hidden phenotype), gene families. Slides: `ghanet synth slide --phenotype`."""
-    from ..synthetic_cohort import make_cohort, write_cohort_tables  # noqa: PLC0415
+    from ..demo.cohort import make_cohort, write_cohort_tables
 
     c = make_cohort(n_cases=n_cases, seed=seed)
     paths = write_cohort_tables(c, out_dir, table_name=table_name)

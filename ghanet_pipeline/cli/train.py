@@ -12,7 +12,7 @@ from .common import device_option, manifest_option, no_progress_option, out_opti
 
 
 def _parse_folds(text: str | None) -> list[int] | None:
-    from ..errors import ConfigError  # noqa: PLC0415
+    from ..errors import ConfigError
 
     if not text:
         return None
@@ -75,14 +75,15 @@ def train(features: Path, genomics: Path | None, out: Path, model: str, run_name
     Outputs in <out>/train/<run>/: config.json, fold_<k>/ (model.safetensors, model.json, history.json),
     predictions.csv, metrics.json, km.png, spearman.png, learning_curves.png.
     """
-    import logging  # noqa: PLC0415
+    import logging
 
-    from ..errors import ConfigError  # noqa: PLC0415
-    from ..training import TrainConfig, train_cv  # noqa: PLC0415
-    from .common import Progress  # noqa: PLC0415
+    from ..errors import ConfigError
+    from ..training.config import TrainConfig
+    from ..training.cv import train_cv
+    from .common import Progress
 
     if threads:
-        import torch  # noqa: PLC0415
+        import torch
 
         torch.set_num_threads(threads)
 
@@ -122,7 +123,7 @@ def train(features: Path, genomics: Path | None, out: Path, model: str, run_name
         if state["bar"] is not None:
             state["bar"].__exit__(None, None, None)
     _print_table(result)
-    from ..batch import exit_code  # noqa: PLC0415
+    from ..runs import exit_code
 
     sys.exit(exit_code(result.folds))
 
@@ -132,8 +133,8 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
 
 
 def _print_table(result: Any) -> None:
-    from rich.console import Console  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
+    from rich.console import Console
+    from rich.table import Table
 
     m = result.metrics or {}
     optimistic = bool(m.get("optimistic"))

@@ -66,7 +66,7 @@ def load_fold(genomics_dir: Path | str, k: int) -> FoldData:
 
     Raises InputError when a file is missing or the files disagree (e.g. targets vs selected).
     """
-    from .targets import read_targets  # noqa: PLC0415
+    from .targets import read_targets
 
     gdir = Path(genomics_dir)
     fdir = gdir / f"fold_{k}"
@@ -82,7 +82,7 @@ def load_fold(genomics_dir: Path | str, k: int) -> FoldData:
     case_ids, families, mats, attrs = read_targets(fdir / "targets.h5")
     if not attrs.get("complete", False):
         raise InputError(f"{fdir / 'targets.h5'} is incomplete; rerun preprocess-genomics with --overwrite")
-    for fam, m in zip(families, mats):
+    for fam, m in zip(families, mats, strict=False):
         if fam not in selected or m.shape[1] != len(selected[fam]):
             raise InputError(f"{fdir}: targets.h5 family {fam!r} has {m.shape[1]} features but selected.json "
                              f"lists {len(selected.get(fam, []))}; rerun preprocess-genomics with --overwrite")
@@ -101,7 +101,7 @@ def load_fold(genomics_dir: Path | str, k: int) -> FoldData:
 def __getattr__(name: str):
     """Lazy access to the heavier writer side (``preprocess_genomics``, ``GenomicsConfig``)."""
     if name in ("preprocess_genomics", "GenomicsConfig", "GenomicsResult"):
-        from . import pipeline  # noqa: PLC0415
+        from . import pipeline
 
         return getattr(pipeline, name)
     raise AttributeError(name)

@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..errors import InputError
 from ..ioutils import atomic_path
-from .bins import fit_bin_edges, assign_bins
+from .bins import assign_bins, fit_bin_edges
 from .tables import read_table_file
 
 Fold = tuple[list[str], list[str]]  # (train case ids, val case ids)

@@ -12,18 +12,18 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import h5py
 import numpy as np
 import pandas as pd
 
 from .. import __version__
-from ..batch import ItemResult, run_items, versions, write_run_log
 from ..errors import ConfigError, InputError, MismatchError
 from ..ioutils import atomic_path, file_sha256, remove_stale_temps, write_json_atomic
+from ..runs import ItemResult, run_items, versions, write_run_log
 from .bins import assign_bins, fit_bin_edges
 from .families import FamilyMatch, match_families, read_families
 from .folds import Fold, make_folds, read_splits, write_splits
@@ -255,7 +255,7 @@ def _run_fold(k: int, fold: Fold, data: GenomicsData, x_all: pd.DataFrame, match
         norm = {"method": "size factors (median of ratios, training reference) -> log1p(count / sf) -> "
                           "zscore (train mean, population std; std < 1e-8 -> 1)",
                 "size_factor_note": sf_note,
-                "size_factors": {c: float(s) for c, s in zip(ids, sf)}}
+                "size_factors": {c: float(s) for c, s in zip(ids, sf, strict=False)}}
     else:
         x_t = x.astype(np.float64)
     high, low = risk_groups(bins[is_train], cens[is_train])

@@ -94,7 +94,7 @@ def ttest_select(x: pd.DataFrame, high: np.ndarray, low: np.ndarray, p_max: floa
     p = np.where(constant, np.nan, p)
     keep = np.isfinite(p) & (p < p_max)
     stats = pd.DataFrame({"t": t, "pvalue": p, "constant": constant}, index=x.columns)
-    return Selection("ttest", [c for c, k in zip(x.columns, keep) if k], stats,
+    return Selection("ttest", [c for c, k in zip(x.columns, keep, strict=False) if k], stats,
                      int(high.sum()), int(low.sum()))
 
 
@@ -106,9 +106,9 @@ def deseq2_select(counts: pd.DataFrame, high: np.ndarray, low: np.ndarray, padj_
     every grouped case are not tested. pydeseq2's console output and warnings are silenced.
     """
     _check_groups(high, low, fold_label)
-    from pydeseq2.dds import DeseqDataSet  # noqa: PLC0415  (heavy import, only when used)
-    from pydeseq2.default_inference import DefaultInference  # noqa: PLC0415
-    from pydeseq2.ds import DeseqStats  # noqa: PLC0415
+    from pydeseq2.dds import DeseqDataSet  # (heavy import, only when used)
+    from pydeseq2.default_inference import DefaultInference
+    from pydeseq2.ds import DeseqStats
 
     grouped = high | low
     sub = counts.loc[grouped]
@@ -135,7 +135,7 @@ def deseq2_select(counts: pd.DataFrame, high: np.ndarray, low: np.ndarray, padj_
     lfc = res["log2FoldChange"].to_numpy(dtype=float)
     keep = np.isfinite(padj) & (padj < padj_max) & np.isfinite(lfc) & (np.abs(lfc) >= lfc_min)
     stats = res[["baseMean", "log2FoldChange", "pvalue", "padj"]].copy()
-    return Selection("deseq2", [c for c, k in zip(counts.columns, keep) if k], stats,
+    return Selection("deseq2", [c for c, k in zip(counts.columns, keep, strict=False) if k], stats,
                      int(high.sum()), int(low.sum()))
 
 
@@ -144,7 +144,7 @@ def _one_blas_thread():
     """pydeseq2 fits thousands of tiny per-gene GLMs: multi-threaded BLAS only adds overhead there
     (measured 5x slower on 2 busy cores), so BLAS runs single-threaded; parallelism comes from n_cpus."""
     try:
-        from threadpoolctl import threadpool_limits  # noqa: PLC0415  (installed with scikit-learn/pydeseq2)
+        from threadpoolctl import threadpool_limits  # (installed with scikit-learn/pydeseq2)
     except ImportError:  # pragma: no cover
         yield
         return

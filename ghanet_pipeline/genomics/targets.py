@@ -83,7 +83,7 @@ def write_targets(path: Path | str, case_ids: list[str], families: list[str], ma
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("case_ids", data=np.array(case_ids, dtype=object), dtype=h5py.string_dtype())
-            for i, (name, m) in enumerate(zip(families, matrices)):
+            for i, (name, m) in enumerate(zip(families, matrices, strict=False)):
                 m = np.asarray(m, dtype=np.float32).reshape(len(case_ids), -1)
                 ds = f.create_dataset(f"family_{i}", data=m)
                 ds.attrs["name"] = name

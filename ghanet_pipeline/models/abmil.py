@@ -7,7 +7,7 @@ patch embedding, gated attention weights (softmax over patches), attention-weigh
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -24,16 +24,22 @@ time are linear in N.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, InputError
 from ._registry import register_model
-from .layers import (GatedAttention, GEGLUFeedForward, MultiHeadCrossAttention, MultiHeadSelfAttention,
-                     ReLUDropout, SNNHead, survival_outputs)
+from .layers import (
+    GatedAttention,
+    GEGLUFeedForward,
+    MultiHeadCrossAttention,
+    MultiHeadSelfAttention,
+    ReLUDropout,
+    SNNHead,
+    survival_outputs,
+)
 
 
 def topk_count(n_patches: int, topk: float) -> int:

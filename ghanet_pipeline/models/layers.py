@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..survival import survival_from_hazards
+from .survival import survival_from_hazards
 
 
 def _drop_mask(shape: torch.Size, p: float) -> torch.Tensor:

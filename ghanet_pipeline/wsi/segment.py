@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .batch import ItemResult
-from .errors import InputError, MismatchError
-from .inputs import SlideSpec
-from .ioutils import atomic_path, remove_stale_temps, safe_child, sanitize_id, write_text_atomic
+from .. import __version__
+from ..errors import InputError, MismatchError
+from ..inputs import SlideSpec
+from ..ioutils import atomic_path, remove_stale_temps, safe_child, sanitize_id, write_text_atomic
+from ..runs import ItemResult
 from .tiling import DEFAULT_MIN_TISSUE, Grid, patch_grid
 from .tissue import TissueMask, TissueParams, detect_tissue
 
@@ -49,7 +49,7 @@ class SegmentParams:
     minimum tissue fraction of a kept patch; ``thumbnail_downsample`` is relative to the *target*
     resolution (32 -> the tissue mask is computed at 16 um/px whatever the scan magnification);
     ``sat_threshold``, ``median_um``, ``close_um`` and the minimum areas (um^2) are passed to
-    :mod:`ghanet_pipeline.tissue`. ``qc_max_side`` caps the QC image's longer side (px).
+    :mod:`ghanet_pipeline.wsi.tissue`. ``qc_max_side`` caps the QC image's longer side (px).
     """
 
     target_mpp: float = 0.5
@@ -100,7 +100,7 @@ def load_coords(path: Path | str) -> tuple[np.ndarray, dict[str, Any]]:
     Raises :class:`InputError` naming the file when it is missing, unreadable, incomplete (a killed run)
     or lacks the datasets/attrs of the contract.
     """
-    import h5py  # noqa: PLC0415
+    import h5py
 
     path = Path(path)
     fix = "rerun `ghanet segment` for this slide (with --overwrite)"
@@ -130,7 +130,7 @@ def load_coords(path: Path | str) -> tuple[np.ndarray, dict[str, Any]]:
 
 
 def _write_coords(path: Path, grid: Grid, attrs: dict[str, Any]) -> None:
-    import h5py  # noqa: PLC0415
+    import h5py
 
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
@@ -180,7 +180,7 @@ def qc_image(thumb: np.ndarray, qc_ds: float, tissue: TissueMask, thumb_ds: floa
              title: str) -> np.ndarray:
     """RGB QC image: ``thumb`` (at ``qc_ds`` level-0 px per px) with kept patches tinted and outlined,
     tissue outlines green and holes blue, a title line on top."""
-    import cv2  # noqa: PLC0415
+    import cv2
 
     img = thumb.astype(np.float32)
     h, w = img.shape[:2]
@@ -223,7 +223,7 @@ def qc_image(thumb: np.ndarray, qc_ds: float, tissue: TissueMask, thumb_ds: floa
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
-    import cv2  # noqa: PLC0415
+    import cv2
 
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 6])
     if not ok:
@@ -274,7 +274,7 @@ def segment_slide(spec: SlideSpec, out: Path | str, params: SegmentParams = Segm
     for unreadable slides and :class:`MismatchError` when existing outputs were made differently and
     ``overwrite`` is false.
     """
-    from .slide import Slide  # noqa: PLC0415
+    from .slide import Slide
 
     t0 = time.perf_counter()
     sid = spec.slide_id

@@ -46,7 +46,7 @@ class TissuePolygon:
     holes: list[np.ndarray] = field(default_factory=list)
     area_um2: float = 0.0  # outer area minus hole areas
 
-    def scaled(self, factor: float, offset: float = 0.5) -> "TissuePolygon":
+    def scaled(self, factor: float, offset: float = 0.5) -> TissuePolygon:
         """Same polygon in another pixel frame: ``(p + offset) * factor`` (thumbnail px -> level-0 px
         with ``factor`` = level-0 px per thumbnail px; ``offset`` 0.5 maps pixel centres)."""
         return TissuePolygon(outer=(self.outer + offset) * factor,
@@ -73,7 +73,7 @@ def _odd(n: float) -> int:
 
 def saturation_mask(rgb: np.ndarray, thumb_mpp: float, params: TissueParams = TissueParams()) -> np.ndarray:
     """Raw tissue mask (uint8 0/1): median-blurred HSV saturation above the threshold, closed."""
-    import cv2  # noqa: PLC0415
+    import cv2
 
     hsv = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2HSV)
     sat = hsv[..., 1]
@@ -90,7 +90,7 @@ def saturation_mask(rgb: np.ndarray, thumb_mpp: float, params: TissueParams = Ti
 
 def detect_tissue(rgb: np.ndarray, thumb_mpp: float, params: TissueParams = TissueParams()) -> TissueMask:
     """Tissue polygons (with holes) and the filtered mask from an RGB uint8 thumbnail at ``thumb_mpp`` um/px."""
-    import cv2  # noqa: PLC0415
+    import cv2
 
     raw = saturation_mask(rgb, thumb_mpp, params)
     px_um2 = thumb_mpp * thumb_mpp
@@ -132,7 +132,7 @@ def _covered_area(cnt: np.ndarray, hole: bool = False) -> float:
     """Area (thumbnail px^2) of the pixels a contour encloses: polygon area through pixel centres plus
     half the perimeter (+1) for an outer contour; a hole's contour runs on the tissue pixels around it,
     so its enclosed background is the polygon area minus half the perimeter (+1)."""
-    import cv2  # noqa: PLC0415
+    import cv2
 
     a = abs(float(cv2.contourArea(cnt)))
     p = float(cv2.arcLength(cnt, True))

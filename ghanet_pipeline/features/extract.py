@@ -18,34 +18,32 @@ Units: coords are level-0 pixels (top-left x, y); ``patch_size`` is pixels at ``
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import math
-import os
-import queue as queue_mod
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import __version__
-from .batch import ItemResult, run_items
+from .. import __version__
+from ..errors import ConfigError, MismatchError, SlideError
+from ..inputs import SlideSpec
+from ..ioutils import remove_stale_temps, safe_child
+from ..runs import ItemResult, run_items
 from .bags import BAG_SCHEMA_VERSION, BagWriter, encoder_tag, read_bag_attrs, validate_bag
-from .errors import ConfigError, GhanetError, MismatchError, SlideError
-from .inputs import SlideSpec
-from .ioutils import remove_stale_temps, safe_child
+from .loader import PatchBatches, reader_context, worker_init
+from .runtime import autocast_dtype, cpu_cores, default_num_workers, precision_name, resolve_device, tune_malloc
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
 
     from .encoders import LoadedEncoder
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -76,174 +74,25 @@ class ExtractParams:
 # --------------------------------------------------------------------------- process set-up
 
 
-def tune_malloc() -> bool:
-    """Keep freed memory in the process instead of handing it back to the OS after every batch.
-
-    Equivalent of ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>`` (set by the Makefile) applied at
-    run time with ``mallopt`` (glibc only; returns False elsewhere). Without it glibc mmaps and unmaps
-    the large conv buffers of every forward pass, and the page faults cost CPU time (see README
-    benchmarks). Memory use grows only to the peak of one batch.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4
-    ok = libc.mallopt(m_mmap_max, 0) == 1
-    ok &= libc.mallopt(m_trim_threshold, 1 << 34 if ctypes.sizeof(ctypes.c_long) >= 8 else 1 << 30) == 1
-    return bool(ok)
 
 
-def resolve_device(text: str) -> "torch.device":
-    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> torch.device; :class:`ConfigError` when unusable."""
-    import torch  # noqa: PLC0415
-
-    text = (text or "auto").strip().lower()
-    if text == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    if text == "cpu":
-        return torch.device("cpu")
-    if text == "cuda" or text.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {text}: CUDA is not available (torch {torch.__version__}, "
-                              f"built for CUDA {torch.version.cuda}); use --device cpu or check the driver "
-                              f"with 'ghanet doctor'")
-        idx = 0 if text == "cuda" else text.partition(":")[2]
-        try:
-            idx = int(idx)
-        except ValueError:
-            raise ConfigError(f"--device {text}: expected cuda:N with N a GPU number") from None
-        if not 0 <= idx < torch.cuda.device_count():
-            raise ConfigError(f"--device {text}: only {torch.cuda.device_count()} GPU(s) visible")
-        return torch.device(f"cuda:{idx}")
-    raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, not {text!r}")
 
 
-def autocast_dtype(precision: str, device: "torch.device") -> "torch.dtype | None":
-    """Autocast dtype for ``precision`` on ``device`` (None = plain fp32)."""
-    import torch  # noqa: PLC0415
-
-    if precision not in PRECISIONS:
-        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if precision == "fp32" or (precision == "auto" and device.type == "cpu"):
-        return None
-    if device.type == "cuda":
-        if precision == "fp16":
-            return torch.float16
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision == "fp16":
-        raise ConfigError("--precision fp16 is for CUDA; on CPU use bf16 or fp32")
-    return torch.bfloat16
 
 
-def precision_name(dtype: "torch.dtype | None") -> str:
-    import torch  # noqa: PLC0415
-
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def default_num_workers(device: "torch.device", n_devices: int = 1) -> int:
-    """Reader processes per device.
-
-    CUDA: all cores but one per GPU process (max 32): JPEG decoding is then the limit. CPU: the
-    cores compute, so reading in the main process between batches (0 workers) costs least on small
-    machines (measured on 2 cores: end-to-end 0.97-0.98x encoder-only with 0 workers, 0.85-0.91x with
-    one reader process competing for the cores); from 8 cores on, one reader per 8 cores.
-    """
-    cores = _cores()
-    if device.type == "cpu":
-        return 0 if cores < 8 else max(1, cores // 8)
-    return int(max(1, min(32, cores // max(1, n_devices) - 1)))
 
 
 # --------------------------------------------------------------------------- patch reading
 
 
-class PatchBatches:
-    """Map-style dataset: item ``i`` is the i-th block of ``batch_size`` patches as one array.
-
-    Each process opens its own :class:`~ghanet_pipeline.slide.Slide` on first use (OpenSlide handles
-    must not cross ``fork``). Returns ``(i, uint8 tensor (b, input_size, input_size, 3))``, or
-    ``(i, message)`` when a patch cannot be read: the message names the patch's level-0 coordinates
-    and is raised as :class:`SlideError` by the consumer (a worker traceback would hide it).
-    """
-
-    def __init__(self, path: Path, slide_id: str, mpp: float | None, plan: Any, coords: np.ndarray,
-                 batch_size: int, input_size: int) -> None:
-        self.path, self.slide_id, self.mpp, self.plan = Path(path), slide_id, mpp, plan
-        self.coords = np.ascontiguousarray(coords, dtype=np.int64)
-        self.batch_size, self.input_size = int(batch_size), int(input_size)
-        self._slide: Any = None
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.coords) / self.batch_size)
-
-    def _open(self) -> Any:
-        if self._slide is None:
-            from .slide import Slide  # noqa: PLC0415
-
-            self._slide = Slide(self.path, mpp=self.mpp, slide_id=self.slide_id)
-        return self._slide
-
-    def close(self) -> None:
-        if self._slide is not None:
-            self._slide.close()
-            self._slide = None
-
-    def __getstate__(self) -> dict[str, Any]:  # never ship an open handle to another process
-        return {**self.__dict__, "_slide": None}
-
-    def __getitem__(self, i: int) -> tuple[int, Any]:
-        import torch  # noqa: PLC0415
-
-        block = self.coords[i * self.batch_size:(i + 1) * self.batch_size]
-        out = np.empty((len(block), self.input_size, self.input_size, 3), dtype=np.uint8)
-        x0 = y0 = -1
-        try:
-            slide = self._open()
-            resize = self.input_size != self.plan.patch_size
-            if resize:
-                import cv2  # noqa: PLC0415
-            for j, (x0, y0) in enumerate(block.tolist()):
-                patch = slide.read_patch(self.plan, x0, y0)
-                if resize:
-                    patch = cv2.resize(patch, (self.input_size, self.input_size), interpolation=cv2.INTER_AREA)
-                out[j] = patch
-        except Exception as exc:  # noqa: BLE001 - reported with the patch position, raised by the consumer
-            where = f"the patch at level-0 (x={x0}, y={y0})" if x0 >= 0 else "the slide"
-            detail = str(exc) if isinstance(exc, GhanetError) else f"{type(exc).__name__}: {exc}"
-            return i, (f"slide {self.slide_id!r}: reading {where} failed: {detail}. The tile is unreadable "
-                       f"(damaged file?); re-copy or re-export the slide")
-        return i, torch.from_numpy(out)
 
 
-def _worker_init(_worker_id: int) -> None:
-    """Reader processes decode with one thread each (parallelism comes from the number of workers).
-
-    OpenCV's thread settings are deliberately not touched: ``cv2.setNumThreads`` in a forked child
-    whose parent already used OpenCV's pool (segmentation, synthetic slides) deadlocks.
-    """
-    import torch  # noqa: PLC0415
-
-    torch.set_num_threads(1)
 
 
-def _reader_context() -> Any:
-    """``fork`` on Linux (workers start in milliseconds and share the loaded modules), else the default.
-
-    Set explicitly: inside a process started with ``spawn`` (``--devices``) the default would be
-    ``spawn`` too, and every slide would pay a fresh interpreter + torch import per reader.
-    """
-    import multiprocessing as mp  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-
-    if sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods():
-        return mp.get_context("fork")
-    return None
 
 
 # --------------------------------------------------------------------------- one process = one device
@@ -253,10 +102,10 @@ class Extractor:
     """Encoder on one device plus the settings to turn slides into bags (one per process)."""
 
     def __init__(self, params: ExtractParams, device: str | None = None, n_devices: int = 1,
-                 encoder: "LoadedEncoder | None" = None) -> None:
-        import torch  # noqa: PLC0415
+                 encoder: LoadedEncoder | None = None) -> None:
+        import torch
 
-        from .encoders import load_encoder  # noqa: PLC0415
+        from .encoders import load_encoder
 
         if params.dtype not in ("float32", "float16"):
             raise ConfigError(f"--dtype must be float32 or float16, not {params.dtype!r}")
@@ -268,7 +117,7 @@ class Extractor:
             tune_malloc()
             threads = params.torch_threads
             if threads is None and params.num_workers is None:  # leave the readers their cores
-                threads = max(1, _cores() - default_num_workers(self.device, n_devices))
+                threads = max(1, cpu_cores() - default_num_workers(self.device, n_devices))
             if threads:
                 torch.set_num_threads(int(threads))
         else:
@@ -340,7 +189,7 @@ class Extractor:
         }
 
     def _plan(self, spec: SlideSpec, cattrs: dict[str, Any]) -> Any:
-        from .slide import Slide  # noqa: PLC0415
+        from ..wsi.slide import Slide
 
         with Slide(spec.path, mpp=spec.mpp, slide_id=spec.slide_id) as slide:
             plan = slide.plan(float(cattrs["target_mpp"]), int(cattrs["patch_size"]))
@@ -354,19 +203,19 @@ class Extractor:
 
     def _run(self, spec: SlideSpec, plan: Any, coords: np.ndarray, input_size: int, bag_path: Path,
              attrs: dict[str, Any], on_batch: Callable[[int, int], None] | None) -> None:
-        import torch  # noqa: PLC0415
-        from torch.utils.data import DataLoader  # noqa: PLC0415
+        import torch
+        from torch.utils.data import DataLoader
 
-        from .encoders import preprocess  # noqa: PLC0415
+        from .encoders import preprocess
 
         p = self.params
         cuda = self.device.type == "cuda"
         data = PatchBatches(spec.path, spec.slide_id, spec.mpp, plan, coords, p.batch_size, input_size)
         workers = min(self.num_workers, len(data))
         loader = DataLoader(data, batch_size=None, shuffle=False, num_workers=workers, pin_memory=cuda,
-                            worker_init_fn=_worker_init if workers else None,
+                            worker_init_fn=worker_init if workers else None,
                             prefetch_factor=max(1, p.prefetch_batches // max(workers, 1) + 1) if workers else None,
-                            persistent_workers=False, multiprocessing_context=_reader_context() if workers else None)
+                            persistent_workers=False, multiprocessing_context=reader_context() if workers else None)
         amp = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                else _null_ctx())
         done = 0
@@ -419,7 +268,7 @@ def _coords_for(spec: SlideSpec, out: Path) -> tuple[np.ndarray, dict[str, Any],
     Raises :class:`MismatchError` when the coords file was made from another slide file (other name
     or size, e.g. a slide replaced after segmenting, or a same-named slide of another folder).
     """
-    from .segment import SegmentParams, load_coords, segment_paths, segment_slide  # noqa: PLC0415
+    from ..wsi.segment import SegmentParams, load_coords, segment_paths, segment_slide
 
     path = segment_paths(out, spec.slide_id)["coords"]
     segmented = False
@@ -455,7 +304,7 @@ def _reusable(bag_path: Path, attrs: dict[str, Any], coords: np.ndarray) -> str 
             "dtype", "slide_id")
     diffs = [f"{k}={old.get(k)!r} (now {attrs[k]!r})" for k in keys if not _close(old.get(k), attrs[k])]
     if not diffs:
-        import h5py  # noqa: PLC0415
+        import h5py
 
         with h5py.File(bag_path, "r") as h5:
             old_coords = h5["coords"][()]
@@ -493,107 +342,26 @@ def extract_slides(specs: Sequence[SlideSpec], out: Path | str, params: ExtractP
     if len(devs) == 1:
         extractor = Extractor(params, devs[0])
         return run_items(specs, lambda s: s.slide_id, lambda s: extractor.extract(s, out, overwrite), on_done)
-    from .encoders import get_encoder_spec, resolve_weights  # noqa: PLC0415
+    from .encoders import get_encoder_spec, resolve_weights
 
     for d in devs:  # validate here: usage errors must not surface as per-slide failures
         autocast_dtype(params.precision, resolve_device(d))
     resolve_weights(get_encoder_spec(params.encoder), params.weights)
-    return _extract_multi(list(specs), out, params, devs, overwrite, on_done)
+    from .devices import extract_multi
+
+    return extract_multi(list(specs), out, params, devs, overwrite, on_done)
 
 
 def segment_params_json(coords_attrs: dict[str, Any]) -> str:
     """The segmentation settings in a coords file's attrs (plain values, as from ``load_coords``), as
     JSON (stored in the bag so that a model trained on these bags can segment new slides the same way
     at prediction time)."""
-    from .segment import SegmentParams  # noqa: PLC0415
+    from ..wsi.segment import SegmentParams
 
     keys = SegmentParams().result_params()
     return json.dumps({k: coords_attrs[k] for k in keys if k in coords_attrs}, sort_keys=True)
 
 
-def _device_worker(device: str, n_devices: int, params_dict: dict[str, Any], out: str, overwrite: bool,
-                   log_level: int, tasks: Any, results: Any) -> None:
-    """Body of one per-device process: pull (index, spec) until ``None``; post results."""
-    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s [{device}] %(message)s",
-                        datefmt="%H:%M:%S")
-    try:
-        extractor = Extractor(ExtractParams(**params_dict), device, n_devices=n_devices)
-    except BaseException as exc:  # noqa: BLE001 - report and let the parent fail the remaining slides
-        results.put(("fatal", device, f"{type(exc).__name__}: {exc}" if not isinstance(exc, GhanetError) else str(exc)))
-        return
-    while True:
-        task = tasks.get()
-        if task is None:
-            break
-        idx, spec = task
-        results.put(("start", idx, device))
-        res = run_items([spec], lambda s: s.slide_id, lambda s: extractor.extract(s, Path(out), overwrite))[0]
-        res.metrics["device"] = device
-        results.put(("done", idx, res))
-    results.put(("exit", device, ""))
-    # every bag is closed and renamed: flush the result queue and leave without the slow interpreter
-    # teardown of torch (seconds per process on a busy machine)
-    results.close()
-    results.join_thread()
-    logging.shutdown()
-    os._exit(0)
 
 
-def _extract_multi(specs: list[SlideSpec], out: Path, params: ExtractParams, devices: list[str],
-                   overwrite: bool, on_done: Callable[[ItemResult], None] | None) -> list[ItemResult]:
-    import torch.multiprocessing as tmp  # noqa: PLC0415
-
-    ctx = tmp.get_context("spawn")
-    tasks, results = ctx.Queue(), ctx.Queue()
-    for i, s in enumerate(specs):
-        tasks.put((i, s))
-    for _ in devices:
-        tasks.put(None)
-    pdict = {**asdict(params)}
-    procs = []
-    for d in devices:
-        # malloc tuning is also applied inside each process (tune_malloc); workers inherit the env
-        pr = ctx.Process(target=_device_worker, daemon=False,
-                         args=(d, len(devices), pdict, str(out), overwrite, logging.getLogger("ghanet_pipeline").getEffectiveLevel(),
-                               tasks, results))
-        pr.start()
-        procs.append(pr)
-    out_results: dict[int, ItemResult] = {}
-    running: dict[int, str] = {}
-    exited = 0
-    fatal: list[str] = []
-    while exited < len(procs):
-        try:
-            msg = results.get(timeout=2.0)
-        except queue_mod.Empty:
-            if not any(p.is_alive() for p in procs):
-                break  # all died without saying goodbye
-            continue
-        kind = msg[0]
-        if kind == "start":
-            running[msg[1]] = msg[2]
-        elif kind == "done":
-            running.pop(msg[1], None)
-            out_results[msg[1]] = msg[2]
-            if on_done is not None:
-                on_done(msg[2])
-        elif kind == "fatal":
-            fatal.append(f"{msg[1]}: {msg[2]}")
-            exited += 1
-        elif kind == "exit":
-            exited += 1
-    for p in procs:
-        p.join(timeout=30)
-    reason = ("device process(es) could not start: " + "; ".join(fatal)) if fatal else "a device process died"
-    final = []
-    for i, s in enumerate(specs):
-        if i in out_results:
-            final.append(out_results[i])
-        else:
-            where = f" while on {running[i]}" if i in running else ""
-            res = ItemResult(s.slide_id, "failed", 0.0, f"not extracted{where}: {reason}")
-            if on_done is not None:
-                on_done(res)
-            final.append(res)
-    return final
 

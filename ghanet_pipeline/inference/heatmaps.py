@@ -16,18 +16,19 @@ image tiles read at the model's target um/px. Pure array functions plus thin wri
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .ioutils import atomic_path, sanitize_id
+from ..ioutils import atomic_path, sanitize_id
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-    from .slide import Slide
+    from ..wsi.slide import Slide
 
 #: colour map of every heatmap (perceptually uniform, readable in grey print)
 CMAP = "inferno"
@@ -77,7 +78,7 @@ def blend(thumbnail: np.ndarray, grid: np.ndarray, vmax: float, alpha: float = 0
     """RGB float image in [0, 1]: ``grid`` (NaN = none) coloured with :data:`CMAP` on 0..vmax and
     alpha-blended onto ``thumbnail``; ``masked_grid`` cells (non-NaN where ``grid`` is NaN) get
     :data:`MASKED_RGBA`."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     img = thumbnail.astype(np.float32) / 255.0
     if masked_grid is not None:
@@ -91,7 +92,7 @@ def blend(thumbnail: np.ndarray, grid: np.ndarray, vmax: float, alpha: float = 0
     return img
 
 
-def _save_png(fig: "Figure", path: Path) -> None:
+def _save_png(fig: Figure, path: Path) -> None:
     """Lay out ``fig`` and write it as PNG atomically (the caller closes it)."""
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -106,13 +107,13 @@ def render_png(path: Path, thumbnail: np.ndarray, grid: np.ndarray, title: str, 
     tissue outside a family's top-k mask). The colour scale runs from 0 to ``vmax`` (default: the
     grid's maximum). The overlay is blended in numpy and drawn as one image (fast for big thumbnails).
     """
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-    from matplotlib.cm import ScalarMappable  # noqa: PLC0415
-    from matplotlib.colors import Normalize  # noqa: PLC0415
-    from matplotlib.patches import Patch  # noqa: PLC0415
+    import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.patches import Patch
 
     h, w = thumbnail.shape[:2]
     finite = grid[np.isfinite(grid)]
@@ -139,7 +140,7 @@ def render_png(path: Path, thumbnail: np.ndarray, grid: np.ndarray, title: str, 
 
 def write_tile(path: Path, rgb: np.ndarray) -> Path:
     """Write an RGB uint8 image as PNG atomically."""
-    import cv2  # noqa: PLC0415
+    import cv2
 
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
     if not ok:
@@ -151,10 +152,10 @@ def write_tile(path: Path, rgb: np.ndarray) -> Path:
 
 def render_montage(path: Path, tiles: dict[str, list[tuple[np.ndarray, str]]], title: str) -> Path:
     """One PNG: a row per family with its top tiles, each captioned (slide, level-0 x/y, score)."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     rows = list(tiles)
     n_cols = max([len(v) for v in tiles.values()] + [1])
@@ -220,7 +221,7 @@ def write_case_heatmaps(out_dir: Path, case_id: str, slides: Sequence[SlideScore
     ``n_models`` > 1: the scores are means over that many fold models (said in the titles; a patch
     is coloured when it is in the top-k of at least one model).
     """
-    from .slide import Slide  # noqa: PLC0415
+    from ..wsi.slide import Slide
 
     res = HeatmapResult()
     out_dir = Path(out_dir)
@@ -234,7 +235,7 @@ def write_case_heatmaps(out_dir: Path, case_id: str, slides: Sequence[SlideScore
     vmax_mor = _vmax([s.w_mor * n_case for s in slides if s.w_mor is not None])
     vmax_fam = [_vmax([s.assoc_masked[g] * n_case for s in slides if s.assoc_masked is not None])
                 for g in range(len(families))]
-    handles: dict[str, "Slide"] = {}
+    handles: dict[str, Slide] = {}
     ens = f", mean of {n_models} fold models" if n_models > 1 else ""
     scope = f"top {topk:.0%} of patches per model" if n_models > 1 else f"top {topk:.0%} of patches"
     outside = f"tissue outside every model's top {topk:.0%}" if n_models > 1 else f"tissue outside the top {topk:.0%}"

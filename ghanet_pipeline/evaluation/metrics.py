@@ -12,12 +12,13 @@ Kaplan-Meier and the log-rank test come from lifelines.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 
 class NoComparablePairsError(InputError):
@@ -130,7 +131,7 @@ def logrank(time: Sequence[float], event: Sequence[Any], high: Sequence[bool]) -
 
     Raises :class:`InputError` when a group is empty (nothing to compare).
     """
-    from lifelines.statistics import logrank_test  # noqa: PLC0415
+    from lifelines.statistics import logrank_test
 
     t, e, _ = _as_arrays(time, event, np.zeros(len(np.asarray(time).reshape(-1))), "log-rank")
     h = np.asarray(high, dtype=bool).reshape(-1)
@@ -144,7 +145,7 @@ def logrank(time: Sequence[float], event: Sequence[Any], high: Sequence[bool]) -
 
 def kaplan_meier(time: Sequence[float], event: Sequence[Any], label: str = "KM", alpha: float = 0.05):
     """Fitted lifelines ``KaplanMeierFitter`` (confidence bands at level ``1 - alpha``)."""
-    from lifelines import KaplanMeierFitter  # noqa: PLC0415
+    from lifelines import KaplanMeierFitter
 
     t, e, _ = _as_arrays(time, event, np.zeros(len(np.asarray(time).reshape(-1))), "Kaplan-Meier")
     return KaplanMeierFitter(alpha=alpha).fit(t, event_observed=e, label=label)
@@ -152,7 +153,7 @@ def kaplan_meier(time: Sequence[float], event: Sequence[Any], label: str = "KM",
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     """Spearman rank correlation, NaN when undefined (fewer than 2 values or a constant vector)."""
-    from scipy.stats import spearmanr  # noqa: PLC0415
+    from scipy.stats import spearmanr
 
     x = np.asarray(a, dtype=np.float64).reshape(-1)
     y = np.asarray(b, dtype=np.float64).reshape(-1)

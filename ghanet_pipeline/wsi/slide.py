@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SlideError
+from ..errors import SlideError
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class Slide:
     """
 
     def __init__(self, path: Path | str, mpp: float | None = None, slide_id: str | None = None) -> None:
-        import openslide  # noqa: PLC0415  (heavy native library: import on use)
+        import openslide  # (heavy native library: import on use)
 
         self.path = Path(path)
         self.slide_id = slide_id or self.path.name.split(".")[0] or self.path.stem
@@ -151,7 +151,7 @@ class Slide:
         self.mpp_source: str = source
 
     # -- context manager ------------------------------------------------------------------------------
-    def __enter__(self) -> "Slide":
+    def __enter__(self) -> Slide:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -204,7 +204,7 @@ class Slide:
 
         Transparent pixels become white. A failed read raises :class:`SlideError`.
         """
-        import openslide  # noqa: PLC0415
+        import openslide
 
         if self._osr is None:
             raise SlideError(f"{self._name}: slide is closed")
@@ -220,7 +220,7 @@ class Slide:
         """(patch_size, patch_size, 3) uint8 RGB patch whose top-left is level-0 ``(x0, y0)``."""
         arr = self.read_region(x0, y0, plan.level, (plan.read_size, plan.read_size))
         if plan.read_size != plan.patch_size:
-            import cv2  # noqa: PLC0415
+            import cv2
 
             arr = cv2.resize(arr, (plan.patch_size, plan.patch_size), interpolation=cv2.INTER_AREA)
         return arr
@@ -232,7 +232,7 @@ class Slide:
         ``ds = target_downsample``; the last partial thumbnail pixel at the right/bottom edge is dropped
         (at most ``ds`` level-0 px). Read from the best pyramid level in blocks, area-downscaled.
         """
-        import cv2  # noqa: PLC0415
+        import cv2
 
         ds = float(target_downsample)
         if not ds >= 1:

@@ -8,7 +8,7 @@ risk = ``-sum_j S[j]`` (higher = worse; minus the expected number of bins surviv
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -17,13 +17,13 @@ slide takes about 1 s of CPU time.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from .ioutils import atomic_path
+from ..ioutils import atomic_path
 
 #: physical size (um) of one cell of the coarse random fields that define the tissue geometry
 FIELD_UM = 16.0
@@ -51,7 +51,7 @@ class TissueFields:
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma_cells: float) -> np.ndarray:
     """Zero-mean, unit-std Gaussian-smoothed white noise."""
-    import cv2  # noqa: PLC0415
+    import cv2
 
     pad = int(3 * sigma_cells) + 1
     raw = rng.standard_normal((shape[0] + 2 * pad, shape[1] + 2 * pad)).astype(np.float32)
@@ -112,7 +112,7 @@ def tissue_fields(width_um: float, height_um: float, phenotype: float = 0.0, see
 def _nuclei_texture(rng: np.random.Generator, side: int, mpp: float, per_mm2: float, radius_um: float,
                     darkness: tuple[float, float]) -> np.ndarray:
     """Tileable (wrap-around) float32 image in [0, 1]: nuclei intensity at ``mpp`` um/px."""
-    import cv2  # noqa: PLC0415
+    import cv2
 
     area_mm2 = (side * mpp / 1000.0) ** 2
     n = max(1, int(rng.poisson(per_mm2 * area_mm2)))
@@ -139,7 +139,7 @@ class _Renderer:
     """Renders RGB strips of one pyramid level from the physical fields and tiled textures."""
 
     def __init__(self, fields: TissueFields, width: int, height: int, mpp: float, seed: int) -> None:
-        import cv2  # noqa: PLC0415
+        import cv2
 
         self.fields, self.width, self.height, self.mpp = fields, width, height, mpp
         rng = np.random.default_rng([int(seed), 7002])
@@ -162,7 +162,7 @@ class _Renderer:
 
     def level_textures(self, ds: float) -> tuple[np.ndarray, np.ndarray]:
         """The two colour textures at a pyramid level (area-averaged, so mean colours match level 0)."""
-        import cv2  # noqa: PLC0415
+        import cv2
 
         if ds <= 1.0:
             return self.normal, self.dense
@@ -172,7 +172,7 @@ class _Renderer:
 
     def strips(self, lw: int, lh: int, ds: float, rows: int, pad_w: int) -> Iterator[np.ndarray]:
         """RGB uint8 strips (rows, pad_w, 3) covering the level (padding: background colour)."""
-        import cv2  # noqa: PLC0415
+        import cv2
 
         normal, dense = self.level_textures(ds)
         s = normal.shape[0]
@@ -251,7 +251,7 @@ def write_synthetic_slide(path: Path | str, width: int, height: int, mpp: float 
     the main chain, down to about one tile. ``blank=True`` writes empty glass (no tissue). Written
     atomically. Returns the path.
     """
-    import tifffile  # noqa: PLC0415
+    import tifffile
 
     kind = {True: "aperio", False: "none"}.get(metadata, metadata)  # type: ignore[arg-type]
     if kind not in METADATA_KINDS:

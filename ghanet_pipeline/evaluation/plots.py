@@ -6,21 +6,22 @@ Matplotlib runs on the non-interactive ``Agg`` backend; nothing is shown on scre
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from .ioutils import atomic_path
+from ..ioutils import atomic_path
 
 OPTIMISTIC_NOTE = "OPTIMISTIC: epoch chosen on the validation fold (authors' protocol)"
 
 
 def _pyplot():
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     return plt
 
@@ -38,8 +39,8 @@ def plot_km(time: Sequence[float], event: Sequence[Any], high: Sequence[bool], p
             note: str = "") -> Path:
     """Kaplan-Meier curves (95% confidence bands) of low- and high-risk cases, at-risk counts below the
     axis and the log-rank p-value. ``time`` in months; ``event`` 1 = death."""
-    from lifelines import KaplanMeierFitter  # noqa: PLC0415
-    from lifelines.plotting import add_at_risk_counts  # noqa: PLC0415
+    from lifelines import KaplanMeierFitter
+    from lifelines.plotting import add_at_risk_counts
 
     plt = _pyplot()
     t = np.asarray(time, dtype=float)
@@ -105,7 +106,7 @@ def plot_learning_curves(histories: Mapping[Any, Sequence[Mapping[str, Any]]], p
         color = cmap(i % 10)
         ep = [h["epoch"] for h in hist]
 
-        def series(key: str) -> list[float]:
+        def series(key: str, hist: Sequence[Mapping[str, Any]] = hist) -> list[float]:
             return [np.nan if h.get(key) is None else float(h[key]) for h in hist]
 
         ax_l.plot(ep, series("train_loss"), "-", color=color, label=f"fold {fold} train")
@@ -116,7 +117,7 @@ def plot_learning_curves(histories: Mapping[Any, Sequence[Mapping[str, Any]]], p
             vals = [h.get("val_c_index") for h in hist if h["epoch"] == sel]
             if vals and vals[0] is not None:
                 ax_c.plot([sel], [vals[0]], "*", ms=12, color=color)
-    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
+    from matplotlib.ticker import MaxNLocator
 
     for ax in (ax_l, ax_c):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

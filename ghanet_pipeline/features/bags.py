@@ -14,14 +14,15 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from .errors import InputError, MismatchError
-from .ioutils import atomic_path
+from ..errors import InputError, MismatchError
+from ..ioutils import atomic_path
 
 BAG_SCHEMA_VERSION = 1
 
@@ -130,8 +131,8 @@ class BagWriter:
         self._ctx: contextlib.AbstractContextManager[Path] | None = None
         self._h5: Any = None
 
-    def __enter__(self) -> "BagWriter":
-        import h5py  # noqa: PLC0415
+    def __enter__(self) -> BagWriter:
+        import h5py
 
         self._ctx = atomic_path(self.path)
         tmp = self._ctx.__enter__()
@@ -201,7 +202,7 @@ def write_bag(path: Path | str, features: np.ndarray, coords: np.ndarray, attrs:
 
 def read_bag_attrs(path: Path | str) -> dict[str, Any]:
     """Root attrs of an HDF5 bag (plain python values), without loading the features."""
-    import h5py  # noqa: PLC0415
+    import h5py
 
     try:
         with h5py.File(path, "r") as h5:
@@ -216,7 +217,7 @@ def validate_bag(path: Path | str, expect: Mapping[str, Any] | None = None) -> l
     Checks the ``complete`` flag, schema version, required attrs, both datasets with matching row
     counts and shapes, and optional ``expect``ed attr values (floats compared with a tolerance).
     """
-    import h5py  # noqa: PLC0415
+    import h5py
 
     path = Path(path)
     if not path.is_file():
@@ -263,7 +264,7 @@ def read_bag(path: Path | str, require_complete: bool = True) -> Bag:
         raise InputError(f"bag {path} does not exist")
     if path.suffix.lower() == ".pt":
         return _read_pt(path)
-    import h5py  # noqa: PLC0415
+    import h5py
 
     try:
         with h5py.File(path, "r") as h5:
@@ -301,7 +302,7 @@ def _as_2d(feats: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _read_pt(path: Path) -> Bag:
-    import torch  # noqa: PLC0415
+    import torch
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -363,7 +364,7 @@ def check_compatible(items: Sequence[Bag | Mapping[str, Any]], names: Sequence[s
         return
     described = [_describe(it, i) for i, it in enumerate(items)]
     if names is not None:
-        described = [(str(n), a) for n, (_, a) in zip(names, described)]
+        described = [(str(n), a) for n, (_, a) in zip(names, described, strict=False)]
     keys = COMPAT_KEYS + ("dim",)
     name0, ref = described[0]
     for name, attrs in described[1:]:

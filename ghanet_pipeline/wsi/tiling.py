@@ -38,7 +38,7 @@ def cell_fractions(mask: np.ndarray, thumb_ds: float, step_level0: int, n_cols: 
     Cell (r, c) spans level-0 ``[c*step, (c+1)*step) x [r*step, (r+1)*step)``; thumbnail pixel (i, j)
     spans level-0 ``[j*ds, (j+1)*ds) x [i*ds, (i+1)*ds)``. Area outside the thumbnail counts as no tissue.
     """
-    import cv2  # noqa: PLC0415
+    import cv2
 
     if n_cols <= 0 or n_rows <= 0:
         return np.zeros((max(n_rows, 0), max(n_cols, 0)), dtype=np.float32)

@@ -15,14 +15,15 @@ optional fold column, and writes ``metrics.json`` + ``km.png`` into ``out``:
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from .errors import InputError
-from .ioutils import write_json_atomic
+from ..errors import InputError
+from ..ioutils import write_json_atomic
 from .metrics import NoComparablePairsError, concordance_index, logrank
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,9 @@ class Columns:
 def read_predictions(table: Any, cols: Columns) -> tuple[Any, dict[str, str]]:
     """Validate a predictions table (DataFrame or CSV path) -> DataFrame with columns case_id, risk,
     time, event (0/1), fold (or absent), plus a dict saying which source column was read for what."""
-    import pandas as pd  # noqa: PLC0415
+    import pandas as pd
 
-    from .genomics.tables import read_table_file  # noqa: PLC0415  (CSV/TSV, compressed, clear errors)
+    from ..genomics.tables import read_table_file  # (CSV/TSV, compressed, clear errors)
 
     src = "table"
     if not isinstance(table, pd.DataFrame):
@@ -186,7 +187,7 @@ def evaluate_predictions(table: Any, out: Path | str, cols: Columns | None = Non
     if extra:
         metrics.update(extra)
     if plot:
-        from .reports import plot_km  # noqa: PLC0415
+        from .plots import plot_km
 
         plot_km(df["time"], df["event"], high, out / "km.png", logrank_p=logrank_p, title=title, note=note)
         metrics["plots"] = {"km": "km.png"}

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .ioutils import sanitize_id
+from .. import __version__
+from ..ioutils import sanitize_id
 
 #: encoder name written into synthetic bags' attrs
 SYNTHETIC_ENCODER = "synthetic_phenotype"
@@ -74,7 +74,7 @@ def write_synthetic_bags(cohort: Any, out_dir: Path | str, n_patches: int | tupl
     ``n_patches``: patches per slide, or a (min, max) range drawn per slide. Deterministic for a given
     ``seed``. Returns slide_id -> bag path.
     """
-    from .bags import write_bag  # noqa: PLC0415
+    from ..features.bags import write_bag
 
     clinical = getattr(cohort, "clinical", cohort)
     out_dir = Path(out_dir)

@@ -7,9 +7,10 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, TypeVar
 
 from . import __version__
 from .errors import GhanetError

@@ -29,11 +29,12 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
-from .errors import GhanetError
+from ..errors import GhanetError
 
 #: stage name -> module of ghanet_pipeline.cli that provides its command
 STAGE_MODULES: dict[str, str] = {
@@ -130,7 +131,7 @@ def _slide_seed(base_seed: int, index: int) -> int:
 
 
 def _write_manifest(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    from .ioutils import atomic_path  # noqa: PLC0415
+    from ..ioutils import atomic_path
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
@@ -143,7 +144,7 @@ def _write_slides(clinical_rows: list[dict[str, Any]], slide_dir: Path, slide_px
                   offset: int = 0, rewrite: bool = False) -> list[dict[str, Any]]:
     """One synthetic slide per clinical row (kept when the file exists, unless ``rewrite``); returns
     manifest rows."""
-    from .synthetic import write_synthetic_slide  # noqa: PLC0415
+    from ..wsi.synthetic import write_synthetic_slide
 
     rows = []
     for i, r in enumerate(clinical_rows):
@@ -165,8 +166,8 @@ def build_cohort(data_dir: Path | str, config: DemoConfig) -> dict[str, Path]:
     ``holdout_manifest`` (new patients' slides, same columns; their genomics are not written: at
     inference a slide alone is enough).
     """
-    from .ioutils import write_json_atomic  # noqa: PLC0415
-    from .synthetic_cohort import make_cohort, write_cohort_tables  # noqa: PLC0415
+    from ..ioutils import write_json_atomic
+    from .cohort import make_cohort, write_cohort_tables
 
     data_dir = Path(data_dir)
     cohort = make_cohort(n_cases=config.n_cases, seed=config.seed)
@@ -205,9 +206,9 @@ def write_workflow_config(data_dir: Path, paths: dict[str, Path], config: DemoCo
     """A Snakemake config for the same synthetic cohort (``<data_dir>/workflow.yaml``), so that
     ``snakemake -s pipelines/Snakefile --configfile <it> --cores 2`` runs it through the workflow;
     outputs go to ``<data_dir>/../workflow-out`` (apart from the demo's own outputs)."""
-    import yaml  # noqa: PLC0415
+    import yaml
 
-    from .ioutils import write_text_atomic  # noqa: PLC0415
+    from ..ioutils import write_text_atomic
 
     data_dir = Path(data_dir).resolve()
     cfg: dict[str, Any] = {

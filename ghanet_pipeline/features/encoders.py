@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -45,8 +46,8 @@ class EncoderSpec:
 
     name: str
     dim: int
-    build: Callable[[], "nn.Module"]
-    trunk: Callable[["nn.Module"], "nn.Module"]
+    build: Callable[[], nn.Module]
+    trunk: Callable[[nn.Module], nn.Module]
     required_prefixes: tuple[str, ...]
     hub_files: tuple[str, ...]
     how_to_get: str
@@ -78,15 +79,15 @@ def get_encoder_spec(name: str) -> EncoderSpec:
 # --------------------------------------------------------------------------- resnet50_trunc
 
 
-def _resnet50_full() -> "nn.Module":
-    from torchvision.models import resnet50  # noqa: PLC0415
+def _resnet50_full() -> nn.Module:
+    from torchvision.models import resnet50
 
     return resnet50(weights=None)
 
 
-def _resnet50_trunk(model: "nn.Module") -> "nn.Module":
+def _resnet50_trunk(model: nn.Module) -> nn.Module:
     """conv1 .. layer3 of a torchvision ResNet50, then global average pooling -> (B, 1024)."""
-    from torch import nn  # noqa: PLC0415
+    from torch import nn
 
     return nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool, model.layer1, model.layer2,
                          model.layer3, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
@@ -122,7 +123,7 @@ class LoadedEncoder:
     """
 
     spec: EncoderSpec
-    model: "nn.Module"
+    model: nn.Module
     weights_id: str
     weights_path: Path | None = None
     notes: list[str] = field(default_factory=list)
@@ -149,7 +150,7 @@ def parse_random(weights: str | None) -> int | None:
 def find_hub_weights(spec: EncoderSpec, hub_dir: Path | None = None) -> Path | None:
     """First of ``spec.hub_files`` present in the torch hub cache (``$TORCH_HOME/hub/checkpoints``)."""
     if hub_dir is None:
-        from .doctor import torch_hub_checkpoint_dir  # noqa: PLC0415
+        from ..doctor import torch_hub_checkpoint_dir
 
         hub_dir = torch_hub_checkpoint_dir()
     if not hub_dir.is_dir():
@@ -178,7 +179,7 @@ def resolve_weights(spec: EncoderSpec, weights: str | Path | None, hub_dir: Path
                               f"(.pth or .safetensors) or 'random' for untrained weights (tests only)")
         return path
     if hub_dir is None:
-        from .doctor import torch_hub_checkpoint_dir  # noqa: PLC0415
+        from ..doctor import torch_hub_checkpoint_dir
 
         hub_dir = torch_hub_checkpoint_dir()
     found = find_hub_weights(spec, hub_dir)
@@ -192,18 +193,18 @@ def resolve_weights(spec: EncoderSpec, weights: str | Path | None, hub_dir: Path
     return found
 
 
-def read_state_dict(path: Path) -> dict[str, "torch.Tensor"]:
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a state-dict file without unpickling code (safetensors or ``weights_only=True``).
 
     Unwraps ``{"state_dict": ...}`` / ``{"model": ...}`` containers and a ``module.`` prefix
     (DataParallel). Raises :class:`ConfigError` naming the file when it holds no tensors.
     """
-    import torch  # noqa: PLC0415
+    import torch
 
     path = Path(path)
     try:
         if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file  # noqa: PLC0415
+            from safetensors.torch import load_file
 
             obj: object = load_file(str(path), device="cpu")
         else:
@@ -221,7 +222,7 @@ def read_state_dict(path: Path) -> dict[str, "torch.Tensor"]:
     return obj  # type: ignore[return-value]
 
 
-def _check_keys(spec: EncoderSpec, reference: dict[str, "torch.Tensor"], given: dict[str, "torch.Tensor"],
+def _check_keys(spec: EncoderSpec, reference: dict[str, torch.Tensor], given: dict[str, torch.Tensor],
                 path: Path) -> list[str]:
     """Raise :class:`ConfigError` for missing trunk keys, unknown keys or shape mismatches."""
 
@@ -252,9 +253,9 @@ def _check_keys(spec: EncoderSpec, reference: dict[str, "torch.Tensor"], given: 
 def load_encoder(name: str = "resnet50_trunc", weights: str | Path | None = None,
                  hub_dir: Path | None = None) -> LoadedEncoder:
     """Build encoder ``name`` with its weights (see module doc), in eval mode, on CPU."""
-    import torch  # noqa: PLC0415
+    import torch
 
-    from .ioutils import file_sha256  # noqa: PLC0415
+    from ..ioutils import file_sha256
 
     spec = get_encoder_spec(name)
     source = resolve_weights(spec, weights, hub_dir)
@@ -285,13 +286,13 @@ def load_encoder(name: str = "resnet50_trunc", weights: str | Path | None = None
 # --------------------------------------------------------------------------- input transform
 
 
-def preprocess(batch_u8: "torch.Tensor", spec: EncoderSpec, dtype: "torch.dtype | None" = None) -> "torch.Tensor":
+def preprocess(batch_u8: torch.Tensor, spec: EncoderSpec, dtype: torch.dtype | None = None) -> torch.Tensor:
     """uint8 ``(B, H, W, 3)`` RGB -> normalised float ``(B, 3, H, W)`` in channels_last memory format.
 
     Runs wherever ``batch_u8`` lives (normalise on the GPU: 4x fewer bytes cross the bus). The
     permute of an NHWC tensor already has channels_last strides, so no copy is made for the layout.
     """
-    import torch  # noqa: PLC0415
+    import torch
 
     dtype = dtype or torch.float32
     x = batch_u8.permute(0, 3, 1, 2).to(dtype=torch.float32)

@@ -1,0 +1,115 @@
+"""Bags for prediction: segment + embed a new slide with the run's recorded settings (the encoder is
+loaded once per run), or reuse an existing bag after checking it matches the model's encoder."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError, MismatchError, SlideError
+from ..inputs import SlideSpec
+from .loading import Ensemble, check_encoder, segment_params_for
+from .records import PredictConfig
+
+log = logging.getLogger(__name__)
+
+
+def bag_path(features_dir: Path, spec: SlideSpec) -> Path:
+    from ..features.bags import find_bags
+
+    found = find_bags(features_dir, [spec.slide_id, spec.raw_slide_id])
+    path = found.get(spec.slide_id) or found.get(spec.raw_slide_id)
+    if path is None:
+        raise InputError(f"slide {spec.slide_id!r}: no bag {spec.slide_id}.h5 (or .pt) in --features {features_dir}")
+    return path
+
+
+@dataclass
+class SlideBag:
+    spec: SlideSpec
+    features: np.ndarray
+    coords: np.ndarray | None  # None for bags without coords (CLAM .pt): no heatmaps
+    attrs: dict[str, Any]
+
+
+class Embedder:
+    """Turns a slide into its bag, reusing the segment and features stages (encoder loaded once).
+
+    The encoder is built once per run and moved to the device once; segmentation uses the model's
+    target um/px and patch size (other settings: segment defaults), extraction its input size.
+    Existing valid coords/bags under ``<out>`` are reused (``overwrite`` redoes them).
+    """
+
+    def __init__(self, ens: Ensemble, config: PredictConfig) -> None:
+        from ..features import encoders
+        from ..features.extract import Extractor, ExtractParams
+
+        self.config = config
+        self.settings = ens.encoder
+        encoder = encoders.load_encoder(self.settings["encoder"], config.weights)
+        source = str(encoder.weights_path) if encoder.weights_path else encoder.weights_id
+        check_encoder(self.settings, {**self.settings, "weights_sha256": encoder.weights_id},
+                      f"encoder weights {source}")
+        self.notes = list(encoder.notes)
+        self.last_note = ""  # why the last embedded slide gave no bag (no tissue)
+        params = ExtractParams(encoder=self.settings["encoder"], weights=config.weights,
+                               input_size=int(self.settings["input_size"]), batch_size=config.batch_size,
+                               num_workers=config.num_workers, device=config.device)
+        self.extractor = Extractor(params, config.device, encoder=encoder)
+        self.segment_params = segment_params_for(ens.segment_params, self.settings)
+
+    def embed(self, spec: SlideSpec, seconds: dict[str, float]) -> SlideBag | None:
+        """Bag of one slide (None when the slide has no tissue patch); adds to ``seconds``."""
+        from ..features import bags
+        from ..wsi.segment import segment_slide
+
+        out = Path(self.config.out)
+        t = time.perf_counter()
+        params = self.segment_params
+        res = segment_slide(spec, out, params, overwrite=self.config.overwrite)
+        seconds["segment"] += time.perf_counter() - t
+        if not res.ok:
+            raise SlideError(res.message if spec.slide_id in res.message else f"slide {spec.slide_id}: {res.message}")
+        if not res.metrics.get("patches"):
+            self.last_note = f"slide {spec.slide_id}: {res.message or 'no tissue patch'}"
+            return None
+        t = time.perf_counter()
+        res = self.extractor.extract(spec, out, overwrite=self.config.overwrite)
+        if not res.ok:
+            raise SlideError(res.message if spec.slide_id in res.message else f"slide {spec.slide_id}: {res.message}")
+        bag = bags.read_bag(res.metrics["bag"])
+        seconds["extract"] += time.perf_counter() - t
+        check_encoder(self.settings, bag.attrs, f"bag {bag.path}")
+        return SlideBag(spec=spec, features=bag.features, coords=np.asarray(bag.coords, dtype=np.int64),
+                         attrs=dict(bag.attrs))
+
+
+def read_existing_bag(path: Path, ens: Ensemble, config: PredictConfig, spec: SlideSpec) -> tuple[SlideBag, str]:
+    """Read a bag given with ``--features`` and check it against the model's encoder settings."""
+    from ..features import bags
+
+    bag = bags.read_bag(path)
+    attrs = dict(bag.attrs or {})
+    if not any(attrs.get(k) is not None for k in ("encoder", "weights_sha256")):
+        if not config.assume_encoder:
+            raise MismatchError(
+                f"bag {path} has no encoder attributes (a CLAM/TRIDENT bag?), so ghanet cannot check that it was "
+                f"made with the model's encoder ({describe_encoder(ens.encoder)}). If you are sure it was, pass "
+                f"--assume-encoder; otherwise re-extract it with 'ghanet extract-features'")
+        how = "assumed (--assume-encoder)"
+    else:
+        check_encoder(ens.encoder, attrs, f"bag {path}")
+        how = "checked"
+    feats = np.asarray(bag.features, dtype=np.float32)
+    coords = None if bag.coords is None else np.asarray(bag.coords, dtype=np.int64)
+    return SlideBag(spec=spec, features=feats, coords=coords, attrs=attrs), how
+
+
+def describe_encoder(enc: dict[str, Any]) -> str:
+    return (f"{enc.get('encoder')}, weights {str(enc.get('weights_sha256'))[:16]}, input {enc.get('input_size')} px, "
+            f"{enc.get('target_mpp')} um/px, patch {enc.get('patch_size')} px")

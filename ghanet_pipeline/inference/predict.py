@@ -1,0 +1,309 @@
+"""Slide-only inference: per case segment -> coords -> embed -> ensemble of the fold models.
+
+The fold models of a training run (``<out>/train/<run>/fold_<k>/``) are loaded once and applied to
+each case's bag (all of the case's slides concatenated, as in training). Segmentation and feature
+extraction reuse the library stages with the settings recorded in the checkpoints (target um/px,
+patch size, encoder, input size) and write their usual outputs (``<out>/segment``,
+``<out>/features``), so a rerun reuses valid coords and bags.
+
+Ensemble rules (pure functions below, tested on their own):
+
+- risk: mean over the fold models of each model's risk (``-sum(S)``, higher = worse); the spread is
+  reported as the sample standard deviation (ddof=1; ``None`` for a single model), min and max.
+- risk group: each fold model k was trained with its own training cohort, whose median risk
+  ``m_k`` is stored in its checkpoint (``train_risk_median``). The ensemble threshold is the mean
+  of those medians, ``t = mean_k(m_k)``, and the case is **high** when the mean risk is strictly
+  above it: ``mean_k(r_k) > mean_k(m_k)``. This is the same as asking whether the average of the
+  per-model margins ``r_k - m_k`` is positive, i.e. each model's risk is centred on its own
+  training median before averaging (models trained on different folds have differently placed
+  risk scales). It is preferred to a majority vote of per-model groups because it uses how far
+  each model is from its threshold (a vote is a step function of the margins and ties with an
+  even number of folds); the number of folds voting high is still reported (``folds_high``).
+- survival curve: ``S_j`` = probability of surviving past the end of time bin j. With the same bin
+  edges in every fold it is the mean over the models of their ``S_j``. When the folds' edges
+  differ (bins fitted per training fold), each model's curve (knots ``(e_0, 1), (e_{j+1}, S_j)``)
+  is linearly interpolated at the mean edges before averaging (``bin_edges_differ`` is then true).
+- heatmap scores: the mean over the models of ``w_mor`` and of each family's top-k masked
+  association (each a distribution over the case's patches, so the mean still sums to 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, InputError, MismatchError, SlideError
+from ..inputs import SlideSpec
+from ..ioutils import safe_child, sanitize_ids, write_json_atomic
+from ..runs import ItemResult, run_items, write_run_log
+from .embed import Embedder, SlideBag, bag_path, read_existing_bag
+from .ensemble import ensemble_survival, risk_group, summarize_risks
+from .loading import Ensemble, EnsembleOutput, load_ensemble, resolve_device
+from .records import (
+    PREDICTION_SCHEMA,
+    CasePrediction,
+    PredictConfig,
+    PredictionRun,
+    existing_rows,
+    model_identity,
+    write_predictions_csv,
+)
+
+log = logging.getLogger(__name__)
+
+
+# =========================================================================== pure ensemble arithmetic
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+# =========================================================================== the ensemble
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+# =========================================================================== per-case pipeline
+
+
+
+
+
+
+
+
+
+
+def group_cases(specs: Sequence[SlideSpec]) -> dict[str, list[SlideSpec]]:
+    """Slides by case (first-seen order); several slides of a case are pooled into one bag."""
+    cases: dict[str, list[SlideSpec]] = {}
+    for s in specs:
+        cases.setdefault(s.case_id, []).append(s)
+    return cases
+
+
+def specs_from_features_dir(features_dir: Path) -> list[SlideSpec]:
+    """One spec per bag in ``features_dir`` (``*.h5``/``*.pt``; case = slide id); used when no slides are given."""
+    from ..features.bags import find_bags
+    from ..inputs import sanitise_specs
+
+    found = find_bags(features_dir)
+    if not found:
+        raise InputError(f"--features {features_dir}: no .h5 or .pt bags inside")
+    return sanitise_specs([SlideSpec(slide_id=sid, path=p, case_id=sid, raw_slide_id=sid) for sid, p in found.items()])
+
+
+
+
+
+
+
+
+
+
+
+
+def predict_case(case_id: str, specs: Sequence[SlideSpec], ens: Ensemble, config: PredictConfig,
+                 embedder: Embedder | None, out_dir: Path) -> CasePrediction:
+    """Predict one case (all its slides pooled). Raises on a failing slide (the caller records it)."""
+    t0 = time.perf_counter()
+    pred = CasePrediction(case_id=case_id, slide_ids=[s.slide_id for s in specs])
+    seconds = {"segment": 0.0, "extract": 0.0, "model": 0.0, "heatmaps": 0.0}
+    slide_bags: list[SlideBag] = []
+    errors: list[str] = []
+    checks: set[str] = set()
+    for spec in specs:
+        try:
+            if config.features_dir is not None:
+                t = time.perf_counter()
+                sb, how = read_existing_bag(bag_path(config.features_dir, spec), ens, config, spec)
+                seconds["extract"] += time.perf_counter() - t
+                checks.add(how)
+            else:
+                assert embedder is not None
+                embedder.last_note = ""
+                sb = embedder.embed(spec, seconds)
+                checks.add("checked")
+                if sb is None and embedder.last_note:
+                    pred.notes.append(embedder.last_note)
+        except MismatchError:
+            raise
+        except (SlideError, InputError, OSError, ValueError, RuntimeError) as exc:
+            msg = str(exc) if isinstance(exc, (SlideError, InputError)) else f"{type(exc).__name__}: {exc}"
+            errors.append(f"slide {spec.slide_id}: {msg}")
+            continue
+        pred.patches_per_slide[spec.slide_id] = 0 if sb is None else len(sb.features)
+        if sb is not None and len(sb.features):
+            slide_bags.append(sb)
+    pred.encoder_check = ", ".join(sorted(checks))
+    if errors:
+        if len(errors) == len(specs):
+            raise SlideError(f"case {case_id}: none of its {len(specs)} slide(s) could be read - "
+                             + " | ".join(errors))
+        raise SlideError(f"case {case_id}: {len(errors)} of its {len(specs)} slides could not be read, so no score "
+                         f"(it would use only part of the tissue) - " + " | ".join(errors)
+                         + " - fix the slide or remove it from the manifest")
+    if not slide_bags:
+        pred.status = "no tissue"
+        pred.message = "no tissue patch in any slide of the case; no score" + (
+            f" ({'; '.join(pred.notes)})" if pred.notes else "")
+        pred.seconds = {**{k: round(v, 3) for k, v in seconds.items()}, "total": round(time.perf_counter() - t0, 3)}
+        return pred
+    # pool the case's slides into one bag
+    dims = {sb.features.shape[1] for sb in slide_bags}
+    if len(dims) > 1:
+        raise MismatchError(f"case {case_id}: its bags have different feature sizes {sorted(dims)}")
+    feats = np.concatenate([sb.features for sb in slide_bags])
+    t = time.perf_counter()
+    out = ens.forward(feats, want_maps=config.heatmaps)
+    seconds["model"] = time.perf_counter() - t
+    rs = summarize_risks(out.risks)
+    grp = risk_group(out.risks, out.medians)
+    curve = ensemble_survival(out.S, out.edges)
+    pred.risk, pred.risk_std, pred.risk_min, pred.risk_max = rs.mean, rs.std, rs.min, rs.max
+    pred.risk_per_fold = {m.fold: float(r) for m, r in zip(ens.members, out.risks, strict=False)}
+    pred.threshold, pred.risk_group, pred.folds_high, pred.n_folds = grp.threshold, grp.group, grp.folds_high, grp.n_folds
+    pred.survival, pred.survival_std = curve.S, curve.S_std
+    pred.bin_edges_months, pred.bin_edges_differ = curve.edges_months, curve.edges_differ
+    pred.n_patches = int(len(feats))
+    if config.heatmaps:
+        t = time.perf_counter()
+        try:
+            _heatmaps(pred, slide_bags, out, ens, out_dir)
+        except (SlideError, InputError, OSError, ValueError) as exc:  # the score stands; say what is missing
+            pred.message = f"heatmaps failed: {exc}"
+        seconds["heatmaps"] = time.perf_counter() - t
+    pred.seconds = {**{k: round(v, 3) for k, v in seconds.items()}, "total": round(time.perf_counter() - t0, 3)}
+    return pred
+
+
+def _heatmaps(pred: CasePrediction, slide_bags: list[SlideBag], out: EnsembleOutput, ens: Ensemble,
+              out_dir: Path) -> None:
+    from .heatmaps import SlideScores, write_case_heatmaps
+
+    if out.w_mor is None and out.assoc_masked is None:
+        pred.notes.append(f"model {ens.model_name} has no attention outputs; no heatmaps")
+        return
+    scores, start = [], 0
+    n = sum(len(sb.features) for sb in slide_bags)
+    for sb in slide_bags:
+        stop = start + len(sb.features)
+        path = sb.spec.path if sb.spec.path.suffix.lower() not in (".h5", ".pt") else None
+        if sb.coords is None:
+            pred.notes.append(f"slide {sb.spec.slide_id}: its bag has no patch coordinates, no heatmaps")
+            start = stop
+            continue
+        size0 = sb.attrs.get("patch_size_level0")
+        scores.append(SlideScores(
+            slide_id=sb.spec.slide_id, slide_path=path, coords=sb.coords,
+            w_mor=None if out.w_mor is None else out.w_mor[start:stop],
+            assoc_masked=None if out.assoc_masked is None else out.assoc_masked[:, start:stop],
+            n_case=n, mpp_override=sb.spec.mpp, patch_size_level0=int(size0) if size0 else None))
+        start = stop
+    enc = ens.encoder
+    families = ens.families or [f"family_{g + 1}" for g in range(0 if out.assoc_masked is None else out.assoc_masked.shape[0])]
+    hm_dir = safe_child(out_dir, "heatmaps", pred.case_id)
+    res = write_case_heatmaps(hm_dir, pred.case_id, scores, families, float(enc["target_mpp"]),
+                              int(enc["patch_size"]), ens.topk, n_models=len(ens.members))
+    pred.heatmaps = [str(p) for p in res.files]
+    pred.notes += res.notes
+
+
+
+
+
+
+
+
+def predict_cases(specs: Sequence[SlideSpec], model_dir: Path | str, config: PredictConfig,
+                  on_case: Callable[[CasePrediction], None] | None = None) -> PredictionRun:
+    """Predict every case of ``specs`` (slides grouped by ``case_id``) with the run's fold models.
+
+    Writes ``<out>/predict/predictions.csv``, ``<out>/predict/<case_id>.json``, heatmaps under
+    ``<out>/predict/heatmaps/<case_id>/`` (``config.heatmaps``) and a run log. A failing case never
+    stops the others (its row has status ``failed`` and the message). Configuration problems
+    (checkpoints, encoder weights that differ from the training ones) raise before any case runs.
+    """
+    started = time.time()
+    out = Path(config.out)
+    out_dir = out / "predict"
+    device = resolve_device(config.device)
+    ens = load_ensemble(model_dir, config.folds, device)
+    if config.features_dir is not None and not Path(config.features_dir).is_dir():
+        raise ConfigError(f"--features {config.features_dir}: no such directory")
+    if not specs:
+        if config.features_dir is None:
+            raise ConfigError("no slides given: pass slide files, directories, glob patterns or --manifest")
+        specs = specs_from_features_dir(Path(config.features_dir))
+    csv_path = out_dir / "predictions.csv"
+    model_id = model_identity(ens)
+    existing_rows(csv_path, model_id, config.overwrite)  # refuse another model's table before any work
+    embedder = None if config.features_dir is not None else Embedder(ens, config)
+    cases = group_cases(specs)
+    safe = sanitize_ids(list(cases), what="case_id")
+    by_id: dict[str, CasePrediction] = {}
+
+    def work(item: tuple[str, list[SlideSpec]]) -> ItemResult:
+        raw, slides = item
+        pred = predict_case(safe[raw], slides, ens, config, embedder, out_dir)
+        if embedder is not None:
+            pred.notes += [n for n in embedder.notes if n not in pred.notes]
+        by_id[raw] = pred
+        return pred.item_result()
+
+    def done(res: ItemResult) -> None:
+        raw = next(r for r in cases if safe[r] == res.item)
+        if raw not in by_id:  # failed before a prediction object existed
+            by_id[raw] = CasePrediction(case_id=res.item, slide_ids=[s.slide_id for s in cases[raw]],
+                                        status="failed", message=res.message,
+                                        seconds={"total": res.seconds})
+        if on_case is not None:
+            on_case(by_id[raw])
+
+    run_items(list(cases.items()), lambda it: safe[it[0]], work, on_done=done)
+    preds = [by_id[r] for r in cases]
+    n_bins = len(ens.members[0].meta["bin_edges_months"]) - 1
+    for p in preds:
+        record = {"schema_version": PREDICTION_SCHEMA, "model": model_id, "model_name": ens.model_name,
+                  "folds": ens.folds, "encoder": ens.encoder, "threshold_rule":
+                  "high if mean fold risk > mean of the folds' training median risks", **asdict(p)}
+        record["risk_per_fold"] = {str(k): v for k, v in p.risk_per_fold.items()}
+        write_json_atomic(safe_child(out_dir, f"{p.case_id}.json"), record)
+    write_predictions_csv(csv_path, preds, model_id, n_bins, config.overwrite)
+    cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+    cfg.update({"model": str(model_dir), "device_resolved": device, "folds_used": ens.folds})
+    log_path = write_run_log(out, "predict", cfg, [p.item_result() for p in preds], started)
+    return PredictionRun(cases=preds, predictions_csv=csv_path, log_path=log_path, ensemble_folds=ens.folds,
+                         encoder=ens.encoder)

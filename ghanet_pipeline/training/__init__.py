@@ -1,0 +1,3 @@
+"""k-fold training: run configuration and its hash (`config`), case -> bag data and the balanced sampler
+(`data`), crash-safe resume state (`state`), the per-fold epoch loop (`loop`), and cross-validation
+orchestration with reports (`cv`)."""

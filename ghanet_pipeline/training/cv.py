@@ -1,0 +1,315 @@
+"""K-fold training of G-HANet (or the ABMIL baseline) on case bags, with resumable per-epoch state.
+
+``train_cv(features_dir, genomics_dir, out, config)`` runs the folds written by ``preprocess-genomics``
+and writes ``<out>/train/<run>/``:
+
+```
+config.json                 effective configuration (+ versions, inputs)
+fold_<k>/model.safetensors  weights of the reported epoch   } models.save_checkpoint
+fold_<k>/model.json         checkpoint metadata             }
+fold_<k>/history.json       per-epoch losses and validation c-index; "complete": true marks a finished fold
+fold_<k>/predictions.csv    validation cases of this fold
+fold_<k>/case_spearman.csv  (ghanet) per validation case and family: Spearman(reconstructed, true genes)
+fold_<k>/gene_spearman.csv  (ghanet) per gene: Spearman across validation cases
+fold_<k>/state/             per-epoch resume state (removed when the fold is complete)
+predictions.csv, metrics.json, km.png, spearman.png, learning_curves.png
+```
+
+Protocol (paper + authors' code): Adam (lr 2e-4, weight decay 1e-5), one case per step, gradients
+accumulated over ``accum`` cases (loss divided by ``accum``; the last partial group of an epoch is
+applied too), cases drawn with replacement with weights balancing the 8 classes (bin x censorship),
+``epochs`` epochs. Loss = NLL + alpha * sum over families with genes (MSE + SCE). The reported model is
+the FINAL epoch (``select="final"``); ``select="best-epoch"`` picks the epoch with the best validation
+c-index, as the authors did, and every output says that this is optimistic.
+
+Rerunning a run: a fold whose ``history.json`` says complete is not retrained (other protocol options
+are an error: ``--overwrite`` or another run name). With ``resume=True`` an interrupted fold restarts
+after its last saved epoch with the same weights, optimiser moments and RNG state (bit-identical on
+CPU); without it an interrupted fold starts again from epoch 1. Sampling and patch subsampling are
+seeded per (seed, fold, epoch), so the "sampler position" is the epoch number. Nothing is pickled:
+tensors go to safetensors, the rest to JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..errors import ConfigError, InputError, MismatchError
+from ..ioutils import atomic_path, safe_child, sanitize_id, write_json_atomic
+from ..runs import ItemResult, run_items, write_run_log
+from .config import PROTOCOL_KEYS, ProgressFn, TrainConfig, TrainResult, config_hash, noop_progress
+from .data import CaseBags, list_bags, map_cases_to_bags
+from .loop import resolve_device, train_fold
+from .state import FoldOutcome, fold_complete, load_finished_fold
+
+log = logging.getLogger(__name__)
+
+
+
+
+
+
+
+
+
+
+
+
+
+# --------------------------------------------------------------------------------------------------
+# case bags
+# --------------------------------------------------------------------------------------------------
+
+
+
+
+
+
+
+
+
+
+
+
+
+# --------------------------------------------------------------------------------------------------
+# sampling, state
+# --------------------------------------------------------------------------------------------------
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+# --------------------------------------------------------------------------------------------------
+# one fold
+# --------------------------------------------------------------------------------------------------
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+# --------------------------------------------------------------------------------------------------
+# the whole cross-validation
+# --------------------------------------------------------------------------------------------------
+
+def _spearman_summary(frames: Sequence[Any], key: str) -> dict[str, dict[str, Any]]:
+    import pandas as pd
+
+    frames = [f for f in frames if f is not None and len(f)]
+    if not frames:
+        return {}
+    df = pd.concat(frames, ignore_index=True)
+    out: dict[str, dict[str, Any]] = {}
+    for fam, sub in df.groupby("family", sort=False):
+        vals = sub["spearman"].to_numpy(dtype=float)
+        vals = vals[np.isfinite(vals)]
+        out[str(fam)] = {"mean": float(vals.mean()) if len(vals) else None,
+                         "std": float(vals.std()) if len(vals) else None, "n": int(len(vals)),
+                         "per": key}
+    return out
+
+
+def train_cv(features_dir: Path | str, genomics_dir: Path | str, out: Path | str,
+             config: TrainConfig | None = None, run_name: str | None = None, manifest: Path | str | None = None,
+             resume: bool = False, overwrite: bool = False, progress: ProgressFn = noop_progress) -> TrainResult:
+    """Cross-validated training (see module docstring). ``out`` is the output root; the run is written to
+    ``<out>/train/<run_name>`` (default run name: the model name). ``progress(kind, **info)`` is called with
+    kind "fold_start", "resume", "epoch", "fold_done"."""
+    import pandas as pd
+    import torch
+
+    from ..genomics import list_folds, load_fold
+
+    started = time.time()
+    config = config or TrainConfig()
+    config.validate()
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other")
+    genomics_dir = Path(genomics_dir)
+    features_dir = Path(features_dir)
+    out = Path(out)
+    run = sanitize_id(run_name or config.model, "run name")
+    run_dir = safe_child(out, "train", run)
+    resolve_device(config.device)  # a bad --device is a usage error, not a failure of every fold
+    all_folds = list_folds(genomics_dir)
+    if not all_folds:
+        raise InputError(f"{genomics_dir} holds no folds (fold_<k>/targets.h5); run `ghanet preprocess-genomics` "
+                         f"first and pass its output folder (<out>/genomics) as --genomics")
+    folds = list(config.folds) if config.folds else all_folds
+    unknown = [k for k in folds if k not in all_folds]
+    if unknown:
+        raise ConfigError(f"--folds {unknown} not in {genomics_dir} (it has folds {all_folds})")
+
+    eff = {"features": str(features_dir.resolve()), "genomics": str(genomics_dir.resolve()),
+           "manifest": str(Path(manifest).resolve()) if manifest else None, "run_name": run,
+           **asdict(config), "folds": folds, "ghanet_version": __version__, "torch": torch.__version__}
+    c_hash = config_hash(config)
+    eff["config_hash"] = c_hash
+    cfg_path = run_dir / "config.json"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if overwrite:
+            shutil.rmtree(run_dir)
+        elif cfg_path.is_file():
+            old = json.loads(cfg_path.read_text())
+            diff = [k for k in PROTOCOL_KEYS if old.get(k) != eff.get(k)]
+            if diff:
+                raise MismatchError(f"{run_dir} holds a run with other options: "
+                                    + ", ".join(f"{k} {old.get(k)!r} -> {eff.get(k)!r}" for k in diff)
+                                    + "; use the original options, another --run-name, or --overwrite")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(cfg_path, eff)
+
+    # --- cases, bags ------------------------------------------------------------------------------
+    cases_csv = genomics_dir / "cases.csv"
+    case_slides: dict[str, list[str]] = {}
+    if cases_csv.is_file():
+        cdf = pd.read_csv(cases_csv, dtype=str, keep_default_na=False)
+        if "slide_ids" in cdf.columns:
+            case_slides = {r.case_id: [s for s in r.slide_ids.split(";") if s] for r in cdf.itertuples()}
+    fold_data = {k: load_fold(genomics_dir, k) for k in folds}
+    all_cases = list(dict.fromkeys(c for fd in fold_data.values() for c in list(fd.train_ids) + list(fd.val_ids)))
+    bag_files = list_bags(features_dir)
+    case_paths, missing = map_cases_to_bags(all_cases, bag_files, case_slides, manifest, config.case_id_from)
+    if not case_paths:
+        raise MismatchError(
+            f"none of the {len(all_cases)} cases in {genomics_dir} has a bag in {features_dir}: the genomics "
+            f"and the bags are for different case sets (cases e.g. {', '.join(all_cases[:3])}; bags e.g. "
+            f"{', '.join(list(bag_files)[:3])}). Map slides to cases with --manifest (slide_id,case_id) or "
+            f"--case-id-from tcga, or check the cases.csv slide_ids column")
+    warnings: list[str] = []
+    if missing:
+        msg = (f"{len(missing)} of {len(all_cases)} case(s) have no bag and are skipped: "
+               f"{', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
+        warnings.append(msg)
+        log.warning("%s", msg)
+    bags = CaseBags(case_paths, cache_gb=config.cache_gb)
+    warnings.extend(bags.warnings)
+    eff["encoder"] = bags.encoder
+    eff["n_cases_with_bags"] = len(bags.cases())
+    write_json_atomic(cfg_path, eff)
+
+    # --- folds --------------------------------------------------------------------------------------
+    outcomes: dict[int, FoldOutcome] = {}
+
+    def work(k: int) -> ItemResult:
+        fold_dir = run_dir / f"fold_{k}"
+        if fold_complete(fold_dir):  # finished with the same options (checked above): not retrained
+            oc = load_finished_fold(fold_dir, k)
+            status = "skipped"
+        else:
+            if not resume and fold_dir.exists():
+                if (fold_dir / "state" / "state.json").is_file():
+                    log.warning("fold %d: an interrupted training is restarted from epoch 1 (pass --resume to "
+                                "continue it from its last saved epoch)", k)
+                shutil.rmtree(fold_dir)
+            progress("fold_start", fold=k, epochs=config.epochs)
+            oc = train_fold(k, fold_data[k], bags, config, fold_dir, bags.encoder, progress, c_hash)
+            status = "done"
+        outcomes[k] = oc
+        sel = next((h for h in oc.history if h["epoch"] == oc.selected_epoch), {})
+        res = ItemResult(item=f"fold {k}", status=status, metrics={
+            "val_c_index": sel.get("val_c_index"), "epoch": oc.selected_epoch,
+            "n_val": len(oc.predictions), "skipped_cases": len(oc.skipped_cases)})
+        progress("fold_done", fold=k, result=res)
+        return res
+
+    results = run_items(folds, lambda k: f"fold {k}", work)
+    # folds finished earlier in this run directory (same options, e.g. one cluster job per --folds k)
+    # belong to the reports too
+    for k in all_folds:
+        if k not in outcomes and fold_complete(run_dir / f"fold_{k}"):
+            outcomes[k] = load_finished_fold(run_dir / f"fold_{k}", k)
+    metrics = None
+    if outcomes:
+        metrics = _write_run_reports(run_dir, outcomes, config, warnings)
+    write_run_log(out, "train", eff, results, started=started)
+    return TrainResult(run_dir=run_dir, folds=results, metrics=metrics, warnings=warnings)
+
+
+def _write_run_reports(run_dir: Path, outcomes: Mapping[int, FoldOutcome], config: TrainConfig,
+                       warnings: list[str]) -> dict[str, Any]:
+    import pandas as pd
+
+    from ..evaluation.evaluate import evaluate_predictions
+    from ..evaluation.metrics import NoComparablePairsError
+    from ..evaluation.plots import OPTIMISTIC_NOTE, plot_learning_curves, plot_spearman
+
+    ks = sorted(outcomes)
+    pred = pd.concat([outcomes[k].predictions for k in ks], ignore_index=True)
+    with atomic_path(run_dir / "predictions.csv") as tmp:
+        pred.to_csv(tmp, index=False)
+    optimistic = config.select == "best-epoch"
+    case_sp = _spearman_summary([outcomes[k].case_spearman for k in ks], "case")
+    gene_sp = _spearman_summary([outcomes[k].gene_spearman for k in ks], "gene")
+    extra: dict[str, Any] = {
+        "model": config.model, "select": config.select,
+        "selected_epochs": {str(k): outcomes[k].selected_epoch for k in ks},
+        "train_risk_median": {str(k): outcomes[k].train_risk_median for k in ks},
+        "spearman_per_family": case_sp, "gene_spearman_per_family": gene_sp,
+        "skipped_cases": sorted({c for k in ks for c in outcomes[k].skipped_cases}),
+    }
+    title = f"{config.model}: Kaplan-Meier of validation cases by predicted risk"
+    try:
+        metrics = evaluate_predictions(pred, run_dir, thresholds={str(k): outcomes[k].train_risk_median for k in ks},
+                                       optimistic=optimistic, extra=extra, title=title)
+    except NoComparablePairsError as exc:  # no fold has an event pair: keep predictions and curves anyway
+        log.warning("%s", exc)
+        metrics = {"c_index_per_fold": {str(k): None for k in ks}, "c_index_mean": None, "c_index_std": None,
+                   "c_index_pooled": None, "logrank_p": None, "n_cases": int(len(pred)),
+                   "optimistic": optimistic, "warnings": [str(exc)], **extra}
+    metrics["warnings"] = warnings + metrics.get("warnings", [])
+    note = OPTIMISTIC_NOTE if optimistic else ""
+    plot_learning_curves({k: outcomes[k].history for k in ks}, run_dir / "learning_curves.png",
+                         selected_epochs={k: outcomes[k].selected_epoch for k in ks}, note=note)
+    metrics.setdefault("plots", {})["learning_curves"] = "learning_curves.png"
+    frames = [outcomes[k].case_spearman for k in ks if outcomes[k].case_spearman is not None]
+    if frames:
+        df = pd.concat(frames, ignore_index=True)
+        per_family = {str(f): sub["spearman"].tolist() for f, sub in df.groupby("family", sort=False)}
+        plot_spearman(per_family, run_dir / "spearman.png", note=note)
+        metrics["plots"]["spearman"] = "spearman.png"
+    write_json_atomic(run_dir / "metrics.json", _nan_to_none(metrics))
+    return metrics
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nan_to_none(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
