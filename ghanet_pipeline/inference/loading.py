@@ -150,8 +150,9 @@ class Ensemble:
                 if want_maps and out.get("w_mor") is not None:
                     w_mors.append(out["w_mor"].reshape(-1).float().cpu().numpy().astype(np.float64))
                 if want_maps and out.get("assoc") is not None:
-                    topk = float(m.meta.get("model_config", {}).get("topk", 0.2))
-                    assocs.append(genomic_weights(out["assoc"].float(), topk).cpu().numpy().astype(np.float64))
+                    mc = m.meta.get("model_config", {})
+                    g = genomic_weights(out["assoc"].float(), float(mc.get("topk", 0.2)), mc.get("topk_rule", "ceil"))
+                    assocs.append(g.cpu().numpy().astype(np.float64))
         return EnsembleOutput(
             risks=np.asarray(risks), S=np.vstack(surv), edges=np.vstack(edges), medians=np.asarray(medians),
             w_mor=np.mean(w_mors, axis=0) if len(w_mors) == len(self.members) and w_mors else None,

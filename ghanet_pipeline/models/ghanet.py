@@ -41,21 +41,51 @@ from .layers import (
     survival_outputs,
 )
 
+TOPK_RULES = ("ceil", "floor")
 
-def topk_count(n_patches: int, topk: float) -> int:
-    """Number of patches kept per family: ``ceil(topk * N)``, at least 1, at most N."""
+
+def topk_count(n_patches: int, topk: float, rule: str = "ceil") -> int:
+    """Number of patches kept per family for a bag of ``n_patches``.
+
+    ``rule="ceil"`` (ours): ``ceil(topk * N)``, at least 1, at most N. ``rule="floor"`` (the authors'
+    released code): ``int(N * topk)`` computed in floating point exactly as they do; it can be 0 (N <
+    1/topk), which :func:`genomic_weights` refuses with an :class:`InputError`.
+    """
+    if rule == "floor":
+        return int(n_patches * topk)
+    if rule != "ceil":
+        raise ConfigError(f"unknown top-k rule {rule!r}; use one of {', '.join(TOPK_RULES)}")
     return min(n_patches, max(1, math.ceil(round(topk * n_patches, 6))))
 
 
-def genomic_weights(assoc: torch.Tensor, topk: float) -> torch.Tensor:
+def genomic_weights(assoc: torch.Tensor, topk: float, rule: str = "ceil") -> torch.Tensor:
     """Genomic patch weights (G, N) from the association matrix ``assoc`` (G, N).
 
-    Per family (row): softmax over its ``topk_count(N, topk)`` highest-scoring patches, zeros elsewhere.
-    The result is detached: no gradient reaches ``assoc``.
+    Per family (row): softmax over its highest-scoring patches, zeros elsewhere. ``rule="ceil"`` keeps
+    exactly ``topk_count(N, topk)`` patches; ``rule="floor"`` (official) keeps every patch scoring >= the
+    ``int(N * topk)``-th highest score (ties included, so possibly more than k). The result is detached:
+    no gradient reaches ``assoc``.
     """
     a = assoc.detach()
-    vals, idx = a.topk(topk_count(a.shape[1], topk), dim=1)
+    k = topk_count(a.shape[1], topk, rule)
+    if rule == "floor":
+        if k < 1:
+            raise InputError(
+                f"the official top-k rule int(N * topk) selects no patch for a bag of N={a.shape[1]} patches "
+                f"at topk={topk:g} (needs N >= {_floor_min_patches(topk)}); use the ghanet protocol "
+                f"(ceil rule, at least one patch), a larger --topk, or drop bags this small")
+        kth = a.topk(k, dim=1).values[:, -1:]
+        return torch.where(a >= kth, a, a.new_tensor(float("-inf"))).softmax(dim=1)
+    vals, idx = a.topk(k, dim=1)
     return torch.zeros_like(a).scatter_(1, idx, vals.softmax(dim=1))
+
+
+def _floor_min_patches(topk: float) -> int:
+    """Smallest N with ``int(N * topk) >= 1``."""
+    n = max(1, math.floor(1 / topk) - 1)
+    while int(n * topk) < 1:
+        n += 1
+    return n
 
 
 class CrossModalAssociation(nn.Module):
@@ -97,9 +127,10 @@ class HyperAttentionSurvival(nn.Module):
     """HSB: morphology + genomic hyper-attention pooling, fusion with CAB, token self attention, classifier."""
 
     def __init__(self, in_dim: int, n_families: int, n_bins: int, dim: int, heads: int, dropout: float,
-                 topk: float):
+                 topk: float, topk_rule: str = "ceil"):
         super().__init__()
         self.topk = topk
+        self.topk_rule = topk_rule
         self.embed = nn.Linear(in_dim, dim)             # -> LayerNorm -> ReLU -> Dropout (in forward)
         self.embed_norm = nn.LayerNorm(dim)
         self.embed_act = ReLUDropout(dropout)
@@ -118,7 +149,7 @@ class HyperAttentionSurvival(nn.Module):
         """``hp_pre`` (N, dim) embedding pre-activations, ``assoc`` (G, N), ``r2`` (G, dim) -> logits, w_mor."""
         hp = self.embed_act(self.embed_norm(hp_pre))
         w_mor = self.gate(hp).softmax(dim=0)                            # (N,)
-        hyper = (genomic_weights(assoc, self.topk) + w_mor) * 0.5      # M_hyper (G, N)
+        hyper = (genomic_weights(assoc, self.topk, self.topk_rule) + w_mor) * 0.5      # M_hyper (G, N)
         x = hyper @ hp                                                  # (G, dim)
         f = (x + self.hyper(x) + r2) * 0.5                              # (f_GI + r2) / 2
         f = self.mhsa(f) + f
@@ -139,17 +170,22 @@ class GHANet(nn.Module):
     needs_genomics = True
 
     def __init__(self, in_dim: int = 1024, family_sizes: Sequence[int] = (0,) * 6, n_bins: int = 4,
-                 dim: int = 512, heads: int = 4, dropout: float = 0.25, topk: float = 0.2):
+                 dim: int = 512, heads: int = 4, dropout: float = 0.25, topk: float = 0.2,
+                 topk_rule: str = "ceil"):
         super().__init__()
         family_sizes = [int(n) for n in family_sizes]
         if not family_sizes or min(family_sizes) < 0:
             raise ConfigError(f"family_sizes must list one gene count >= 0 per family, got {family_sizes}")
         if not 0 < topk <= 1:
             raise ConfigError(f"topk must be a fraction in (0, 1], got {topk}")
+        if topk_rule not in TOPK_RULES:
+            raise ConfigError(f"topk_rule must be one of {', '.join(TOPK_RULES)} (ceil = ours, floor = the "
+                              f"authors' released code), got {topk_rule!r}")
         self.config = {"in_dim": in_dim, "family_sizes": family_sizes, "n_bins": n_bins, "dim": dim,
-                       "heads": heads, "dropout": dropout, "topk": topk}
+                       "heads": heads, "dropout": dropout, "topk": topk, "topk_rule": topk_rule}
         self.cab = CrossModalAssociation(in_dim, family_sizes, dim, heads, dropout)
-        self.hsb = HyperAttentionSurvival(in_dim, len(family_sizes), n_bins, dim, heads, dropout, topk)
+        self.hsb = HyperAttentionSurvival(in_dim, len(family_sizes), n_bins, dim, heads, dropout, topk,
+                                          topk_rule)
 
     @property
     def family_sizes(self) -> list[int]:
@@ -183,6 +219,10 @@ def _check_features(features: torch.Tensor, in_dim: int, like: torch.Tensor) -> 
 
 @register_model("ghanet")
 def build_ghanet(in_dim: int = 1024, family_sizes: Sequence[int] = (0,) * 6, n_bins: int = 4,
-                 dim: int = 512, heads: int = 4, dropout: float = 0.25, topk: float = 0.2) -> GHANet:
-    """G-HANet; ``family_sizes`` = genes selected per family (token order), G = len(family_sizes)."""
-    return GHANet(in_dim, family_sizes, n_bins, dim, heads, dropout, topk)
+                 dim: int = 512, heads: int = 4, dropout: float = 0.25, topk: float = 0.2,
+                 topk_rule: str = "ceil") -> GHANet:
+    """G-HANet; ``family_sizes`` = genes selected per family (token order), G = len(family_sizes).
+
+    ``topk_rule``: ``"ceil"`` (ours, default) or ``"floor"`` (the authors' ``int(N * topk)`` with ties).
+    """
+    return GHANet(in_dim, family_sizes, n_bins, dim, heads, dropout, topk, topk_rule)

@@ -41,7 +41,7 @@ def reference_forward(model: GHANet, features: torch.Tensor, plain_dropout: bool
     gate = hsb.gate
     w_mor = gate.attention_c(torch.tanh(gate.attention_a(hp)) * torch.sigmoid(gate.attention_b(hp)))
     w_mor = F.softmax(w_mor.T, dim=1)                                           # (1, N)
-    k = topk_count(assoc.shape[1], hsb.topk)
+    k = topk_count(assoc.shape[1], hsb.topk, hsb.topk_rule)   # released code: int(N * ratio)
     kth = torch.topk(assoc, k, dim=1)[0][:, -1:]
     keep = (assoc >= kth).float()
     genomic = F.softmax(assoc + (1 - keep) * -1e5, dim=1).detach()
