@@ -29,3 +29,7 @@ class MismatchError(GhanetError):
 
 class CheckpointError(GhanetError):
     """A model directory is missing files or was written by an incompatible version."""
+
+
+class ManifestError(ConfigError, InputError):
+    """The ``--manifest`` CSV is missing or malformed (a usage error: CLI exit code 2)."""

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, ManifestError
 from .ioutils import sanitize_ids
 
 #: File endings OpenSlide reads (used when a directory is given).
@@ -50,48 +50,48 @@ def read_manifest(manifest: Path | str, case_id_from: str | None = None) -> list
     """Read ``slide_id,path[,case_id][,mpp]`` (+ any other columns, kept in ``extra``).
 
     ``path`` is relative to the manifest's folder. Duplicate slide ids, missing columns, empty
-    paths and bad ``mpp`` values raise :class:`InputError` naming the row.
+    paths and bad ``mpp`` values raise :class:`ManifestError` (a usage error, exit 2) naming the row.
     """
     manifest = Path(manifest)
     if not manifest.is_file():
-        raise InputError(f"manifest {manifest} does not exist")
+        raise ManifestError(f"manifest {manifest} does not exist")
     try:
         with open(manifest, newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)
             cols = [c.strip() for c in next(reader, [])]
             missing = [c for c in ("slide_id", "path") if c not in cols]
             if missing:
-                raise InputError(f"manifest {manifest}: missing column(s) {', '.join(missing)}; "
+                raise ManifestError(f"manifest {manifest}: missing column(s) {', '.join(missing)}; "
                                  f"expected a header like 'slide_id,path,case_id,mpp'")
             dup = sorted({c for c in cols if c and cols.count(c) > 1})
             if dup:
-                raise InputError(f"manifest {manifest}: column(s) {', '.join(dup)} appear more than once in "
+                raise ManifestError(f"manifest {manifest}: column(s) {', '.join(dup)} appear more than once in "
                                  f"the header; keep one of each")
             rows = []
             for i, values in enumerate(reader, start=2):  # row 1 is the header
                 if not any(v.strip() for v in values):
                     continue  # blank line
                 if len(values) > len(cols):
-                    raise InputError(f"manifest {manifest}, row {i}: {len(values)} fields but the header has "
+                    raise ManifestError(f"manifest {manifest}, row {i}: {len(values)} fields but the header has "
                                      f"{len(cols)}; quote values that contain commas")
                 rows.append((i, {k: v.strip() for k, v in zip(cols, values + [""] * (len(cols) - len(values)), strict=False)}))
     except UnicodeDecodeError as exc:
-        raise InputError(f"manifest {manifest} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+        raise ManifestError(f"manifest {manifest} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
                          f"save it as UTF-8 CSV") from None
     except csv.Error as exc:
-        raise InputError(f"manifest {manifest} is not a readable CSV ({exc})") from None
+        raise ManifestError(f"manifest {manifest} is not a readable CSV ({exc})") from None
     specs: list[SlideSpec] = []
     seen: dict[str, int] = {}
     for i, row in rows:
         sid = row["slide_id"]
         if not sid:
-            raise InputError(f"manifest {manifest}, row {i}: empty slide_id")
+            raise ManifestError(f"manifest {manifest}, row {i}: empty slide_id")
         if sid in seen:
-            raise InputError(f"manifest {manifest}, row {i}: slide_id {sid!r} already used in row "
+            raise ManifestError(f"manifest {manifest}, row {i}: slide_id {sid!r} already used in row "
                              f"{seen[sid]}; slide ids must be unique")
         seen[sid] = i
         if not row["path"]:
-            raise InputError(f"manifest {manifest}, row {i} (slide {sid!r}): empty path")
+            raise ManifestError(f"manifest {manifest}, row {i} (slide {sid!r}): empty path")
         path = Path(row["path"])
         if not path.is_absolute():
             path = manifest.parent / path
@@ -102,13 +102,13 @@ def read_manifest(manifest: Path | str, case_id_from: str | None = None) -> list
             except ValueError:
                 mpp = math.nan
             if not (mpp > 0 and math.isfinite(mpp)):
-                raise InputError(f"manifest {manifest}, row {i}, column mpp: {row['mpp']!r} is not a "
+                raise ManifestError(f"manifest {manifest}, row {i}, column mpp: {row['mpp']!r} is not a "
                                  f"positive number of um per pixel (e.g. 0.25 for 40x, 0.5 for 20x)")
         extra = {k: v for k, v in row.items() if k not in ("slide_id", "path", "case_id", "mpp")}
         specs.append(SlideSpec(slide_id=sid, path=path, case_id=_case_id(sid, row.get("case_id"), case_id_from),
                                mpp=mpp, raw_slide_id=sid, extra=extra))
     if not specs:
-        raise InputError(f"manifest {manifest} lists no slides")
+        raise ManifestError(f"manifest {manifest} lists no slides")
     return sanitise_specs(specs)
 
 

@@ -277,7 +277,7 @@ def test_duplicate_slide_id_in_manifest(synthetic_slide_20x, tmp_path):
     man = tmp_path / "dup.csv"
     man.write_text(f"slide_id,path\nA,{synthetic_slide_20x}\nB,{synthetic_slide_20x}\nA,{synthetic_slide_20x}\n")
     code, output = run("--manifest", man, "--out", tmp_path)
-    assert code == 1
+    assert code == 2  # a manifest error is a usage error
     assert "row 4" in one_line(output) and "'A' already used in row 2" in one_line(output)
     assert not (tmp_path / "segment").exists()
 
@@ -313,7 +313,7 @@ def test_config_file_sets_options_and_flags_win(synthetic_slide_20x, tmp_path):
 
 
 @pytest.mark.parametrize("text, match", [
-    ("segmnt:\n  patch-size: 128\n", r"'segmnt' is not a ghanet command \(top-level keys are command names: doctor"),
+    ("segmnt:\n  patch-size: 128\n", r"'segmnt' is not a ghanet command \(did you mean 'segment'\?\); top-level keys are command names: doctor"),
     ("segment: [1, 2]\n", r"'segment' must hold a mapping of option -> value"),
     ("- segment\n", "must hold a mapping of command name -> options"),
     ("segment: {patch-size: [\n", "cannot read"),

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-from pathlib import Path
-
 import click
 
 from .. import __version__
@@ -66,26 +64,12 @@ class LazyGroup(click.Group):
 
 
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    """``--config FILE.yaml``: top-level keys are command names, below them option names."""
+    """``--config FILE.yaml``: top-level keys are command names, below them that command's options."""
     if value is None:
         return None
-    import yaml
+    from .config import load_config
 
-    try:
-        data = yaml.safe_load(Path(value).read_text()) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise click.BadParameter(f"cannot read {value}: {exc}") from None
-    if not isinstance(data, dict):
-        raise click.BadParameter(f"{value} must hold a mapping of command name -> options")
-    for cmd, opts in data.items():
-        if cmd not in COMMANDS:
-            raise click.BadParameter(f"{value}: {cmd!r} is not a ghanet command (top-level keys are command "
-                                     f"names: {', '.join(COMMANDS)})")
-        if opts is not None and not isinstance(opts, dict):
-            raise click.BadParameter(f"{value}: {cmd!r} must hold a mapping of option -> value (indented "
-                                     f"'out: ghanet-out' lines below it), not a {type(opts).__name__}")
-    ctx.default_map = {cmd: {str(k).replace("-", "_"): v for k, v in (opts or {}).items()}
-                       for cmd, opts in data.items()}
+    ctx.default_map = load_config(ctx, value)
     return value
 
 
