@@ -313,7 +313,7 @@ def test_config_file_sets_options_and_flags_win(synthetic_slide_20x, tmp_path):
 
 
 @pytest.mark.parametrize("text, match", [
-    ("segmnt:\n  patch-size: 128\n", r"'segmnt' is not a ghanet command \(did you mean 'segment'\?\); top-level keys are command names: doctor"),
+    ("segmnt:\n  patch-size: 128\n", r"'segmnt' is not a ghanet command \(did you mean 'segment'\?\); top-level keys are command names"),
     ("segment: [1, 2]\n", r"'segment' must hold a mapping of option -> value"),
     ("- segment\n", "must hold a mapping of command name -> options"),
     ("segment: {patch-size: [\n", "cannot read"),

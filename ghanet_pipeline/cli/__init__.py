@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+
 import click
 
 from .. import __version__
