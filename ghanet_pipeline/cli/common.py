@@ -54,6 +54,21 @@ def slides_argument(f: F) -> F:
     return click.argument("slides", nargs=-1, type=str)(f)
 
 
+def protocol_option(f: F) -> F:
+    return click.option("--protocol", type=click.Choice(["ghanet", "official"]), default="ghanet",
+                        show_default=True,
+                        help="ghanet = our protocol; official = the authors' released training code (floor "
+                             "top-k with ties, cohort bins, loader-drawn t-test groups, carry-over "
+                             "accumulation, best epoch). Explicit options win; see docs/fidelity.md.")(f)
+
+
+def preset_option(f: F) -> F:
+    return click.option("--preset", type=click.Choice(["tcga_blca", "tcga_brca", "tcga_gbmlgg", "tcga_luad",
+                                                       "tcga_ucec"]), default=None,
+                        help="The paper's per-cohort settings (top-k %, learning rate, no gene selection for "
+                             "UCEC); explicit options win.")(f)
+
+
 def device_option(f: F) -> F:
     return click.option("--device", default="auto", show_default=True,
                         help="auto | cpu | cuda | cuda:N")(f)

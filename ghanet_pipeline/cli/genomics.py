@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import no_progress_option, out_option, overwrite_option
+from .common import no_progress_option, out_option, overwrite_option, preset_option, protocol_option
 
 
 @click.command("preprocess-genomics")
@@ -23,13 +23,21 @@ from .common import no_progress_option, out_option, overwrite_option
               help="Folder of MCAT splits_<k>.csv (columns train, val). Default: make --folds folds.")
 @click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
               help="Number of patient-level folds, stratified by (time bin x event), when --splits is not given.")
-@click.option("--de-method", type=click.Choice(["auto", "deseq2", "ttest", "none"]), default="auto",
-              show_default=True, help="auto: deseq2 on raw integer counts, else Welch t-test.")
-@click.option("--bins-from", type=click.Choice(["train", "cohort"]), default="train", show_default=True,
-              help="Fit the 4 survival-bin edges on each training fold, or on all cases (reference code).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fold assignment.")
+@protocol_option
+@preset_option
+@click.option("--de-method", type=click.Choice(["auto", "deseq2", "ttest", "none"]), default=None,
+              help="auto: deseq2 on raw integer counts, else Welch t-test. Default: auto (protocol ghanet), "
+                   "ttest (official), none (--preset tcga_ucec).")
+@click.option("--bins-from", type=click.Choice(["train", "cohort"]), default=None,
+              help="Fit the 4 survival-bin edges on each training fold, or on all cases (reference code). "
+                   "Default: train (protocol ghanet), cohort (official).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the fold assignment and, with --protocol official, of the t-test's loader draw "
+                   "(the authors' default seed is 1).")
 @click.option("--padj", type=float, default=0.05, show_default=True, help="DESeq2: keep padj < this.")
-@click.option("--lfc", type=float, default=1.0, show_default=True, help="DESeq2: keep |log2 fold change| >= this.")
+@click.option("--lfc", type=float, default=None,
+              help="DESeq2: keep |log2 fold change| >= this. Default: 1.0 (protocol ghanet), 0 (official: "
+                   "padj only, as the paper states).")
 @click.option("--pvalue", type=float, default=0.05, show_default=True,
               help="t-test: keep p < this (uncorrected, the reference protocol).")
 @click.option("--impute", type=click.Choice(["none", "train-mean"]), default="none", show_default=True,
@@ -39,7 +47,8 @@ from .common import no_progress_option, out_option, overwrite_option
 @overwrite_option
 @no_progress_option
 def preprocess_genomics(table: Path, clinical: Path | None, families: Path, splits: Path | None, folds: int,
-                        de_method: str, bins_from: str, seed: int, padj: float, lfc: float, pvalue: float,
+                        protocol: str, preset: str | None, de_method: str | None, bins_from: str | None,
+                        seed: int, padj: float, lfc: float | None, pvalue: float,
                         impute: str, n_cpus: int, out: Path, overwrite: bool,
                         no_progress: bool) -> None:
     """Select the genes of each family that differ between high- and low-risk training patients (per
@@ -57,11 +66,13 @@ def preprocess_genomics(table: Path, clinical: Path | None, families: Path, spli
     cfg = GenomicsConfig(table=str(table), families=str(families), clinical=str(clinical) if clinical else None,
                          splits=str(splits) if splits else None, folds=folds, de_method=de_method,
                          bins_from=bins_from, seed=seed, padj=padj, lfc=lfc, pvalue=pvalue, impute=impute,
-                         n_cpus=n_cpus)
+                         n_cpus=n_cpus, protocol=protocol, preset=preset)
     console = Console(width=None if sys.stdout.isatty() else 160)
     with console.status("preprocessing genomics ...") if sys.stdout.isatty() else _null():
         res = run(cfg, out, overwrite=overwrite)
 
+    console.print(f"protocol: [bold]{cfg.protocol}[/]" + (f"  preset: [bold]{cfg.preset}[/]" if cfg.preset else "")
+                  + f"  bins from: {cfg.bins_from}  t-test groups: {cfg.ttest_groups}")
     console.print(f"input: [bold]{res.kind}[/]  selection: [bold]{res.de_method}[/] ({res.de_reason})")
     fam = Table(title="Gene families (listed genes found in the data)")
     for col in ("family", "listed", "found", "features"):

@@ -8,7 +8,15 @@ from typing import Any
 
 import click
 
-from .common import device_option, manifest_option, no_progress_option, out_option, overwrite_option
+from .common import (
+    device_option,
+    manifest_option,
+    no_progress_option,
+    out_option,
+    overwrite_option,
+    preset_option,
+    protocol_option,
+)
 
 
 def _parse_folds(text: str | None) -> list[int] | None:
@@ -36,16 +44,20 @@ def _parse_folds(text: str | None) -> list[int] | None:
               help="ghanet = G-HANet; abmil = gated-attention MIL baseline (no gene reconstruction).")
 @click.option("--run-name", default=None, help="Sub-folder of <out>/train/ (default: the model name).")
 @click.option("--folds", "folds_text", default=None, metavar="0,1,...", help="Folds to train (default: all).")
+@protocol_option
+@preset_option
 @click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--lr", type=float, default=2e-4, show_default=True,
-              help="Adam learning rate (1e-4 suits cohorts where few genes are selected).")
+@click.option("--lr", type=float, default=None,
+              help="Adam learning rate. Default: 2e-4, or the --preset's (1e-4 for tcga_ucec).")
 @click.option("--weight-decay", type=float, default=1e-5, show_default=True)
 @click.option("--accum", type=click.IntRange(min=1), default=32, show_default=True,
               help="Cases per optimiser step (gradient accumulation; one case per forward pass).")
 @click.option("--alpha", type=float, default=0.3, show_default=True,
               help="Weight of the gene-reconstruction loss (MSE + SCE, summed over families).")
-@click.option("--topk", type=click.FloatRange(min=0, max=100, min_open=True), default=20.0, show_default=True,
-              help="Percent of patches kept per family for the genomic attention weights.")
+@click.option("--topk", type=click.FloatRange(min=0, max=100, min_open=True), default=None,
+              help="Percent of patches kept per family for the genomic attention weights. Default: 20, or "
+                   "the --preset's (15 BRCA/GBMLGG, 30 UCEC). Rounded up (ghanet) or down with ties "
+                   "(official; bags with fewer than 100/topk patches are then refused).")
 @click.option("--alpha-surv", type=click.FloatRange(min=0, max=1), default=0.0, show_default=True,
               help="Extra weight of the uncensored NLL term.")
 @click.option("--dim", type=click.IntRange(min=8), default=512, show_default=True, help="Model width d.")
@@ -53,8 +65,9 @@ def _parse_folds(text: str | None) -> list[int] | None:
 @click.option("--max-patches", type=click.IntRange(min=1), default=None,
               help="Random subsample of at most this many patches per training step (default: all).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--select", type=click.Choice(["final", "best-epoch"]), default="final", show_default=True,
-              help="Reported epoch. best-epoch = chosen on the validation fold (authors' protocol; optimistic).")
+@click.option("--select", type=click.Choice(["final", "best-epoch"]), default=None,
+              help="Reported epoch. best-epoch = chosen on the validation fold (authors' protocol; optimistic). "
+                   "Default: final (protocol ghanet), best-epoch (official).")
 @device_option
 @manifest_option
 @click.option("--case-id-from", type=click.Choice(["tcga"]), default=None,
@@ -66,8 +79,9 @@ def _parse_folds(text: str | None) -> list[int] | None:
 @overwrite_option
 @no_progress_option
 def train(features: Path, genomics: Path | None, out: Path, model: str, run_name: str | None, folds_text: str | None,
-          epochs: int, lr: float, weight_decay: float, accum: int, alpha: float, topk: float, alpha_surv: float,
-          dim: int, dropout: float, max_patches: int | None, seed: int, select: str, device: str,
+          protocol: str, preset: str | None, epochs: int, lr: float | None, weight_decay: float, accum: int,
+          alpha: float, topk: float | None, alpha_surv: float, dim: int, dropout: float, max_patches: int | None,
+          seed: int, select: str | None, device: str,
           manifest: Path | None, case_id_from: str | None, resume: bool, threads: int, overwrite: bool,
           no_progress: bool) -> None:
     """Train G-HANet (or ABMIL) with the folds of preprocess-genomics; write checkpoints and reports.
@@ -92,9 +106,10 @@ def train(features: Path, genomics: Path | None, out: Path, model: str, run_name
         raise ConfigError(f"genomics folder {genomics} not found; run `ghanet preprocess-genomics` first or pass "
                           f"--genomics (ABMIL needs it too: it holds the folds and survival labels)")
     config = TrainConfig(model=model, epochs=epochs, lr=lr, weight_decay=weight_decay, accum=accum, alpha=alpha,
-                         topk=topk / 100.0, alpha_surv=alpha_surv, dim=dim, dropout=dropout,
-                         max_patches=max_patches, seed=seed, folds=_parse_folds(folds_text), select=select,
-                         device=device, case_id_from=case_id_from)
+                         topk=None if topk is None else topk / 100.0, alpha_surv=alpha_surv, dim=dim,
+                         dropout=dropout, max_patches=max_patches, seed=seed, folds=_parse_folds(folds_text),
+                         select=select, device=device, case_id_from=case_id_from, protocol=protocol,
+                         preset=preset)
     log = logging.getLogger("ghanet_pipeline")
     state: dict[str, Any] = {"bar": None}
 

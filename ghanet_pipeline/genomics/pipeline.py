@@ -13,7 +13,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import h5py
@@ -23,6 +23,7 @@ import pandas as pd
 from .. import __version__
 from ..errors import ConfigError, InputError, MismatchError
 from ..ioutils import atomic_path, file_sha256, remove_stale_temps, write_json_atomic
+from ..protocols import GENOMICS_FIELDS, loader_risk_groups, resolve
 from ..runs import ItemResult, run_items, versions, write_run_log
 from .bins import assign_bins, fit_bin_edges
 from .families import FamilyMatch, match_families, read_families
@@ -43,7 +44,9 @@ class GenomicsConfig:
     ``table``: MCAT-style table, or a raw counts matrix when ``clinical`` is given. ``splits``: folder
     of MCAT ``splits_<k>.csv`` (else ``folds`` stratified folds are made with ``seed``). ``padj`` /
     ``lfc``: DESeq2 thresholds (padj < padj, |log2FC| >= lfc); ``pvalue``: t-test threshold (p < pvalue).
-    ``impute``: ``none`` (missing values are an error) or ``train-mean``.
+    ``impute``: ``none`` (missing values are an error) or ``train-mean``. ``protocol`` / ``preset``
+    (``protocols.py``) fill ``de_method``, ``bins_from``, ``lfc`` and ``ttest_groups`` left at None;
+    ``option_sources`` records where each came from. ``seed`` also seeds the official loader draw.
     """
 
     table: str
@@ -51,21 +54,35 @@ class GenomicsConfig:
     clinical: str | None = None
     splits: str | None = None
     folds: int = 5
-    de_method: str = "auto"
-    bins_from: str = "train"
+    de_method: str | None = None
+    bins_from: str | None = None
     seed: int = 0
     padj: float = 0.05
-    lfc: float = 1.0
+    lfc: float | None = None
     pvalue: float = 0.05
     impute: str = "none"
     n_bins: int = 4
     n_cpus: int = 1
+    protocol: str = "ghanet"
+    preset: str | None = None
+    ttest_groups: str | None = None
+    option_sources: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        values, sources = resolve(self.protocol, self.preset, GENOMICS_FIELDS,
+                                  {f: getattr(self, f) for f in GENOMICS_FIELDS})
+        for f, v in values.items():
+            setattr(self, f, v)
+        self.option_sources = {**sources, **{k: v for k, v in self.option_sources.items() if k in sources
+                                             and sources[k] == "explicit"}}
 
     def validate(self) -> None:
         if self.de_method not in DE_METHODS:
             raise ConfigError(f"--de-method {self.de_method!r}: choose one of {', '.join(DE_METHODS)}")
         if self.bins_from not in ("train", "cohort"):
             raise ConfigError(f"--bins-from {self.bins_from!r}: choose train or cohort")
+        if self.ttest_groups not in ("cases", "loader"):
+            raise ConfigError(f"ttest_groups {self.ttest_groups!r}: choose cases or loader")
         if self.impute not in ("none", "train-mean"):
             raise ConfigError(f"--impute {self.impute!r}: choose none or train-mean")
         if not 0 < self.padj <= 1 or not 0 < self.pvalue <= 1:
@@ -104,10 +121,13 @@ def _input_files(cfg: GenomicsConfig) -> dict[str, str]:
 
 def _fingerprint(cfg: GenomicsConfig) -> dict:
     """Parameters and input hashes that determine the outputs (n_cpus excluded)."""
-    params = {k: v for k, v in asdict(cfg).items() if k not in ("n_cpus", "table", "families", "clinical", "splits")}
+    params = {k: v for k, v in asdict(cfg).items()
+              if k not in ("n_cpus", "table", "families", "clinical", "splits", "preset", "option_sources",
+                        "protocol")}
     if cfg.splits:
         params.pop("folds")
-        params.pop("seed")
+        if cfg.ttest_groups != "loader":       # the loader draw is seeded: the seed matters then
+            params.pop("seed")
     hashes = {k: file_sha256(v) for k, v in _input_files(cfg).items()}
     return {"params": params, "inputs_sha256": hashes}
 
@@ -158,7 +178,8 @@ def preprocess_genomics(cfg: GenomicsConfig, out: Path | str, overwrite: bool = 
 
     fingerprint = _fingerprint(cfg)
     _prepare_out(gdir, fingerprint, len(folds), overwrite)
-    config_doc = {"ghanet_version": __version__, "config": asdict(cfg), "de_method": method,
+    config_doc = {"ghanet_version": __version__, "protocol": cfg.protocol, "preset": cfg.preset,
+                  "config": asdict(cfg), "de_method": method,
                   "de_method_reason": reason, "input_kind": data.kind, "n_cases": len(data.clinical),
                   "n_features_tested": len(tested), "n_folds": len(folds), "splits": split_source,
                   "notes": notes, "warnings": warns, "fingerprint": fingerprint, "versions": versions()}
@@ -259,9 +280,13 @@ def _run_fold(k: int, fold: Fold, data: GenomicsData, x_all: pd.DataFrame, match
     else:
         x_t = x.astype(np.float64)
     high, low = risk_groups(bins[is_train], cens[is_train])
+    groups = _group_table(list(train_ids), high, low)
     x_train = x.loc[list(train_ids)]
     if method == "ttest":
-        sel = ttest_select(x_t.loc[list(train_ids)], high, low, cfg.pvalue, label)
+        t_high, t_low = high, low
+        if cfg.ttest_groups == "loader":
+            t_high, t_low, groups = _loader_groups(list(train_ids), bins[is_train], cens[is_train], data, cfg.seed)
+        sel = ttest_select(x_t.loc[list(train_ids)], t_high, t_low, cfg.pvalue, label)
     elif method == "deseq2":
         sel = deseq2_select(x_train, high, low, cfg.padj, cfg.lfc, cfg.n_cpus, label)
     else:
@@ -295,6 +320,8 @@ def _run_fold(k: int, fold: Fold, data: GenomicsData, x_all: pd.DataFrame, match
                              "val": list(val_ids) + [""] * (n - len(val_ids))})
     with atomic_path(fdir / "split.csv") as tmp:
         split_df.to_csv(tmp, index=False)
+    with atomic_path(fdir / "risk_groups.csv") as tmp:
+        groups.to_csv(tmp, index=False)
     if sel.stats is not None and len(sel.stats):
         with atomic_path(fdir / "de_stats.csv") as tmp:
             sel.stats.rename_axis("feature").to_csv(tmp)
@@ -304,6 +331,33 @@ def _run_fold(k: int, fold: Fold, data: GenomicsData, x_all: pd.DataFrame, match
     metrics.update({"high": sel.n_high, "low": sel.n_low})
     msg = f"{n_imputed} missing value(s) imputed with the training mean" if n_imputed else ""
     return ItemResult(f"fold_{k}", "done", message=msg, metrics=metrics)
+
+
+def _group_table(train_ids: list[str], high: np.ndarray, low: np.ndarray,
+                 draws: np.ndarray | None = None) -> pd.DataFrame:
+    """case_id, group (high | low | out), draws (times the case counts in the test; 1 per case by default)."""
+    group = np.where(high, "high", np.where(low, "low", "out"))
+    n = np.where(group == "out", 0, 1) if draws is None else draws
+    return pd.DataFrame({"case_id": train_ids, "group": group, "draws": n})
+
+
+def _loader_groups(train_ids: list[str], bins: np.ndarray, cens: np.ndarray, data: GenomicsData, seed: int
+                   ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Official protocol: high/low row indices (with repeats) from one pass of the released code's loader.
+
+    The loader walks the training cases in cohort-table order (as the released dataset keeps its csv
+    order), so the draw is made in that order and mapped back to ``train_ids`` rows.
+    """
+    pos = data.clinical.index.get_indexer(train_ids)
+    order = np.argsort(pos, kind="stable")
+    hi, lo = loader_risk_groups(bins[order], cens[order], seed)
+    high, low = order[hi], order[lo]
+    draws = np.bincount(np.concatenate([high, low]), minlength=len(train_ids))
+    in_high = np.zeros(len(train_ids), bool)
+    in_high[high] = True
+    in_low = np.zeros(len(train_ids), bool)
+    in_low[low] = True
+    return high, low, _group_table(train_ids, in_high, in_low, draws)
 
 
 def _summary(gdir: Path, matches: list[FamilyMatch], n_folds: int) -> pd.DataFrame:

@@ -2,6 +2,8 @@
 
 Groups (training cases only, survival bins 0..3): high-risk = an event (death) in bins 0-1;
 low-risk = bins 2-3, censored or not; censored cases in bins 0-1 are left out (their risk is unknown).
+Protocol ``ghanet`` counts each training case once; protocol ``official`` counts the cases drawn by one
+pass of the class-balanced, with-replacement training loader (``protocols.loader_risk_groups``).
 
 Methods
 - ``deseq2``: pydeseq2 on raw integer counts, design ``~group`` (contrast high vs low), keep
@@ -75,27 +77,38 @@ def welch_ttest(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return t, p
 
 
+def _as_index(groups: np.ndarray) -> np.ndarray:
+    """Row indices of a group given as a boolean mask or as indices (repeats allowed: resampled groups)."""
+    g = np.asarray(groups)
+    return np.flatnonzero(g) if g.dtype == bool else g.astype(np.int64)
+
+
 def _check_groups(high: np.ndarray, low: np.ndarray, fold_label: str) -> None:
-    if high.sum() < MIN_GROUP or low.sum() < MIN_GROUP:
-        raise InputError(f"{fold_label}: only {int(high.sum())} high-risk (event in survival bins 0-1) and "
-                         f"{int(low.sum())} low-risk (bins 2-3) training cases; each group needs at least "
+    n_high, n_low = len(_as_index(high)), len(_as_index(low))
+    if n_high < MIN_GROUP or n_low < MIN_GROUP:
+        raise InputError(f"{fold_label}: only {n_high} high-risk (event in survival bins 0-1) and "
+                         f"{n_low} low-risk (bins 2-3) training cases; each group needs at least "
                          f"{MIN_GROUP} for differential selection. Use fewer folds, more cases, or "
                          f"--de-method none (keep every gene)")
 
 
 def ttest_select(x: pd.DataFrame, high: np.ndarray, low: np.ndarray, p_max: float = 0.05,
                  fold_label: str = "fold") -> Selection:
-    """Welch t-test selection on ``x`` (training cases x features, no NaN)."""
+    """Welch t-test selection on ``x`` (training cases x features, no NaN).
+
+    ``high`` / ``low``: boolean masks over the rows, or row indices (a row may repeat: the official
+    protocol's groups are drawn with replacement, and a repeated row counts as that many samples).
+    """
     _check_groups(high, low, fold_label)
+    hi, lo = _as_index(high), _as_index(low)
     arr = x.to_numpy(dtype=np.float64)
-    t, p = welch_ttest(arr[high], arr[low])
-    both = arr[high | low]
+    t, p = welch_ttest(arr[hi], arr[lo])
+    both = arr[np.concatenate([hi, lo])]
     constant = np.all(both == both[0], axis=0)
     p = np.where(constant, np.nan, p)
     keep = np.isfinite(p) & (p < p_max)
     stats = pd.DataFrame({"t": t, "pvalue": p, "constant": constant}, index=x.columns)
-    return Selection("ttest", [c for c, k in zip(x.columns, keep, strict=False) if k], stats,
-                     int(high.sum()), int(low.sum()))
+    return Selection("ttest", [c for c, k in zip(x.columns, keep, strict=False) if k], stats, len(hi), len(lo))
 
 
 def deseq2_select(counts: pd.DataFrame, high: np.ndarray, low: np.ndarray, padj_max: float = 0.05,

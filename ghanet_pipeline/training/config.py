@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 #: config keys that must match when a run is resumed (the rest — device, folds — may change)
 PROTOCOL_KEYS = ("model", "epochs", "lr", "weight_decay", "accum", "alpha", "topk", "alpha_surv", "dim",
-                 "heads", "dropout", "max_patches", "seed", "select", "case_id_from")
+                 "heads", "dropout", "max_patches", "seed", "select", "case_id_from", "topk_rule", "accumulation")
 
 
 class TrainingError(GhanetError):
@@ -28,15 +28,19 @@ class TrainingError(GhanetError):
 
 @dataclass
 class TrainConfig:
-    """Training options (defaults = the paper's protocol). ``topk`` is a FRACTION (0.2 = top 20 %)."""
+    """Training options (defaults = the paper's protocol). ``topk`` is a FRACTION (0.2 = top 20 %).
+
+    ``protocol`` / ``preset`` (``protocols.py``) fill ``lr``, ``topk``, ``select``, ``topk_rule`` and
+    ``accumulation`` left at None; ``option_sources`` records where each came from.
+    """
 
     model: str = "ghanet"
     epochs: int = 20
-    lr: float = 2e-4
+    lr: float | None = None
     weight_decay: float = 1e-5
     accum: int = 32
     alpha: float = 0.3
-    topk: float = 0.2
+    topk: float | None = None
     alpha_surv: float = 0.0
     dim: int = 512
     heads: int = 4
@@ -44,12 +48,31 @@ class TrainConfig:
     max_patches: int | None = None
     seed: int = 0
     folds: list[int] | None = None
-    select: str = "final"  # "final" | "best-epoch"
+    select: str | None = None  # "final" | "best-epoch"
     device: str = "auto"
     case_id_from: str | None = None  # None | "tcga" (case id = first 12 characters of the bag name)
     cache_gb: float = 4.0  # keep bags in memory up to this many GiB (float32), else re-read each step
+    protocol: str = "ghanet"  # "ghanet" | "official"
+    preset: str | None = None  # protocols.PRESETS
+    topk_rule: str | None = None  # "ceil" | "floor"
+    accumulation: str | None = None  # "epoch" | "carry-over"
+    option_sources: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from ..protocols import TRAIN_FIELDS, TRAIN_PRESET_FIELDS, resolve
+
+        fields_ = TRAIN_FIELDS + TRAIN_PRESET_FIELDS
+        values, sources = resolve(self.protocol, self.preset, fields_, {f: getattr(self, f) for f in fields_})
+        for f, v in values.items():
+            setattr(self, f, v)
+        self.option_sources = {**sources, **{k: v for k, v in self.option_sources.items() if k in sources
+                                             and sources[k] == "explicit"}}
 
     def validate(self) -> None:
+        if self.accumulation not in ("epoch", "carry-over"):
+            raise ConfigError(f"accumulation must be 'epoch' or 'carry-over', got {self.accumulation!r}")
+        if self.topk_rule not in ("ceil", "floor"):
+            raise ConfigError(f"topk_rule must be 'ceil' or 'floor', got {self.topk_rule!r}")
         if self.select not in ("final", "best-epoch"):
             raise ConfigError(f"--select must be 'final' or 'best-epoch', got {self.select!r}")
         for name in ("epochs", "accum"):

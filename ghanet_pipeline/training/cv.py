@@ -176,6 +176,7 @@ def train_cv(features_dir: Path | str, genomics_dir: Path | str, out: Path | str
     eff = {"features": str(features_dir.resolve()), "genomics": str(genomics_dir.resolve()),
            "manifest": str(Path(manifest).resolve()) if manifest else None, "run_name": run,
            **asdict(config), "folds": folds, "ghanet_version": __version__, "torch": torch.__version__}
+    eff["genomics_protocol"] = _genomics_protocol(genomics_dir)
     c_hash = config_hash(config)
     eff["config_hash"] = c_hash
     cfg_path = run_dir / "config.json"
@@ -210,6 +211,11 @@ def train_cv(features_dir: Path | str, genomics_dir: Path | str, out: Path | str
             f"{', '.join(list(bag_files)[:3])}). Map slides to cases with --manifest (slide_id,case_id) or "
             f"--case-id-from tcga, or check the cases.csv slide_ids column")
     warnings: list[str] = []
+    if eff["genomics_protocol"] not in (None, config.protocol):
+        msg = (f"the genomics folder was made with --protocol {eff['genomics_protocol']} but training uses "
+               f"--protocol {config.protocol}: bins and gene selection follow the genomics protocol")
+        warnings.append(msg)
+        log.warning("%s", msg)
     if missing:
         msg = (f"{len(missing)} of {len(all_cases)} case(s) have no bag and are skipped: "
                f"{', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
@@ -275,7 +281,7 @@ def _write_run_reports(run_dir: Path, outcomes: Mapping[int, FoldOutcome], confi
     case_sp = _spearman_summary([outcomes[k].case_spearman for k in ks], "case")
     gene_sp = _spearman_summary([outcomes[k].gene_spearman for k in ks], "gene")
     extra: dict[str, Any] = {
-        "model": config.model, "select": config.select,
+        "model": config.model, "select": config.select, "protocol": config.protocol, "preset": config.preset,
         "selected_epochs": {str(k): outcomes[k].selected_epoch for k in ks},
         "train_risk_median": {str(k): outcomes[k].train_risk_median for k in ks},
         "spearman_per_family": case_sp, "gene_spearman_per_family": gene_sp,
@@ -303,6 +309,15 @@ def _write_run_reports(run_dir: Path, outcomes: Mapping[int, FoldOutcome], confi
         metrics["plots"]["spearman"] = "spearman.png"
     write_json_atomic(run_dir / "metrics.json", _nan_to_none(metrics))
     return metrics
+
+
+def _genomics_protocol(genomics_dir: Path) -> str | None:
+    """``protocol`` recorded in the genomics config.json (``ghanet`` for folders made before it existed)."""
+    try:
+        doc = json.loads((genomics_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return str(doc.get("protocol") or doc.get("config", {}).get("protocol") or "ghanet")
 
 
 def _nan_to_none(obj: Any) -> Any:

@@ -89,7 +89,8 @@ def train_fold(fold: int, fold_data: Any, bags: CaseBags, config: TrainConfig, f
 
     model_kwargs: dict[str, Any] = dict(in_dim=bags.dim, n_bins=4, dim=config.dim, dropout=config.dropout)
     if config.model == "ghanet":
-        model_kwargs.update(family_sizes=family_sizes, heads=config.heads, topk=config.topk)
+        model_kwargs.update(family_sizes=family_sizes, heads=config.heads, topk=config.topk,
+                            topk_rule=config.topk_rule)
     torch.manual_seed(config.seed * 1000 + fold)
     model = create_model(config.model, **model_kwargs).to(device)
     needs_genomics = bool(getattr(model, "needs_genomics", False))
@@ -152,7 +153,9 @@ def train_fold(fold: int, fold_data: Any, bags: CaseBags, config: TrainConfig, f
         model.train()
         order = balanced_order(lab_bins, lab_cens, config.seed, fold, epoch)
         rng = np.random.default_rng([config.seed, fold, epoch, 2])
-        opt.zero_grad(set_to_none=True)
+        carry = config.accumulation == "carry-over"   # official: last epoch's partial sum is kept
+        if not carry:
+            opt.zero_grad(set_to_none=True)
         sums = {"total": 0.0, "nll": 0.0, "recon": 0.0}
         for step, idx in enumerate(order):
             case = train_ids[idx]
@@ -169,7 +172,7 @@ def train_fold(fold: int, fold_data: Any, bags: CaseBags, config: TrainConfig, f
             sums["total"] += float(total.detach())
             sums["nll"] += float(nll.detach())
             sums["recon"] += float(recon.detach())
-            if (step + 1) % config.accum == 0 or step + 1 == len(order):
+            if (step + 1) % config.accum == 0 or (not carry and step + 1 == len(order)):
                 opt.step()
                 opt.zero_grad(set_to_none=True)
         n = len(order)
@@ -235,6 +238,7 @@ def train_fold(fold: int, fold_data: Any, bags: CaseBags, config: TrainConfig, f
         "encoder": dict(encoder), "segment_params": getattr(bags, "segment_params", None),
         "train_risk_median": train_median, "fold": fold, "epoch": selected_epoch,
         "select": config.select, "n_train_cases": len(train_unique), "n_val_cases": len(val_ids),
+        "protocol": config.protocol, "preset": config.preset, "accumulation": config.accumulation,
     }
     with atomic_path(fold_dir / "predictions.csv") as tmp:
         pred.to_csv(tmp, index=False)

@@ -58,6 +58,9 @@ def save_state(state_dir: Path, model, opt, best_state: Mapping[str, Any] | None
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     if best_state is not None:
         tensors.update({f"best.{k}": v.detach().cpu().contiguous() for k, v in best_state.items()})
+    # gradients still pending (carry-over accumulation: the partial sum joins the next epoch's first step)
+    tensors.update({f"grad.{k}": p.grad.detach().cpu().contiguous() for k, p in model.named_parameters()
+                    if p.grad is not None})
     state_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(state_dir / "state.safetensors") as tmp:
         save_file(tensors, str(tmp))
@@ -89,6 +92,9 @@ def load_state(state_dir: Path, model, opt, config_hash: str) -> tuple[dict[str,
                             f"or resume with the original options (see config.json)")
     tensors = load_file(str(st))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    for k, p in model.named_parameters():
+        if f"grad.{k}" in tensors:
+            p.grad = tensors[f"grad.{k}"].to(p.device)
     _optimizer_from_flat(opt, tensors, info["optimizer"])
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
