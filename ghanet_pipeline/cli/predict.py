@@ -15,6 +15,7 @@ from .common import (
     num_workers_option,
     out_option,
     overwrite_option,
+    shard_option,
     slides_argument,
 )
 
@@ -35,8 +36,9 @@ def _parse_folds(text: str | None) -> list[int] | None:
 
 @click.command("predict")
 @slides_argument
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
-              help="Training run folder (<out>/train/<run>/ with fold_<k>/ checkpoints) or one fold_<k>/ folder.")
+@click.option("--model", "model_dir", default=None, envvar="GHANET_MODEL", type=click.Path(path_type=Path),
+              help="Training run folder (<out>/train/<run>/ with fold_<k>/ checkpoints) or one fold_<k>/ folder "
+                   "[env GHANET_MODEL; default: the only training run under <out>/train/].")
 @manifest_option
 @out_option
 @click.option("--folds", default=None, metavar="0,1,...", help="Fold models to ensemble (default: all in --model).")
@@ -55,28 +57,40 @@ def _parse_folds(text: str | None) -> list[int] | None:
 @num_workers_option(0)
 @overwrite_option
 @no_progress_option
-def predict(slides: tuple[str, ...], recursive: bool, mpp: float | None, case_id_from: str | None, model_dir: Path,
+@shard_option
+def predict(slides: tuple[str, ...], recursive: bool, mpp: float | None, case_id_from: str | None,
+            model_dir: Path | None,
             manifest: Path | None, out: Path, folds: str | None, features_dir: Path | None, assume_encoder: bool,
             heatmaps: bool, device: str, weights: str | None, batch_size: int, num_workers: int, overwrite: bool,
-            no_progress: bool) -> None:
+            no_progress: bool, shard: str | None) -> None:
     """Predict a risk score per case from SLIDE files (slides of one manifest case_id are pooled).
 
-    Writes <out>/predict/predictions.csv, <out>/predict/<case_id>.json and, with --heatmaps,
-    <out>/predict/heatmaps/<case_id>/. Exit 0 when every case got a score or had no tissue, 1 when a
-    case failed (the others still run), 2 on a usage error.
+    Writes <out>/predict/<case_id>.json as each case finishes (reused by a rerun with the same model
+    and input files), then rebuilds <out>/predict/predictions.csv from every case's JSON; with
+    --heatmaps also <out>/predict/heatmaps/<case_id>/. Several processes (--shard i/n, two terminals)
+    may write into one --out. Exit 0 when every case got a score or had no tissue, 1 when a case failed
+    (the others still run), 2 on a usage error.
     """
+    from ..inference.loading import default_model
     from ..inference.predict import predict_cases
     from ..inference.records import PredictConfig
-    from ..inputs import collect_slides
+    from ..inputs import collect_slides, parse_shard
     from .common import Progress
 
     fold_list = _parse_folds(folds)
+    shard_ij = parse_shard(shard)
+    if model_dir is None:
+        model_dir = default_model(out)
+        click.echo(f"using model {model_dir} (the only training run under {out / 'train'}; --model picks another)",
+                   err=True)
     specs = (collect_slides(slides, manifest, recursive, case_id_from, mpp)
              if (slides or manifest is not None or features_dir is None) else [])
     config = PredictConfig(out=out, folds=fold_list, features_dir=features_dir, assume_encoder=assume_encoder,
                            heatmaps=heatmaps, device=device, weights=weights, batch_size=batch_size,
-                           num_workers=num_workers, overwrite=overwrite)
+                           num_workers=num_workers, overwrite=overwrite, shard=shard_ij)
     n_cases = len({s.case_id for s in specs}) if specs else 0
+    if shard_ij is not None and n_cases:
+        n_cases = len(range(shard_ij[0], n_cases, shard_ij[1]))
     with Progress(max(n_cases, 1), "predict", disable=no_progress) as bar:
         run = predict_cases(specs, model_dir, config, on_case=lambda p: bar.advance(1, p.case_id))
     _render(run)
@@ -109,7 +123,8 @@ def _render(run) -> None:  # noqa: ANN001 - PredictionRun
             risk = spread = group = ""
         surv = [f"{v:.2f}" for v in c.survival] if c.survival else [""] * n_bins
         secs = "/".join(f"{c.seconds.get(k, 0.0):.1f}" for k in ("segment", "extract", "model"))
-        msg = c.message or "; ".join(n for n in c.notes if "RANDOM" not in n)
+        msg = ("reused (same model and input files) " if c.reused else "") + (
+            c.message or "; ".join(n for n in c.notes if "RANDOM" not in n))
         table.add_row(c.case_id, f"[{styles.get(c.status, 'white')}]{c.status}[/]", risk, spread, group, *surv,
                       str(c.n_patches), secs, msg)
     console = Console(width=None if sys.stdout.isatty() else 200)

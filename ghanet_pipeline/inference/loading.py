@@ -240,3 +240,29 @@ def load_ensemble(run_dir: Path | str, folds: Sequence[int] | None = None, devic
         if len(m.meta["bin_edges_months"]) != len(first.meta["bin_edges_months"]):
             raise MismatchError(f"fold models of {run_dir} use different numbers of time bins")
     return Ensemble(run_dir=Path(run_dir), members=members, device=device)
+
+
+def find_training_runs(out: Path | str) -> list[Path]:
+    """Training runs under ``<out>/train/``: folders with at least one ``fold_<k>/model.json``."""
+    train = Path(out) / "train"
+    if not train.is_dir():
+        return []
+    return sorted(d for d in train.iterdir() if d.is_dir() and any(d.glob("fold_*/model.json")))
+
+
+def default_model(out: Path | str) -> Path:
+    """The model ``predict`` uses without ``--model``: the only training run under ``<out>/train/``.
+
+    Raises :class:`ConfigError` (a usage error) when there is none or more than one, listing them and
+    saying how to pick one.
+    """
+    runs = find_training_runs(out)
+    if len(runs) == 1:
+        return runs[0]
+    how = "pass --model <out>/train/<run> (or set the environment variable GHANET_MODEL to that folder)"
+    if not runs:
+        raise ConfigError(f"no --model given and no training run under {Path(out) / 'train'}; {how}, or run "
+                          f"`ghanet train` first (or pass the --out that holds the training run)")
+    listed = "\n".join(f"  --model {r}" for r in runs)
+    raise ConfigError(f"no --model given and {len(runs)} training runs under {Path(out) / 'train'}:\n{listed}\n"
+                      f"pick one: {how}")

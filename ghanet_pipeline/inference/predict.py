@@ -38,72 +38,27 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, InputError, MismatchError, SlideError
-from ..inputs import SlideSpec
-from ..ioutils import safe_child, sanitize_ids, write_json_atomic
+from ..inputs import SlideSpec, take_shard
+from ..ioutils import remove_stale_temps, safe_child, sanitize_ids, write_json_atomic
 from ..runs import ItemResult, run_items, write_run_log
 from .embed import Embedder, SlideBag, bag_path, read_existing_bag
 from .ensemble import ensemble_survival, risk_group, summarize_risks
 from .loading import Ensemble, EnsembleOutput, load_ensemble, resolve_device
 from .records import (
-    PREDICTION_SCHEMA,
     CasePrediction,
     PredictConfig,
     PredictionRun,
+    case_record,
     existing_rows,
+    input_signature,
     model_identity,
-    write_predictions_csv,
+    prediction_from_record,
+    read_record,
+    rebuild_predictions_csv,
+    reusable,
 )
 
 log = logging.getLogger(__name__)
-
-
-# =========================================================================== pure ensemble arithmetic
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# =========================================================================== the ensemble
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# =========================================================================== per-case pipeline
-
-
-
-
-
-
-
-
 
 
 def group_cases(specs: Sequence[SlideSpec]) -> dict[str, list[SlideSpec]]:
@@ -123,16 +78,6 @@ def specs_from_features_dir(features_dir: Path) -> list[SlideSpec]:
     if not found:
         raise InputError(f"--features {features_dir}: no .h5 or .pt bags inside")
     return sanitise_specs([SlideSpec(slide_id=sid, path=p, case_id=sid, raw_slide_id=sid) for sid, p in found.items()])
-
-
-
-
-
-
-
-
-
-
 
 
 def predict_case(case_id: str, specs: Sequence[SlideSpec], ens: Ensemble, config: PredictConfig,
@@ -241,20 +186,19 @@ def _heatmaps(pred: CasePrediction, slide_bags: list[SlideBag], out: EnsembleOut
     pred.notes += res.notes
 
 
-
-
-
-
-
-
 def predict_cases(specs: Sequence[SlideSpec], model_dir: Path | str, config: PredictConfig,
                   on_case: Callable[[CasePrediction], None] | None = None) -> PredictionRun:
     """Predict every case of ``specs`` (slides grouped by ``case_id``) with the run's fold models.
 
-    Writes ``<out>/predict/predictions.csv``, ``<out>/predict/<case_id>.json``, heatmaps under
-    ``<out>/predict/heatmaps/<case_id>/`` (``config.heatmaps``) and a run log. A failing case never
-    stops the others (its row has status ``failed`` and the message). Configuration problems
-    (checkpoints, encoder weights that differ from the training ones) raise before any case runs.
+    Each case's ``<out>/predict/<case_id>.json`` is written atomically as soon as the case is done, and
+    reused on a rerun when it was made by the same model from the same input files (see
+    :func:`records.reusable`; ``config.overwrite`` redoes it). ``predictions.csv`` is then rebuilt from
+    every per-case JSON of this model in the folder, under a lock (shards or several processes may
+    write into one ``--out``). ``config.shard = (i, n)`` keeps every n-th case starting at i.
+    Heatmaps go under ``<out>/predict/heatmaps/<case_id>/`` (``config.heatmaps``), and a run log to
+    ``<out>/logs/``. A failing case never stops the others (its record has status ``failed``).
+    Configuration problems (checkpoints, encoder weights that differ from the training ones, another
+    model's ``predictions.csv``) raise before any case runs.
     """
     started = time.time()
     out = Path(config.out)
@@ -270,17 +214,39 @@ def predict_cases(specs: Sequence[SlideSpec], model_dir: Path | str, config: Pre
     csv_path = out_dir / "predictions.csv"
     model_id = model_identity(ens)
     existing_rows(csv_path, model_id, config.overwrite)  # refuse another model's table before any work
-    embedder = None if config.features_dir is not None else Embedder(ens, config)
-    cases = group_cases(specs)
-    safe = sanitize_ids(list(cases), what="case_id")
+    all_cases = group_cases(specs)
+    safe = sanitize_ids(list(all_cases), what="case_id")
+    cases = dict(take_shard(list(all_cases.items()), config.shard))
+    inputs = {raw: _inputs(slides, config) for raw, slides in cases.items()}
+    todo: dict[str, str] = {}
     by_id: dict[str, CasePrediction] = {}
+    for raw, slides in cases.items():
+        why = "--overwrite" if config.overwrite else reusable(
+            read_record(safe_child(out_dir, f"{safe[raw]}.json")), ens, [s.slide_id for s in slides], inputs[raw],
+            config.heatmaps)
+        if why:
+            todo[raw] = why
+        else:
+            by_id[raw] = prediction_from_record(read_record(safe_child(out_dir, f"{safe[raw]}.json")) or {})
+            by_id[raw].reused = True
+    if by_id:
+        log.info("predict: %d of %d case(s) reused from %s (same model and input files; --overwrite redoes them)",
+                 len(by_id), len(cases), out_dir)
+    embedder = None if (config.features_dir is not None or not todo) else Embedder(ens, config)
+
+    def save(raw: str, pred: CasePrediction) -> None:
+        remove_stale_temps(out_dir, [f"{pred.case_id}.json"])
+        write_json_atomic(safe_child(out_dir, f"{pred.case_id}.json"), case_record(pred, ens, inputs[raw]))
 
     def work(item: tuple[str, list[SlideSpec]]) -> ItemResult:
         raw, slides = item
+        if raw in by_id:
+            return by_id[raw].item_result()
         pred = predict_case(safe[raw], slides, ens, config, embedder, out_dir)
         if embedder is not None:
             pred.notes += [n for n in embedder.notes if n not in pred.notes]
         by_id[raw] = pred
+        save(raw, pred)
         return pred.item_result()
 
     def done(res: ItemResult) -> None:
@@ -289,21 +255,30 @@ def predict_cases(specs: Sequence[SlideSpec], model_dir: Path | str, config: Pre
             by_id[raw] = CasePrediction(case_id=res.item, slide_ids=[s.slide_id for s in cases[raw]],
                                         status="failed", message=res.message,
                                         seconds={"total": res.seconds})
+            save(raw, by_id[raw])
         if on_case is not None:
             on_case(by_id[raw])
 
     run_items(list(cases.items()), lambda it: safe[it[0]], work, on_done=done)
     preds = [by_id[r] for r in cases]
-    n_bins = len(ens.members[0].meta["bin_edges_months"]) - 1
-    for p in preds:
-        record = {"schema_version": PREDICTION_SCHEMA, "model": model_id, "model_name": ens.model_name,
-                  "folds": ens.folds, "encoder": ens.encoder, "threshold_rule":
-                  "high if mean fold risk > mean of the folds' training median risks", **asdict(p)}
-        record["risk_per_fold"] = {str(k): v for k, v in p.risk_per_fold.items()}
-        write_json_atomic(safe_child(out_dir, f"{p.case_id}.json"), record)
-    write_predictions_csv(csv_path, preds, model_id, n_bins, config.overwrite)
+    rebuild_predictions_csv(out_dir, model_id)
     cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
-    cfg.update({"model": str(model_dir), "device_resolved": device, "folds_used": ens.folds})
+    cfg.update({"model": str(model_dir), "device_resolved": device, "folds_used": ens.folds,
+                "reused": sorted(safe[r] for r in cases if r not in todo)})
     log_path = write_run_log(out, "predict", cfg, [p.item_result() for p in preds], started)
     return PredictionRun(cases=preds, predictions_csv=csv_path, log_path=log_path, ensemble_folds=ens.folds,
                          encoder=ens.encoder)
+
+
+def _inputs(slides: Sequence[SlideSpec], config: PredictConfig) -> list[dict]:
+    """Input files of a case for the reuse check: its bags with ``--features``, else its slide files."""
+    files = []
+    for s in slides:
+        if config.features_dir is not None:
+            try:
+                files.append(bag_path(Path(config.features_dir), s))
+            except InputError:
+                files.append(Path(config.features_dir) / f"{s.slide_id}.h5")
+        else:
+            files.append(s.path)
+    return input_signature(files, content_hash=config.features_dir is not None)

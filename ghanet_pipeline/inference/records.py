@@ -4,8 +4,10 @@ JSON) and the run's `predictions.csv`."""
 from __future__ import annotations
 
 import csv
+import json
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,7 @@ class PredictConfig:
     batch_size: int = 64
     num_workers: int = 0
     overwrite: bool = False
+    shard: tuple[int, int] | None = None
 
 
 @dataclass
@@ -73,6 +76,8 @@ class CasePrediction:
     encoder_check: str = ""
     heatmaps: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: taken from an earlier run's JSON (not written to the record)
+    reused: bool = field(default=False, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -98,8 +103,9 @@ class CasePrediction:
         return row
 
     def item_result(self) -> ItemResult:
-        return ItemResult(item=self.case_id, status=self.status, seconds=self.seconds.get("total", 0.0),
-                          message=self.message,
+        return ItemResult(item=self.case_id, status="skipped" if self.reused and self.ok else self.status,
+                          seconds=0.0 if self.reused else self.seconds.get("total", 0.0),
+                          message="reused: same model and input files" if self.reused else self.message,
                           metrics={"risk": self.risk if self.risk is not None else "",
                                    "risk_std": self.risk_std if self.risk_std is not None else "",
                                    "group": self.risk_group or "", "patches": self.n_patches})
@@ -128,6 +134,84 @@ def model_identity(ens: Ensemble) -> str:
     return f"{Path(ens.run_dir).resolve()}#folds={','.join(map(str, ens.folds))}"
 
 
+def model_weights(ens: Ensemble) -> dict[str, str]:
+    """Fold -> sha256 of its weights (from ``model.json``): a retrained run at the same path differs."""
+    return {str(m.fold): str(m.meta.get("weights_sha256", "")) for m in ens.members}
+
+
+def input_signature(files: Sequence[Path], content_hash: bool = False) -> list[dict[str, Any]]:
+    """Name and size (bytes) of each input file of a case, plus its sha256 with ``content_hash`` (bags,
+    which may be rewritten with the same size) or else its modification time in ns (slides: too large
+    to hash on every run)."""
+    from ..ioutils import file_sha256
+
+    out = []
+    for f in files:
+        entry: dict[str, Any] = {"name": Path(f).name, "bytes": None}
+        try:
+            st = Path(f).stat()
+            entry["bytes"] = st.st_size
+            if content_hash:
+                entry["sha256"] = file_sha256(f)
+            else:
+                entry["mtime_ns"] = st.st_mtime_ns
+        except OSError:
+            pass
+        out.append(entry)
+    return out
+
+
+def case_record(pred: CasePrediction, ens: Ensemble, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The per-case JSON (``<out>/predict/<case_id>.json``)."""
+    record = {"schema_version": PREDICTION_SCHEMA, "model": model_identity(ens), "model_weights": model_weights(ens),
+              "model_name": ens.model_name, "folds": ens.folds, "encoder": ens.encoder, "inputs": inputs,
+              "threshold_rule": "high if mean fold risk > mean of the folds' training median risks", **asdict(pred)}
+    del record["reused"]
+    record["risk_per_fold"] = {str(k): v for k, v in pred.risk_per_fold.items()}
+    return record
+
+
+def prediction_from_record(record: Mapping[str, Any]) -> CasePrediction:
+    """Rebuild a :class:`CasePrediction` from its JSON record."""
+    names = {f.name for f in fields(CasePrediction)}
+    pred = CasePrediction(**{k: v for k, v in record.items() if k in names})
+    pred.risk_per_fold = {int(k): float(v) for k, v in (record.get("risk_per_fold") or {}).items()}
+    return pred
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """A per-case JSON record, or None when missing, unreadable or of another schema."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(record, dict) or record.get("schema_version") != PREDICTION_SCHEMA or "case_id" not in record:
+        return None
+    return record
+
+
+def reusable(record: dict[str, Any] | None, ens: Ensemble, slide_ids: list[str], inputs: list[dict[str, Any]],
+             heatmaps: bool) -> str:
+    """Why an earlier per-case record cannot be reused for this run ("" = it can).
+
+    Reused when it is a finished case (``done``/``no tissue``) of the same model (run path, folds and
+    every fold's weights hash), with the same slides (names and sizes of the input files) and, when
+    heatmaps are asked for, with its heatmap files present.
+    """
+    if record is None:
+        return "no earlier result"
+    if record.get("status") not in ("done", "no tissue"):
+        return f"earlier status {record.get('status')}"
+    if record.get("model") != model_identity(ens) or record.get("model_weights") != model_weights(ens):
+        return "made by another model"
+    if record.get("slide_ids") != slide_ids or record.get("inputs") != inputs:
+        return "made from other input files"
+    if heatmaps and record.get("status") == "done" and (
+            not record.get("heatmaps") or not all(Path(p).is_file() for p in record["heatmaps"])):
+        return "no heatmaps"
+    return ""
+
+
 def existing_rows(path: Path, model: str, overwrite: bool) -> list[dict[str, str]]:
     """Rows of an earlier ``predictions.csv`` of the same model; another model's file is an error."""
     if not path.exists() or overwrite:
@@ -141,17 +225,32 @@ def existing_rows(path: Path, model: str, overwrite: bool) -> list[dict[str, str
     return old
 
 
-def write_predictions_csv(path: Path, cases: list[CasePrediction], model: str, n_bins: int, overwrite: bool) -> None:
-    """Write ``predictions.csv``; rows of other cases from an earlier run of the same model are kept."""
-    new_rows = [c.row(model, n_bins) for c in cases]
-    fields = list(new_rows[0]) if new_rows else ["case_id"]
-    kept: list[dict[str, str]] = []
-    old = existing_rows(path, model, overwrite)
-    if old:
-        done = {c.case_id for c in cases}
-        kept = [r for r in old if r.get("case_id") not in done and list(r) == fields]
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=fields)
-            w.writeheader()
-            w.writerows(kept + new_rows)
+def rebuild_predictions_csv(out_dir: Path, model: str) -> list[CasePrediction]:
+    """Rewrite ``<out_dir>/predictions.csv`` from every per-case JSON of ``model`` in ``out_dir``.
+
+    Rows are sorted by case id. Held under a lock file (``.predictions.csv.lock``) so that several
+    ``predict`` processes writing into one ``--out`` (shards, two terminals) never lose a row: each
+    rebuild reads every finished case, whoever computed it. Returns the cases written.
+    """
+    from filelock import FileLock
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out_dir / ".predictions.csv.lock")):
+        preds, n_bins = [], 0
+        for path in sorted(out_dir.glob("*.json")):
+            record = read_record(path)
+            if record is None or record.get("model") != model or path.stem != record["case_id"]:
+                continue
+            pred = prediction_from_record(record)
+            preds.append(pred)
+            if pred.bin_edges_months:
+                n_bins = max(n_bins, len(pred.bin_edges_months) - 1)
+        preds.sort(key=lambda p: p.case_id)
+        rows = [p.row(model, n_bins) for p in preds]
+        names = list(rows[0]) if rows else ["case_id"]
+        with atomic_path(out_dir / "predictions.csv") as tmp:
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                w = csv.DictWriter(fh, fieldnames=names)
+                w.writeheader()
+                w.writerows(rows)
+    return preds
