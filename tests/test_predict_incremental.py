@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from test_prediction import ENC, make_run, write_bags
 
 from ghanet_pipeline.cli import cli
 from ghanet_pipeline.inference import predict as P
 from ghanet_pipeline.inference import records as R
 from ghanet_pipeline.inputs import SlideSpec
-
-from test_prediction import ENC, make_run, write_bags
 
 REPO = Path(__file__).resolve().parents[1]
 
