@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("doctor:doctor", "Check the installation: versions, OpenSlide, torch/CUDA, weights, output dir."),
     "segment": ("segment:segment", "Find tissue and lay the 256x256 patch grid at 20x (0.5 um/px)."),
     "extract-features": ("extract:extract_features", "Embed every patch with the truncated ResNet50 into HDF5 bags."),
+    "calibrate-encoder": ("calibrate:calibrate_encoder",
+                          "Make random encoder weights usable: BatchNorm statistics + standardisation from patches."),
     "preprocess-genomics": ("genomics:preprocess_genomics", "Gene families, survival bins, per-fold gene selection and targets."),
     "train": ("train:train", "Train G-HANet (or ABMIL) with k-fold cross-validation."),
     "evaluate": ("evaluate:evaluate", "C-index, Kaplan-Meier and log-rank for a predictions table."),

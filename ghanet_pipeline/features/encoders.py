@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: key prefix of the per-channel standardisation in a calibrated weights file (``features/calibrate.py``)
+CALIBRATION_PREFIX = "ghanet_calibration."
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,8 @@ class LoadedEncoder:
     weights_id: str
     weights_path: Path | None = None
     notes: list[str] = field(default_factory=list)
+    #: provenance (JSON) of a calibrated weights file (``ghanet calibrate-encoder``); "" otherwise
+    calibration: str = ""
 
     @property
     def name(self) -> str:
@@ -260,6 +264,7 @@ def load_encoder(name: str = "resnet50_trunc", weights: str | Path | None = None
     spec = get_encoder_spec(name)
     source = resolve_weights(spec, weights, hub_dir)
     notes: list[str] = []
+    calib: dict[str, torch.Tensor] = {}
     if isinstance(source, int):
         devices = []  # seed the CPU generator only, restore it afterwards
         with torch.random.fork_rng(devices=devices):
@@ -273,14 +278,42 @@ def load_encoder(name: str = "resnet50_trunc", weights: str | Path | None = None
         path = source
         full = spec.build()
         state = read_state_dict(path)
+        calib = {k[len(CALIBRATION_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(CALIBRATION_PREFIX)}
         notes += _check_keys(spec, full.state_dict(), state, path)
         full.load_state_dict({k: v for k, v in state.items() if k.startswith(spec.required_prefixes)}, strict=False)
         weights_id = file_sha256(path)
         log.info("encoder %s: weights %s (sha256 %s)", name, path, weights_id[:12])
     model = spec.trunk(full).eval()
+    calibration = ""
+    if calib and path is not None:
+        model, calibration = _calibrated(model, calib, path, spec.dim)
+        notes.append(f"encoder {name}: calibrated weights {path.name} (features standardised per channel)")
     for p in model.parameters():
         p.requires_grad_(False)
-    return LoadedEncoder(spec=spec, model=model, weights_id=weights_id, weights_path=path, notes=notes)
+    return LoadedEncoder(spec=spec, model=model, weights_id=weights_id, weights_path=path, notes=notes,
+                         calibration=calibration)
+
+
+def _calibrated(trunk: nn.Module, calib: dict[str, torch.Tensor], path: Path, dim: int) -> tuple[nn.Module, str]:
+    """``trunk`` followed by ``(f - mean) / std`` per channel (a frozen BatchNorm1d) and the file's record."""
+    import json
+
+    from safetensors import safe_open
+    from torch import nn
+
+    mean, std = calib.get("mean"), calib.get("std")
+    if mean is None or std is None or mean.shape != (dim,) or std.shape != (dim,) or not bool((std > 0).all()):
+        raise ConfigError(f"weights file {path}: {CALIBRATION_PREFIX}mean/std must be two positive vectors of "
+                          f"length {dim}; recreate it with 'ghanet calibrate-encoder --overwrite'")
+    norm = nn.BatchNorm1d(dim, eps=0.0, affine=False)
+    norm.running_mean.copy_(mean.float())
+    norm.running_var.copy_(std.float() ** 2)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            record = (fh.metadata() or {}).get("ghanet_calibration", "")
+    except Exception:  # noqa: BLE001 - a .pth holding the keys: no header record
+        record = ""
+    return nn.Sequential(trunk, norm).eval(), record or json.dumps({"file": path.name})
 
 
 # --------------------------------------------------------------------------- input transform

@@ -186,6 +186,8 @@ class Extractor:
             "resize": "none" if input_size == int(cattrs["patch_size"]) else "area",
             "n_patches": int(n),
             "segment_params": segment_params_json(cattrs),
+            # provenance of a calibrated encoder (features/calibrate.py); its sha256 is weights_sha256
+            **({"encoder_calibration": self.encoder.calibration} if self.encoder.calibration else {}),
         }
 
     def _plan(self, spec: SlideSpec, cattrs: dict[str, Any]) -> Any:
