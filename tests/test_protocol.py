@@ -145,6 +145,7 @@ def test_official_genomics_uses_loader_groups_cohort_bins_and_records_the_protoc
     doc = json.loads((gdir / "config.json").read_text())
     assert doc["protocol"] == "official" and doc["de_method"] == "ttest"
     assert doc["config"]["ttest_groups"] == "loader" and doc["config"]["bins_from"] == "cohort"
+    assert doc["config"]["option_sources"]["ttest_groups"] == "protocol official"
     cases = pd.read_csv(gdir / "cases.csv", dtype={"case_id": str}).set_index("case_id")
     edges = fit_bin_edges(cases.survival_months.to_numpy(), cases.censorship.to_numpy(),
                           cases.survival_months.min(), cases.survival_months.max())
@@ -308,3 +309,14 @@ def test_train_protocol_official_preset_blca_end_to_end(tmp_path):
     m = json.loads((run / "metrics.json").read_text())
     assert m["protocol"] == "official" and m["optimistic"] is True
     assert "OPTIMISTIC" in res.output
+    # explicit flags win over the protocol and the preset, and are recorded as such
+    res = runner.invoke(cli, ["train", "--features", str(feats), "--out", str(tmp_path), "--protocol", "official",
+                              "--preset", "tcga_blca", "--topk-rule", "ceil", "--accumulation", "epoch", "--select",
+                              "final", "--lr", "1e-3", "--epochs", "1", "--dim", "32", "--folds", "0",
+                              "--run-name", "explicit", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((tmp_path / "train" / "explicit" / "config.json").read_text())
+    assert (cfg["topk_rule"], cfg["accumulation"], cfg["select"], cfg["lr"], cfg["topk"]) == \
+        ("ceil", "epoch", "final", 1e-3, 0.2)
+    assert cfg["option_sources"] == {"topk_rule": "explicit", "accumulation": "explicit", "select": "explicit",
+                                     "topk": "preset tcga_blca", "lr": "explicit"}

@@ -31,6 +31,9 @@ from .common import no_progress_option, out_option, overwrite_option, preset_opt
 @click.option("--bins-from", type=click.Choice(["train", "cohort"]), default=None,
               help="Fit the 4 survival-bin edges on each training fold, or on all cases (reference code). "
                    "Default: train (protocol ghanet), cohort (official).")
+@click.option("--ttest-groups", type=click.Choice(["cases", "loader"]), default=None,
+              help="t-test risk groups: cases = each training case once (protocol ghanet); loader = the cases "
+                   "drawn by one pass of the authors' class-balanced, with-replacement loader (official).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the fold assignment and, with --protocol official, of the t-test's loader draw "
                    "(the authors' default seed is 1).")
@@ -48,7 +51,7 @@ from .common import no_progress_option, out_option, overwrite_option, preset_opt
 @no_progress_option
 def preprocess_genomics(table: Path, clinical: Path | None, families: Path, splits: Path | None, folds: int,
                         protocol: str, preset: str | None, de_method: str | None, bins_from: str | None,
-                        seed: int, padj: float, lfc: float | None, pvalue: float,
+                        ttest_groups: str | None, seed: int, padj: float, lfc: float | None, pvalue: float,
                         impute: str, n_cpus: int, out: Path, overwrite: bool,
                         no_progress: bool) -> None:
     """Select the genes of each family that differ between high- and low-risk training patients (per
@@ -66,7 +69,7 @@ def preprocess_genomics(table: Path, clinical: Path | None, families: Path, spli
     cfg = GenomicsConfig(table=str(table), families=str(families), clinical=str(clinical) if clinical else None,
                          splits=str(splits) if splits else None, folds=folds, de_method=de_method,
                          bins_from=bins_from, seed=seed, padj=padj, lfc=lfc, pvalue=pvalue, impute=impute,
-                         n_cpus=n_cpus, protocol=protocol, preset=preset)
+                         n_cpus=n_cpus, protocol=protocol, preset=preset, ttest_groups=ttest_groups)
     console = Console(width=None if sys.stdout.isatty() else 160)
     with console.status("preprocessing genomics ...") if sys.stdout.isatty() else _null():
         res = run(cfg, out, overwrite=overwrite)

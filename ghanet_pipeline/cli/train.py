@@ -58,6 +58,12 @@ def _parse_folds(text: str | None) -> list[int] | None:
               help="Percent of patches kept per family for the genomic attention weights. Default: 20, or "
                    "the --preset's (15 BRCA/GBMLGG, 30 UCEC). Rounded up (ghanet) or down with ties "
                    "(official; bags with fewer than 100/topk patches are then refused).")
+@click.option("--topk-rule", type=click.Choice(["ceil", "floor"]), default=None,
+              help="Top-k count: ceil = ceil(topk x N), at least 1 (protocol ghanet); floor = int(N x topk) "
+                   "keeping ties, as the authors' code (official).")
+@click.option("--accumulation", type=click.Choice(["epoch", "carry-over"]), default=None,
+              help="epoch = gradients zeroed at each epoch start, partial step at its end (protocol ghanet); "
+                   "carry-over = the leftover joins the next epoch's first step (official).")
 @click.option("--alpha-surv", type=click.FloatRange(min=0, max=1), default=0.0, show_default=True,
               help="Extra weight of the uncensored NLL term.")
 @click.option("--dim", type=click.IntRange(min=8), default=512, show_default=True, help="Model width d.")
@@ -80,7 +86,8 @@ def _parse_folds(text: str | None) -> list[int] | None:
 @no_progress_option
 def train(features: Path, genomics: Path | None, out: Path, model: str, run_name: str | None, folds_text: str | None,
           protocol: str, preset: str | None, epochs: int, lr: float | None, weight_decay: float, accum: int,
-          alpha: float, topk: float | None, alpha_surv: float, dim: int, dropout: float, max_patches: int | None,
+          alpha: float, topk: float | None, topk_rule: str | None, accumulation: str | None, alpha_surv: float,
+          dim: int, dropout: float, max_patches: int | None,
           seed: int, select: str | None, device: str,
           manifest: Path | None, case_id_from: str | None, resume: bool, threads: int, overwrite: bool,
           no_progress: bool) -> None:
@@ -109,7 +116,7 @@ def train(features: Path, genomics: Path | None, out: Path, model: str, run_name
                          topk=None if topk is None else topk / 100.0, alpha_surv=alpha_surv, dim=dim,
                          dropout=dropout, max_patches=max_patches, seed=seed, folds=_parse_folds(folds_text),
                          select=select, device=device, case_id_from=case_id_from, protocol=protocol,
-                         preset=preset)
+                         preset=preset, topk_rule=topk_rule, accumulation=accumulation)
     log = logging.getLogger("ghanet_pipeline")
     state: dict[str, Any] = {"bar": None}
 
