@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import InputError, MismatchError
 from ..ioutils import atomic_path
+from ..safeload import torch_load_tensors
 
 BAG_SCHEMA_VERSION = 1
 
@@ -304,11 +305,9 @@ def _as_2d(feats: np.ndarray, path: Path) -> np.ndarray:
 def _read_pt(path: Path) -> Bag:
     import torch
 
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure becomes a message naming the file
-        raise InputError(f"{path} cannot be loaded as a tensor file (torch.load weights_only=True): "
-                         f"{type(exc).__name__}: {exc}") from None
+    obj = torch_load_tensors(path, "CLAM bag", "A .pt bag must hold only the feature tensor (N, D), as "
+                             "torch.save(features) writes it; re-save it that way in a trusted environment, or "
+                             "use the .h5 bag", InputError)
     if isinstance(obj, dict):
         obj = obj.get("features", obj.get("feats"))
     if not isinstance(obj, torch.Tensor):

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
+from ..safeload import load_safetensors, torch_load_tensors
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -206,16 +207,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     import torch
 
     path = Path(path)
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj: object = load_file(str(path), device="cpu")
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any reader failure becomes a message naming the file
-        raise ConfigError(f"cannot read weights file {path}: {type(exc).__name__}: {exc}. Expected a state "
-                          f"dict saved with torch.save(model.state_dict()) or a .safetensors file") from None
+    fix = ("Expected a state dict saved with torch.save(model.state_dict()) (.pth/.pt) or a .safetensors file; "
+           "convert it in a trusted environment")
+    if path.suffix.lower() == ".safetensors":
+        obj: object = load_safetensors(path, "weights file", fix, ConfigError)
+    else:
+        obj = torch_load_tensors(path, "weights file", fix, ConfigError)
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]

@@ -16,6 +16,7 @@ from torch import nn
 from .. import __version__
 from ..errors import CheckpointError, ConfigError
 from ..ioutils import atomic_path, file_sha256, write_json_atomic
+from ..safeload import load_safetensors
 from ._registry import create_model
 
 CHECKPOINT_VERSION = 1
@@ -75,9 +76,6 @@ def load_checkpoint(fold_dir: Path | str, device: str | torch.device = "cpu") ->
     Raises :class:`CheckpointError` for a missing file, another checkpoint version, an unknown model,
     weights that do not match the JSON (hash) or the architecture (keys/shapes).
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     fold_dir = Path(fold_dir)
     meta = read_checkpoint_meta(fold_dir)
     weights = fold_dir / WEIGHTS_NAME
@@ -92,10 +90,8 @@ def load_checkpoint(fold_dir: Path | str, device: str | torch.device = "cpu") ->
         model = create_model(meta["model"], **meta["model_config"])
     except (ConfigError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{fold_dir / META_NAME}: cannot rebuild model {meta['model']!r}: {exc}") from exc
-    try:
-        state = load_file(str(weights), device=str(device))
-    except (SafetensorError, OSError, RuntimeError) as exc:
-        raise CheckpointError(f"{weights} is not a readable safetensors file ({exc}); retrain this fold") from exc
+    state = load_safetensors(weights, "checkpoint weights", "Retrain this fold (or copy both files of the fold "
+                             "from the training machine again)", CheckpointError, device=str(device))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
