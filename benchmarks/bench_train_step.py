@@ -1,15 +1,22 @@
-"""Benchmark: G-HANet training step and inference time, peak memory, for bags of 1k / 10k / 100k patches.
+"""Benchmark: G-HANet training step, inference time and peak memory vs the reference implementation.
 
 One training step = forward + loss (NLL + 0.3 * (MSE + SCE) over the families) + backward + Adam step,
-one case, as in training. Each (implementation, size) runs in its own subprocess so that peak RSS
-(``resource.getrusage(RUSAGE_SELF).ru_maxrss``) belongs to that configuration alone.
+one case, as in training. Implementations, on the same parameters (same seed):
 
-Implementations: ``fast`` = :class:`ghanet_pipeline.models.GHANet` (what ``ghanet train`` uses);
-``reference`` = :func:`ghanet_pipeline.models.reference.reference_forward` (``plain_dropout=True``) on
-the same parameters, written like the authors' released code: keys/values projected for every patch in
-both cross-attention passes, ReLU then ``F.dropout`` on the patch embeddings, dense masked softmax — the baseline, measured in the same run.
+- ``fast``: :class:`ghanet_pipeline.models.GHANet` with the optimiser of ``ghanet train``
+  (:func:`ghanet_pipeline.training.state.make_optimizer`);
+- ``reference``: :func:`ghanet_pipeline.models.reference.reference_forward` (``plain_dropout=True``),
+  written like the authors' released code (keys/values projected for every patch in both
+  cross-attention passes, ReLU then ``F.dropout``, dense masked softmax) with plain ``torch.optim.Adam``.
 
-    .venv/bin/python benchmarks/bench_train_step.py [--sizes 1000 10000 100000] [--repeats 3] [--threads 2]
+Every ratio printed is measured in this run: each (implementation, size) runs in its own subprocess
+(so that its peak RSS, ``ru_maxrss``, belongs to it alone), and the processes are interleaved
+(``--rounds`` rounds of fast, reference / reference, fast per size) so that load drift on a shared
+machine hits both sides alike. Per process: one warm-up step, ``--repeats`` timed steps, one warm-up
+and ``--repeats`` timed inference passes. Nothing here is compared with figures from another machine.
+
+    python benchmarks/bench_train_step.py [--sizes 1000 10000 30000 100000] [--repeats 2] [--rounds 2]
+                                           [--threads 2] [--families 80 0 120 40 60 90]
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -24,11 +32,20 @@ import time
 from pathlib import Path
 
 FAMILY_SIZES = [80, 0, 120, 40, 60, 90]   # one empty family, like a fold where DE kept no gene
-AUTHORS_REFERENCE = {1000: 0.17, 10000: 1.13, 100000: 13.9}   # s/step, authors' code, 2 threads (issue 7)
-AUTHORS_RSS_100K_GB = 4.9
 
 
-def worker(impl: str, n: int, repeats: int, threads: int) -> dict:
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (Linux), else ``platform.processor()``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def worker(impl: str, n: int, repeats: int, threads: int, families: list[int]) -> dict:
     import resource
 
     import torch
@@ -41,13 +58,13 @@ def worker(impl: str, n: int, repeats: int, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = create_model("ghanet", in_dim=1024, family_sizes=FAMILY_SIZES)
+    model = create_model("ghanet", in_dim=1024, family_sizes=families)
     forward = model if impl == "fast" else (lambda x: reference_forward(model, x, plain_dropout=True))
-    # fast = what `ghanet train` uses (fused Adam); reference = the authors' plain Adam
     opt = (make_optimizer(model, 2e-4, 1e-5) if impl == "fast"
            else torch.optim.Adam(model.parameters(), lr=2e-4, weight_decay=1e-5))
     features = torch.randn(n, 1024)
-    targets = [torch.randn(k) for k in FAMILY_SIZES]
+    targets = [torch.randn(k) for k in families]
+    cpu_s: list[float] = []
 
     def step() -> float:
         cpu0 = time.process_time()
@@ -55,7 +72,8 @@ def worker(impl: str, n: int, repeats: int, threads: int) -> dict:
         model.train()
         out = forward(features)
         loss = nll_loss(out["hazards"], out["S"], 2, 0)
-        recon = sum(F.mse_loss(p, t) + sce_loss(p, t) for p, t in zip(out["recon"], targets, strict=False) if p is not None)
+        recon = sum(F.mse_loss(p, t) + sce_loss(p, t)
+                    for p, t in zip(out["recon"], targets, strict=True) if p is not None)
         (loss + 0.3 * recon).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -69,63 +87,85 @@ def worker(impl: str, n: int, repeats: int, threads: int) -> dict:
             forward(features)["risk"].item()
         return time.perf_counter() - t0
 
-    cpu_s: list[float] = []
-    step()  # warm-up (allocator, Adam state)
+    first_s = step()  # warm-up (allocator, Adam state); reported as the first step
     train_s = [step() for _ in range(repeats)]
-    cpu_s = cpu_s[1:]
     infer()
     infer_s = [infer() for _ in range(repeats)]
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"impl": impl, "n": n, "train_s": train_s, "train_cpu_s": cpu_s, "infer_s": infer_s, "peak_rss_gb": rss_kb / 1024 ** 2}
+    return {"impl": impl, "n": n, "first_s": first_s, "train_s": train_s, "train_cpu_s": cpu_s[1:],
+            "infer_s": infer_s, "peak_rss_gb": rss_kb / 1024 ** 2}
+
+
+def run_worker(impl: str, n: int, args: argparse.Namespace) -> dict:
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, __file__, "--worker", impl, str(n), "--repeats", str(args.repeats),
+           "--threads", str(args.threads), "--families", *map(str, args.families)]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"worker {impl} N={n} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 30000, 100000])
+    ap.add_argument("--repeats", type=int, default=2, help="timed steps per process (after one warm-up)")
+    ap.add_argument("--rounds", type=int, default=2, help="processes per (implementation, size), interleaved")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--families", type=int, nargs="+", default=FAMILY_SIZES, help="genes per family")
     ap.add_argument("--impls", nargs="+", default=["fast", "reference"], choices=["fast", "reference"])
     ap.add_argument("--worker", nargs=2, metavar=("IMPL", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.repeats, args.threads)))
+        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.repeats, args.threads, args.families)))
         return
 
-    root = Path(__file__).resolve().parents[1]
-    results: dict[tuple[str, int], dict] = {}
-    for n in args.sizes:
-        for impl in args.impls:
-            proc = subprocess.run([sys.executable, __file__, "--worker", impl, str(n), "--repeats",
-                                   str(args.repeats), "--threads", str(args.threads)],
-                                  cwd=root, capture_output=True, text=True, check=True)
-            results[impl, n] = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"done {impl} N={n}", file=sys.stderr)
+    import torch
 
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"\nG-HANet, CPU, {args.threads} threads, families {FAMILY_SIZES}, {args.repeats} repeats "
-          f"(min / median seconds; load average at the end {load})\n")
-    print("| patches | impl | train step s (min / med) | train step CPU s (min) | inference s (min / med) | "
-          "peak RSS GB | step vs authors' ref |")
+    load0 = os.getloadavg()
+    t_start = time.time()
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for n in args.sizes:
+        for r in range(args.rounds):
+            order = args.impls if r % 2 == 0 else args.impls[::-1]
+            for impl in order:
+                runs.setdefault((impl, n), []).append(run_worker(impl, n, args))
+                print(f"done {impl} N={n} round {r + 1}", file=sys.stderr)
+    load1 = os.getloadavg()
+
+    def agg(impl: str, n: int, key: str) -> list[float]:
+        return [x for run in runs[impl, n] for x in run[key]]
+
+    print(f"\nG-HANet training step, {cpu_model()} ({os.cpu_count()} logical CPUs), torch {torch.__version__}, "
+          f"{args.threads} threads, families {args.families}; {args.rounds} interleaved processes x "
+          f"{args.repeats} steps per implementation and size; {time.time() - t_start:.0f} s; "
+          f"load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end\n")
+    print("| patches | impl | train step s (min / median) | train step CPU s (min) | first step s | "
+          "inference s (min / median) | peak RSS GB |")
     print("|---:|---|---:|---:|---:|---:|---:|")
     for n in args.sizes:
         for impl in args.impls:
-            r = results[impl, n]
-            tmin, tmed = min(r["train_s"]), statistics.median(r["train_s"])
-            imin, imed = min(r["infer_s"]), statistics.median(r["infer_s"])
-            ref = AUTHORS_REFERENCE.get(n)
-            ratio = f"{tmin / ref:.2f}x" if ref else "-"
-            print(f"| {n:,} | {impl} | {tmin:.3f} / {tmed:.3f} | {min(r['train_cpu_s']):.3f} | "
-                  f"{imin:.3f} / {imed:.3f} | "
-                  f"{r['peak_rss_gb']:.2f} | {ratio} |")
+            tr, inf = agg(impl, n, "train_s"), agg(impl, n, "infer_s")
+            first = max(run["first_s"] for run in runs[impl, n])
+            rss = max(run["peak_rss_gb"] for run in runs[impl, n])
+            print(f"| {n:,} | {impl} | {min(tr):.3f} / {statistics.median(tr):.3f} | "
+                  f"{min(agg(impl, n, 'train_cpu_s')):.3f} | {first:.2f} | "
+                  f"{min(inf):.3f} / {statistics.median(inf):.3f} | {rss:.2f} |")
     if all(i in args.impls for i in ("fast", "reference")):
-        print("\n| patches | fast / reference train step (min) | fast / reference peak RSS |")
-        print("|---:|---:|---:|")
+        print("\nfast / reference, same run (per-round ratios of the per-process minimum in brackets):\n")
+        print("| patches | train step (min) | train step (median) | train step CPU (min) | inference (min) | "
+              "peak RSS |")
+        print("|---:|---:|---:|---:|---:|---:|")
         for n in args.sizes:
-            f, r = results["fast", n], results["reference", n]
-            print(f"| {n:,} | {min(f['train_s']) / min(r['train_s']):.2f} | "
-                  f"{f['peak_rss_gb'] / r['peak_rss_gb']:.2f} |")
-    print(f"\nAuthors' implementation on this machine (issue 7): {AUTHORS_REFERENCE} s/step, "
-          f"peak RSS {AUTHORS_RSS_100K_GB} GB at 100k.")
+            f_tr, r_tr = agg("fast", n, "train_s"), agg("reference", n, "train_s")
+            per_round = ", ".join(f"{min(f['train_s']) / min(r['train_s']):.2f}"
+                                  for f, r in zip(runs["fast", n], runs["reference", n], strict=True))
+            rss = (max(run["peak_rss_gb"] for run in runs["fast", n])
+                   / max(run["peak_rss_gb"] for run in runs["reference", n]))
+            print(f"| {n:,} | {min(f_tr) / min(r_tr):.2f} ({per_round}) | "
+                  f"{statistics.median(f_tr) / statistics.median(r_tr):.2f} | "
+                  f"{min(agg('fast', n, 'train_cpu_s')) / min(agg('reference', n, 'train_cpu_s')):.2f} | "
+                  f"{min(agg('fast', n, 'infer_s')) / min(agg('reference', n, 'infer_s')):.2f} | {rss:.2f} |")
 
 
 if __name__ == "__main__":
