@@ -320,3 +320,51 @@ def test_train_protocol_official_preset_blca_end_to_end(tmp_path):
         ("ceil", "epoch", "final", 1e-3, 0.2)
     assert cfg["option_sources"] == {"topk_rule": "explicit", "accumulation": "explicit", "select": "explicit",
                                      "topk": "preset tcga_blca", "lr": "explicit"}
+
+
+@pytest.mark.slow
+def test_carry_over_resume_is_identical_to_an_uninterrupted_run(tmp_path):
+    """16 training cases, accum 5: every epoch leaves 1 case's gradient pending; an interruption after
+    epoch 2 must keep it (saved in the resume state) for the resumed run to equal the uninterrupted one."""
+    from ghanet_pipeline.genomics import preprocess_genomics
+    from ghanet_pipeline.training.cv import train_cv
+
+    cohort, paths = _cohort_inputs(tmp_path)
+    preprocess_genomics(GenomicsConfig(table=str(paths["table"]), families=str(paths["families"]), folds=3,
+                                       protocol="official", seed=1), tmp_path)
+    feats = tmp_path / "features"
+    write_synthetic_bags(cohort, feats, n_patches=(20, 40), seed=3)
+    gdir = tmp_path / "genomics"
+    cfg = dict(protocol="official", epochs=3, accum=5, dim=32, lr=5e-4, folds=[0], select="final")
+    ref = train_cv(feats, gdir, tmp_path / "a", TrainConfig(**cfg))
+
+    class Stop(KeyboardInterrupt):
+        pass
+
+    def interrupt(kind, **info):
+        if kind == "epoch" and info["epoch"] == 2:
+            raise Stop()
+
+    with pytest.raises(Stop):
+        train_cv(feats, gdir, tmp_path / "b", TrainConfig(**cfg), progress=interrupt)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "b" / "train" / "ghanet" / "fold_0" / "state" / "state.safetensors"), "pt") as f:
+        assert any(k.startswith("grad.") for k in f.keys())
+    res = train_cv(feats, gdir, tmp_path / "b", TrainConfig(**cfg), resume=True)
+    a = pd.read_csv(ref.run_dir / "predictions.csv")
+    b = pd.read_csv(res.run_dir / "predictions.csv")
+    np.testing.assert_allclose(a["risk"], b["risk"], rtol=1e-5, atol=1e-6)
+
+
+def test_ucec_preset_keeps_every_gene_and_says_the_loader_groups_are_unused(tmp_path):
+    from ghanet_pipeline.genomics import preprocess_genomics
+
+    _, paths = _cohort_inputs(tmp_path)
+    res = preprocess_genomics(GenomicsConfig(table=str(paths["table"]), families=str(paths["families"]), folds=3,
+                                             protocol="official", preset="tcga_ucec"), tmp_path)
+    doc = json.loads((tmp_path / "genomics" / "config.json").read_text())
+    assert res.de_method == "none" and doc["config"]["option_sources"]["de_method"] == "preset tcga_ucec"
+    assert any("apply to the t-test only" in n for n in doc["notes"])
+    selected = json.loads((tmp_path / "genomics" / "fold_0" / "selected.json").read_text())
+    assert {m.name: len(m.features) for m in res.matches} == {k: len(v) for k, v in selected.items()}

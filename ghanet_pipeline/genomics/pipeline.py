@@ -165,6 +165,8 @@ def preprocess_genomics(cfg: GenomicsConfig, out: Path | str, overwrite: bool = 
                              f"(non-negative integer); DESeq2 needs raw counts. Give raw counts, or use "
                              f"--de-method ttest for normalised values")
     log.info("differential selection: %s (%s)", method, reason)
+    if cfg.ttest_groups == "loader" and method != "ttest":
+        notes.append(f"t-test groups 'loader' apply to the t-test only; {method} uses each training case once")
 
     if cfg.splits:
         folds = read_splits(cfg.splits, data.case_ids, notes)
