@@ -368,3 +368,23 @@ def test_ucec_preset_keeps_every_gene_and_says_the_loader_groups_are_unused(tmp_
     assert any("apply to the t-test only" in n for n in doc["notes"])
     selected = json.loads((tmp_path / "genomics" / "fold_0" / "selected.json").read_text())
     assert {m.name: len(m.features) for m in res.matches} == {k: len(v) for k, v in selected.items()}
+
+
+def test_official_rule_on_bags_too_small_fails_the_fold_naming_the_cases(tmp_path):
+    from ghanet_pipeline.genomics import preprocess_genomics
+    from ghanet_pipeline.training.cv import train_cv
+
+    cohort, paths = _cohort_inputs(tmp_path)
+    preprocess_genomics(GenomicsConfig(table=str(paths["table"]), families=str(paths["families"]), folds=3,
+                                       protocol="official"), tmp_path)
+    feats = tmp_path / "features"
+    write_synthetic_bags(cohort, feats, n_patches=(3, 4), seed=3)            # int(4 x 0.2) = 0
+    res = train_cv(feats, tmp_path / "genomics", tmp_path, TrainConfig(protocol="official", epochs=1, dim=32,
+                                                                       folds=[0]))
+    (fold,) = res.folds
+    assert fold.status == "failed"
+    assert "selects no patch" in fold.message and "--topk-rule ceil" in fold.message
+    assert any(c in fold.message for c in cohort.cases.index)
+    ok = train_cv(feats, tmp_path / "genomics", tmp_path, TrainConfig(protocol="official", topk_rule="ceil",
+                                                                      epochs=1, dim=32, folds=[0]), run_name="ceil")
+    assert [r.status for r in ok.folds] == ["done"]

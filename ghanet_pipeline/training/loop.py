@@ -61,6 +61,23 @@ def _case_loss(model, out: Mapping[str, Any], label: Mapping[str, Any], targets,
     return nll + alpha * recon, nll, recon
 
 
+def _check_floor_topk(fold: int, train_ids: Sequence[str], val_ids: Sequence[str], n_patches: Mapping[str, int],
+                      config: TrainConfig) -> None:
+    """The official top-k rule int(N * topk) selects nothing for small bags: name them before training."""
+    from ..models import topk_count
+
+    small = []
+    for c, ids_max in [(c, config.max_patches) for c in train_ids] + [(c, None) for c in val_ids]:
+        n = n_patches.get(c)
+        if n is not None and topk_count(min(n, ids_max or n), config.topk, "floor") < 1:
+            small.append(f"{c} ({min(n, ids_max or n)} patches)")
+    if small:
+        raise InputError(f"fold {fold}: the official top-k rule int(N x {config.topk:g}) selects no patch for "
+                         f"{len(small)} case(s): {', '.join(small[:10])}{' ...' if len(small) > 10 else ''}; "
+                         f"use --topk-rule ceil (protocol ghanet: at least one patch), a larger --topk or "
+                         f"--max-patches, or leave these cases out")
+
+
 def train_fold(fold: int, fold_data: Any, bags: CaseBags, config: TrainConfig, fold_dir: Path,
                encoder: Mapping[str, Any], progress: ProgressFn = noop_progress, c_hash: str = "") -> FoldOutcome:
     """Train one fold (resuming from ``fold_dir/state`` when present) and write its outputs."""
@@ -83,6 +100,8 @@ def train_fold(fold: int, fold_data: Any, bags: CaseBags, config: TrainConfig, f
             raise InputError(f"fold {fold}: none of the {len(total)} {name} cases has a bag in --features; "
                              f"check the case -> slide mapping (--manifest, --case-id-from tcga) or extract "
                              f"features for those slides")
+    if config.model == "ghanet" and config.topk_rule == "floor":
+        _check_floor_topk(fold, train_ids, val_ids, getattr(bags, "n_patches", {}), config)
     labels = fold_data.labels
     families = list(fold_data.families)
     family_sizes = [len(fold_data.selected.get(f, [])) for f in families]
