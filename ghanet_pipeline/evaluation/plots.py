@@ -1,7 +1,8 @@
 """Figures of a training / evaluation run: Kaplan-Meier by risk group, gene-reconstruction Spearman
 violins (the paper's Fig. 4) and learning curves. Every figure is written atomically as PNG.
 
-Matplotlib runs on the non-interactive ``Agg`` backend; nothing is shown on screen.
+Figures are drawn with matplotlib's object API (a ``Figure`` on its own Agg canvas): the global
+backend and pyplot's state are never touched, so importing this module in a notebook changes nothing.
 """
 
 from __future__ import annotations
@@ -17,20 +18,19 @@ from ..ioutils import atomic_path
 OPTIMISTIC_NOTE = "OPTIMISTIC: epoch chosen on the validation fold (authors' protocol)"
 
 
-def _pyplot():
-    import matplotlib
+def _figure(figsize: tuple[float, float], dpi: int = 100) -> Any:
+    """A ``Figure`` with its own Agg canvas (no pyplot, no global backend)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize, dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _save(fig: Any, path: Path | str) -> Path:
-    plt = _pyplot()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
     return Path(path)
 
 
@@ -42,11 +42,11 @@ def plot_km(time: Sequence[float], event: Sequence[Any], high: Sequence[bool], p
     from lifelines import KaplanMeierFitter
     from lifelines.plotting import add_at_risk_counts
 
-    plt = _pyplot()
     t = np.asarray(time, dtype=float)
     e = np.asarray(event).astype(bool)
     h = np.asarray(high, dtype=bool)
-    fig, ax = plt.subplots(figsize=(7, 5.5))
+    fig = _figure((7, 5.5))
+    ax = fig.add_subplot()
     fitters = []
     for mask, label, color in ((~h, "low risk", "tab:blue"), (h, "high risk", "tab:red")):
         if mask.sum() == 0:
@@ -57,7 +57,7 @@ def plot_km(time: Sequence[float], event: Sequence[Any], high: Sequence[bool], p
                                    censor_styles={"marker": "|", "ms": 6})
         fitters.append(kmf)
     if fitters:
-        add_at_risk_counts(*fitters, ax=ax, rows_to_show=["At risk"])
+        add_at_risk_counts(*fitters, ax=ax, fig=fig, rows_to_show=["At risk"])
     ax.set_xlabel("time (months)")
     ax.set_ylabel("survival probability")
     ax.set_ylim(0, 1.05)
@@ -68,27 +68,82 @@ def plot_km(time: Sequence[float], event: Sequence[Any], high: Sequence[bool], p
     return _save(fig, path)
 
 
+def _violins(ax: Any, names: Sequence[str], data: Sequence[np.ndarray], color: str = "tab:blue") -> None:
+    """Violin per family (a dot for a single value), mean +- std written above each."""
+    pos = [i + 1 for i, d in enumerate(data) if len(d) > 1]
+    if pos:
+        parts = ax.violinplot([data[i - 1] for i in pos], positions=pos, showmeans=True, showextrema=True)
+        for body in parts["bodies"]:
+            body.set_facecolor(color)
+    for i, d in enumerate(data, start=1):
+        if len(d) == 1:
+            ax.plot([i], d, "o", color=color)
+        label = f"{d.mean():.2f}\n±{d.std():.2f}" if len(d) else "n/a"
+        ax.text(i, 1.02, label, ha="center", va="bottom", fontsize=7)
+    ax.axhline(0, color="0.6", lw=0.8, ls="--")
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(-1.05, 1.3)
+    ax.set_ylabel("Spearman r")
+
+
+def _finite(values: Sequence[Any]) -> np.ndarray:
+    return np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+
+
 def plot_spearman(per_family: Mapping[str, Sequence[float]], path: Path | str,
                   title: str = "Gene reconstruction: Spearman per validation case", note: str = "") -> Path:
     """Violin per family of per-case Spearman correlations (reconstructed vs true standardised genes),
     annotated with mean +- std. Families without finite values are shown empty."""
-    plt = _pyplot()
     names = list(per_family)
-    data = [np.asarray([v for v in per_family[n] if v is not None and np.isfinite(v)], dtype=float) for n in names]
-    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(names) + 2), 4.5))
-    pos = [i + 1 for i, d in enumerate(data) if len(d) > 1]
-    if pos:
-        ax.violinplot([data[i - 1] for i in pos], positions=pos, showmeans=True, showextrema=True)
-    for i, d in enumerate(data, start=1):
-        if len(d) == 1:
-            ax.plot([i], d, "o", color="tab:blue")
-        label = f"{d.mean():.2f}\n±{d.std():.2f}" if len(d) else "n/a"
-        ax.text(i, 1.02, label, ha="center", va="bottom", fontsize=8)
-    ax.axhline(0, color="0.6", lw=0.8, ls="--")
-    ax.set_xticks(range(1, len(names) + 1), names, rotation=30, ha="right", fontsize=8)
-    ax.set_ylim(-1.05, 1.25)
-    ax.set_ylabel("Spearman r")
+    fig = _figure((max(5, 1.3 * len(names) + 2), 4.5))
+    ax = fig.add_subplot()
+    _violins(ax, names, [_finite(per_family[n]) for n in names])
     ax.set_title(title + (f"\n{note}" if note else ""), fontsize=10, color="darkred" if note else "black")
+    return _save(fig, path)
+
+
+def plot_gene_reconstruction(per_gene: Mapping[str, Sequence[tuple[str, float]]],
+                             per_case: Mapping[str, Sequence[float]], path: Path | str,
+                             planted: Sequence[str] | set[str] = (), note: str = "") -> Path:
+    """The gene-reconstruction report: two panels.
+
+    Left (the headline): per family, a violin of *per-gene* Spearman correlations across validation
+    cases (does the model rank the cases correctly for each gene?), one point per gene, the mean over
+    folds. ``planted`` genes (known only on synthetic data) are drawn as red stars. Right: the
+    per-case view (Spearman across the genes of one case, per validation case), which mixes genes
+    the slides explain with genes they cannot and so looks weak even when some genes are learned.
+    """
+    names = list(dict.fromkeys([*per_gene, *per_case]))
+    planted = set(planted)
+    fig = _figure((max(10, 2.4 * len(names) + 3), 4.8))
+    ax_g, ax_c = fig.subplots(1, 2)
+    gene_vals = []
+    for i, fam in enumerate(names, start=1):
+        pairs = [(g, float(v)) for g, v in per_gene.get(fam, []) if v is not None and np.isfinite(v)]
+        # one point per gene: mean over the folds it was selected in
+        means: dict[str, list[float]] = {}
+        for g, v in pairs:
+            means.setdefault(g, []).append(v)
+        gene_vals.append((i, {g: float(np.mean(v)) for g, v in means.items()}))
+    _violins(ax_g, names, [np.asarray(list(m.values()), dtype=float) for _, m in gene_vals])
+    rng = np.random.default_rng(0)
+    for i, m in gene_vals:
+        genes = list(m)
+        x = i + rng.uniform(-0.12, 0.12, len(genes))
+        y = np.asarray([m[g] for g in genes], dtype=float)
+        is_p = np.asarray([g in planted for g in genes], dtype=bool)
+        ax_g.scatter(x[~is_p], y[~is_p], s=8, color="0.3", zorder=3)
+        if is_p.any():
+            ax_g.scatter(x[is_p], y[is_p], s=60, marker="*", color="tab:red", zorder=4,
+                         label="planted gene" if i == next(j for j, mm in gene_vals if any(g in planted for g in mm))
+                         else None)
+    if planted:
+        ax_g.legend(loc="lower right", fontsize=7)
+    ax_g.set_title("per gene: Spearman across validation cases", fontsize=9)
+    _violins(ax_c, names, [_finite(per_case.get(n, [])) for n in names], color="tab:gray")
+    ax_c.set_title("per case: Spearman across the genes of a case", fontsize=9)
+    fig.suptitle("Gene reconstruction from the slide (validation folds)" + (f"\n{note}" if note else ""),
+                 fontsize=10, color="darkred" if note.startswith("OPTIMISTIC") else "black")
     return _save(fig, path)
 
 
@@ -99,9 +154,11 @@ def plot_learning_curves(histories: Mapping[Any, Sequence[Mapping[str, Any]]], p
     ``histories[fold]`` is a list of per-epoch dicts with ``epoch``, ``train_loss``, ``val_loss``,
     ``val_c_index`` (None when undefined). ``selected_epochs`` marks the reported epoch per fold.
     """
-    plt = _pyplot()
-    fig, (ax_l, ax_c) = plt.subplots(1, 2, figsize=(11, 4))
-    cmap = plt.get_cmap("tab10")
+    import matplotlib
+
+    fig = _figure((11, 4))
+    ax_l, ax_c = fig.subplots(1, 2)
+    cmap = matplotlib.colormaps["tab10"]
     for i, (fold, hist) in enumerate(sorted(histories.items(), key=lambda kv: str(kv[0]))):
         color = cmap(i % 10)
         ep = [h["epoch"] for h in hist]

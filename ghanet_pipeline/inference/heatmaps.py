@@ -92,6 +92,16 @@ def blend(thumbnail: np.ndarray, grid: np.ndarray, vmax: float, alpha: float = 0
     return img
 
 
+def _figure(figsize: tuple[float, float], dpi: int) -> Figure:
+    """A ``Figure`` on its own Agg canvas: matplotlib's global backend and pyplot are never touched."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def _save_png(fig: Figure, path: Path) -> None:
     """Lay out ``fig`` and write it as PNG atomically (the caller closes it)."""
     fig.tight_layout()
@@ -108,9 +118,6 @@ def render_png(path: Path, thumbnail: np.ndarray, grid: np.ndarray, title: str, 
     grid's maximum). The overlay is blended in numpy and drawn as one image (fast for big thumbnails).
     """
     import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.patches import Patch
@@ -121,20 +128,18 @@ def render_png(path: Path, thumbnail: np.ndarray, grid: np.ndarray, title: str, 
     top = top if top > 0 else 1.0
     alpha = 0.6
     fig_w = 7.5
-    fig, ax = plt.subplots(figsize=(fig_w, max(3.0, fig_w * h / max(w, 1) * 0.85)), dpi=110)
-    try:
-        ax.imshow(blend(thumbnail, grid, top, alpha, masked_grid), interpolation="antialiased")
-        cbar = fig.colorbar(ScalarMappable(Normalize(0.0, top), CMAP), ax=ax, fraction=0.046, pad=0.02)
-        cbar.set_label(colorbar_label)
-        handles = [Patch(facecolor=plt.get_cmap(CMAP)(0.85), alpha=alpha, label="patch score (colour bar)")]
-        if masked_grid is not None:
-            handles.append(Patch(facecolor=MASKED_RGBA, label=masked_label or "not scored"))
-        ax.legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.85)
-        ax.set_title(title, fontsize=9)
-        ax.set_axis_off()
-        _save_png(fig, path)
-    finally:
-        plt.close(fig)
+    fig = _figure((fig_w, max(3.0, fig_w * h / max(w, 1) * 0.85)), dpi=110)
+    ax = fig.add_subplot()
+    ax.imshow(blend(thumbnail, grid, top, alpha, masked_grid), interpolation="antialiased")
+    cbar = fig.colorbar(ScalarMappable(Normalize(0.0, top), CMAP), ax=ax, fraction=0.046, pad=0.02)
+    cbar.set_label(colorbar_label)
+    handles = [Patch(facecolor=matplotlib.colormaps[CMAP](0.85), alpha=alpha, label="patch score (colour bar)")]
+    if masked_grid is not None:
+        handles.append(Patch(facecolor=MASKED_RGBA, label=masked_label or "not scored"))
+    ax.legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.85)
+    ax.set_title(title, fontsize=9)
+    ax.set_axis_off()
+    _save_png(fig, path)
     return Path(path)
 
 
@@ -152,32 +157,25 @@ def write_tile(path: Path, rgb: np.ndarray) -> Path:
 
 def render_montage(path: Path, tiles: dict[str, list[tuple[np.ndarray, str]]], title: str) -> Path:
     """One PNG: a row per family with its top tiles, each captioned (slide, level-0 x/y, score)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     rows = list(tiles)
     n_cols = max([len(v) for v in tiles.values()] + [1])
-    fig, axes = plt.subplots(len(rows), n_cols, figsize=(2.2 * n_cols, 2.7 * len(rows)), dpi=100, squeeze=False)
-    try:
-        for r, fam in enumerate(rows):
-            for c in range(n_cols):
-                ax = axes[r][c]
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if c < len(tiles[fam]):
-                    img, caption = tiles[fam][c]
-                    ax.imshow(img)
-                    ax.set_xlabel(caption, fontsize=6)
-                else:
-                    ax.set_axis_off()
-                if c == 0:
-                    ax.set_ylabel(fam, fontsize=8)
-        fig.suptitle(title, fontsize=9)
-        _save_png(fig, path)
-    finally:
-        plt.close(fig)
+    fig = _figure((2.2 * n_cols, 2.7 * len(rows)), dpi=100)
+    axes = fig.subplots(len(rows), n_cols, squeeze=False)
+    for r, fam in enumerate(rows):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(tiles[fam]):
+                img, caption = tiles[fam][c]
+                ax.imshow(img)
+                ax.set_xlabel(caption, fontsize=6)
+            else:
+                ax.set_axis_off()
+            if c == 0:
+                ax.set_ylabel(fam, fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    _save_png(fig, path)
     return Path(path)
 
 
@@ -213,7 +211,8 @@ def write_case_heatmaps(out_dir: Path, case_id: str, slides: Sequence[SlideScore
                         thumb_px: int = 1000, n_models: int = 1) -> HeatmapResult:
     """Write heatmaps and top tiles of one case under ``out_dir`` (= ``<out>/predict/heatmaps/<case>``).
 
-    Per slide: ``<slide>_morphology.png`` and ``<slide>_assoc_<family>.png``. Per family: the
+    Per slide: ``<slide>_morphology.png``, ``<slide>_assoc_<family>.png`` and ``<slide>.geojson``
+    (every patch as a QuPath detection with its scores, ``inference/qupath.py``). Per family: the
     ``n_top`` patches with the highest masked association over the whole case, read at
     ``target_mpp`` / ``patch_size`` (the model's settings) as ``top/<family>_<rank>.png``, plus
     ``top_patches.png`` (all families, one row each). The colour scale of a family is shared
@@ -243,11 +242,14 @@ def write_case_heatmaps(out_dir: Path, case_id: str, slides: Sequence[SlideScore
         for s in slides:
             if s.slide_path is None or not Path(s.slide_path).exists():
                 res.notes.append(f"slide {s.slide_id}: no slide file, heatmaps skipped")
+                if s.patch_size_level0:  # the QuPath file needs no slide pixels
+                    res.files.append(_geojson(out_dir, s, s.patch_size_level0, families, fam_names))
                 continue
             slide = Slide(s.slide_path, mpp=s.mpp_override, slide_id=s.slide_id)
             handles[s.slide_id] = slide
             thumb, ds = slide.thumbnail(thumbnail_downsample(slide.dimensions, thumb_px))
             size0 = s.patch_size_level0 or slide.plan(target_mpp, patch_size).patch_size_level0
+            res.files.append(_geojson(out_dir, s, size0, families, fam_names))
             shape = thumb.shape[:2]
             name = case_id if s.slide_id == case_id else f"{case_id} / {s.slide_id}"
             if s.w_mor is not None:
@@ -290,3 +292,16 @@ def write_case_heatmaps(out_dir: Path, case_id: str, slides: Sequence[SlideScore
             if close is not None:
                 close()
     return res
+
+
+def _geojson(out_dir: Path, s: SlideScores, size0: int, families: Sequence[str], fam_names: Sequence[str]) -> Path:
+    """``<out_dir>/<slide>.geojson``: the slide's patches with ``attention`` and ``assoc_<family>``."""
+    from .qupath import write_patch_geojson
+
+    meas: dict[str, np.ndarray] = {}
+    if s.w_mor is not None:
+        meas["attention"] = s.w_mor
+    if s.assoc_masked is not None:
+        for g, _fam in enumerate(families):
+            meas[f"assoc_{fam_names[g]}"] = s.assoc_masked[g]
+    return write_patch_geojson(out_dir / f"{s.slide_id}.geojson", s.coords, size0, meas, slide_id=s.slide_id)

@@ -271,7 +271,7 @@ def _write_run_reports(run_dir: Path, outcomes: Mapping[int, FoldOutcome], confi
 
     from ..evaluation.evaluate import evaluate_predictions
     from ..evaluation.metrics import NoComparablePairsError
-    from ..evaluation.plots import OPTIMISTIC_NOTE, plot_learning_curves, plot_spearman
+    from ..evaluation.plots import OPTIMISTIC_NOTE, plot_gene_reconstruction, plot_learning_curves
 
     ks = sorted(outcomes)
     pred = pd.concat([outcomes[k].predictions for k in ks], ignore_index=True)
@@ -304,8 +304,12 @@ def _write_run_reports(run_dir: Path, outcomes: Mapping[int, FoldOutcome], confi
     frames = [outcomes[k].case_spearman for k in ks if outcomes[k].case_spearman is not None]
     if frames:
         df = pd.concat(frames, ignore_index=True)
-        per_family = {str(f): sub["spearman"].tolist() for f, sub in df.groupby("family", sort=False)}
-        plot_spearman(per_family, run_dir / "spearman.png", note=note)
+        per_case = {str(f): sub["spearman"].tolist() for f, sub in df.groupby("family", sort=False)}
+        genes = pd.concat([outcomes[k].gene_spearman for k in ks if outcomes[k].gene_spearman is not None],
+                          ignore_index=True)
+        per_gene = {str(f): list(zip(sub["gene"].astype(str), sub["spearman"].astype(float), strict=True))
+                    for f, sub in genes.groupby("family", sort=False)}
+        plot_gene_reconstruction(per_gene, per_case, run_dir / "spearman.png", note=note)
         metrics["plots"]["spearman"] = "spearman.png"
     write_json_atomic(run_dir / "metrics.json", _nan_to_none(metrics))
     return metrics

@@ -288,3 +288,20 @@ def write_synthetic_slide(path: Path | str, width: int, height: int, mpp: float 
                           compression="jpeg", compressionargs={"level": quality}, metadata=None,
                           subfiletype=0 if li == 0 else 1, **kwargs)
     return path
+
+
+def dense_fraction(fields: TissueFields, coords_level0: np.ndarray, size_level0: int, mpp: float) -> np.ndarray:
+    """Per patch, the share of its area covered by dense dark-nuclei tissue (mean of ``tissue * dense``
+    over the patch), from the slide's fields. ``coords_level0`` (N, 2) top-left (x, y) and
+    ``size_level0`` in level-0 px of a slide at ``mpp`` um/px (the truth behind the phenotype knob)."""
+    coords = np.asarray(coords_level0, dtype=np.float64).reshape(-1, 2)
+    prod = fields.tissue * fields.dense
+    step = fields.field_um / mpp  # level-0 px per field cell
+    out = np.zeros(len(coords), dtype=np.float64)
+    for i, (x, y) in enumerate(coords):
+        # field samples whose cell centres fall inside the patch (at least the nearest one)
+        c0, c1 = int(np.floor(x / step)), int(np.ceil((x + size_level0) / step))
+        r0, r1 = int(np.floor(y / step)), int(np.ceil((y + size_level0) / step))
+        win = prod[max(0, r0):max(r0 + 1, min(r1, prod.shape[0])), max(0, c0):max(c0 + 1, min(c1, prod.shape[1]))]
+        out[i] = float(win.mean()) if win.size else 0.0
+    return out
