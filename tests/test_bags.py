@@ -12,7 +12,6 @@ from ghanet_pipeline.features.bags import (
     REQUIRED_ATTRS,
     BagWriter,
     check_compatible,
-    check_matches,
     encoder_tag,
     find_bags,
     read_bag,
@@ -172,12 +171,6 @@ def test_mixing_encoders_is_rejected(tmp_path):
     # attr dicts with names work too, and feature dims are compared when given
     with pytest.raises(MismatchError, match="dim: 8 vs 16"):
         check_compatible([{**_attrs(), "dim": 8}, {**_attrs(), "dim": 16}], names=["p", "q"])
-
-
-def test_check_matches_checkpoint_meta(tmp_path):
-    check_matches(_attrs(), {"encoder": "resnet50_trunc", "input_size": 256}, "b", "model m")
-    with pytest.raises(MismatchError, match="input_size: 256 vs 224"):
-        check_matches(_attrs(), {"encoder": "resnet50_trunc", "input_size": 224}, "b", "model m")
 
 
 def test_encoder_tag_and_find_bags(tmp_path):

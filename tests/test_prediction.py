@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ghanet_pipeline.errors import CheckpointError, ConfigError, MismatchError
+from ghanet_pipeline.features.bags import check_encoder, encoder_differences
 from ghanet_pipeline.inference import ensemble as ENS
 from ghanet_pipeline.inference import loading as L
 from ghanet_pipeline.inference import predict as P
@@ -96,13 +97,17 @@ def test_new_slides_are_segmented_with_the_training_settings():
     assert d.sat_threshold == SegmentParams().sat_threshold and d.min_tissue == SegmentParams().min_tissue
 
 def test_encoder_differences_and_check():
+    """One rule for every recorded setting: numbers within settings.SETTING_REL_TOL, the rest exact."""
     model = {"encoder": "resnet50_trunc", "weights_sha256": "abc", "input_size": 256, "target_mpp": 0.5,
              "patch_size": 256}
-    assert L.encoder_differences(model, {**model, "target_mpp": 0.50001}) == []
-    diffs = L.encoder_differences(model, {**model, "weights_sha256": "def", "input_size": 224})
+    assert encoder_differences(model, {**model, "target_mpp": 0.5 * (1 + 1e-9), "input_size": 256.0}) == []
+    assert encoder_differences(model, {**model, "target_mpp": 0.5001}) == ["target_mpp: model 0.5, features 0.5001"]
+    diffs = encoder_differences(model, {**model, "weights_sha256": "def", "input_size": 224})
     assert len(diffs) == 2 and any("weights_sha256" in d for d in diffs)
+    missing = {k: v for k, v in model.items() if k != "patch_size"}
+    assert encoder_differences(model, missing) == ["patch_size: model 256, features have none"]
     with pytest.raises(MismatchError, match="weights_sha256: model 'abc', features 'def'"):
-        L.check_encoder(model, {**model, "weights_sha256": "def"}, "bag x.h5")
+        check_encoder(model, {**model, "weights_sha256": "def"}, "bag x.h5")
 
 
 # --------------------------------------------------------------------------- fixtures: tiny models + bags

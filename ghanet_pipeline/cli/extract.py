@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -57,15 +56,13 @@ def extract_features(slides: tuple[str, ...], recursive: bool, mpp: float | None
     """Embed every patch of each slide's grid (from `ghanet segment`; run with defaults when missing)
     into <out>/features/<encoder_tag>/<slide_id>.h5."""
     import logging
-    from dataclasses import asdict
 
+    from ..device import resolve_device
     from ..errors import ConfigError
-    from ..features.extract import ExtractParams, extract_slides, resolve_device
+    from ..features.extract import ExtractParams, extract_slides
     from ..inputs import collect_slides, parse_shard, take_shard
-    from ..runs import write_run_log
     from .common import Progress, print_summary
 
-    started = time.time()
     specs = take_shard(collect_slides(slides, manifest, recursive, case_id_from, mpp), parse_shard(shard))
     dev_list = [d.strip() for d in devices.split(",") if d.strip()] if devices else [device]
     if not dev_list:
@@ -84,10 +81,7 @@ def extract_features(slides: tuple[str, ...], recursive: bool, mpp: float | None
             bar.advance(1, f"{res.item}: {res.status} {res.metrics.get('patches', '')} patches")
 
         results = extract_slides(specs, out, params, devices=dev_list if len(dev_list) > 1 else None,
-                                 overwrite=overwrite, on_done=on_done)
-    config = {**asdict(params), "devices": dev_list, "out": str(out), "overwrite": overwrite, "shard": shard,
-              "slides": [str(s.path) for s in specs]}
-    write_run_log(out, "extract-features", config, results, started)
+                                 overwrite=overwrite, on_done=on_done, log_config={"shard": shard})
     print_summary("extract-features", results, [("patches", "patches"), ("patches_per_s", "patches/s")])
     from ..runs import exit_code
 

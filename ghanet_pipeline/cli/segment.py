@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import click
@@ -51,24 +50,19 @@ def segment(slides: tuple[str, ...], manifest: Path | None, recursive: bool, mpp
     <out>/segment/<slide_id>.geojson, .coords.h5 and .png, and a run log in <out>/logs/.
     """
     from ..inputs import collect_slides, parse_shard, take_shard
-    from ..runs import run_items, write_run_log
-    from ..wsi.segment import SegmentParams, segment_slide
+    from ..wsi.segment import SegmentParams, segment_slides
 
-    started = time.time()
     specs = take_shard(collect_slides(slides, manifest, recursive, case_id_from, mpp), parse_shard(shard))
     params = SegmentParams(target_mpp=target_mpp, patch_size=patch_size, sat_threshold=sat_threshold,
                            min_tissue=min_tissue, thumbnail_downsample=thumbnail_downsample,
                            min_tissue_area_um2=min_tissue_area, min_hole_area_um2=min_hole_area)
     with Progress(len(specs), "segment", disable=no_progress) as progress:
-        results = run_items(specs, lambda s: s.slide_id, lambda s: segment_slide(s, out, params, overwrite),
-                            on_done=lambda r: progress.advance(1, f"{r.item}: {r.status}"))
+        results = segment_slides(specs, out, params, overwrite, log_config={"manifest": manifest, "mpp": mpp, "shard": shard},
+                                 on_done=lambda r: progress.advance(1, f"{r.item}: {r.status}"))
     for r in results:
         if "mpp" in r.metrics:
             r.metrics["um/px"] = f"{r.metrics['mpp']:.4g} ({r.metrics['mpp_source']})"
-    config = {"slides": [str(s.path) for s in specs], "manifest": manifest, "out": out, "mpp": mpp,
-              "shard": shard, "overwrite": overwrite, **params.result_params()}
-    log_path = write_run_log(out, "segment", config, results, started)
     print_summary("ghanet segment", results, [("um/px", "um/px (source)"), ("tissue_mm2", "tissue mm²"),
                                                ("patches", "patches")])
-    click.echo(f"outputs: {Path(out) / 'segment'}   run log: {log_path}")
+    click.echo(f"outputs: {Path(out) / 'segment'}   run log: {Path(out) / 'logs'}")
     finish(results)

@@ -1,6 +1,6 @@
 """Feature bags: the HDF5 contract between ``extract-features`` and ``train``/``predict``.
 
-A bag (schema_version 1, see CONVENTIONS "Bag schema") holds datasets ``features`` (N, D) float32 or
+A bag (schema_version 1, see docs/architecture.md, "Bag schema") holds datasets ``features`` (N, D) float32 or
 float16 and ``coords`` (N, 2) int64 (level-0 top-left x, y), chunked by blocks of rows, and root attrs
 naming the encoder, its weights and the patch geometry. ``complete`` is written last.
 
@@ -12,7 +12,6 @@ tensor only; loaded with ``torch.load(weights_only=True)``, never unpickling cod
 from __future__ import annotations
 
 import contextlib
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import numpy as np
 from ..errors import InputError, MismatchError
 from ..ioutils import atomic_path
 from ..safeload import torch_load_tensors
+from ..settings import h5_value, plain, same_setting
 
 BAG_SCHEMA_VERSION = 1
 
@@ -75,32 +75,6 @@ def encoder_tag(encoder: str, input_size: int, weights_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", tag)
 
 
-def _plain(value: Any) -> Any:
-    """h5py attr value -> plain python (str, int, float, bool, list)."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
-    return value
-
-
-def _attr_value(value: Any) -> Any:
-    """Python value -> something h5py stores as a scalar attr (None becomes "")."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return np.bool_(value)
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 # --------------------------------------------------------------------------- writing
 
 
@@ -145,7 +119,7 @@ class BagWriter:
                                     chunks=(self.chunk_rows, 2), track_times=False)
             self._h5.attrs["complete"] = np.bool_(False)
             for k, v in self.attrs.items():
-                self._h5.attrs[k] = _attr_value(v)
+                self._h5.attrs[k] = h5_value(v)
         except BaseException as exc:
             self._abort(exc)
             raise
@@ -207,7 +181,7 @@ def read_bag_attrs(path: Path | str) -> dict[str, Any]:
 
     try:
         with h5py.File(path, "r") as h5:
-            return {k: _plain(v) for k, v in h5.attrs.items()}
+            return {k: plain(v) for k, v in h5.attrs.items()}
     except OSError as exc:
         raise InputError(f"bag {path} cannot be opened as HDF5: {exc}") from None
 
@@ -226,7 +200,7 @@ def validate_bag(path: Path | str, expect: Mapping[str, Any] | None = None) -> l
     problems: list[str] = []
     try:
         with h5py.File(path, "r") as h5:
-            attrs = {k: _plain(v) for k, v in h5.attrs.items()}
+            attrs = {k: plain(v) for k, v in h5.attrs.items()}
             if attrs.get("complete") is not True:
                 return [f"{path} is incomplete (complete flag not set: the writer was interrupted)"]
             if attrs.get("schema_version") != BAG_SCHEMA_VERSION:
@@ -241,17 +215,11 @@ def validate_bag(path: Path | str, expect: Mapping[str, Any] | None = None) -> l
                 if f.ndim != 2 or c.ndim != 2 or c.shape[1] != 2 or f.shape[0] != c.shape[0]:
                     problems.append(f"bad shapes features {f.shape}, coords {c.shape}")
             for k, v in (expect or {}).items():
-                if not _same(attrs.get(k), v):
+                if not same_setting(attrs.get(k), v):
                     problems.append(f"{k}={attrs.get(k)!r}, expected {v!r}")
     except OSError as exc:
         return [f"{path} cannot be read as HDF5: {exc}"]
     return [f"{path}: {p}" for p in problems]
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-9)
-    return a == b
 
 
 def read_bag(path: Path | str, require_complete: bool = True) -> Bag:
@@ -269,13 +237,13 @@ def read_bag(path: Path | str, require_complete: bool = True) -> Bag:
 
     try:
         with h5py.File(path, "r") as h5:
-            attrs = {k: _plain(v) for k, v in h5.attrs.items()}
+            attrs = {k: plain(v) for k, v in h5.attrs.items()}
             if "features" not in h5:
                 raise InputError(f"{path} has no 'features' dataset; it is not a feature bag "
                                  f"(datasets: {', '.join(h5.keys()) or 'none'})")
             feats = np.asarray(h5["features"][()])
             coords = np.asarray(h5["coords"][()]) if "coords" in h5 else None
-            coord_attrs = {k: _plain(v) for k, v in h5["coords"].attrs.items()} if "coords" in h5 else {}
+            coord_attrs = {k: plain(v) for k, v in h5["coords"].attrs.items()} if "coords" in h5 else {}
     except OSError as exc:
         raise InputError(f"bag {path} cannot be read as HDF5: {exc}") from None
     ours = "schema_version" in attrs and "encoder" in attrs
@@ -372,7 +340,7 @@ def check_compatible(items: Sequence[Bag | Mapping[str, Any]], names: Sequence[s
             a, b = ref.get(k, "unknown"), attrs.get(k, "unknown")
             if k == "dim" and ("dim" not in ref or "dim" not in attrs):
                 continue
-            if not _same(a, b):
+            if not same_setting(a, b):
                 diffs.append(f"{k}: {a!r} vs {b!r}")
         if diffs:
             raise MismatchError(
@@ -381,11 +349,26 @@ def check_compatible(items: Sequence[Bag | Mapping[str, Any]], names: Sequence[s
                 f"settings (ghanet extract-features) or point --features at one encoder folder")
 
 
-def check_matches(attrs: Mapping[str, Any], expected: Mapping[str, Any], bag_name: str, expected_name: str) -> None:
-    """Raise :class:`MismatchError` when a bag's encoder attrs differ from ``expected`` (e.g. a checkpoint's)."""
-    diffs = [f"{k}: {attrs.get(k, 'unknown')!r} vs {expected[k]!r}" for k in COMPAT_KEYS
-             if k in expected and not _same(attrs.get(k, "unknown"), expected[k])]
-    if diffs:
-        raise MismatchError(f"bag {bag_name} does not match {expected_name} ({'; '.join(diffs)}); extract "
-                            f"features with the encoder, weights and input size the model was trained on")
+def encoder_differences(expected: Mapping[str, Any], found: Mapping[str, Any]) -> list[str]:
+    """Human-readable differences of the encoder settings (:data:`COMPAT_KEYS`) between what a model
+    (checkpoint ``encoder``) expects and what bag attrs / the current encoder have; a missing key counts."""
+    diffs = []
+    for key in COMPAT_KEYS:
+        a, b = expected.get(key), found.get(key)
+        if b is None:
+            diffs.append(f"{key}: model {a!r}, features have none")
+        elif not same_setting(a, b):
+            diffs.append(f"{key}: model {a!r}, features {b!r}")
+    return diffs
 
+
+def check_encoder(expected: Mapping[str, Any], found: Mapping[str, Any], what: str) -> None:
+    """Raise :class:`MismatchError` when ``found`` (bag attrs / current encoder) differs from the model's
+    ``expected`` encoder settings."""
+    diffs = encoder_differences(expected, found)
+    if diffs:
+        raise MismatchError(
+            f"{what} does not match the encoder the model was trained with ({'; '.join(diffs)}). Features from "
+            f"another encoder, other weights, input size or resolution give confident nonsense. Use the "
+            f"weights the model was trained with (--weights FILE whose sha256 is {expected.get('weights_sha256')}) "
+            f"or re-extract the features")

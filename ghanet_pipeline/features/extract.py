@@ -20,23 +20,24 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import __version__
+from ..device import resolve_device
 from ..errors import ConfigError, MismatchError, SlideError
 from ..inputs import SlideSpec
 from ..ioutils import remove_stale_temps, safe_child
-from ..runs import ItemResult, run_items
+from ..runs import ItemResult, run_items, write_run_log
+from ..settings import same_setting
 from .bags import BAG_SCHEMA_VERSION, BagWriter, encoder_tag, read_bag_attrs, validate_bag
 from .loader import PatchBatches, reader_context, worker_init
-from .runtime import autocast_dtype, cpu_cores, default_num_workers, precision_name, resolve_device, tune_malloc
+from .runtime import autocast_dtype, cpu_cores, default_num_workers, precision_name, tune_malloc
 
 if TYPE_CHECKING:  # pragma: no cover
 
@@ -304,7 +305,7 @@ def _reusable(bag_path: Path, attrs: dict[str, Any], coords: np.ndarray) -> str 
     old = read_bag_attrs(bag_path)
     keys = ("encoder", "weights_sha256", "input_size", "target_mpp", "patch_size", "patch_size_level0",
             "dtype", "slide_id")
-    diffs = [f"{k}={old.get(k)!r} (now {attrs[k]!r})" for k in keys if not _close(old.get(k), attrs[k])]
+    diffs = [f"{k}={old.get(k)!r} (now {attrs[k]!r})" for k in keys if not same_setting(old.get(k), attrs[k])]
     if not diffs:
         import h5py
 
@@ -318,32 +319,38 @@ def _reusable(bag_path: Path, attrs: dict[str, Any], coords: np.ndarray) -> str 
     return None
 
 
-def _close(a: Any, b: Any) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
-        try:
-            return math.isclose(float(a), float(b), rel_tol=1e-6)
-        except (TypeError, ValueError):
-            return False
-    return a == b
-
-
 # --------------------------------------------------------------------------- many slides
 
 
 def extract_slides(specs: Sequence[SlideSpec], out: Path | str, params: ExtractParams,
                    devices: Sequence[str] | None = None, overwrite: bool = False,
-                   on_done: Callable[[ItemResult], None] | None = None) -> list[ItemResult]:
+                   on_done: Callable[[ItemResult], None] | None = None,
+                   log_config: Mapping[str, Any] | None = None) -> list[ItemResult]:
     """Extract bags for ``specs``; a failing slide is recorded and the others go on.
+
+    Writes the stage's run log (``<out>/logs/extract-features-*.json``: settings, ``log_config`` extras
+    such as the shard, per-slide status).
 
     ``devices``: None/one entry = this process on ``params.device`` (or that entry); several entries
     (``["cuda:0", "cuda:1"]``; ``["cpu", "cpu"]`` works too) = one spawned process per entry, pulling
     slides from one shared queue. Results come back in the order of ``specs``.
     """
+    started = time.time()
     out = Path(out)
     devs = list(devices or [params.device])
     if len(devs) == 1:
         extractor = Extractor(params, devs[0])
-        return run_items(specs, lambda s: s.slide_id, lambda s: extractor.extract(s, out, overwrite), on_done)
+        results = run_items(specs, lambda s: s.slide_id, lambda s: extractor.extract(s, out, overwrite), on_done)
+    else:
+        results = _extract_on_devices(specs, out, params, devs, overwrite, on_done)
+    config = {**asdict(params), "devices": devs, "out": str(out), "overwrite": overwrite,
+              "slides": [str(s.path) for s in specs], **(log_config or {})}
+    write_run_log(out, "extract-features", config, results, started)
+    return results
+
+
+def _extract_on_devices(specs: Sequence[SlideSpec], out: Path, params: ExtractParams, devs: list[str],
+                        overwrite: bool, on_done: Callable[[ItemResult], None] | None) -> list[ItemResult]:
     from .encoders import get_encoder_spec, resolve_weights
 
     for d in devs:  # validate here: usage errors must not surface as per-slide failures

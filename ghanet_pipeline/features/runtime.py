@@ -37,31 +37,6 @@ def tune_malloc() -> bool:
     return bool(ok)
 
 
-def resolve_device(text: str) -> torch.device:
-    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> torch.device; :class:`ConfigError` when unusable."""
-    import torch
-
-    text = (text or "auto").strip().lower()
-    if text == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    if text == "cpu":
-        return torch.device("cpu")
-    if text == "cuda" or text.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {text}: CUDA is not available (torch {torch.__version__}, "
-                              f"built for CUDA {torch.version.cuda}); use --device cpu or check the driver "
-                              f"with 'ghanet doctor'")
-        idx = 0 if text == "cuda" else text.partition(":")[2]
-        try:
-            idx = int(idx)
-        except ValueError:
-            raise ConfigError(f"--device {text}: expected cuda:N with N a GPU number") from None
-        if not 0 <= idx < torch.cuda.device_count():
-            raise ConfigError(f"--device {text}: only {torch.cuda.device_count()} GPU(s) visible")
-        return torch.device(f"cuda:{idx}")
-    raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, not {text!r}")
-
-
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype for ``precision`` on ``device`` (None = plain fp32)."""
     import torch

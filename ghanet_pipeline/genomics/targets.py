@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..ioutils import atomic_path
+from ..settings import plain
 
 STD_FLOOR = 1e-8
 
@@ -41,13 +42,16 @@ def size_factors(counts: np.ndarray, train_mask: np.ndarray) -> tuple[np.ndarray
 
     Returns (size_factors (n_cases,), log geometric means (n_genes,; NaN where not used), note).
     """
+    from pydeseq2.preprocessing import deseq2_norm_fit
+
     counts = np.asarray(counts, dtype=np.float64)
-    train = counts[train_mask]
-    usable = (train > 0).all(axis=0)
-    log_geo = np.full(counts.shape[1], np.nan)
+    # reference (log geometric means over the training rows, genes with no zero count): pydeseq2's fit
+    log_means, usable = deseq2_norm_fit(counts[train_mask])
+    log_geo = np.where(usable, log_means, np.nan)
     if not usable.any():
         return np.ones(len(counts)), log_geo, "no gene is non-zero in every training case: size factors = 1"
-    log_geo[usable] = np.log(train[:, usable]).mean(axis=0)
+    # the ratios are ours, not pydeseq2's deseq2_norm_transform: that takes the median over log ratios
+    # including -inf for a zero count, which gives a held-out case with many zeros a size factor of 0
     with np.errstate(divide="ignore"):
         ratios = np.log(counts[:, usable]) - log_geo[usable]
     ratios[~np.isfinite(ratios)] = np.nan  # a zero count in a validation case says nothing
@@ -100,5 +104,5 @@ def read_targets(path: Path | str) -> tuple[list[str], list[str], list[np.ndarra
         families = json.loads(f.attrs["families"])
         case_ids = [c.decode() if isinstance(c, bytes) else str(c) for c in f["case_ids"][()]]
         mats = [np.asarray(f[f"family_{i}"][()], dtype=np.float32) for i in range(len(families))]
-        attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+        attrs = {k: plain(v) for k, v in f.attrs.items()}
     return case_ids, families, mats, attrs

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, MismatchError, SlideError
+from ..features.bags import check_encoder
 from ..inputs import SlideSpec
-from .loading import Ensemble, check_encoder, segment_params_for
+from .loading import Ensemble, segment_params_for
 from .records import PredictConfig
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,6 @@ require) and applying them to a case bag (`Ensemble`)."""
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,49 +12,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError, MismatchError
-from ..features.bags import COMPAT_KEYS
+from ..features.bags import COMPAT_KEYS, encoder_differences
 
 if TYPE_CHECKING:
     from ..wsi.segment import SegmentParams
 log = logging.getLogger(__name__)
 
 
-#: encoder settings a bag must share with the model (keys of checkpoint ``encoder`` and bag attrs)
-ENCODER_KEYS = COMPAT_KEYS
 
 
 #: checkpoint metadata keys prediction needs
 REQUIRED_META = ("model", "model_config", "encoder", "train_risk_median", "bin_edges_months")
-
-
-def encoder_differences(expected: dict[str, Any], found: dict[str, Any]) -> list[str]:
-    """Human-readable differences of the encoder settings (``ENCODER_KEYS``); missing keys count."""
-    diffs = []
-    for key in ENCODER_KEYS:
-        a, b = expected.get(key), found.get(key)
-        if b is None:
-            diffs.append(f"{key}: model {a!r}, features have none")
-            continue
-        if key == "target_mpp":
-            same = a is not None and math.isclose(float(a), float(b), rel_tol=1e-3)
-        elif key in ("input_size", "patch_size"):
-            same = a is not None and int(a) == int(b)
-        else:
-            same = str(a) == str(b)
-        if not same:
-            diffs.append(f"{key}: model {a!r}, features {b!r}")
-    return diffs
-
-
-def check_encoder(expected: dict[str, Any], found: dict[str, Any], what: str) -> None:
-    """Raise :class:`MismatchError` when ``found`` (bag attrs / current encoder) differs from the model."""
-    diffs = encoder_differences(expected, found)
-    if diffs:
-        raise MismatchError(
-            f"{what} does not match the encoder the model was trained with ({'; '.join(diffs)}). Features from "
-            f"another encoder, other weights, input size or resolution give confident nonsense. Use the "
-            f"weights the model was trained with (--weights FILE whose sha256 is {expected.get('weights_sha256')}) "
-            f"or re-extract the features")
 
 
 @dataclass
@@ -159,13 +126,6 @@ class Ensemble:
             assoc_masked=np.mean(assocs, axis=0) if len(assocs) == len(self.members) and assocs else None)
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda:0`` when available else ``cpu``; unusable devices raise ConfigError (``features``)."""
-    from ..features.extract import resolve_device as _resolve
-
-    return str(_resolve(device))
-
-
 def find_fold_dirs(run_dir: Path | str, folds: Sequence[int] | None = None) -> list[tuple[int, Path]]:
     """``(fold, dir)`` of the checkpoints in a training run (``fold_<k>/``) or of one fold dir itself."""
     run_dir = Path(run_dir)
@@ -201,7 +161,7 @@ def find_fold_dirs(run_dir: Path | str, folds: Sequence[int] | None = None) -> l
 def _check_meta(meta: dict[str, Any], path: Path) -> None:
     missing = [k for k in REQUIRED_META if meta.get(k) is None]
     enc = meta.get("encoder") or {}
-    missing += [f"encoder.{k}" for k in ENCODER_KEYS if isinstance(enc, dict) and enc.get(k) is None]
+    missing += [f"encoder.{k}" for k in COMPAT_KEYS if isinstance(enc, dict) and enc.get(k) is None]
     if missing:
         raise CheckpointError(f"checkpoint {path}: metadata lacks {', '.join(missing)}; it was written by an "
                               f"incompatible (older) version of ghanet - retrain with this version")

@@ -37,13 +37,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..device import resolve_device
 from ..errors import ConfigError, InputError, MismatchError, SlideError
 from ..inputs import SlideSpec, take_shard
 from ..ioutils import remove_stale_temps, safe_child, sanitize_ids, write_json_atomic
 from ..runs import ItemResult, run_items, write_run_log
 from .embed import Embedder, SlideBag, bag_path, read_existing_bag
 from .ensemble import ensemble_survival, risk_group, summarize_risks
-from .loading import Ensemble, EnsembleOutput, load_ensemble, resolve_device
+from .loading import Ensemble, EnsembleOutput, load_ensemble
 from .records import (
     CasePrediction,
     PredictConfig,
@@ -203,7 +204,7 @@ def predict_cases(specs: Sequence[SlideSpec], model_dir: Path | str, config: Pre
     started = time.time()
     out = Path(config.out)
     out_dir = out / "predict"
-    device = resolve_device(config.device)
+    device = str(resolve_device(config.device))
     ens = load_ensemble(model_dir, config.folds, device)
     if config.features_dir is not None and not Path(config.features_dir).is_dir():
         raise ConfigError(f"--features {config.features_dir}: no such directory")

@@ -45,12 +45,13 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..device import resolve_device
 from ..errors import ConfigError, InputError, MismatchError
 from ..ioutils import atomic_path, safe_child, sanitize_id, write_json_atomic
 from ..runs import ItemResult, run_items, write_run_log
 from .config import PROTOCOL_KEYS, ProgressFn, TrainConfig, TrainResult, config_hash, noop_progress
 from .data import CaseBags, list_bags, map_cases_to_bags
-from .loop import resolve_device, train_fold
+from .loop import train_fold
 from .state import FoldOutcome, fold_complete, load_finished_fold
 
 log = logging.getLogger(__name__)

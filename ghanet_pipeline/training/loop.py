@@ -14,30 +14,14 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..errors import ConfigError, InputError, MismatchError
+from ..device import resolve_device
+from ..errors import InputError, MismatchError
 from ..ioutils import atomic_path, write_json_atomic
 from .config import ProgressFn, TrainConfig, TrainingError, noop_progress
 from .data import CaseBags, balanced_order, subsample_patches, to_tensor
 from .state import FoldOutcome, load_state, make_optimizer, save_state
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"--device {name!r} is not a device: {exc}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available here; use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s) "
-                          f"(cuda:0 ...); pick one of them or use --device cuda")
-    return dev
 
 
 def _case_loss(model, out: Mapping[str, Any], label: Mapping[str, Any], targets, alpha: float, alpha_surv: float,

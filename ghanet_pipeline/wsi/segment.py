@@ -1,6 +1,6 @@
 """The segment stage for one slide: tissue polygons, the patch grid and a QC image.
 
-Writes under ``<out>/segment/`` (see CONVENTIONS):
+Writes under ``<out>/segment/`` (layout: docs/architecture.md):
 
 * ``<slide_id>.geojson``   tissue polygons with holes, level-0 px, QuPath-openable annotations
 * ``<slide_id>.png``       QC: thumbnail, tissue contours (green, holes blue), kept patches (tinted grid)
@@ -18,6 +18,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ from .. import __version__
 from ..errors import InputError, MismatchError
 from ..inputs import SlideSpec
 from ..ioutils import atomic_path, remove_stale_temps, safe_child, sanitize_id, write_text_atomic
-from ..runs import ItemResult
+from ..runs import ItemResult, run_items, write_run_log
+from ..settings import plain, same_setting
 from .tiling import DEFAULT_MIN_TISSUE, Grid, patch_grid
 from .tissue import TissueMask, TissueParams, detect_tissue
 
@@ -84,16 +86,6 @@ def segment_paths(out: Path | str, slide_id: str) -> dict[str, Path]:
 
 
 # -- coords file ----------------------------------------------------------------------------------------
-def _py(v: Any) -> Any:
-    if isinstance(v, bytes):
-        return v.decode("utf-8")
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    return v
-
-
 def load_coords(path: Path | str) -> tuple[np.ndarray, dict[str, Any]]:
     """Read and validate a coords file: ``(coords (N, 2) int64 level-0 (x, y), attrs)``.
 
@@ -108,7 +100,7 @@ def load_coords(path: Path | str) -> tuple[np.ndarray, dict[str, Any]]:
         raise InputError(f"coords file {path} does not exist; run `ghanet segment` first")
     try:
         with h5py.File(path, "r") as f:
-            attrs = {k: _py(v) for k, v in f.attrs.items()}
+            attrs = {k: plain(v) for k, v in f.attrs.items()}
             if "coords" not in f:
                 raise InputError(f"coords file {path} has no 'coords' dataset; {fix}")
             ds = f["coords"]
@@ -249,8 +241,7 @@ def _mismatches(attrs: dict[str, Any], spec: SlideSpec, params: SegmentParams) -
     want = params.result_params()
     for k, v in want.items():
         have = attrs.get(k)
-        if have is None or (isinstance(v, float) and not np.isclose(float(have), v, rtol=1e-9, atol=0)) \
-                or (not isinstance(v, float) and have != v):
+        if have is None or not same_setting(have, v):
             out.append(f"{k}={have} (now {v})")
     src = Path(spec.path)
     if attrs.get("source_name") != src.name:
@@ -258,7 +249,7 @@ def _mismatches(attrs: dict[str, Any], spec: SlideSpec, params: SegmentParams) -
     elif src.is_file() and int(attrs.get("source_bytes", -1)) != src.stat().st_size:
         out.append(f"source_bytes={attrs.get('source_bytes')} (now {src.stat().st_size}: the slide file changed)")
     if spec.mpp is not None and (attrs.get("mpp_source") != "override"
-                                 or not np.isclose(float(attrs.get("level0_mpp", 0)), spec.mpp)):
+                                 or not same_setting(attrs.get("level0_mpp"), spec.mpp)):
         out.append(f"level0_mpp={attrs.get('level0_mpp')} from {attrs.get('mpp_source')} (now override {spec.mpp})")
     if spec.mpp is None and attrs.get("mpp_source") == "override":
         out.append(f"level0_mpp={attrs.get('level0_mpp')} from an override (now none given)")
@@ -360,6 +351,19 @@ def segment_slide(spec: SlideSpec, out: Path | str, params: SegmentParams = Segm
     _write_coords(paths["coords"], grid, attrs)
     return ItemResult(item=sid, status="done" if n else "no tissue", seconds=round(time.perf_counter() - t0, 3),
                       message=message, metrics=_metrics(attrs, n))
+
+
+def segment_slides(specs: Sequence[SlideSpec], out: Path | str, params: SegmentParams = SegmentParams(),
+                   overwrite: bool = False, on_done: Callable[[ItemResult], None] | None = None,
+                   log_config: Mapping[str, Any] | None = None) -> list[ItemResult]:
+    """Segment every slide (a failing slide is recorded, the others go on) and write the stage's run log
+    (``<out>/logs/segment-*.json``: settings, ``log_config`` extras such as the shard, per-slide status)."""
+    started = time.time()
+    results = run_items(specs, lambda s: s.slide_id, lambda s: segment_slide(s, out, params, overwrite), on_done=on_done)
+    config = {"slides": [str(s.path) for s in specs], "out": str(out), "overwrite": overwrite,
+              **params.result_params(), **(log_config or {})}
+    write_run_log(out, "segment", config, results, started)
+    return results
 
 
 def _metrics(attrs: dict[str, Any], n: int) -> dict[str, Any]:
