@@ -36,7 +36,7 @@ def setup_logging(level: int) -> None:
 
 def out_option(f: F) -> F:
     return click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("ghanet-out"),
-                        show_default=True, help="Output root (layout in CONVENTIONS / README).")(f)
+                        show_default=True, help="Output root (layout: docs/architecture.md).")(f)
 
 
 def manifest_option(f: F) -> F:
@@ -133,6 +133,22 @@ class Progress:
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.__exit__(None, None, None)
+
+
+def parse_folds(text: str | None) -> list[int] | None:
+    """``--folds 0,2`` -> ``[0, 2]`` (sorted); None/empty = all folds. Duplicates, negatives and
+    non-numbers are usage errors."""
+    from ..errors import ConfigError
+
+    if not text or not text.strip():
+        return None
+    try:
+        folds = [int(t) for t in text.replace(" ", "").split(",") if t != ""]
+    except ValueError:
+        raise ConfigError(f"--folds {text!r}: give fold numbers separated by commas, e.g. 0,1,2") from None
+    if not folds or min(folds) < 0 or len(set(folds)) != len(folds):
+        raise ConfigError(f"--folds {text!r}: give distinct fold numbers >= 0, e.g. 0,1,2")
+    return sorted(folds)
 
 
 def print_summary(title: str, results: Sequence[ItemResult], columns: Iterable[tuple[str, str]] = ()) -> None:

@@ -15,23 +15,10 @@ from .common import (
     num_workers_option,
     out_option,
     overwrite_option,
+    parse_folds,
     shard_option,
     slides_argument,
 )
-
-
-def _parse_folds(text: str | None) -> list[int] | None:
-    from ..errors import ConfigError
-
-    if not text:
-        return None
-    try:
-        folds = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise ConfigError(f"--folds must be a comma-separated list of fold numbers (e.g. 0,1,2), not {text!r}") from None
-    if not folds or len(set(folds)) != len(folds) or min(folds) < 0:
-        raise ConfigError(f"--folds {text}: give distinct fold numbers >= 0")
-    return folds
 
 
 @click.command("predict")
@@ -77,7 +64,7 @@ def predict(slides: tuple[str, ...], recursive: bool, mpp: float | None, case_id
     from ..inputs import collect_slides, parse_shard
     from .common import Progress
 
-    fold_list = _parse_folds(folds)
+    fold_list = parse_folds(folds)
     shard_ij = parse_shard(shard)
     if model_dir is None:
         model_dir = default_model(out)

@@ -14,23 +14,10 @@ from .common import (
     no_progress_option,
     out_option,
     overwrite_option,
+    parse_folds,
     preset_option,
     protocol_option,
 )
-
-
-def _parse_folds(text: str | None) -> list[int] | None:
-    from ..errors import ConfigError
-
-    if not text:
-        return None
-    try:
-        folds = [int(x) for x in text.replace(" ", "").split(",") if x != ""]
-    except ValueError:
-        raise ConfigError(f"--folds {text!r}: give fold numbers separated by commas, e.g. 0,1,2") from None
-    if not folds or min(folds) < 0:
-        raise ConfigError(f"--folds {text!r}: give fold numbers >= 0, e.g. 0,1,2")
-    return sorted(set(folds))
 
 
 @click.command("train")
@@ -113,10 +100,16 @@ def train(features: Path, genomics: Path | None, out: Path, model: str, run_name
         raise ConfigError(f"genomics folder {genomics} not found; run `ghanet preprocess-genomics` first or pass "
                           f"--genomics (ABMIL needs it too: it holds the folds and survival labels)")
     config = TrainConfig(model=model, epochs=epochs, lr=lr, weight_decay=weight_decay, accum=accum, alpha=alpha,
+<<<<<<< HEAD
                          topk=None if topk is None else topk / 100.0, alpha_surv=alpha_surv, dim=dim,
-                         dropout=dropout, max_patches=max_patches, seed=seed, folds=_parse_folds(folds_text),
+                         dropout=dropout, max_patches=max_patches, seed=seed, folds=parse_folds(folds_text),
                          select=select, device=device, case_id_from=case_id_from, protocol=protocol,
                          preset=preset, topk_rule=topk_rule, accumulation=accumulation)
+=======
+                         topk=topk / 100.0, alpha_surv=alpha_surv, dim=dim, dropout=dropout,
+                         max_patches=max_patches, seed=seed, folds=parse_folds(folds_text), select=select,
+                         device=device, case_id_from=case_id_from)
+>>>>>>> dc132be (One --folds parser (cli.common.parse_folds: duplicates are an error for train and predict) and one TCGA case-id rule (inputs.tcga_case_id))
     log = logging.getLogger("ghanet_pipeline")
     state: dict[str, Any] = {"bar": None}
 

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..inputs import tcga_case_id
 
 log = logging.getLogger(__name__)
 
@@ -298,8 +299,8 @@ def _match_samples(labels: list[str], case_ids: set[str]) -> dict[str, str]:
     if out:
         return out
     for s in labels:
-        if len(s) > 12 and s[:12] in case_ids:
-            out[s] = s[:12]
+        if len(s) > 12 and tcga_case_id(s) in case_ids:
+            out[s] = tcga_case_id(s)
     return out
 
 

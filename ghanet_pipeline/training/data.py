@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..inputs import SLIDE_EXTENSIONS
+from ..inputs import SLIDE_EXTENSIONS, tcga_case_id
 from ..ioutils import sanitize_id
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,8 @@ def map_cases_to_bags(case_ids: Sequence[str], bags: Mapping[str, Path], case_sl
                 by_case[spec.case_id].append(bags[spec.slide_id])
     elif case_id_from == "tcga":
         for stem, path in bags.items():
-            if stem[:12] in wanted:
-                by_case[stem[:12]].append(path)
+            if tcga_case_id(stem) in wanted:
+                by_case[tcga_case_id(stem)].append(path)
     else:
         for case in case_ids:
             for sid in case_slides.get(case, ()):
