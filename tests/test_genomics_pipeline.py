@@ -1,4 +1,4 @@
-"""`ghanet preprocess-genomics` end to end: outputs per the ARCHITECTURE contract, load_fold, resuming,
+"""`ghanet preprocess-genomics` end to end: outputs per the architecture contract (docs/architecture.md), load_fold, resuming,
 counts + DESeq2, given splits, bad inputs through the CLI."""
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def test_empty_family_and_no_selection(tmp_path):
     """A family with zero selected genes stays in every output with empty vectors (no NaN)."""
     c = make_cohort(n_cases=60, seed=3, genes_per_family=(8, 10), planted_families=("Oncogenesis",))
     p = write_cohort_tables(c, tmp_path / "in", table_name="t.csv")
-    code, out = _run("--table", p["table"], "--families", p["families"], "--folds", 2, "--pvalue", 1e-3,
+    code, out = _run("--table", p["table"], "--families", p["families"], "--folds", 2, "--pvalue", 1e-2,
                      "--out", tmp_path / "o")
     assert code == 0, out
     fd = load_fold(tmp_path / "o" / "genomics", 0)

@@ -8,6 +8,7 @@ ignored (noted).
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -86,13 +87,25 @@ def write_splits(directory: Path | str, folds: list[Fold]) -> list[Path]:
     return paths
 
 
+def _stratified_splits(strata: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """scikit-learn's seeded ``StratifiedKFold``; plain shuffled ``KFold`` when every stratum is smaller
+    than the number of folds (stratifying is then impossible)."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    x = np.zeros((len(strata), 1))
+    if np.all(np.unique(strata, return_counts=True)[1] < n_folds):
+        return list(KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(x))
+    with warnings.catch_warnings():  # small strata are spread as evenly as they can be: expected
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        return list(StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(x, strata))
+
+
 def make_folds(clinical: pd.DataFrame, n_folds: int = 5, seed: int = 0, n_bins: int = 4) -> list[Fold]:
     """Patient-level k folds stratified by (survival time bin x event), seeded.
 
     ``clinical``: indexed by case_id with survival_months, censorship. Strata use bins fitted on the
-    whole cohort (only for balancing folds; the labels use per-fold bins). Within each stratum cases are
-    shuffled and dealt round-robin, continuing where the previous stratum stopped, so fold sizes differ
-    by at most one.
+    whole cohort (only for balancing folds; the labels use per-fold bins). The folds come from
+    scikit-learn's ``StratifiedKFold(shuffle=True, random_state=seed)`` on these strata.
     """
     n = len(clinical)
     if n_folds < 2:
@@ -106,13 +119,8 @@ def make_folds(clinical: pd.DataFrame, n_folds: int = 5, seed: int = 0, n_bins: 
     else:
         tbin = np.zeros(n, dtype=int)
     strata = tbin * 2 + (1 - cens)
-    rng = np.random.default_rng(seed)
     ids = np.asarray(clinical.index, dtype=object)
     fold_of = np.empty(n, dtype=int)
-    offset = 0
-    for s in np.unique(strata):
-        members = np.flatnonzero(strata == s)
-        members = members[rng.permutation(len(members))]
-        fold_of[members] = (offset + np.arange(len(members))) % n_folds
-        offset = (offset + len(members)) % n_folds
+    for k, (_, val_idx) in enumerate(_stratified_splits(strata, n_folds, seed)):
+        fold_of[val_idx] = k
     return [([str(c) for c in ids[fold_of != k]], [str(c) for c in ids[fold_of == k]]) for k in range(n_folds)]

@@ -43,7 +43,7 @@ class _ReLUDropout(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         (out,) = ctx.saved_tensors
-        return torch.ops.aten.threshold_backward(grad, out, 0.0).mul_(ctx.scale), None
+        return grad.masked_fill(out <= 0, 0.0).mul_(ctx.scale), None
 
 
 class ReLUDropout(nn.Module):
