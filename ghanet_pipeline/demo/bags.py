@@ -58,7 +58,7 @@ def phenotype_features(phenotype: float, n_patches: int, rng: np.random.Generato
 
 
 def bag_attrs(slide_id: str, feature_seed: int = 0, encoder: str = SYNTHETIC_ENCODER) -> dict[str, Any]:
-    """Bag root attrs (CONVENTIONS "Bag schema") of a synthetic bag (20x, 256 px patches, 0.25 um/px level 0)."""
+    """Bag root attrs (docs/architecture.md, "Bag schema") of a synthetic bag (20x, 256 px patches, 0.25 um/px level 0)."""
     return {"schema_version": 1, "slide_id": slide_id, "encoder": encoder,
             "weights_sha256": f"random:{feature_seed}", "input_size": 224, "target_mpp": 0.5, "patch_size": 256,
             "patch_size_level0": 512, "level0_mpp": 0.25, "source_name": f"{slide_id}.synthetic",

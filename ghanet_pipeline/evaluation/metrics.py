@@ -1,6 +1,6 @@
 """Survival metrics: Harrell's concordance index, Kaplan-Meier curves and the log-rank test.
 
-Conventions (see CONVENTIONS "Words and units"): ``time`` in months, ``event`` = 1 for a death and
+Conventions (docs/architecture.md, "Words and units"): ``time`` in months, ``event`` = 1 for a death and
 0 for a censored case (event = 1 - censorship), ``risk`` higher = worse prognosis. The functions
 expect RISK SCORES, not survival probabilities or times (negate those first).
 

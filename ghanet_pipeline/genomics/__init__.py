@@ -1,6 +1,6 @@
 """Genomics preprocessing for G-HANet: tables, gene families, folds, survival bins, selection, targets.
 
-Outputs live in ``<out>/genomics/`` (docs/ARCHITECTURE.md, "Contract: genomics outputs"). Training code
+Outputs live in ``<out>/genomics/`` (docs/architecture.md, "Genomics outputs"). Training code
 reads them with :func:`load_fold` / :func:`list_folds`; :func:`preprocess_genomics` writes them.
 """
 

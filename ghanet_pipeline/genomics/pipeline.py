@@ -1,6 +1,6 @@
 """``preprocess_genomics``: inputs -> families -> folds -> per-fold bins, selection, targets -> summary.
 
-Writes under ``<out>/genomics/`` (layout in docs/ARCHITECTURE.md, "Contract: genomics outputs").
+Writes under ``<out>/genomics/`` (layout in docs/architecture.md, "Genomics outputs").
 Every file is written atomically; a fold whose outputs exist, are complete and were made from the same
 inputs and parameters is skipped (``overwrite`` redoes it); outputs from other inputs/parameters are
 an error unless ``overwrite``.

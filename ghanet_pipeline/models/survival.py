@@ -1,6 +1,6 @@
 """Discrete-time survival: losses (NLL, SCE), risk and survival curves from hazards.
 
-Conventions (see CONVENTIONS.md): ``n_bins`` time intervals (bin edges in months), censorship 1 =
+Conventions (docs/architecture.md, "Words and units"): ``n_bins`` time intervals (bin edges in months), censorship 1 =
 censored (alive at last follow-up), 0 = event. A model outputs hazards ``h[j]`` = P(event in bin j |
 alive at the start of bin j); ``S[j] = prod_{i<=j} (1 - h[i])`` = P(alive after bin j);
 risk = ``-sum_j S[j]`` (higher = worse; minus the expected number of bins survived).
