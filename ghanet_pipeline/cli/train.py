@@ -100,16 +100,10 @@ def train(features: Path, genomics: Path | None, out: Path, model: str, run_name
         raise ConfigError(f"genomics folder {genomics} not found; run `ghanet preprocess-genomics` first or pass "
                           f"--genomics (ABMIL needs it too: it holds the folds and survival labels)")
     config = TrainConfig(model=model, epochs=epochs, lr=lr, weight_decay=weight_decay, accum=accum, alpha=alpha,
-<<<<<<< HEAD
                          topk=None if topk is None else topk / 100.0, alpha_surv=alpha_surv, dim=dim,
                          dropout=dropout, max_patches=max_patches, seed=seed, folds=parse_folds(folds_text),
                          select=select, device=device, case_id_from=case_id_from, protocol=protocol,
                          preset=preset, topk_rule=topk_rule, accumulation=accumulation)
-=======
-                         topk=topk / 100.0, alpha_surv=alpha_surv, dim=dim, dropout=dropout,
-                         max_patches=max_patches, seed=seed, folds=parse_folds(folds_text), select=select,
-                         device=device, case_id_from=case_id_from)
->>>>>>> dc132be (One --folds parser (cli.common.parse_folds: duplicates are an error for train and predict) and one TCGA case-id rule (inputs.tcga_case_id))
     log = logging.getLogger("ghanet_pipeline")
     state: dict[str, Any] = {"bar": None}
 
