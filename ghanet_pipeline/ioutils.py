@@ -8,7 +8,9 @@ import hashlib
 import json
 import os
 import re
+import socket
 import tempfile
+import time
 import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -61,12 +63,13 @@ def safe_child(root: Path | str, *parts: str) -> Path:
 def atomic_path(final: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it to ``final`` only if the block succeeds.
 
-    The temporary name starts with ``.`` and ends with ``.tmp`` so that stages ignore leftovers
-    from killed runs. On error the temporary file is removed and the exception propagates.
+    The temporary name is ``.<name>.<host>-<pid>.<random>.tmp``: stages ignore such leftovers of
+    killed runs, and :func:`remove_stale_temps` can tell a live writer's file from a dead one's.
+    On error the temporary file is removed and the exception propagates.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.{_owner()}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     tmp.unlink()  # let the writer create it (h5py, PIL, ... want to create the file themselves)
@@ -102,21 +105,60 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def _owner() -> str:
+    """``<host>-<pid>`` of this process, as written into temporary file names."""
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+    return f"{host}-{os.getpid()}"
+
+
+#: a temporary file of another host is only removed when older than this (its writer cannot be checked)
+FOREIGN_TEMP_AGE_S = 24 * 3600
+
+
+_TEMP_OWNER = re.compile(r"\.(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)\.[^.]+\.tmp$")
+
+
+def _temp_is_stale(path: Path) -> bool:
+    """True unless the temp file's writer (``<host>-<pid>`` in its name) may still be running."""
+    owner = _TEMP_OWNER.search(path.name)
+    if owner is None:
+        return True  # written by an older version: no owner recorded
+    if owner["host"] != _owner().rsplit("-", 1)[0]:
+        try:
+            return time.time() - path.stat().st_mtime > FOREIGN_TEMP_AGE_S
+        except OSError:
+            return False
+    pid = int(owner["pid"])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # the process exists (owned by another user)
+        return False
+    return False
+
+
 def remove_stale_temps(directory: Path | str, final_names: Iterable[str] | None = None) -> int:
     """Delete temporary files left by killed runs in ``directory``; return how many.
 
-    With ``final_names`` only the temporaries of those outputs (``.<name>.*.tmp``) are removed: call
-    it per item just before writing that item, so parallel jobs writing other items into the same
-    folder (Snakemake, ``--shard`` array jobs) never lose their files. Without it, every ``.*.tmp``
-    goes (only safe when no other job writes there).
+    With ``final_names`` only the temporaries of those outputs (``.<name>.*.tmp``) are considered:
+    call it per item just before writing that item. A temporary file whose writer is still running
+    (same host, live process id in its name; another host's file younger than a day) is left alone,
+    so parallel jobs (Snakemake, ``--shard`` array jobs, two terminals on the same item) never lose
+    their files.
     """
     directory = Path(directory)
     if not directory.is_dir():
         return 0
-    patterns = [".*.tmp"] if final_names is None else [f".{glob.escape(n)}.*.tmp" for n in final_names]
+    names: list[str | None] = [None] if final_names is None else list(final_names)
     n = 0
-    for pattern in patterns:
+    for name in names:
+        pattern = ".*.tmp" if name is None else f".{glob.escape(name)}.*.tmp"
         for p in directory.glob(pattern):
+            if not _temp_is_stale(p):
+                continue
             with contextlib.suppress(OSError):
                 p.unlink()
                 n += 1

@@ -105,6 +105,35 @@ def test_remove_stale_temps_scoped_to_one_item_spares_other_jobs(tmp_path):
         assert other_job_tmp.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".A.b.h5.x.tmp", "B.h5"]
 
+
+def test_remove_stale_temps_spares_a_live_writer_of_the_same_item(tmp_path):
+    """Two processes writing the same output: cleaning up must not delete the other's temp file."""
+    import os
+    import subprocess
+    import sys
+
+    from ghanet_pipeline.ioutils import _owner, atomic_path
+
+    host = _owner().rsplit("-", 1)[0]
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        (tmp_path / f".A.h5.{host}-{live.pid}.k2j3h4.tmp").write_text("another process writing A.h5 now")
+        (tmp_path / f".A.h5.{host}-{dead.pid}.a8d7f6.tmp").write_text("killed writer of A.h5")
+        (tmp_path / ".A.h5.otherhost-1.zz11yy.tmp").write_text("a job on another node")
+        with atomic_path(tmp_path / "A.h5") as mine:
+            mine.write_text("mine")
+            assert f"{host}-{os.getpid()}" in mine.name
+            assert remove_stale_temps(tmp_path, ["A.h5"]) == 1  # only the dead writer's file
+            assert mine.exists()
+        names = sorted(p.name for p in tmp_path.iterdir())
+        assert names == sorted(["A.h5", f".A.h5.{host}-{live.pid}.k2j3h4.tmp", ".A.h5.otherhost-1.zz11yy.tmp"])
+    finally:
+        live.kill()
+        live.wait()
+    assert remove_stale_temps(tmp_path, ["A.h5"]) == 1  # its writer is gone now
+
 # -- manifest ------------------------------------------------------------------------------------------------
 def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
