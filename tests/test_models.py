@@ -169,9 +169,12 @@ def test_survival_loss_reaches_cab_through_r2_only_not_through_the_mask():
     assert all(p.grad is None for p in model.cab.recon_heads.parameters())
 
 
-def test_fast_forward_equals_textbook_forward_including_gradients():
-    model = tiny(seed=3).train()
+@pytest.mark.parametrize("rule", ["ceil", "floor"])
+@pytest.mark.parametrize("train", [True, False])
+def test_fast_forward_equals_textbook_forward_including_gradients(rule, train):
+    model = tiny(seed=3, topk_rule=rule).train(train)
     feats = torch.randn(31, 16)
+    feats[7] = feats[3]                                    # identical patches: tied scores in eval mode
     results = []
     for fwd in (model, lambda x: reference_forward(model, x)):
         model.zero_grad()

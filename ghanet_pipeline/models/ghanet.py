@@ -40,6 +40,7 @@ from .layers import (
     SNNHead,
     survival_outputs,
 )
+from .patch_ops import cab_context, hyper_pool
 
 TOPK_RULES = ("ceil", "floor")
 
@@ -111,8 +112,7 @@ class CrossModalAssociation(nn.Module):
 
     def forward(self, h_pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:
         """``h_pre``: embedding pre-activations (N, dim). Returns r2 (G, dim), A (G, N), recon."""
-        h = self.embed_act(h_pre)
-        context = self.norm_patches(h)
+        context = cab_context(h_pre, self.norm_patches, self.embed_act.p, self.training)   # LN(h), once
         r1, _ = self.mhca(self.norm_tokens(self.tokens), context)
         r1 = self.ffn1(self.norm_ffn1(r1)) + r1
         r2, scores = self.mhca(self.norm_query2(self.tokens + r1), context)
@@ -147,10 +147,10 @@ class HyperAttentionSurvival(nn.Module):
     def forward(self, hp_pre: torch.Tensor, assoc: torch.Tensor, r2: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """``hp_pre`` (N, dim) embedding pre-activations, ``assoc`` (G, N), ``r2`` (G, dim) -> logits, w_mor."""
-        hp = self.embed_act(self.embed_norm(hp_pre))
-        w_mor = self.gate(hp).softmax(dim=0)                            # (N,)
-        hyper = (genomic_weights(assoc, self.topk, self.topk_rule) + w_mor) * 0.5      # M_hyper (G, N)
-        x = hyper @ hp                                                  # (G, dim)
+        # hp = dropout(relu(LN(hp_pre))); w_mor = softmax(gate(hp)) (N,); x = M_hyper @ hp (G, dim) with
+        # M_hyper = (genomic + w_mor) / 2
+        x, w_mor = hyper_pool(hp_pre, self.embed_norm, self.gate,
+                              genomic_weights(assoc, self.topk, self.topk_rule), self.embed_act.p, self.training)
         f = (x + self.hyper(x) + r2) * 0.5                              # (f_GI + r2) / 2
         f = self.mhsa(f) + f
         f = self.ffn(self.norm_ffn(f)) + f

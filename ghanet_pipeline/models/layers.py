@@ -7,25 +7,12 @@ between the G tokens and the N patches, or among the G tokens).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .patch_ops import cross_pass, drop_mask
 from .survival import survival_from_hazards
-
-
-def _drop_mask(shape: torch.Size, p: float) -> torch.Tensor:
-    """Boolean mask, True with probability ``p`` (to 1/65536), from 16 random bits per element.
-
-    Draws 64-bit words (4 elements per draw) instead of one generator call per element as
-    ``bernoulli_`` does: about 5x cheaper for the (N, 512) patch embeddings of large bags.
-    """
-    numel = math.prod(shape)
-    words = torch.empty((numel + 3) // 4, dtype=torch.int64).random_(-2 ** 63, None)
-    bits = words.view(torch.int16)[:numel].view(shape)
-    return bits < (-32768 + round(p * 65536))
 
 
 class _ReLUDropout(torch.autograd.Function):
@@ -35,7 +22,7 @@ class _ReLUDropout(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:  # type: ignore[override]
         scale = 1.0 / (1.0 - p)
         out = x.mul(scale)
-        out.masked_fill_(_drop_mask(x.shape, p).to(x.device), 0.0).clamp_min_(0.0)
+        out.masked_fill_(drop_mask(x.shape, p).to(x.device), 0.0).clamp_min_(0.0)
         ctx.scale = scale
         ctx.save_for_backward(out)
         return out
@@ -124,9 +111,9 @@ class MultiHeadCrossAttention(nn.Module):
         q = self.to_q(queries).view(g, h, dh).transpose(0, 1)                     # (h, G, dh)
         # keys moved to the query side: (h, G, dh) x (h, dh, dim) -> (h, G, dim), scaled once here
         qk = torch.bmm(q, self.to_k.weight.view(h, dh, dim)) * self.scale
-        scores = (qk.reshape(h * g, dim) @ context.T).view(h, g, -1)             # (h, G, N)
-        attn = self.attn_dropout(scores.softmax(dim=-1))
-        pooled = (attn.view(h * g, -1) @ context).view(h, g, dim)               # (h, G, dim)
+        # scores (h*G, N), softmax over N, attention dropout, pooling (h*G, dim): one autograd node
+        scores, pooled = cross_pass(qk.reshape(h * g, dim), context, self.attn_dropout.p, self.training)
+        scores, pooled = scores.view(h, g, -1), pooled.view(h, g, dim)
         # values after pooling: (h, G, dim) x (h, dim, dh) -> (h, G, dh)
         out = torch.bmm(pooled, self.to_v.weight.view(h, dh, dim).transpose(1, 2))
         out = out.transpose(0, 1).reshape(g, h * dh)
