@@ -16,8 +16,9 @@ from .. import __version__
 #: command name -> "module:attribute" inside ghanet_pipeline.cli, with its one-line help
 COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("doctor:doctor", "Check the installation: versions, OpenSlide, torch/CUDA, weights, output dir."),
+    "encoders": ("encoders:encoders", "List the patch encoders: feature width, input size, um/px, weights found."),
     "segment": ("segment:segment", "Find tissue and lay the 256x256 patch grid at 20x (0.5 um/px)."),
-    "extract-features": ("extract:extract_features", "Embed every patch with the truncated ResNet50 into HDF5 bags."),
+    "extract-features": ("extract:extract_features", "Embed every patch with an encoder (ResNet50, UNI, Virchow2, ...) into HDF5 bags."),
     "calibrate-encoder": ("calibrate:calibrate_encoder",
                           "Make random encoder weights usable: BatchNorm statistics + standardisation from patches."),
     "preprocess-genomics": ("genomics:preprocess_genomics", "Gene families, survival bins, per-fold gene selection and targets."),

@@ -257,6 +257,8 @@ def read_bag(path: Path | str, require_complete: bool = True) -> Bag:
         coords = coords.astype(np.int64, copy=False)
     if not ours:
         attrs = {**coord_attrs, **attrs, "format": "clam-h5", "slide_id": attrs.get("slide_id", path.stem)}
+        if "encoder" not in attrs and trident_encoder_name(path):
+            attrs["encoder"] = f"trident:{trident_encoder_name(path)}"  # TRIDENT names the folder after it
     return Bag(features=feats, coords=coords, attrs=attrs, path=path, format="ghanet" if ours else "clam-h5")
 
 
@@ -292,6 +294,8 @@ def find_bags(folder: Path | str, slide_ids: Iterable[str] | None = None) -> dic
         raise InputError(f"features folder {folder} does not exist; run extract-features or pass the "
                          f"folder holding the .h5 bags (e.g. <out>/features/resnet50_trunc_256)")
     found: dict[str, Path] = {}
+    if not any(_is_bag_file(p) for p in folder.iterdir()):
+        folder = trident_features_folder(folder)
     for p in sorted(folder.iterdir()):
         if p.name.startswith(".") or p.suffix.lower() not in (".h5", ".pt"):
             continue
@@ -301,6 +305,31 @@ def find_bags(folder: Path | str, slide_ids: Iterable[str] | None = None) -> dic
         wanted = set(slide_ids)
         found = {k: v for k, v in found.items() if k in wanted}
     return found
+
+
+def _is_bag_file(p: Path) -> bool:
+    return not p.name.startswith(".") and p.suffix.lower() in (".h5", ".pt") and p.is_file()
+
+
+def trident_features_folder(folder: Path) -> Path:
+    """The TRIDENT per-encoder bag folder (``features_<encoder>``, e.g. ``features_uni_v1``) inside
+    ``folder`` or one level below (TRIDENT's ``<job>/20x_256px_0px_overlap/features_uni_v1``).
+
+    Returns ``folder`` itself when there is none; raises :class:`InputError` listing them when there
+    are several (the bags of different encoders must not be mixed: pass the one to use).
+    """
+    hits = sorted(p for p in list(folder.glob("features_*")) + list(folder.glob("*/features_*"))
+                  if p.is_dir() and any(_is_bag_file(q) for q in p.iterdir()))
+    if len(hits) > 1:
+        raise InputError(f"features folder {folder} holds no bags itself but several encoder folders: "
+                         f"{', '.join(str(h.relative_to(folder)) for h in hits)}; pass the one to use as --features")
+    return hits[0] if hits else folder
+
+
+def trident_encoder_name(path: Path) -> str | None:
+    """``uni_v1`` for a bag in a TRIDENT ``features_uni_v1`` folder, else None."""
+    name = Path(path).parent.name
+    return name[len("features_"):] if name.startswith("features_") and len(name) > len("features_") else None
 
 
 # --------------------------------------------------------------------------- compatibility

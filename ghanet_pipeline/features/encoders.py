@@ -1,13 +1,15 @@
-"""Patch encoders: a registry (name -> architecture builder, normalisation, output dim) and weights resolution.
+"""Patch encoders: a registry (name -> architecture builder, normalisation, output dim) and weights loading.
 
 Weights are never downloaded at run time. :func:`load_encoder` takes
 
-- ``weights=PATH``: a state dict file (``.pth``/``.pt`` loaded with ``torch.load(weights_only=True)``,
-  or ``.safetensors``); its keys are checked against the architecture;
-- ``weights=None``: the encoder's file in the torch hub cache (``$TORCH_HOME/hub/checkpoints``);
-  when none is there, :class:`ConfigError` explains how to obtain the file;
-- ``weights="random"``: seeded random initialisation (tests, demos), recorded as ``random:<seed>``.
+- ``weights=PATH``: a state dict file (``.safetensors``, or ``.pth``/``.pt``/``.bin`` loaded with
+  ``torch.load(weights_only=True)``); its keys and shapes are checked against the architecture;
+- ``weights=None``: the encoder's file in the torch hub cache or the Hugging Face hub cache (see
+  :mod:`.weights`); when none is there, :class:`ConfigError` explains where to get the file;
+- ``weights="random[:seed]"``: seeded random initialisation (tests, demos), recorded as ``random:<seed>``.
 
+The registry holds the truncated ResNet50 (below) and the pathology foundation models of
+:mod:`.foundation` (UNI, UNI2-h, Virchow2, H-optimus-0/1, Prov-GigaPath, Phikon-v2, CONCH v1.5).
 The model expects float NCHW input already normalised with the encoder's mean/std; use
 :func:`preprocess` to turn a uint8 NHWC batch (what the patch reader yields) into that on the device.
 """
@@ -15,20 +17,22 @@ The model expects float NCHW input already normalised with the encoder's mean/st
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
-from ..safeload import load_safetensors, torch_load_tensors
+from .weights import check_keys, find_hub_weights, parse_random, read_state_dict, resolve_weights
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
 log = logging.getLogger(__name__)
+
+__all__ = ["ENCODERS", "EncoderSpec", "LoadedEncoder", "find_hub_weights", "get_encoder_spec", "load_encoder",
+           "parse_random", "preprocess", "read_state_dict", "register_encoder", "resolve_weights"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,10 +45,15 @@ class EncoderSpec:
     """What the registry knows about an encoder.
 
     ``build()`` returns the full reference architecture with random weights (state dict keys as in
-    the weight files users have); ``trunk(model)`` turns it into the feature extractor returning
-    ``(B, dim)``. ``required_prefixes`` are the state-dict key prefixes the trunk uses (other keys of
-    the reference architecture, e.g. ``layer4``/``fc``, are allowed in weight files and ignored).
-    ``hub_files`` are torch-hub checkpoint names in order of preference (``*`` globs allowed).
+    the weight files users have, after ``convert``); ``trunk(model)`` turns it into the feature
+    extractor returning ``(B, dim)``. ``required_prefixes`` are the state-dict key prefixes the trunk
+    uses (other keys of the reference architecture, e.g. ``layer4``/``fc``, are allowed in weight
+    files and ignored; ``("",)`` = every key). ``hub_files`` are torch-hub checkpoint names in order of
+    preference (``*`` globs allowed); ``hf_repo`` + ``weight_files`` name the file in the Hugging Face
+    hub cache. ``strict`` encoders are built on the ``meta`` device and take the file's tensors as they
+    are (no second copy of a 4 GB model). ``convert`` maps a file's keys to ``build()``'s keys.
+    ``input_size`` (px) and ``input_mpp`` (um/px) are what the model card feeds the model; None = the
+    segment patch (256 px at its target um/px).
     """
 
     name: str
@@ -57,6 +66,15 @@ class EncoderSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     default_input_size: int | None = None  # None = the patch size from segment (256)
+    input_mpp: float | None = None
+    architecture: str = "a torchvision ResNet50"
+    output: str = ""
+    hf_repo: str | None = None
+    weight_files: tuple[str, ...] = ()
+    strict: bool = False
+    convert: Callable[[dict], dict] | None = None
+    card_url: str = ""
+    gated: bool = False
 
 
 #: name -> spec; add encoders with :func:`register_encoder`
@@ -99,6 +117,8 @@ def _resnet50_trunk(model: nn.Module) -> nn.Module:
 register_encoder(EncoderSpec(
     name="resnet50_trunc",
     dim=1024,
+    input_mpp=0.5,
+    output="layer3 feature map, global average pooled",
     build=_resnet50_full,
     trunk=_resnet50_trunk,
     required_prefixes=("conv1.", "bn1.", "layer1.", "layer2.", "layer3."),
@@ -114,7 +134,7 @@ register_encoder(EncoderSpec(
 ))
 
 
-# --------------------------------------------------------------------------- weights
+# --------------------------------------------------------------------------- loading
 
 
 @dataclass
@@ -142,129 +162,19 @@ class LoadedEncoder:
         return self.spec.dim
 
 
-def parse_random(weights: str | None) -> int | None:
-    """Seed of ``random`` / ``random:<seed>`` (``random`` = seed 0); None for anything else."""
-    if weights is None:
-        return None
-    m = re.fullmatch(r"random(?::(\d+))?", str(weights).strip())
-    if not m:
-        return None
-    return int(m.group(1) or 0)
-
-
-def find_hub_weights(spec: EncoderSpec, hub_dir: Path | None = None) -> Path | None:
-    """First of ``spec.hub_files`` present in the torch hub cache (``$TORCH_HOME/hub/checkpoints``)."""
-    if hub_dir is None:
-        from ..doctor import torch_hub_checkpoint_dir
-
-        hub_dir = torch_hub_checkpoint_dir()
-    if not hub_dir.is_dir():
-        return None
-    for pattern in spec.hub_files:
-        hits = sorted(p for p in hub_dir.glob(pattern) if p.is_file())
-        if hits:
-            return hits[0]
-    return None
-
-
-def resolve_weights(spec: EncoderSpec, weights: str | Path | None, hub_dir: Path | None = None) -> Path | int:
-    """Where the weights come from: a file path, or an int seed for random initialisation.
-
-    Raises :class:`ConfigError` when a given path does not exist or when nothing is found in the hub
-    cache (the message says how to obtain the file).
-    """
-    seed = parse_random(None if weights is None else str(weights))
-    if seed is not None:
-        return seed
-    if weights is not None:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            what = "is a folder, not a file" if path.is_dir() else "no such file"
-            raise ConfigError(f"--weights {weights}: {what}. Pass a torchvision {spec.name} state dict "
-                              f"(.pth or .safetensors) or 'random' for untrained weights (tests only)")
-        return path
-    if hub_dir is None:
-        from ..doctor import torch_hub_checkpoint_dir
-
-        hub_dir = torch_hub_checkpoint_dir()
-    found = find_hub_weights(spec, hub_dir)
-    if found is None:
-        raise ConfigError(
-            f"no weights for encoder {spec.name!r}: nothing matching {', '.join(spec.hub_files)} in "
-            f"{hub_dir} (the torch hub cache; set TORCH_HOME to use another) and no --weights given. "
-            f"ghanet never downloads weights at run time. To fix it, "
-            + spec.how_to_get.format(hub_dir=hub_dir)
-            + "\n(--weights random gives untrained features: only for tests and demos.)")
-    return found
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a state-dict file without unpickling code (safetensors or ``weights_only=True``).
-
-    Unwraps ``{"state_dict": ...}`` / ``{"model": ...}`` containers and a ``module.`` prefix
-    (DataParallel). Raises :class:`ConfigError` naming the file when it holds no tensors.
-    """
-    import torch
-
-    path = Path(path)
-    fix = ("Expected a state dict saved with torch.save(model.state_dict()) (.pth/.pt) or a .safetensors file; "
-           "convert it in a trusted environment")
-    if path.suffix.lower() == ".safetensors":
-        obj: object = load_safetensors(path, "weights file", fix, ConfigError)
-    else:
-        obj = torch_load_tensors(path, "weights file", fix, ConfigError)
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ConfigError(f"weights file {path} does not hold a state dict (name -> tensor)")
-    if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj  # type: ignore[return-value]
-
-
-def _check_keys(spec: EncoderSpec, reference: dict[str, torch.Tensor], given: dict[str, torch.Tensor],
-                path: Path) -> list[str]:
-    """Raise :class:`ConfigError` for missing trunk keys, unknown keys or shape mismatches."""
-
-    def used(k: str) -> bool:
-        return k.startswith(spec.required_prefixes)
-
-    def few(keys: list[str]) -> str:
-        return ", ".join(keys[:5]) + (f" ... ({len(keys)} in all)" if len(keys) > 5 else "")
-
-    missing = sorted(k for k in reference if used(k) and k not in given)
-    unexpected = sorted(k for k in given if k not in reference)
-    bad_shape = sorted(k for k in given if k in reference and used(k) and tuple(given[k].shape) != tuple(reference[k].shape))
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {few(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {few(unexpected)}")
-    if bad_shape:
-        problems.append("wrong shapes: " + few([f"{k} {tuple(given[k].shape)} != {tuple(reference[k].shape)}"
-                                                for k in bad_shape]))
-    if problems:
-        raise ConfigError(f"weights file {path} does not fit encoder {spec.name!r} (a torchvision ResNet50 "
-                          f"state dict is expected): " + "; ".join(problems))
-    ignored = sorted({k.split(".")[0] for k in given if not used(k)})
-    return [f"ignored parts of the weights not used by {spec.name}: {', '.join(ignored)}"] if ignored else []
-
-
 def load_encoder(name: str = "resnet50_trunc", weights: str | Path | None = None,
-                 hub_dir: Path | None = None) -> LoadedEncoder:
+                 hub_dir: Path | None = None, hf_dir: Path | None = None) -> LoadedEncoder:
     """Build encoder ``name`` with its weights (see module doc), in eval mode, on CPU."""
     import torch
 
     from ..ioutils import file_sha256
 
     spec = get_encoder_spec(name)
-    source = resolve_weights(spec, weights, hub_dir)
+    source = resolve_weights(spec, weights, hub_dir, hf_dir)
     notes: list[str] = []
     calib: dict[str, torch.Tensor] = {}
     if isinstance(source, int):
-        devices = []  # seed the CPU generator only, restore it afterwards
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=[]):  # seed the CPU generator only, restore it afterwards
             torch.manual_seed(source)
             full = spec.build()
         weights_id, path = f"random:{source}", None
@@ -273,11 +183,18 @@ def load_encoder(name: str = "resnet50_trunc", weights: str | Path | None = None
         log.warning(notes[-1])
     else:
         path = source
-        full = spec.build()
         state = read_state_dict(path)
         calib = {k[len(CALIBRATION_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(CALIBRATION_PREFIX)}
-        notes += _check_keys(spec, full.state_dict(), state, path)
-        full.load_state_dict({k: v for k, v in state.items() if k.startswith(spec.required_prefixes)}, strict=False)
+        if spec.convert is not None:
+            state = spec.convert(state)
+        if spec.strict:
+            full = _load_strict(spec, state, path, notes)
+        else:
+            full = spec.build()
+            notes += check_keys(spec, full.state_dict(), state, path)
+            full.load_state_dict({k: v for k, v in state.items() if k.startswith(spec.required_prefixes)},
+                                 strict=False)
+        del state
         weights_id = file_sha256(path)
         log.info("encoder %s: weights %s (sha256 %s)", name, path, weights_id[:12])
     model = spec.trunk(full).eval()
@@ -313,6 +230,23 @@ def _calibrated(trunk: nn.Module, calib: dict[str, torch.Tensor], path: Path, di
     return nn.Sequential(trunk, norm).eval(), record or json.dumps({"file": path.name})
 
 
+def _load_strict(spec: EncoderSpec, state: dict[str, torch.Tensor], path: Path, notes: list[str]) -> nn.Module:
+    """Build on the ``meta`` device, check every key and shape, then adopt the file's tensors (float32)."""
+    import torch
+
+    with torch.device("meta"):
+        full = spec.build()
+    notes += check_keys(spec, full.state_dict(), state, path)
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+    full.load_state_dict(state, strict=True, assign=True)
+    left = [n for n, t in list(full.named_parameters()) + list(full.named_buffers()) if t.is_meta]
+    if left:  # a non-persistent buffer the file cannot hold: rebuild the normal way
+        with torch.device("cpu"):
+            full = spec.build()
+        full.load_state_dict(state, strict=True)
+    return full
+
+
 # --------------------------------------------------------------------------- input transform
 
 
@@ -331,3 +265,24 @@ def preprocess(batch_u8: torch.Tensor, spec: EncoderSpec, dtype: torch.dtype | N
     # (x / 255 - mean) / std as one multiply-add
     x = x.mul(1.0 / (255.0 * std)).sub_(mean / std)
     return x.to(dtype=dtype).contiguous(memory_format=torch.channels_last)
+
+
+def describe_encoders(hub_dir: Path | None = None, hf_dir: Path | None = None) -> list[dict[str, object]]:
+    """One row per registered encoder: name, width, input size (px), um/px, output, architecture,
+    weights file found in the hub caches (None when absent), where it was looked for, model card."""
+    from .weights import hf_hub_cache_dir, looked_in, torch_hub_dir
+
+    hub_dir = torch_hub_dir() if hub_dir is None else hub_dir
+    hf_dir = hf_hub_cache_dir() if hf_dir is None else hf_dir
+    rows: list[dict[str, object]] = []
+    for name in ENCODERS:
+        spec = ENCODERS[name]
+        rows.append({"name": name, "dim": spec.dim, "input_size": spec.default_input_size,
+                     "input_mpp": spec.input_mpp, "output": spec.output, "architecture": spec.architecture,
+                     "weights": find_hub_weights(spec, hub_dir, hf_dir), "looked_in": looked_in(spec, hub_dir, hf_dir),
+                     "card": spec.card_url, "gated": spec.gated, "weight_files": spec.weight_files or spec.hub_files})
+    return rows
+
+
+# the pathology foundation models register themselves (module imported last: it uses the names above)
+from . import foundation  # noqa: E402,F401
