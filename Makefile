@@ -30,7 +30,7 @@ test: lint
 	$(BIN)/python -m pytest -q -ra
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -ra -m "not slow and not workflow"
+	$(BIN)/python -m pytest -q -ra -m "not slow and not workflow and not chaos"
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
