@@ -59,12 +59,38 @@ def safe_child(root: Path | str, *parts: str) -> Path:
     return path
 
 
+def fsync_file(path: Path | str) -> None:
+    """Flush a file's bytes to disk (``fsync``); a no-op where the OS refuses it for that file."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def fsync_dir(path: Path | str) -> None:
+    """Make a rename inside ``path`` durable (``fsync`` of the directory; skipped on Windows)."""
+    if os.name == "nt":
+        return
+    fsync_file(path)
+
+
+def replace_durably(tmp: Path | str, final: Path | str) -> None:
+    """``fsync`` ``tmp``, rename it over ``final``, then ``fsync`` the directory: after a crash (power
+    loss included) ``final`` is either the old file or the complete new one."""
+    fsync_file(tmp)
+    os.replace(tmp, final)
+    fsync_dir(Path(final).parent)
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it to ``final`` only if the block succeeds.
 
     The temporary name is ``.<name>.<host>-<pid>.<random>.tmp``: stages ignore such leftovers of
     killed runs, and :func:`remove_stale_temps` can tell a live writer's file from a dead one's.
+    The file is fsynced before the rename and its directory after it (:func:`replace_durably`).
     On error the temporary file is removed and the exception propagates.
     """
     final = Path(final)
@@ -75,7 +101,7 @@ def atomic_path(final: Path | str) -> Iterator[Path]:
     tmp.unlink()  # let the writer create it (h5py, PIL, ... want to create the file themselves)
     try:
         yield tmp
-        os.replace(tmp, final)
+        replace_durably(tmp, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

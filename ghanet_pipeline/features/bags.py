@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import InputError, MismatchError
 from ..ioutils import atomic_path
+from ..provenance import FEATURES_SHA_ATTR, features_sha256
 from ..safeload import torch_load_tensors
 from ..settings import h5_value, plain, same_setting
 
@@ -88,7 +89,8 @@ class BagWriter:
         # here the file exists at ``path`` with complete=True; on an exception nothing is left
 
     Rows are pre-allocated (N is known from the coords), so a block is written where it belongs.
-    ``complete`` is set after every row was written and the file is flushed; then the temporary
+    ``features_sha256`` (:func:`ghanet_pipeline.provenance.features_sha256` of the stored features) and
+    then ``complete`` are set after every row was written and the file is flushed; then the temporary
     file is renamed over ``path``. Timestamps are not stored, so identical inputs give identical files.
     """
 
@@ -153,6 +155,8 @@ class BagWriter:
                 missing = np.flatnonzero(~self._written)
                 raise RuntimeError(f"bag {self.path}: {len(missing)} rows never written (first {missing[0]})")
             self._h5.flush()
+            # content hash for provenance checks (train/predict compare it without reading the features)
+            self._h5.attrs[FEATURES_SHA_ATTR] = features_sha256(self._h5["features"])
             self._h5.attrs["complete"] = np.bool_(True)  # last
             self._h5.close()
             self._h5 = None

@@ -22,6 +22,8 @@ from ._registry import create_model
 CHECKPOINT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
 META_NAME = "model.json"
+#: ``model.json`` keys also written into the safetensors metadata and compared on load
+SHARED_KEYS = ("fold", "epoch", "config_hash", "fingerprint_digest")
 
 
 def save_checkpoint(fold_dir: Path | str, model: nn.Module, meta: dict[str, Any]) -> Path:
@@ -30,8 +32,9 @@ def save_checkpoint(fold_dir: Path | str, model: nn.Module, meta: dict[str, Any]
     ``meta`` holds the contract's keys (families, selected, scaler, bin_edges_months, encoder,
     train_risk_median, fold, epoch, ...); ``checkpoint_version``, ``ghanet_version``, ``model``,
     ``model_config`` (from ``model.config``) and ``weights_sha256`` are always set here, whatever ``meta``
-    says. Weights are written first, the JSON last, both atomically, so a
-    readable JSON means a complete checkpoint.
+    says. Weights are written first (with ``fold``, ``epoch``, ``config_hash``, ``fingerprint_digest`` also in
+    their safetensors metadata), the JSON last, both atomically and fsynced, so a readable JSON means a
+    complete checkpoint; :func:`load_checkpoint` checks that both files belong together.
     """
     from safetensors.torch import save_file
 
@@ -39,8 +42,10 @@ def save_checkpoint(fold_dir: Path | str, model: nn.Module, meta: dict[str, Any]
     fold_dir.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     weights = fold_dir / WEIGHTS_NAME
+    st_meta = {"format": "pt", "model": model.name,
+               **{k: str(meta[k]) for k in SHARED_KEYS if meta.get(k) is not None}}
     with atomic_path(weights) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", "model": model.name})
+        save_file(tensors, str(tmp), metadata=st_meta)
     record = dict(meta)
     record.update(checkpoint_version=CHECKPOINT_VERSION, ghanet_version=__version__, model=model.name,
                   model_config=dict(model.config), weights_sha256=file_sha256(weights))
@@ -92,6 +97,7 @@ def load_checkpoint(fold_dir: Path | str, device: str | torch.device = "cpu") ->
         raise CheckpointError(f"{fold_dir / META_NAME}: cannot rebuild model {meta['model']!r}: {exc}") from exc
     state = load_safetensors(weights, "checkpoint weights", "Retrain this fold (or copy both files of the fold "
                              "from the training machine again)", CheckpointError, device=str(device))
+    _check_pair(weights, meta)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -99,3 +105,19 @@ def load_checkpoint(fold_dir: Path | str, device: str | torch.device = "cpu") ->
                               f"{meta['model_config']}: {exc}") from exc
     model.to(device).eval()
     return model, meta
+
+
+def _check_pair(weights: Path, meta: dict[str, Any]) -> None:
+    """Refuse weights whose safetensors metadata name another fold/epoch/run than ``model.json``."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            st_meta = fh.metadata() or {}
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{weights} is not a readable safetensors file ({exc}); retrain this fold") from exc
+    diffs = [f"{k} {st_meta[k]!r} vs {str(meta[k])!r}" for k in SHARED_KEYS
+             if k in st_meta and meta.get(k) is not None and st_meta[k] != str(meta[k])]
+    if diffs:
+        raise CheckpointError(f"{weights} and {weights.with_name(META_NAME)} belong to different trainings "
+                              f"({'; '.join(diffs)}); copy both files of one fold together or retrain")

@@ -46,80 +46,19 @@ import numpy as np
 
 from .. import __version__
 from ..device import resolve_device
-from ..errors import ConfigError, InputError, MismatchError
+from ..errors import BusyError, ConfigError, InputError, MismatchError
 from ..ioutils import atomic_path, safe_child, sanitize_id, write_json_atomic
+from ..locks import OutputLocks
+from ..provenance import fingerprint_digest, to_json
 from ..runs import ItemResult, run_items, write_run_log
-from .config import PROTOCOL_KEYS, ProgressFn, TrainConfig, TrainResult, config_hash, noop_progress
+from .config import ProgressFn, TrainConfig, TrainResult, config_hash, noop_progress
 from .data import CaseBags, list_bags, map_cases_to_bags
+from .fingerprint import training_fingerprint
 from .loop import train_fold
+from .provenance_check import check_run_folder
 from .state import FoldOutcome, fold_complete, load_finished_fold
 
 log = logging.getLogger(__name__)
-
-
-
-
-
-
-
-
-
-
-
-
-
-# --------------------------------------------------------------------------------------------------
-# case bags
-# --------------------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-# --------------------------------------------------------------------------------------------------
-# sampling, state
-# --------------------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# --------------------------------------------------------------------------------------------------
-# one fold
-# --------------------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 # --------------------------------------------------------------------------------------------------
@@ -174,34 +113,15 @@ def train_cv(features_dir: Path | str, genomics_dir: Path | str, out: Path | str
     if unknown:
         raise ConfigError(f"--folds {unknown} not in {genomics_dir} (it has folds {all_folds})")
 
-    eff = {"features": str(features_dir.resolve()), "genomics": str(genomics_dir.resolve()),
-           "manifest": str(Path(manifest).resolve()) if manifest else None, "run_name": run,
-           **asdict(config), "folds": folds, "ghanet_version": __version__, "torch": torch.__version__}
-    eff["genomics_protocol"] = _genomics_protocol(genomics_dir)
-    c_hash = config_hash(config)
-    eff["config_hash"] = c_hash
-    cfg_path = run_dir / "config.json"
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if overwrite:
-            shutil.rmtree(run_dir)
-        elif cfg_path.is_file():
-            old = json.loads(cfg_path.read_text())
-            diff = [k for k in PROTOCOL_KEYS if old.get(k) != eff.get(k)]
-            if diff:
-                raise MismatchError(f"{run_dir} holds a run with other options: "
-                                    + ", ".join(f"{k} {old.get(k)!r} -> {eff.get(k)!r}" for k in diff)
-                                    + "; use the original options, another --run-name, or --overwrite")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(cfg_path, eff)
-
-    # --- cases, bags ------------------------------------------------------------------------------
+    # --- everything the run is made from, read before anything is written ---------------------------
+    fold_data = {k: load_fold(genomics_dir, k) for k in all_folds}
+    genomics_protocol = _genomics_protocol(genomics_dir)
     cases_csv = genomics_dir / "cases.csv"
     case_slides: dict[str, list[str]] = {}
     if cases_csv.is_file():
         cdf = pd.read_csv(cases_csv, dtype=str, keep_default_na=False)
         if "slide_ids" in cdf.columns:
             case_slides = {r.case_id: [s for s in r.slide_ids.split(";") if s] for r in cdf.itertuples()}
-    fold_data = {k: load_fold(genomics_dir, k) for k in folds}
     all_cases = list(dict.fromkeys(c for fd in fold_data.values() for c in list(fd.train_ids) + list(fd.val_ids)))
     bag_files = list_bags(features_dir)
     case_paths, missing = map_cases_to_bags(all_cases, bag_files, case_slides, manifest, config.case_id_from)
@@ -212,8 +132,8 @@ def train_cv(features_dir: Path | str, genomics_dir: Path | str, out: Path | str
             f"{', '.join(list(bag_files)[:3])}). Map slides to cases with --manifest (slide_id,case_id) or "
             f"--case-id-from tcga, or check the cases.csv slide_ids column")
     warnings: list[str] = []
-    if eff["genomics_protocol"] not in (None, config.protocol):
-        msg = (f"the genomics folder was made with --protocol {eff['genomics_protocol']} but training uses "
+    if genomics_protocol not in (None, config.protocol):
+        msg = (f"the genomics folder was made with --protocol {genomics_protocol} but training uses "
                f"--protocol {config.protocol}: bins and gene selection follow the genomics protocol")
         warnings.append(msg)
         log.warning("%s", msg)
@@ -224,27 +144,68 @@ def train_cv(features_dir: Path | str, genomics_dir: Path | str, out: Path | str
         log.warning("%s", msg)
     bags = CaseBags(case_paths, cache_gb=config.cache_gb)
     warnings.extend(bags.warnings)
-    eff["encoder"] = bags.encoder
-    eff["n_cases_with_bags"] = len(bags.cases())
-    write_json_atomic(cfg_path, eff)
+    mapping = (f"manifest {Path(manifest).name}" if manifest else "TCGA case ids" if config.case_id_from == "tcga"
+               else "genomics cases.csv")
+    fp = training_fingerprint(config, fold_data, case_paths, bags.encoder, mapping)
+    fp_digest = fingerprint_digest(fp)
+    c_hash = config_hash(config)
+    eff = {"features": str(features_dir.resolve()), "genomics": str(genomics_dir.resolve()),
+           "manifest": str(Path(manifest).resolve()) if manifest else None, "run_name": run,
+           **asdict(config), "folds": folds, "ghanet_version": __version__, "torch": torch.__version__,
+           "config_hash": c_hash, "encoder": bags.encoder, "n_cases_with_bags": len(bags.cases()),
+           "genomics_protocol": genomics_protocol,
+           "fingerprint_digest": fp_digest, "fingerprint": to_json(fp)}
 
+    # --- check the run folder against them, then claim it (nothing is written before this point) ----
+    locks = OutputLocks(out / "train", run)
+    cfg_path = run_dir / "config.json"
+    with locks.exclusive():
+        if run_dir.exists() and any(run_dir.iterdir()):
+            if overwrite:
+                busy = locks.busy_jobs()
+                if busy:
+                    raise BusyError(f"{run_dir} is in use by {len(busy)} other train process(es) "
+                                    f"({', '.join(busy)}), e.g. another fold job of this run; --overwrite would "
+                                    f"delete their files. Wait for them to finish, stop them, or use another "
+                                    f"--run-name")
+                shutil.rmtree(run_dir)
+            else:
+                check_run_folder(run_dir, fp, fp_digest, c_hash, folds if resume else [])
+                if cfg_path.is_file():  # same inputs: the run's folds are the union over its commands
+                    old_folds = json.loads(cfg_path.read_text()).get("folds") or []
+                    eff["folds"] = sorted(set(old_folds) | set(folds))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(cfg_path, eff)
+        locks.register_job()
+    try:
+        return _train_folds(run_dir, folds, all_folds, fold_data, bags, config, c_hash, fp_digest, resume,
+                            progress, locks, warnings, out, eff, started)
+    finally:
+        locks.release_job()
+
+
+def _train_folds(run_dir: Path, folds: list[int], all_folds: list[int], fold_data: Mapping[int, Any],
+                 bags: CaseBags, config: TrainConfig, c_hash: str, fp_digest: str, resume: bool,
+                 progress: ProgressFn, locks: OutputLocks, warnings: list[str], out: Path, eff: dict[str, Any],
+                 started: float) -> TrainResult:
     # --- folds --------------------------------------------------------------------------------------
     outcomes: dict[int, FoldOutcome] = {}
 
     def work(k: int) -> ItemResult:
         fold_dir = run_dir / f"fold_{k}"
-        if fold_complete(fold_dir):  # finished with the same options (checked above): not retrained
-            oc = load_finished_fold(fold_dir, k)
-            status = "skipped"
-        else:
-            if not resume and fold_dir.exists():
-                if (fold_dir / "state" / "state.json").is_file():
-                    log.warning("fold %d: an interrupted training is restarted from epoch 1 (pass --resume to "
-                                "continue it from its last saved epoch)", k)
-                shutil.rmtree(fold_dir)
-            progress("fold_start", fold=k, epochs=config.epochs)
-            oc = train_fold(k, fold_data[k], bags, config, fold_dir, bags.encoder, progress, c_hash)
-            status = "done"
+        with locks.item(f"fold_{k}"):  # another job training this fold: wait, then find it finished
+            if fold_complete(fold_dir):  # finished from the same inputs and options (checked above)
+                oc = load_finished_fold(fold_dir, k)
+                status = "skipped"
+            else:
+                if not resume and fold_dir.exists():
+                    if (fold_dir / "state").is_dir():
+                        log.warning("fold %d: an interrupted training is restarted from epoch 1 (pass --resume "
+                                    "to continue it from its last saved epoch)", k)
+                    shutil.rmtree(fold_dir)
+                progress("fold_start", fold=k, epochs=config.epochs)
+                oc = train_fold(k, fold_data[k], bags, config, fold_dir, bags.encoder, progress, c_hash, fp_digest)
+                status = "done"
         outcomes[k] = oc
         sel = next((h for h in oc.history if h["epoch"] == oc.selected_epoch), {})
         res = ItemResult(item=f"fold {k}", status=status, metrics={
@@ -254,14 +215,15 @@ def train_cv(features_dir: Path | str, genomics_dir: Path | str, out: Path | str
         return res
 
     results = run_items(folds, lambda k: f"fold {k}", work)
-    # folds finished earlier in this run directory (same options, e.g. one cluster job per --folds k)
-    # belong to the reports too
-    for k in all_folds:
-        if k not in outcomes and fold_complete(run_dir / f"fold_{k}"):
-            outcomes[k] = load_finished_fold(run_dir / f"fold_{k}", k)
     metrics = None
-    if outcomes:
-        metrics = _write_run_reports(run_dir, outcomes, config, warnings)
+    with locks.exclusive():  # one job at a time merges the reports, from every finished fold on disk
+        # folds finished earlier in this run directory (same inputs, e.g. one cluster job per --folds k)
+        # belong to the reports too
+        for k in all_folds:
+            if k not in outcomes and fold_complete(run_dir / f"fold_{k}"):
+                outcomes[k] = load_finished_fold(run_dir / f"fold_{k}", k)
+        if outcomes:
+            metrics = _write_run_reports(run_dir, outcomes, config, warnings)
     write_run_log(out, "train", eff, results, started=started)
     return TrainResult(run_dir=run_dir, folds=results, metrics=metrics, warnings=warnings)
 

@@ -63,8 +63,12 @@ def _check_floor_topk(fold: int, train_ids: Sequence[str], val_ids: Sequence[str
 
 
 def train_fold(fold: int, fold_data: Any, bags: CaseBags, config: TrainConfig, fold_dir: Path,
-               encoder: Mapping[str, Any], progress: ProgressFn = noop_progress, c_hash: str = "") -> FoldOutcome:
-    """Train one fold (resuming from ``fold_dir/state`` when present) and write its outputs."""
+               encoder: Mapping[str, Any], progress: ProgressFn = noop_progress, c_hash: str = "",
+               fp_digest: str = "") -> FoldOutcome:
+    """Train one fold (resuming from ``fold_dir/state`` when present) and write its outputs.
+
+    ``c_hash`` (options) and ``fp_digest`` (inputs fingerprint) are stored in the state and checkpoint.
+    """
     import pandas as pd
     import torch
 
@@ -119,7 +123,7 @@ def train_fold(fold: int, fold_data: Any, bags: CaseBags, config: TrainConfig, f
     best_state: dict[str, Any] | None = None
     best_c, best_epoch = -math.inf, 0
     start_epoch = 0
-    loaded = load_state(state_dir, model, opt, c_hash)
+    loaded = load_state(state_dir, model, opt, c_hash, fp_digest, fold)
     if loaded is not None:
         info, best_state = loaded
         start_epoch = int(info["epoch"])
@@ -193,7 +197,8 @@ def train_fold(fold: int, fold_data: Any, bags: CaseBags, config: TrainConfig, f
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         save_state(state_dir, model, opt, best_state if config.select == "best-epoch" else None,
                     {"epoch": epoch + 1, "history": history, "best_c": None if best_c == -math.inf else best_c,
-                     "best_epoch": best_epoch, "config_hash": c_hash, "fold": fold})
+                     "best_epoch": best_epoch, "config_hash": c_hash, "fingerprint_digest": fp_digest,
+                    "fold": fold})
         progress("epoch", fold=fold, epochs=config.epochs, **rec)
 
     selected_epoch = config.epochs
@@ -242,6 +247,7 @@ def train_fold(fold: int, fold_data: Any, bags: CaseBags, config: TrainConfig, f
         "train_risk_median": train_median, "fold": fold, "epoch": selected_epoch,
         "select": config.select, "n_train_cases": len(train_unique), "n_val_cases": len(val_ids),
         "protocol": config.protocol, "preset": config.preset, "accumulation": config.accumulation,
+        "config_hash": c_hash, "fingerprint_digest": fp_digest,
     }
     with atomic_path(fold_dir / "predictions.csv") as tmp:
         pred.to_csv(tmp, index=False)
