@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
+from .features import runtime
 
 
 @dataclass
@@ -58,6 +59,10 @@ def run_checks(out: Path) -> list[Check]:
         checks.append(Check("CUDA", True, names, required=False))
     except Exception as exc:  # noqa: BLE001
         checks.append(Check("torch", False, f"not importable: {exc}"))
+    info = runtime.cpu_info()
+    auto, why = runtime.auto_cpu_precision(info)
+    checks.append(Check("CPU", True, f"{info.describe()}; {runtime.cpu_cores()} cores usable", required=False))
+    checks.append(Check("precision auto (CPU)", True, f"{auto} ({why.removeprefix('auto: ')})", required=False))
     hub = torch_hub_checkpoint_dir()
     found = sorted(hub.glob("resnet50-*.pth")) if hub.is_dir() else []
     checks.append(Check("ResNet50 ImageNet weights", bool(found),

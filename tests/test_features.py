@@ -32,7 +32,9 @@ def small_slide(make_synthetic_slide) -> Path:
 
 @pytest.fixture(scope="module")
 def params() -> ExtractParams:
-    return ExtractParams(weights="random", input_size=SMALL, batch_size=4, num_workers=1, device="cpu", torch_threads=1)
+    # fp32 explicitly: on a CPU with AMX "auto" would be bf16, and these tests compare against fp32 numbers
+    return ExtractParams(weights="random", input_size=SMALL, batch_size=4, num_workers=1, device="cpu",
+                         precision="fp32", torch_threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +247,7 @@ def test_cli_extract_and_weights_missing_message(small_slide, reference, tmp_pat
         h5.attrs["slide_id"] = "extract_small"
     runner = CliRunner()
     args = ["extract-features", str(small_slide), "--out", str(out), "--resize", str(SMALL), "--device", "cpu",
-            "--batch-size", "4", "--num-workers", "0", "--no-progress"]
+            "--batch-size", "4", "--num-workers", "0", "--no-progress", "--precision", "fp32"]
     r = runner.invoke(cli, args + ["--weights", "random"])
     assert r.exit_code == 0, r.output
     got = read_bag(_bag_path(out, "extract_small"))
@@ -275,3 +277,81 @@ def test_devices_usage_errors_are_raised_before_any_process_starts(small_slide, 
         extract_slides([_spec(small_slide)], tmp_path, no_weights, devices=["cpu", "cpu"])
     with pytest.raises(ConfigError, match="--device"):
         extract_slides([_spec(small_slide)], tmp_path, params, devices=["cpu", "tpu:0"])
+
+
+@pytest.mark.parametrize(("flags", "auto"), [({"amx_tile", "amx_bf16", "avx512_bf16"}, "bf16"),
+                                             ({"avx512_bf16"}, "fp32"), (set(), "fp32")])
+def test_cli_precision_auto_follows_cpu_flags_and_fp32_is_honoured(small_slide, reference, tmp_path, monkeypatch,
+                                                                   flags, auto):
+    """Faked CPU flags: no --precision -> the rule's choice (bag attr, summary table); --precision fp32 -> fp32."""
+    from ghanet_pipeline.cli import cli
+    from ghanet_pipeline.features import runtime
+
+    monkeypatch.setattr(runtime, "cpu_info", lambda: runtime.CpuInfo("Fake CPU", frozenset(flags)))
+    out_ref, bag = reference
+    for extra, want in (([], auto), (["--precision", "fp32"], "fp32")):
+        out = tmp_path / f"o{len(extra)}"
+        shutil.copytree(out_ref / "segment", out / "segment")
+        (out / "segment" / "s1.coords.h5").rename(out / "segment" / "extract_small.coords.h5")
+        with h5py.File(out / "segment" / "extract_small.coords.h5", "r+") as h5:
+            h5.attrs["slide_id"] = "extract_small"
+        r = CliRunner().invoke(cli, ["extract-features", str(small_slide), "--out", str(out), "--resize", str(SMALL),
+                                     "--device", "cpu", "--batch-size", "4", "--num-workers", "0", "--no-progress",
+                                     "--weights", "random", "--threads", "1", *extra])
+        assert r.exit_code == 0, r.output
+        got = read_bag(_bag_path(out, "extract_small"))
+        assert got.attrs["precision"] == want and want in r.output
+        if want == "fp32":
+            np.testing.assert_array_equal(got.features, bag.features)
+        else:
+            assert not np.array_equal(got.features, bag.features)  # really ran in bf16
+
+
+def test_bf16_warning_on_a_cpu_without_bf16(small_slide, reference, params, extractor, tmp_path, monkeypatch, caplog):
+    from ghanet_pipeline.features import runtime
+
+    monkeypatch.setattr(runtime, "cpu_info", lambda: runtime.CpuInfo("Old CPU", frozenset({"avx2"})))
+    out_ref, _ = reference
+    shutil.copytree(out_ref / "segment", tmp_path / "segment")
+    ex = Extractor(params.__class__(**{**params.__dict__, "precision": "bf16"}), encoder=extractor.encoder)
+    assert ex.precision == "bf16"  # honoured, but said to be slow
+    assert any("emulated" in rec.message and "--precision fp32" in rec.message for rec in caplog.records)
+    res = ex.extract(_spec(small_slide), tmp_path)
+    assert res.status == "done" and "emulated" in res.message
+
+
+def _slow_without_bf16(fn):
+    from ghanet_pipeline.features.runtime import cpu_info
+
+    return fn if cpu_info().has_bf16 else pytest.mark.slow(fn)
+
+
+@_slow_without_bf16
+def test_real_slide_bf16_agrees_with_fp32_per_patch(real_slide, tmp_path):
+    """The real test slide at the full 256 px input: every patch's bf16 features have cosine >= 0.9999 to fp32."""
+    spec = _spec(real_slide, "CMU-1-Small-Region")
+    bags = {}
+    for prec in ("fp32", "bf16"):
+        p = ExtractParams(weights="random", batch_size=16, num_workers=0, device="cpu", precision=prec)
+        res = Extractor(p).extract(spec, tmp_path / prec)
+        assert res.status == "done", res.message
+        bags[prec] = read_bag(res.metrics["bag"])
+        assert bags[prec].attrs["precision"] == prec
+    a, b = bags["fp32"].features, bags["bf16"].features
+    assert len(a) == 34 and not np.array_equal(a, b)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cos.min() >= 0.9999, cos.min()
+
+
+def test_reader_thread_main_thread_and_openslide_only_give_the_same_bag(reference, small_slide, extractor, params,
+                                                                         tmp_path):
+    """In-process reading on a background thread, in the main thread, and without raw tiles: same bytes."""
+    out_ref, bag = reference
+    for name, change in (("thread", {"reader_thread": True}), ("main", {"reader_thread": False}),
+                         ("openslide", {"raw_tiles": False})):
+        out = tmp_path / name
+        shutil.copytree(out_ref / "segment", out / "segment")
+        p = params.__class__(**{**params.__dict__, "num_workers": 0, **change})
+        res = Extractor(p, encoder=extractor.encoder).extract(_spec(small_slide), out)
+        assert res.status == "done", res.message
+        assert Path(res.metrics["bag"]).read_bytes() == bag.path.read_bytes(), name

@@ -38,8 +38,9 @@ from .common import (
 @click.option("--num-workers", type=click.IntRange(min=0), default=None,
               help="Reader processes per device, 0 = in-process [default: CUDA cores/devices - 1; CPU 0 below 8 cores, else cores/8].")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
-              help="auto: bf16 autocast on CUDA (fp16 if unsupported), fp32 on CPU. bf16 on CPU is ~2x faster "
-                   "where the CPU has AMX/AVX512-BF16.")
+              help="auto: bf16 autocast on CUDA (fp16 if unsupported); on CPU bf16 where the CPU has AMX-BF16, "
+                   "else fp32 ('ghanet doctor' shows the choice). An explicit fp32/bf16 is always used; bf16 "
+                   "on a CPU without AMX/AVX512-BF16 is emulated and slow (warned).")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Storage type of the features in the bag.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
@@ -60,6 +61,7 @@ def extract_features(slides: tuple[str, ...], recursive: bool, mpp: float | None
     from ..device import resolve_device
     from ..errors import ConfigError
     from ..features.extract import ExtractParams, extract_slides
+    from ..features.runtime import resolve_precision
     from ..inputs import collect_slides, parse_shard, take_shard
     from .common import Progress, print_summary
 
@@ -74,15 +76,17 @@ def extract_features(slides: tuple[str, ...], recursive: bool, mpp: float | None
                            num_workers=num_workers, device=dev_list[0], precision=precision, dtype=dtype,
                            torch_threads=threads)
     log = logging.getLogger("ghanet_pipeline")
-    log.info("extract-features: %d slide(s) on %s, batch %d, precision %s, dtype %s", len(specs),
-             ", ".join(dev_list), batch_size, precision, dtype)
+    resolved, why = resolve_precision(precision, first)
+    log.info("extract-features: %d slide(s) on %s, batch %d, precision %s (%s), dtype %s", len(specs),
+             ", ".join(dev_list), batch_size, resolved, why if precision == "auto" else "requested", dtype)
     with Progress(len(specs), "extract-features", disable=no_progress) as bar:
         def on_done(res) -> None:  # noqa: ANN001
             bar.advance(1, f"{res.item}: {res.status} {res.metrics.get('patches', '')} patches")
 
         results = extract_slides(specs, out, params, devices=dev_list if len(dev_list) > 1 else None,
                                  overwrite=overwrite, on_done=on_done, log_config={"shard": shard})
-    print_summary("extract-features", results, [("patches", "patches"), ("patches_per_s", "patches/s")])
+    print_summary("extract-features", results, [("patches", "patches"), ("patches_per_s", "patches/s"),
+                                                ("precision", "precision")])
     from ..runs import exit_code
 
     sys.exit(exit_code(results))

@@ -36,8 +36,15 @@ from ..ioutils import remove_stale_temps, safe_child
 from ..runs import ItemResult, run_items, write_run_log
 from ..settings import same_setting
 from .bags import BAG_SCHEMA_VERSION, BagWriter, encoder_tag, read_bag_attrs, validate_bag
-from .loader import PatchBatches, reader_context, worker_init
-from .runtime import autocast_dtype, cpu_cores, default_num_workers, precision_name, tune_malloc
+from .fastpath import Runner
+from .loader import PatchBatches, ThreadReader, reader_context, worker_init
+from .runtime import (
+    bf16_cpu_warning,
+    cpu_cores,
+    default_num_workers,
+    resolve_precision,
+    tune_malloc,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
 
@@ -46,17 +53,20 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class ExtractParams:
     """Settings of ``extract-features`` (defaults = the CLI defaults).
 
     ``input_size``: side in px fed to the encoder (None = the segment patch size, 256; 224 reproduces
     later CLAM versions). ``precision``: ``auto`` = bf16 autocast on CUDA (fp16 where bf16 is not
-    supported), fp32 on CPU; ``bf16`` on CPU uses AMX/AVX512-BF16 where present. ``dtype``: how
+    supported); on CPU bf16 where the CPU has AMX-BF16, else fp32 (:func:`.runtime.resolve_precision`);
+    ``bf16`` on a CPU without bf16 instructions is emulated (slow) and warned about. ``dtype``: how
     features are stored. ``num_workers``: reader processes per device (None = auto: all but one core
     per GPU process on CUDA; on CPU 0 below 8 cores, else one per 8 cores). ``torch_threads``: CPU
-    compute threads (None = the cores not used by readers).
+    compute threads (None = the cores not used by readers). ``reader_thread``: with 0 reader processes,
+    read the next batch on a background thread while the current one is encoded (False = in the main
+    thread between batches). ``raw_tiles``: decode patches that are whole JPEG tiles straight from the
+    file (same pixels as OpenSlide; False = always OpenSlide).
     """
 
     encoder: str = "resnet50_trunc"
@@ -70,30 +80,8 @@ class ExtractParams:
     chunk_rows: int = 1024
     torch_threads: int | None = None
     prefetch_batches: int = 4
-
-
-# --------------------------------------------------------------------------- process set-up
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# --------------------------------------------------------------------------- patch reading
-
-
-
-
-
-
+    reader_thread: bool = True
+    raw_tiles: bool = True
 
 
 # --------------------------------------------------------------------------- one process = one device
@@ -112,8 +100,14 @@ class Extractor:
             raise ConfigError(f"--dtype must be float32 or float16, not {params.dtype!r}")
         self.params = params
         self.device = resolve_device(device or params.device)
-        self.amp_dtype = autocast_dtype(params.precision, self.device)
-        self.precision = precision_name(self.amp_dtype)
+        self.precision, self.precision_reason = resolve_precision(params.precision, self.device)
+        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+        self.notes: list[str] = []
+        if self.device.type == "cpu" and self.precision == "bf16":
+            warning = bf16_cpu_warning()
+            if warning:
+                log.warning(warning)
+                self.notes.append(warning)
         if self.device.type == "cpu":
             tune_malloc()
             threads = params.torch_threads
@@ -129,6 +123,7 @@ class Extractor:
                             else int(params.num_workers))
         self.encoder = encoder or load_encoder(params.encoder, params.weights)
         self.model = self.encoder.model.to(self.device, memory_format=torch.channels_last).eval()
+        self.runner = Runner(self.model, self.encoder.spec, self.device)  # what extract() runs (same function)
 
     # -- paths ----------------------------------------------------------------------------------------
     def input_size(self, patch_size: int) -> int:
@@ -154,7 +149,8 @@ class Extractor:
             reason = _reusable(bag_path, attrs, coords)
             if reason is None:
                 return ItemResult(spec.slide_id, "skipped", 0.0, "valid bag exists",
-                                  {"patches": len(coords), "bag": str(bag_path)})
+                                  {"patches": len(coords), "precision": read_bag_attrs(bag_path).get("precision", ""),
+                                   "bag": str(bag_path)})
             log.info("slide %s: existing bag %s is not usable (%s); extracting again", spec.slide_id,
                      bag_path, reason)
         plan = self._plan(spec, cattrs)
@@ -162,9 +158,10 @@ class Extractor:
         self._run(spec, plan, coords, input_size, bag_path, attrs, on_batch)
         secs = time.perf_counter() - t0
         status = "done" if len(coords) else "no tissue"
+        note = "; ".join(n for n in [note, *self.notes] if n)
         return ItemResult(spec.slide_id, status, round(secs, 3), note,
                           {"patches": len(coords), "patches_per_s": round(len(coords) / max(secs, 1e-9), 2),
-                           "bag": str(bag_path)})
+                           "precision": self.precision, "bag": str(bag_path)})
 
     def _bag_attrs(self, spec: SlideSpec, cattrs: dict[str, Any], input_size: int, n: int) -> dict[str, Any]:
         return {
@@ -209,16 +206,20 @@ class Extractor:
         import torch
         from torch.utils.data import DataLoader
 
-        from .encoders import preprocess
-
         p = self.params
         cuda = self.device.type == "cuda"
-        data = PatchBatches(spec.path, spec.slide_id, spec.mpp, plan, coords, p.batch_size, input_size)
+        data = PatchBatches(spec.path, spec.slide_id, spec.mpp, plan, coords, p.batch_size, input_size,
+                            raw_tiles=p.raw_tiles)
         workers = min(self.num_workers, len(data))
-        loader = DataLoader(data, batch_size=None, shuffle=False, num_workers=workers, pin_memory=cuda,
-                            worker_init_fn=worker_init if workers else None,
-                            prefetch_factor=max(1, p.prefetch_batches // max(workers, 1) + 1) if workers else None,
-                            persistent_workers=False, multiprocessing_context=reader_context() if workers else None)
+        loader: Any
+        if workers:
+            loader = DataLoader(data, batch_size=None, shuffle=False, num_workers=workers, pin_memory=cuda,
+                                worker_init_fn=worker_init, prefetch_factor=max(1, p.prefetch_batches // workers + 1),
+                                persistent_workers=False, multiprocessing_context=reader_context())
+        elif p.reader_thread and len(data) > 1:
+            loader = ThreadReader(data, depth=max(1, min(2, p.prefetch_batches)), pin_memory=cuda)
+        else:
+            loader = (data[i] for i in range(len(data)))
         amp = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                else _null_ctx())
         done = 0
@@ -247,13 +248,15 @@ class Extractor:
                     if isinstance(batch, str):
                         raise SlideError(batch)
                     x = batch.to(self.device, non_blocking=cuda)
-                    feats_dev = self.model(preprocess(x, self.encoder.spec))
+                    feats_dev = self.runner(x)
                     if pending is not None:  # write the previous batch while this one computes (CUDA)
                         flush(pending)
                     pending = (bi, feats_dev)
                 if pending is not None:
                     flush(pending)
         finally:
+            if isinstance(loader, ThreadReader):
+                loader.close()
             data.close()
 
 
@@ -354,7 +357,7 @@ def _extract_on_devices(specs: Sequence[SlideSpec], out: Path, params: ExtractPa
     from .encoders import get_encoder_spec, resolve_weights
 
     for d in devs:  # validate here: usage errors must not surface as per-slide failures
-        autocast_dtype(params.precision, resolve_device(d))
+        resolve_precision(params.precision, resolve_device(d))
     resolve_weights(get_encoder_spec(params.encoder), params.weights)
     from .devices import extract_multi
 
@@ -369,8 +372,3 @@ def segment_params_json(coords_attrs: dict[str, Any]) -> str:
 
     keys = SegmentParams().result_params()
     return json.dumps({k: coords_attrs[k] for k in keys if k in coords_attrs}, sort_keys=True)
-
-
-
-
-

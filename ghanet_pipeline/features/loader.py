@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..errors import GhanetError
 
-if TYPE_CHECKING:  # pragma: no cover
-
-    pass
 log = logging.getLogger(__name__)
 
 
@@ -27,8 +26,9 @@ class PatchBatches:
     """
 
     def __init__(self, path: Path, slide_id: str, mpp: float | None, plan: Any, coords: np.ndarray,
-                 batch_size: int, input_size: int) -> None:
+                 batch_size: int, input_size: int, raw_tiles: bool = True) -> None:
         self.path, self.slide_id, self.mpp, self.plan = Path(path), slide_id, mpp, plan
+        self.raw_tiles = bool(raw_tiles)
         self.coords = np.ascontiguousarray(coords, dtype=np.int64)
         self.batch_size, self.input_size = int(batch_size), int(input_size)
         self._slide: Any = None
@@ -40,7 +40,7 @@ class PatchBatches:
         if self._slide is None:
             from ..wsi.slide import Slide
 
-            self._slide = Slide(self.path, mpp=self.mpp, slide_id=self.slide_id)
+            self._slide = Slide(self.path, mpp=self.mpp, slide_id=self.slide_id, raw_tiles=self.raw_tiles)
         return self._slide
 
     def close(self) -> None:
@@ -98,3 +98,50 @@ def reader_context() -> Any:
     if sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods():
         return mp.get_context("fork")
     return None
+
+
+class ThreadReader:
+    """Iterates a :class:`PatchBatches` on one background thread, ``depth`` batches ahead.
+
+    For in-process reading (no reader processes): the next batch is read and JPEG-decoded while the
+    current one is encoded (OpenSlide, libjpeg-turbo and the numpy copies release the GIL). Items come
+    out in order; an exception in the thread is re-raised in the consumer. ``close()`` stops the thread.
+    """
+
+    def __init__(self, data: PatchBatches, depth: int = 2, pin_memory: bool = False) -> None:
+        self.data, self.pin_memory = data, bool(pin_memory)
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=max(1, int(depth)))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="ghanet-reader", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self) -> None:
+        try:
+            for i in range(len(self.data)):
+                item = self.data[i]
+                if self.pin_memory and not isinstance(item[1], str):
+                    item = (item[0], item[1].pin_memory())
+                if not self._put(item):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            self._put(exc)
+
+    def __iter__(self) -> Any:
+        for _ in range(len(self.data)):
+            item = self._q.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)

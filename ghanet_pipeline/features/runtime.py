@@ -1,11 +1,14 @@
-"""Where and how the encoder runs: device resolution, precision (autocast dtype), reader-worker counts and
-glibc malloc tuning."""
+"""Where and how the encoder runs: device resolution, precision (autocast dtype, chosen from what the CPU
+can do), reader-worker counts and glibc malloc tuning."""
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
+import platform
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
@@ -37,21 +40,112 @@ def tune_malloc() -> bool:
     return bool(ok)
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``precision`` on ``device`` (None = plain fp32)."""
-    import torch
+@dataclass(frozen=True)
+class CpuInfo:
+    """The CPU's model name and instruction-set flags (lower case, as in ``/proc/cpuinfo``)."""
 
+    model: str
+    flags: frozenset[str]
+
+    @property
+    def amx_bf16(self) -> bool:
+        """AMX tiles with bf16 matrix multiply (Intel Sapphire Rapids and later)."""
+        return "amx_bf16" in self.flags and "amx_tile" in self.flags
+
+    @property
+    def avx512_bf16(self) -> bool:
+        """AVX512-BF16 dot products (Intel Cooper Lake / Sapphire Rapids, AMD Zen 4 / 5)."""
+        return "avx512_bf16" in self.flags
+
+    @property
+    def has_bf16(self) -> bool:
+        """Native bf16 arithmetic of either kind (else torch emulates bf16, several times slower than fp32)."""
+        return self.amx_bf16 or self.avx512_bf16
+
+    def describe(self) -> str:
+        have = [n for n, ok in (("AMX-BF16", self.amx_bf16), ("AVX512-BF16", self.avx512_bf16)) if ok]
+        return f"{self.model}: " + (", ".join(have) if have else "no bf16 instructions (no AMX-BF16, no AVX512-BF16)")
+
+
+def parse_cpuinfo(text: str) -> CpuInfo:
+    """:class:`CpuInfo` from the text of Linux ``/proc/cpuinfo`` (first processor's model and flags)."""
+    model, flags = "", ""
+    for line in text.splitlines():
+        key, _, val = line.partition(":")
+        key = key.strip().lower()
+        if key == "model name" and not model:
+            model = val.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = val
+    return CpuInfo(model or platform.processor() or platform.machine() or "unknown CPU", frozenset(flags.lower().split()))
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> CpuInfo:
+    """This machine's CPU (read once per process; Linux reads ``/proc/cpuinfo``, elsewhere the flags are
+    empty, i.e. treated as "no bf16 instructions", which keeps fp32)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            return parse_cpuinfo(fh.read())
+    except OSError:
+        return CpuInfo(platform.processor() or platform.machine() or "unknown CPU", frozenset())
+
+
+def auto_cpu_precision(info: CpuInfo) -> tuple[str, str]:
+    """What ``--precision auto`` means on this CPU, and why: ``("bf16" | "fp32", reason)``.
+
+    Rule: bf16 only where the CPU has AMX-BF16. AVX512-BF16 without AMX (AMD Zen 4/5, Intel Cooper
+    Lake) stays fp32: there bf16 convolutions run on vector dot-product units whose measured gain is far
+    smaller than AMX's (see docs/extraction.md), not enough to change the numbers by default; pass
+    ``--precision bf16`` to use them.
+    """
+    if info.amx_bf16:
+        return "bf16", "auto: the CPU has AMX-BF16"
+    if info.avx512_bf16:
+        return "fp32", "auto: the CPU has AVX512-BF16 but no AMX (bf16 only on request)"
+    return "fp32", "auto: the CPU has no bf16 instructions"
+
+
+def resolve_precision(precision: str, device: torch.device | str, info: CpuInfo | None = None) -> tuple[str, str]:
+    """The one place that turns ``--precision`` into what runs: ``("fp32" | "bf16" | "fp16", reason)``.
+
+    ``auto``: CUDA -> bf16 (fp16 where the GPU has no bf16); CPU -> :func:`auto_cpu_precision`.
+    An explicit ``fp32`` / ``bf16`` is always honoured (``bf16`` on a CPU without bf16 instructions is
+    allowed but warned about by the caller, see :func:`bf16_cpu_warning`); ``fp16`` on CPU is a
+    :class:`ConfigError`.
+    """
+    dev_type = device if isinstance(device, str) else device.type
+    dev_type = dev_type.split(":")[0]
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if precision == "fp32" or (precision == "auto" and device.type == "cpu"):
+    if precision != "auto":
+        if precision == "fp16" and dev_type != "cuda":
+            raise ConfigError("--precision fp16 is for CUDA; on CPU use bf16 or fp32")
+        return precision, "requested"
+    if dev_type == "cuda":
+        import torch
+
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "auto: CUDA with bf16"
+        return "fp16", "auto: CUDA without bf16 support"
+    return auto_cpu_precision(info or cpu_info())
+
+
+def bf16_cpu_warning(info: CpuInfo | None = None) -> str | None:
+    """Why bf16 on this CPU is a bad idea (None when the CPU has bf16 instructions)."""
+    info = info or cpu_info()
+    if info.has_bf16:
         return None
-    if device.type == "cuda":
-        if precision == "fp16":
-            return torch.float16
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision == "fp16":
-        raise ConfigError("--precision fp16 is for CUDA; on CPU use bf16 or fp32")
-    return torch.bfloat16
+    return (f"--precision bf16 on this CPU ({info.model}) is emulated: it has neither AMX-BF16 nor "
+            f"AVX512-BF16, so bf16 runs several times slower than fp32; use --precision fp32 (or auto)")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``precision`` on ``device`` (None = plain fp32), via :func:`resolve_precision`."""
+    import torch
+
+    name, _ = resolve_precision(precision, device)
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
 def precision_name(dtype: torch.dtype | None) -> str:
