@@ -1,0 +1,275 @@
+"""Whole-process extraction benchmark: `ghanet extract-features` vs a bare encoder vs a CLAM stand-in.
+
+Usage: python benchmarks/bench_extract_process.py [--patches 948] [--repeats 3] [--systems ...]
+       python benchmarks/bench_extract_process.py --reader [--real-slide PATH]   (reader-only tiles/s)
+
+Every measurement is a fresh process timed from start to exit (interpreter start, imports, model
+build, first batch and the bag write included), on one synthetic 20x Aperio-like slide with
+``--patches`` patches of 256 px. All processes get the same glibc malloc settings
+(``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=16 GiB``, what ghanet itself applies on CPU). Systems,
+run interleaved (one of each per round, ``--repeats`` rounds):
+
+* ``bare-fp32`` / ``bare-bf16``: the truncated ResNet50 (torchvision), channels_last, on the same
+  patches pre-decoded into a ``.npy`` file, batch 32, normalise + forward + features to numpy;
+  nothing else (no slide reading, no bag);
+* ``ghanet-fp32`` / ``ghanet-bf16`` / ``ghanet-auto``: ``python -m ghanet_pipeline extract-features``
+  with ``--precision`` (auto = no flag), ``--weights random``, batch 32 (the CPU default);
+* ``ghanet-224``: the same with ``--resize 224``, fp32;
+* ``clam-256`` / ``clam-224``: ``benchmarks/clam_standin.py`` (our re-implementation of CLAM's data
+  path, see its docstring) with ``--target-patch-size -1`` / ``224``.
+
+Prints min / median patches/s, the ratio of medians to the bare encoder of the same precision and to
+the CLAM stand-in at the same input size, peak RSS, the CPU model and bf16 capability, what
+``--precision auto`` resolves to, the load average before and after, and the bag's precision attr.
+
+``--reader``: patches/s and patches per CPU-second of one thread reading the same coords with the
+raw-tile path vs OpenSlide only (fresh slide handle per repeat, interleaved), optionally also on a real
+SVS with its own tile size as patch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
+ALL_SYSTEMS = ("bare-fp32", "ghanet-fp32", "bare-bf16", "ghanet-bf16", "ghanet-auto", "ghanet-224", "clam-256",
+               "clam-224")
+
+
+def prepare(cache: Path, n: int) -> dict[str, Path]:
+    """Slide, coords for the CLI (slide id = file stem), CLAM-style coords, pre-decoded patches (.npy)."""
+    import h5py
+    import numpy as np
+
+    from ghanet_pipeline.inputs import SlideSpec
+    from ghanet_pipeline.wsi.segment import SegmentParams, load_coords, segment_paths, segment_slide
+    from ghanet_pipeline.wsi.slide import Slide
+    from ghanet_pipeline.wsi.synthetic import write_synthetic_slide
+
+    cache.mkdir(parents=True, exist_ok=True)
+    side = 256 * max(16, int((n / 0.4) ** 0.5) + 2)
+    slide = cache / f"wp_{side}.svs"
+    if not slide.exists():
+        write_synthetic_slide(slide, side, side, mpp=0.5, phenotype=0.3, seed=11)
+    sid = slide.name.split(".")[0]
+    full = cache / "segment_full"
+    src = segment_paths(full, sid)["coords"]
+    if not src.exists():
+        segment_slide(SlideSpec(sid, slide, sid), full, SegmentParams())
+    coords, _ = load_coords(src)
+    if len(coords) < n:
+        raise SystemExit(f"the synthetic slide has only {len(coords)} patches; ask for fewer")
+    out = cache / f"out_{n}"
+    dst = segment_paths(out, sid)["coords"]
+    if not dst.exists():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(src) as f, h5py.File(dst, "w") as g:
+            g["coords"] = np.ascontiguousarray(f["coords"][:n])
+            for k, v in f.attrs.items():
+                if k != "complete":
+                    g.attrs[k] = v
+            g.attrs["complete"] = True
+    clam = cache / f"clam_coords_{n}.h5"
+    if not clam.exists():
+        with h5py.File(clam, "w") as g:
+            g["coords"] = np.ascontiguousarray(coords[:n])
+            g["coords"].attrs["patch_level"] = 0
+            g["coords"].attrs["patch_size"] = 256
+    npy = cache / f"patches_{n}.npy"
+    if not npy.exists():
+        with Slide(slide, raw_tiles=False) as s:
+            plan = s.plan(0.5, 256)
+            np.save(npy, np.stack([s.read_patch(plan, int(x), int(y)) for x, y in coords[:n]]))
+    return {"slide": slide, "out": out, "clam_coords": clam, "npy": npy}
+
+
+def bare_child(args: argparse.Namespace) -> None:
+    """The bare encoder in this process: torchvision trunk, channels_last, batch 32, on pre-decoded patches."""
+    import numpy as np
+    import torch
+    from torch import nn
+    from torchvision.models import resnet50
+
+    torch.manual_seed(0)
+    full = resnet50(weights=None)
+    model = nn.Sequential(full.conv1, full.bn1, full.relu, full.maxpool, full.layer1, full.layer2, full.layer3,
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(1)).eval().to(memory_format=torch.channels_last)
+    patches = np.load(args.bare_child)
+    mean = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
+    std = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    outs = []
+    with torch.inference_mode(), amp:
+        for i in range(0, len(patches), 32):
+            x = torch.from_numpy(patches[i:i + 32]).permute(0, 3, 1, 2).float()
+            x = ((x / 255.0 - mean) / std).contiguous(memory_format=torch.channels_last)
+            outs.append(model(x).float().numpy())
+    assert np.isfinite(np.concatenate(outs)).all()
+
+
+def command(system: str, paths: dict[str, Path], n: int, threads: int | None) -> list[str]:
+    py = [sys.executable]
+    if system.startswith("bare-"):
+        return py + [__file__, "--bare-child", str(paths["npy"]), "--precision", system.split("-")[1]]
+    if system.startswith("clam-"):
+        size = system.split("-")[1]
+        cmd = py + [str(ROOT / "benchmarks" / "clam_standin.py"), str(paths["slide"]), str(paths["clam_coords"]),
+                    str(paths["out"] / "clam"), "--target-patch-size", "-1" if size == "256" else size]
+        return cmd + (["--threads", str(threads)] if threads else [])
+    cmd = py + ["-m", "ghanet_pipeline", "extract-features", str(paths["slide"]), "--out", str(paths["out"]),
+                "--weights", "random", "--overwrite", "--no-progress", "--device", "cpu", "--batch-size", "32"]
+    variant = system.split("-")[1]
+    if variant == "224":
+        cmd += ["--resize", "224", "--precision", "fp32"]
+    elif variant != "auto":
+        cmd += ["--precision", variant]
+    return cmd + (["--threads", str(threads)] if threads else [])
+
+
+def run_timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS GiB) of one child process."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(ROOT))
+    _, status, usage = os.wait4(proc.pid, 0)
+    secs = time.perf_counter() - t0
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
+    return secs, usage.ru_maxrss / 2**20
+
+
+def bag_precision(paths: dict[str, Path]) -> str:
+    import h5py
+
+    bags = sorted((paths["out"] / "features").glob("resnet50_trunc_256_*/*.h5"))
+    if not bags:
+        return "?"
+    with h5py.File(bags[0]) as f:
+        return str(f.attrs.get("precision"))
+
+
+def header() -> str:
+    import torch
+
+    from ghanet_pipeline.features.runtime import auto_cpu_precision, cpu_cores, cpu_info
+
+    info = cpu_info()
+    auto, why = auto_cpu_precision(info)
+    return (f"CPU: {info.describe()}; {cpu_cores()} cores; precision auto -> {auto} ({why}); "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+
+def whole_process(args: argparse.Namespace) -> None:
+    paths = prepare(Path(args.cache), args.patches)
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}, **MALLOC_ENV,
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    load0 = os.getloadavg()
+    times: dict[str, list[float]] = {s: [] for s in systems}
+    rss: dict[str, float] = {s: 0.0 for s in systems}
+    auto_prec = "?"
+    for r in range(args.repeats):
+        for s in systems:
+            secs, peak = run_timed(command(s, paths, args.patches, args.threads), env)
+            times[s].append(secs)
+            rss[s] = max(rss[s], peak)
+            if s == "ghanet-auto":
+                auto_prec = bag_precision(paths)
+            print(f"round {r + 1} {s}: {args.patches / secs:.2f} patches/s ({secs:.1f} s)", file=sys.stderr, flush=True)
+    load1 = os.getloadavg()
+    rate = {s: [args.patches / t for t in times[s]] for s in systems}
+    med = {s: statistics.median(v) for s, v in rate.items()}
+    print(f"\nWhole processes, {args.patches} patches of 256 px (one synthetic 20x slide), {args.repeats} interleaved "
+          f"rounds, batch 32, same glibc malloc settings for all.\n{header()}\n"
+          f"load average (1/5/15 min) before {load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f}, after "
+          f"{load1[0]:.1f}/{load1[1]:.1f}/{load1[2]:.1f}\n")
+    print("| system | patches/s min / median | vs bare encoder (same precision) | vs CLAM stand-in (same size) | peak RSS GiB |")
+    print("|---|---|---|---|---|")
+    for s in systems:
+        prec = {"auto": auto_prec, "224": "fp32", "256": "fp32"}.get(s.split("-")[1], s.split("-")[1])
+        bare = f"bare-{prec}"
+        vs_bare = f"{med[s] / med[bare]:.2f}x" if bare in med and not s.startswith(("bare", "clam")) and s != "ghanet-224" else ""
+        clam = "clam-224" if s.endswith("224") else "clam-256"
+        vs_clam = (f"{med[s] / med[clam]:.2f}x" if clam in med and s.startswith("ghanet") and (s.endswith("224") or prec == "fp32")
+                   else "")
+        label = f"{s} (bag: {auto_prec})" if s == "ghanet-auto" else s
+        print(f"| {label} | {min(rate[s]):.2f} / {med[s]:.2f} | {vs_bare} | {vs_clam} | {rss[s]:.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rates": rate, "rss_gib": rss, "load": [load0, load1]}))
+
+
+def reader_only(args: argparse.Namespace) -> None:
+    """One thread, same coords: raw-tile path vs OpenSlide; wall and CPU time per patch."""
+    from ghanet_pipeline.wsi.segment import load_coords, segment_paths
+    from ghanet_pipeline.wsi.slide import Slide
+
+    paths = prepare(Path(args.cache), args.patches)
+    sid = paths["slide"].name.split(".")[0]
+    coords, attrs = load_coords(segment_paths(paths["out"], sid)["coords"])
+    cases = [("synthetic 20x slide, 256 px tiles", paths["slide"], 0.5, 256, coords)]
+    if args.real_slide:
+        import tifffile
+
+        with tifffile.TiffFile(args.real_slide) as tif:
+            page = tif.pages[0]
+            tile, w, h = int(page.tilewidth), page.imagewidth, page.imagelength
+        with Slide(args.real_slide) as s:
+            mpp = s.mpp
+        grid = [(x, y) for y in range(0, h - tile + 1, tile) for x in range(0, w - tile + 1, tile)]
+        cases.append((f"{Path(args.real_slide).name}, {tile} px tiles", Path(args.real_slide), mpp, tile, grid))
+    print(f"\nReader only, one thread, {args.repeats} interleaved rounds, fresh slide handle per round.\n{header()}\n"
+          f"load average {os.getloadavg()[0]:.1f}\n")
+    print("| slide | path | patches/s min / median | patches per CPU-second (median) | raw / OpenSlide (CPU-s, median) |")
+    print("|---|---|---|---|---|")
+    for name, path, mpp, size, cc in cases:
+        res: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+        for _ in range(args.repeats):
+            for raw in (True, False):
+                with Slide(path, raw_tiles=raw) as s:
+                    plan = s.plan(mpp, size)
+                    w0, c0 = time.perf_counter(), time.process_time()
+                    for x, y in cc:
+                        s.read_patch(plan, int(x), int(y))
+                    res[raw].append((len(cc) / (time.perf_counter() - w0), len(cc) / (time.process_time() - c0)))
+        cpu_med = {k: statistics.median(c for _, c in v) for k, v in res.items()}
+        for raw in (True, False):
+            walls = [wv for wv, _ in res[raw]]
+            ratio = f"{cpu_med[True] / cpu_med[False]:.2f}x" if raw else ""
+            print(f"| {name} | {'raw tiles (libjpeg-turbo)' if raw else 'OpenSlide'} | {min(walls):.0f} / "
+                  f"{statistics.median(walls):.0f} | {cpu_med[raw]:.0f} | {ratio} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--patches", type=int, default=948)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--systems", default=",".join(ALL_SYSTEMS))
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "ghanet-bench-extract-process"))
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--reader", action="store_true")
+    ap.add_argument("--real-slide", default=None, help="also time the reader on this SVS (its tiles as patches)")
+    ap.add_argument("--bare-child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.bare_child:
+        bare_child(args)
+    elif args.reader:
+        reader_only(args)
+    else:
+        whole_process(args)
+
+
+if __name__ == "__main__":
+    main()
