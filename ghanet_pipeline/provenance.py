@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,6 +239,27 @@ def file_component(paths: Mapping[str, Path | str], summary: str) -> Component:
     return component_from_items(items, summary)
 
 
-def env_flag(name: str) -> bool:
-    """True when environment variable ``name`` is set to 1/true/yes."""
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+# --------------------------------------------------------------------------- models
+
+def checkpoint_fingerprint(fold_dirs: Sequence[Path | str]) -> Fingerprint:
+    """Fingerprint of a model made of fold checkpoints, from their ``model.json`` (no weights read).
+
+    Components: ``model`` (item per fold directory name -> its ``weights_sha256``; the weights themselves
+    are verified against it whenever :func:`ghanet_pipeline.models.load_checkpoint` loads them),
+    ``encoder`` (the bag encoder fields the checkpoints record) and ``training`` (item per fold -> the
+    training run's ``fingerprint_digest``, ``unknown`` for checkpoints of older versions). What
+    ``predict`` records next to its outputs, so that a rerun with another model is refused.
+    """
+    from .models.checkpoint import read_checkpoint_meta
+
+    metas = {Path(d).name: read_checkpoint_meta(d) for d in fold_dirs}
+    if not metas:
+        raise MismatchError("no fold checkpoints given: a model fingerprint needs at least one fold_<k> folder")
+    first = next(iter(metas.values()))
+    weights = {k: str(m.get("weights_sha256", "unknown"))[:DIGEST_CHARS] for k, m in metas.items()}
+    training = {k: str(m.get("fingerprint_digest") or "unknown") for k, m in metas.items()}
+    return fingerprint(
+        model=component_from_items(weights, f"{first.get('model')} model, {len(metas)} fold checkpoint(s)"),
+        encoder=component_from_mapping(dict(first.get("encoder") or {})),
+        training=component_from_items(training, "training-input fingerprints of the folds"),
+    )

@@ -349,3 +349,20 @@ def test_overwrite_refused_while_another_job_holds_the_run(data, tmp_path):
     res = train_cv(feats, gdir, tmp_path, TrainConfig(**TINY), run_name="par", overwrite=True)
     assert [r.status for r in res.folds] == ["done"]
     assert not list((tmp_path / "train" / ".locks" / "par").glob("job-*"))
+
+
+def test_checkpoint_fingerprint_names_the_folds_whose_weights_differ(data, tmp_path):
+    from ghanet_pipeline.provenance import checkpoint_fingerprint
+
+    feats, gdir, _ = data
+    a = train_cv(feats, gdir, tmp_path, TrainConfig(**dict(TINY, folds=[0, 1])), run_name="a").run_dir
+    b = train_cv(feats, gdir, tmp_path, TrainConfig(**dict(TINY, folds=[0, 1], seed=1)), run_name="b").run_dir
+    fa = checkpoint_fingerprint([a / "fold_0", a / "fold_1"])
+    assert checkpoint_fingerprint([a / "fold_0", a / "fold_1"]) == fa  # recomputed: equal
+    digest = json.loads((a / "config.json").read_text())["fingerprint_digest"]
+    assert fa["training"].items == {"fold_0": digest, "fold_1": digest}
+    # run b: same inputs, other seed -> other weights of both folds
+    mixed = checkpoint_fingerprint([a / "fold_0", b / "fold_1"])
+    with pytest.raises(MismatchError) as exc:
+        check_same(fa, mixed, "predictions in out/", "Use another --out.")
+    assert "- model: 1 changed (fold_1:" in str(exc.value) and "- training:" in str(exc.value)

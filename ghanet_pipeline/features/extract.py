@@ -33,6 +33,7 @@ from ..device import resolve_device
 from ..errors import ConfigError, MismatchError, SlideError
 from ..inputs import SlideSpec
 from ..ioutils import remove_stale_temps, safe_child
+from ..provenance import check_same, component_from_mapping
 from ..runs import ItemResult, run_items, write_run_log
 from ..settings import same_setting
 from .bags import BAG_SCHEMA_VERSION, BagWriter, encoder_tag, read_bag_attrs, validate_bag
@@ -289,10 +290,12 @@ def _coords_for(spec: SlideSpec, out: Path) -> tuple[np.ndarray, dict[str, Any],
     coords, attrs = load_coords(path)  # (N, 2) int64 and plain python attrs
     src = Path(spec.path)
     size = src.stat().st_size if src.is_file() else None
-    if attrs.get("source_name") != src.name or (size is not None and int(attrs.get("source_bytes", -1)) != size):
-        raise MismatchError(f"slide {spec.slide_id!r}: its patch coords {path} were made from "
-                            f"{attrs.get('source_name')} ({attrs.get('source_bytes')} bytes), not from {src} "
-                            f"({size} bytes); rerun 'ghanet segment --overwrite' for this slide, or use another --out")
+    recorded = {"name": attrs.get("source_name"), "bytes": int(attrs.get("source_bytes", -1))}
+    now = {"name": src.name, "bytes": recorded["bytes"] if size is None else size}
+    check_same({"slide file": component_from_mapping(recorded)}, {"slide file": component_from_mapping(now)},
+               what=f"slide {spec.slide_id!r}: its patch coords {path}",
+               fix=f"The slide given now is {src}: rerun 'ghanet segment --overwrite' for this slide, or use "
+                   f"another --out.")
     return coords, attrs, segmented
 
 
