@@ -10,7 +10,7 @@ DEMO_OUT ?= demo-out
 export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 17179869184
 
-.PHONY: setup demo lint test test-fast bench clean
+.PHONY: setup demo lint test test-fast test-slurm docker-check bench clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: lint
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m "not slow and not workflow and not chaos"
+
+# The workflow on a throwaway one-node SLURM cluster (root; installs Debian's slurm packages when missing;
+# skips, saying why, where it cannot). See docs/workflow.md.
+test-slurm: $(STAMP)
+	GHANET_SLURM_TEST=1 $(BIN)/python -m pytest -q -ra -m slurm tests/test_slurm.py
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
