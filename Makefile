@@ -37,6 +37,12 @@ test-fast: $(STAMP)
 test-slurm: $(STAMP)
 	GHANET_SLURM_TEST=1 $(BIN)/python -m pytest -q -ra -m slurm tests/test_slurm.py
 
+# Build the Dockerfile (locally made Debian base image) and run segment + extract-features in it on
+# SLIDE=/path/to/slide.svs; the bag must equal the one made outside. Root, podman (or ENGINE=docker).
+# Not part of CI (see docs/workflow.md for the measured time).
+docker-check: $(STAMP)
+	GHANET=$(abspath $(BIN))/ghanet SLIDE="$(SLIDE)" bash pipelines/testing/docker-check.sh
+
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
