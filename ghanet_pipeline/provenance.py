@@ -172,7 +172,7 @@ def check_same(old: Mapping[str, Component], new: Mapping[str, Component], what:
     lines = describe_differences({k: v for k, v in old.items() if k not in skip},
                                  {k: v for k, v in new.items() if k not in skip})
     if lines:
-        raise MismatchError(f"{what} was made from other inputs than now:\n  - " + "\n  - ".join(lines)
+        raise MismatchError(f"{what} was made from other inputs or parameters than now:\n  - " + "\n  - ".join(lines)
                             + f"\nNothing was changed. {fix}")
 
 

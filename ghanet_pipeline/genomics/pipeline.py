@@ -24,6 +24,7 @@ from .. import __version__
 from ..errors import ConfigError, InputError, MismatchError
 from ..ioutils import atomic_path, file_sha256, remove_stale_temps, write_json_atomic
 from ..protocols import GENOMICS_FIELDS, loader_risk_groups, resolve
+from ..provenance import check_same, component_from_items, component_from_mapping
 from ..runs import ItemResult, run_items, versions, write_run_log
 from .bins import assign_bins, fit_bin_edges
 from .families import FamilyMatch, match_families, read_families
@@ -208,6 +209,13 @@ def preprocess_genomics(cfg: GenomicsConfig, out: Path | str, overwrite: bool = 
     return GenomicsResult(gdir, data.kind, method, reason, matches, warns, notes, results, summary, log_path)
 
 
+def _components(fp: dict) -> dict:
+    """The stored genomics fingerprint as provenance components (so differences are named)."""
+    return {"parameters": component_from_mapping(dict(fp.get("params") or {})),
+            "input files": component_from_items({k: str(v)[:16] for k, v in (fp.get("inputs_sha256") or {}).items()},
+                                                "input tables")}
+
+
 def _prepare_out(gdir: Path, fingerprint: dict, n_folds: int, overwrite: bool) -> None:
     """Refuse to mix outputs of different inputs/parameters; with overwrite, remove stale folds/splits."""
     gdir.mkdir(parents=True, exist_ok=True)
@@ -219,8 +227,11 @@ def _prepare_out(gdir: Path, fingerprint: dict, n_folds: int, overwrite: bool) -
         except (OSError, json.JSONDecodeError):
             old = None
         if old != json.loads(json.dumps(fingerprint)):
-            raise MismatchError(f"{gdir} holds outputs made from other inputs or parameters "
-                                f"(see its config.json); pass --overwrite to replace them or choose another --out")
+            fix = "Pass --overwrite to replace them or choose another --out."
+            if not isinstance(old, dict):
+                raise MismatchError(f"{gdir} holds outputs whose inputs cannot be checked (no readable fingerprint "
+                                    f"in its config.json). {fix}")
+            check_same(_components(old), _components(fingerprint), what=f"genomics folder {gdir}", fix=fix)
     if overwrite:
         for p in gdir.glob("fold_*"):
             if p.is_dir() and p.name[5:].isdigit() and int(p.name[5:]) >= n_folds:
