@@ -53,13 +53,16 @@ def test_rerun_reuses_cases_of_the_same_model_and_inputs(tmp_path):
     assert [r.status for r in third.results] == ["skipped", "done", "skipped"]
     assert third.cases[1].risk != first.cases[1].risk
     assert float(_rows(tmp_path / "out")[1]["risk"]) == pytest.approx(third.cases[1].risk, rel=1e-5)
-    # the same run folder retrained (other weights): nothing is reused
-    make_run(tmp_path / "run", ENC, folds=(0, 1), medians={0: 0.0, 1: 0.0})
-    (tmp_path / "run/fold_0/model.safetensors").write_bytes((tmp_path / "run/fold_1/model.safetensors").read_bytes())
-    import ghanet_pipeline.models.checkpoint as C
-    meta = json.loads((tmp_path / "run/fold_0/model.json").read_text())
-    meta["weights_sha256"] = C.file_sha256(tmp_path / "run/fold_0/model.safetensors")
-    (tmp_path / "run/fold_0/model.json").write_text(json.dumps(meta))
+    # the same run folder retrained (fold 0 gets other weights): nothing is reused
+    import torch
+
+    from ghanet_pipeline.models import load_checkpoint, save_checkpoint
+
+    model, meta = load_checkpoint(run / "fold_0")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05)
+    save_checkpoint(run / "fold_0", model, meta)
     fourth = P.predict_cases(specs, run, cfg)
     assert [r.status for r in fourth.results] == ["done"] * 3
     # --overwrite redoes every case

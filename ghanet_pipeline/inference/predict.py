@@ -52,6 +52,7 @@ from .records import (
     case_record,
     existing_rows,
     input_signature,
+    model_fingerprint,
     model_identity,
     prediction_from_record,
     read_record,
@@ -219,14 +220,19 @@ def predict_cases(specs: Sequence[SlideSpec], model_dir: Path | str, config: Pre
     safe = sanitize_ids(list(all_cases), what="case_id")
     cases = dict(take_shard(list(all_cases.items()), config.shard))
     inputs = {raw: _inputs(slides, config) for raw, slides in cases.items()}
+    model_fp = model_fingerprint(ens)
     todo: dict[str, str] = {}
     by_id: dict[str, CasePrediction] = {}
     for raw, slides in cases.items():
         why = "--overwrite" if config.overwrite else reusable(
-            read_record(safe_child(out_dir, f"{safe[raw]}.json")), ens, [s.slide_id for s in slides], inputs[raw],
-            config.heatmaps)
+            read_record(safe_child(out_dir, f"{safe[raw]}.json")), ens, model_fp, [s.slide_id for s in slides],
+            inputs[raw], config.heatmaps)
         if why:
             todo[raw] = why
+            if why not in ("no earlier result", "--overwrite"):
+                log.info("predict: case %s is predicted again: its earlier result was %s", safe[raw],
+                         why if why.startswith("made") else f"made before {why}" if why.startswith("the model")
+                         else why)
         else:
             by_id[raw] = prediction_from_record(read_record(safe_child(out_dir, f"{safe[raw]}.json")) or {})
             by_id[raw].reused = True
@@ -237,7 +243,7 @@ def predict_cases(specs: Sequence[SlideSpec], model_dir: Path | str, config: Pre
 
     def save(raw: str, pred: CasePrediction) -> None:
         remove_stale_temps(out_dir, [f"{pred.case_id}.json"])
-        write_json_atomic(safe_child(out_dir, f"{pred.case_id}.json"), case_record(pred, ens, inputs[raw]))
+        write_json_atomic(safe_child(out_dir, f"{pred.case_id}.json"), case_record(pred, ens, model_fp, inputs[raw]))
 
     def work(item: tuple[str, list[SlideSpec]]) -> ItemResult:
         raw, slides = item

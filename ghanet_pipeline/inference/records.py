@@ -11,8 +11,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MismatchError
 from ..ioutils import atomic_path
+from ..provenance import checkpoint_fingerprint, describe_differences, fingerprint_digest, from_json, to_json
 from ..runs import ItemResult
 from .loading import Ensemble
 
@@ -134,9 +135,11 @@ def model_identity(ens: Ensemble) -> str:
     return f"{Path(ens.run_dir).resolve()}#folds={','.join(map(str, ens.folds))}"
 
 
-def model_weights(ens: Ensemble) -> dict[str, str]:
-    """Fold -> sha256 of its weights (from ``model.json``): a retrained run at the same path differs."""
-    return {str(m.fold): str(m.meta.get("weights_sha256", "")) for m in ens.members}
+def model_fingerprint(ens: Ensemble) -> dict[str, Any]:
+    """The provenance fingerprint of the ensemble's fold checkpoints (weights hashes, encoder, training
+    inputs; :func:`ghanet_pipeline.provenance.checkpoint_fingerprint`) as JSON, with its ``digest``."""
+    fp = checkpoint_fingerprint([m.path for m in ens.members])
+    return {"digest": fingerprint_digest(fp), "components": to_json(fp)}
 
 
 def input_signature(files: Sequence[Path], content_hash: bool = False) -> list[dict[str, Any]]:
@@ -161,9 +164,10 @@ def input_signature(files: Sequence[Path], content_hash: bool = False) -> list[d
     return out
 
 
-def case_record(pred: CasePrediction, ens: Ensemble, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+def case_record(pred: CasePrediction, ens: Ensemble, model_fp: dict[str, Any], inputs: list[dict[str, Any]]
+                ) -> dict[str, Any]:
     """The per-case JSON (``<out>/predict/<case_id>.json``)."""
-    record = {"schema_version": PREDICTION_SCHEMA, "model": model_identity(ens), "model_weights": model_weights(ens),
+    record = {"schema_version": PREDICTION_SCHEMA, "model": model_identity(ens), "model_fingerprint": model_fp,
               "model_name": ens.model_name, "folds": ens.folds, "encoder": ens.encoder, "inputs": inputs,
               "threshold_rule": "high if mean fold risk > mean of the folds' training median risks", **asdict(pred)}
     del record["reused"]
@@ -190,20 +194,28 @@ def read_record(path: Path) -> dict[str, Any] | None:
     return record
 
 
-def reusable(record: dict[str, Any] | None, ens: Ensemble, slide_ids: list[str], inputs: list[dict[str, Any]],
-             heatmaps: bool) -> str:
+def reusable(record: dict[str, Any] | None, ens: Ensemble, model_fp: dict[str, Any], slide_ids: list[str],
+             inputs: list[dict[str, Any]], heatmaps: bool) -> str:
     """Why an earlier per-case record cannot be reused for this run ("" = it can).
 
     Reused when it is a finished case (``done``/``no tissue``) of the same model (run path, folds and
-    every fold's weights hash), with the same slides (names and sizes of the input files) and, when
+    the same :func:`model_fingerprint`: every fold's weights hash, encoder and training inputs), with the
+    same slides (names and sizes of the input files) and, when
     heatmaps are asked for, with its heatmap files present.
     """
     if record is None:
         return "no earlier result"
     if record.get("status") not in ("done", "no tissue"):
         return f"earlier status {record.get('status')}"
-    if record.get("model") != model_identity(ens) or record.get("model_weights") != model_weights(ens):
+    if record.get("model") != model_identity(ens):
         return "made by another model"
+    old = (record.get("model_fingerprint") or {})
+    if old.get("digest") != model_fp["digest"]:
+        try:
+            changed = describe_differences(from_json(old.get("components")), from_json(model_fp["components"]))
+        except MismatchError:
+            changed = ["unreadable fingerprint"]
+        return "the model changed since (" + "; ".join(changed) + ")"
     if record.get("slide_ids") != slide_ids or record.get("inputs") != inputs:
         return "made from other input files"
     if heatmaps and record.get("status") == "done" and (
