@@ -3,6 +3,8 @@
 Usage: python benchmarks/bench_extract.py [--patches 64] [--repeats 3] [--precisions fp32,bf16]
        [--device cpu|cuda] [--batch-size 32] [--num-workers N] [--threads N] [--resize PX]
        python benchmarks/bench_extract.py --malloc-compare      (glibc malloc settings on/off)
+       python benchmarks/bench_extract.py --whole-process [...]  (= benchmarks/bench_extract_process.py:
+           whole processes vs a bare encoder and a CLAM stand-in, both precisions; the headline numbers)
 
 On one synthetic 20x slide, with the same batch size, device and precision, measures
 (a) encoder-only patches/s: the encoder on pre-made uint8 patch tensors (normalise on the device,
@@ -202,6 +204,12 @@ def malloc_compare(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    if "--whole-process" in sys.argv:
+        sys.argv.remove("--whole-process")
+        import bench_extract_process
+
+        bench_extract_process.main()
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--patches", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)

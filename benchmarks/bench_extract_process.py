@@ -22,6 +22,10 @@ Prints min / median patches/s, the ratio of medians to the bare encoder of the s
 the CLAM stand-in at the same input size, peak RSS, the CPU model and bf16 capability, what
 ``--precision auto`` resolves to, the load average before and after, and the bag's precision attr.
 
+``--isa AVX512_CORE_BF16`` runs every child with oneDNN limited to that instruction set (e.g. a
+Sapphire Rapids CPU without its AMX units, standing in for AVX512-BF16-only CPUs); ``--isa AVX2``
+stands in for a CPU without bf16 instructions.
+
 ``--reader``: patches/s and patches per CPU-second of one thread reading the same coords with the
 raw-tile path vs OpenSlide only (fresh slide handle per repeat, interleaved), optionally also on a real
 SVS with its own tile size as patch size.
@@ -175,6 +179,9 @@ def whole_process(args: argparse.Namespace) -> None:
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}, **MALLOC_ENV,
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if args.isa:  # pretend a smaller CPU: oneDNN (convolutions) and ATen's own kernels stop at this ISA
+        env["ONEDNN_MAX_CPU_ISA"] = args.isa
+        env["ATEN_CPU_CAPABILITY"] = "avx512" if args.isa.upper().startswith("AVX512") else "avx2"
     load0 = os.getloadavg()
     times: dict[str, list[float]] = {s: [] for s in systems}
     rss: dict[str, float] = {s: 0.0 for s in systems}
@@ -192,7 +199,8 @@ def whole_process(args: argparse.Namespace) -> None:
     med = {s: statistics.median(v) for s, v in rate.items()}
     print(f"\nWhole processes, {args.patches} patches of 256 px (one synthetic 20x slide), {args.repeats} interleaved "
           f"rounds, batch 32, same glibc malloc settings for all.\n{header()}\n"
-          f"load average (1/5/15 min) before {load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f}, after "
+          + (f"instruction sets limited to ONEDNN_MAX_CPU_ISA={args.isa} (no AMX below AVX512_CORE_AMX)\n" if args.isa else "")
+          + f"load average (1/5/15 min) before {load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f}, after "
           f"{load1[0]:.1f}/{load1[1]:.1f}/{load1[2]:.1f}\n")
     print("| system | patches/s min / median | vs bare encoder (same precision) | vs CLAM stand-in (same size) | peak RSS GiB |")
     print("|---|---|---|---|---|")
@@ -258,6 +266,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "ghanet-bench-extract-process"))
     ap.add_argument("--json", default=None)
+    ap.add_argument("--isa", default=None, metavar="ONEDNN_ISA",
+                    help="limit the children's instruction sets, e.g. AVX512_CORE_BF16 (AVX512-BF16 without AMX) "
+                         "or AVX2 (no bf16 instructions: bf16 emulated)")
     ap.add_argument("--reader", action="store_true")
     ap.add_argument("--real-slide", default=None, help="also time the reader on this SVS (its tiles as patches)")
     ap.add_argument("--bare-child", default=None, help=argparse.SUPPRESS)

@@ -96,7 +96,7 @@ def auto_cpu_precision(info: CpuInfo) -> tuple[str, str]:
 
     Rule: bf16 only where the CPU has AMX-BF16. AVX512-BF16 without AMX (AMD Zen 4/5, Intel Cooper
     Lake) stays fp32: there bf16 convolutions run on vector dot-product units whose measured gain is far
-    smaller than AMX's (see docs/extraction.md), not enough to change the numbers by default; pass
+    smaller than AMX's (see docs/extract.md), not enough to change the numbers by default; pass
     ``--precision bf16`` to use them.
     """
     if info.amx_bf16:
