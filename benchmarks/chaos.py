@@ -7,7 +7,8 @@ input:
 2. a control run, uninterrupted, compared with the reference (the stage must be deterministic for
    the comparison to mean anything);
 3. ``n`` kill points: start the stage as a subprocess in a fresh output folder, SIGKILL its process
-   group at a moment drawn uniformly from (0, duration) with a seeded generator, rerun the stage to
+   group at a moment drawn uniformly from (0, duration) with a seeded generator (duration = the
+   shortest uninterrupted run seen so far: a run that ends before its kill moment lowers it), rerun the stage to
    completion (``train`` with ``--resume``, its documented way; the others by plain rerun), and compare
    the outputs with the reference;
 4. two processes started together on the same inputs and output folder; once both have exited, the
@@ -270,18 +271,19 @@ def run(cmd: list[str], timeout: float = 900) -> tuple[int, float, str]:
     return res.returncode, time.perf_counter() - t0, (res.stdout + res.stderr)[-4000:]
 
 
-def run_and_kill(cmd: list[str], after_s: float) -> bool:
-    """Start ``cmd`` in its own process group, SIGKILL the group after ``after_s``; True if it was killed
-    (False: it had already finished)."""
+def run_and_kill(cmd: list[str], after_s: float) -> tuple[bool, float]:
+    """Start ``cmd`` in its own process group, SIGKILL the group after ``after_s``. Returns (killed,
+    seconds): killed is False when it had already finished (seconds = its whole run)."""
+    t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
         proc.wait(timeout=after_s)
-        return False
+        return False, time.perf_counter() - t0
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        return True
+        return True, after_s
 
 
 @dataclass
@@ -333,10 +335,11 @@ def chaos_stage(stage: str, inp: Inputs, n: int, seed: int, work: Path, concurre
     if control:
         ctl = work / f"{stage}-ctl"
         setup_out(stage, ctl, inp)
-        rc, _, text = run(command(stage, ctl, inp, rerun=False))
+        rc, seconds, text = run(command(stage, ctl, inp, rerun=False))
         diffs, _ = compare_trees(compared_root(stage, ref), compared_root(stage, ctl))
         diffs = diffs if rc == 0 else [f"control run exit {rc}", *diffs]
         shutil.rmtree(ctl)
+        duration = min(duration, seconds)
     report = StageReport(stage, duration, control_identical=not diffs, control_diffs=diffs[:10])
     log(f"{stage}: uninterrupted run {duration:.1f} s"
         + (f"; control run identical: {report.control_identical} {diffs[:3]}" if control else ""))
@@ -345,7 +348,9 @@ def chaos_stage(stage: str, inp: Inputs, n: int, seed: int, work: Path, concurre
     for i in range(n):
         at = rng.uniform(0.0, duration)
         setup_out(stage, out, inp)
-        killed = run_and_kill(command(stage, out, inp, rerun=False), at)
+        killed, took = run_and_kill(command(stage, out, inp, rerun=False), at)
+        if not killed:  # the run is faster now than when it was timed (machine load): draw from less
+            duration = min(duration, took)
         rc, _, text = run(command(stage, out, inp, rerun=True))
         diffs, leftovers = compare_trees(compared_root(stage, ref), compared_root(stage, out))
         point = KillPoint(round(at, 3), killed, rc, diffs[:10], leftovers)
@@ -354,6 +359,7 @@ def chaos_stage(stage: str, inp: Inputs, n: int, seed: int, work: Path, concurre
             log(f"    leftover hidden files: {leftovers[:5]}")
         log(f"  kill {i + 1}/{n} at {at:.2f} s ({'killed' if killed else 'had finished'}): "
             + ("identical" if point.identical else f"rerun exit {rc}, {diffs[:3]} {text[-500:] if rc else ''}"))
+    report.duration_s = duration
     if concurrent:
         setup_out(stage, out, inp)
         procs = [subprocess.Popen(command(stage, out, inp, rerun=False), env=env(), stdout=subprocess.PIPE,
