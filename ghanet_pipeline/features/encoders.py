@@ -101,9 +101,9 @@ def get_encoder_spec(name: str) -> EncoderSpec:
 
 
 def _resnet50_full() -> nn.Module:
-    from torchvision.models import resnet50
+    from .resnet import resnet50  # torchvision's ResNet50 without importing torchvision (start-up time)
 
-    return resnet50(weights=None)
+    return resnet50()
 
 
 def _resnet50_trunk(model: nn.Module) -> nn.Module:
