@@ -50,6 +50,11 @@ def run_checks(out: Path) -> list[Check]:
         checks.append(Check("OpenSlide library", True, f"{openslide.__library_version__} (openslide-python {openslide.__version__})"))
     except Exception as exc:  # noqa: BLE001
         checks.append(Check("OpenSlide library", False, f"{exc}; pip install openslide-bin openslide-python"))
+    ok, v = _module_version("wsidicom")
+    checks.append(Check("slide readers", True,
+                        "OpenSlide (SVS, TIFF, NDPI, MRXS, SCN, BIF, VMS, DICOM WSI folders); "
+                        + (f"wsidicom {v} (DICOM WSI series OpenSlide cannot decode, e.g. RLE / JPEG-LS frames)"
+                           if ok else f"wsidicom not installed ({v}): pip install wsidicom"), required=False))
     try:
         import torch
 

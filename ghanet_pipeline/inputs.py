@@ -11,8 +11,10 @@ from pathlib import Path
 
 from .errors import ConfigError, InputError, ManifestError
 from .ioutils import sanitize_ids
+from .wsi.dicom import is_dicom_file, is_dicom_folder
 
-#: File endings OpenSlide reads (used when a directory is given).
+#: File endings OpenSlide reads (used when a directory is given). DICOM WSI instances (``.dcm`` or
+#: ending-less files with the DICM marker) make their folder one slide, named after the folder.
 SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide",
                     ".bif", ".dcm", ".czi")
 
@@ -136,15 +138,21 @@ def collect_slides(inputs: Sequence[str | Path] = (), manifest: Path | str | Non
     specs: list[SlideSpec] = []
     if manifest is not None:
         specs.extend(read_manifest(manifest, case_id_from))
+    dicom_seen: set[Path] = set()
     for item in inputs:
         text = str(item)
         p = Path(text)
-        if p.is_dir():
+        if p.is_dir() and is_dicom_folder(p):
+            files = [p]  # a DICOM WSI: the folder of its instances is the slide
+        elif p.is_dir():
             pattern = "**/*" if recursive else "*"
-            files = sorted(f for f in p.glob(pattern) if f.is_file() and f.suffix.lower() in SLIDE_EXTENSIONS)
+            found = sorted(p.glob(pattern))
+            files = [f for f in found if f.is_file() and f.suffix.lower() in SLIDE_EXTENSIONS
+                     and f.suffix.lower() != ".dcm"]
+            files += sorted({f.parent for f in found if is_dicom_file(f)})
             if not files:
-                raise InputError(f"directory {p} holds no slide files ({', '.join(SLIDE_EXTENSIONS)})"
-                                 + ("" if recursive else "; pass --recursive to look in sub-folders"))
+                raise InputError(f"directory {p} holds no slide files ({', '.join(SLIDE_EXTENSIONS)}) or DICOM "
+                                 f"WSI folders" + ("" if recursive else "; pass --recursive to look in sub-folders"))
         elif any(ch in text for ch in "*?[") and not p.exists():
             files = sorted(Path(f) for f in glob.glob(text, recursive=recursive) if Path(f).is_file())
             if not files:
@@ -152,8 +160,14 @@ def collect_slides(inputs: Sequence[str | Path] = (), manifest: Path | str | Non
         else:
             files = [p]
         for f in files:
-            sid = f.name.split(".")[0] if f.suffix.lower() != ".dcm" else f.stem
-            sid = f.stem if not sid else sid
+            if f.is_dir() or is_dicom_file(f):  # DICOM: one slide per folder, named after it
+                folder = (f if f.is_dir() else f.parent).resolve()
+                if folder in dicom_seen:
+                    continue  # another instance (level, label, ...) of a slide already listed
+                dicom_seen.add(folder)
+                sid = folder.name
+            else:
+                sid = f.name.split(".")[0] or f.stem
             specs.append(SlideSpec(slide_id=sid, path=f, case_id=_case_id(sid, None, case_id_from),
                                    raw_slide_id=sid))
     if not specs:

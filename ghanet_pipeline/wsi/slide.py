@@ -1,4 +1,8 @@
-"""Slide access: open any OpenSlide format, resolve level-0 um/px, read patches at a target um/px.
+"""Slide access: open any OpenSlide format or DICOM WSI folder, resolve level-0 um/px, read patches at a target um/px.
+
+A DICOM WSI is a folder of instance files (or one of them): OpenSlide reads it from the level-0
+``VOLUME`` instance; series OpenSlide cannot decode are read with wsidicom (:mod:`.dicom`), under the
+same rules below.
 
 Units: ``x0, y0`` and every ``*_level0`` size are level-0 pixels; ``mpp`` is micrometres per pixel.
 
@@ -28,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SlideError
+from . import dicom
 from .rawtiles import RawTileReader
 
 log = logging.getLogger(__name__)
@@ -126,18 +131,26 @@ class Slide:
         if not self.path.exists():
             raise SlideError(f"{name}: file not found; check the path (relative paths in a manifest are "
                              f"relative to the manifest's folder)")
-        if self.path.is_dir() and self.path.suffix.lower() != ".mrxs":
-            raise SlideError(f"{name}: is a directory, not a slide file")
+        is_dicom = dicom.is_dicom_folder(self.path) or dicom.is_dicom_file(self.path)
+        if self.path.is_dir() and not is_dicom and self.path.suffix.lower() != ".mrxs":
+            raise SlideError(f"{name}: is a directory without DICOM files, not a slide (a DICOM WSI is a folder "
+                             f"of .dcm instances; other formats are single files)")
         if mpp is not None and not (mpp > 0 and math.isfinite(mpp)):
             raise SlideError(f"{name}: um/px override {mpp!r} must be a positive number")
+        # DICOM WSI: OpenSlide opens the level-0 VOLUME instance and finds the series in its folder
+        target = dicom.volume_instance(self.path, name) if is_dicom else self.path
+        self.reader = "openslide"
         try:
-            self._osr = openslide.OpenSlide(str(self.path))
-        except openslide.OpenSlideUnsupportedFormatError:
-            raise SlideError(f"{name}: not a slide format OpenSlide can read (is it a whole-slide image? "
-                             f"supported: .svs, .tif, .ndpi, .mrxs, .scn, .vms, .bif, .dcm ...)") from None
+            self._osr = openslide.OpenSlide(str(target))
         except (openslide.OpenSlideError, OSError) as exc:
-            raise SlideError(f"{name}: cannot be opened, the file looks damaged or truncated ({exc}); "
-                             f"re-copy or re-export it") from None
+            if is_dicom:
+                self._osr = self._open_wsidicom(target, exc)
+            elif isinstance(exc, openslide.OpenSlideUnsupportedFormatError):
+                raise SlideError(f"{name}: not a slide format OpenSlide can read (is it a whole-slide image? "
+                                 f"supported: .svs, .tif, .ndpi, .mrxs, .scn, .vms, .bif, DICOM WSI ...)") from None
+            else:
+                raise SlideError(f"{name}: cannot be opened, the file looks damaged or truncated ({exc}); "
+                                 f"re-copy or re-export it") from None
         props = self._osr.properties
         self.vendor: str = str(props.get("openslide.vendor", "unknown"))
         self.dimensions: tuple[int, int] = tuple(int(v) for v in self._osr.dimensions)  # type: ignore[assignment]
@@ -154,6 +167,20 @@ class Slide:
                         "manifest mpp column if this is wrong", name, resolved)
         self.mpp: float = float(resolved)
         self.mpp_source: str = source
+
+    def _open_wsidicom(self, target: Path, exc: Exception) -> dicom.WsiDicomReader:
+        """A DICOM WSI series OpenSlide cannot read (e.g. RLE or JPEG-LS frames): read it with wsidicom."""
+        try:
+            reader = dicom.WsiDicomReader(target.parent)
+        except Exception as exc2:  # noqa: BLE001 - any wsidicom failure is reported with OpenSlide's
+            unsupported = "unsupported" in str(exc).lower() or "not supported" in str(exc2).lower()
+            what = ("not a format we read" if unsupported else "the DICOM files look damaged or truncated; re-copy "
+                    "or re-export them")
+            raise SlideError(f"{self._name}: {what} (OpenSlide: {exc}; wsidicom: {type(exc2).__name__}: {exc2})"
+                             + (f"; {dicom.CONVERT_HINT}" if unsupported else "")) from None
+        log.info("%s: read with wsidicom (OpenSlide: %s)", self._name, exc)
+        self.reader = "wsidicom"
+        return reader
 
     # -- context manager ------------------------------------------------------------------------------
     def __enter__(self) -> Slide:
@@ -220,8 +247,8 @@ class Slide:
         try:
             img = self._osr.read_region((int(x0), int(y0)), int(level), (int(size[0]), int(size[1])))
         except (openslide.OpenSlideError, OSError) as exc:
-            raise SlideError(f"{self._name}: reading the region at level-0 (x={x0}, y={y0}), level {level}, "
-                             f"size {size[0]}x{size[1]} failed ({exc}); the file is probably damaged - re-copy "
+            raise SlideError(f"{self._name}: unreadable tile in the region at level-0 (x={x0}, y={y0}), level "
+                             f"{level}, size {size[0]}x{size[1]} ({exc}); the file is probably damaged - re-copy "
                              f"or re-export it") from None
         return rgba_to_rgb(np.asarray(img))
 
