@@ -8,71 +8,75 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from ghanet_pipeline.models.layers import GatedAttention
-from ghanet_pipeline.models.patch_ops import cab_context, cross_pass, drop_mask, hyper_pool
+from ghanet_pipeline.models.patch_ops import cross_pass, hyper_pool, keep_mask
 
 torch.set_num_threads(1)
-
-
-def _params(*modules):
-    for m in modules:
-        m.double()
-        for p in m.parameters():
-            with torch.no_grad():
-                p.add_(torch.randn_like(p) * 0.3)   # LayerNorm starts at (1, 0): move it off the identity
 
 
 def test_hyper_pool_gradients_match_finite_differences_for_both_outputs():
     torch.manual_seed(0)
     n, dim, g = 9, 6, 3
-    norm, gate = nn.LayerNorm(dim), GatedAttention(dim, dim // 2)
-    _params(norm, gate)
-    hp_pre = torch.randn(n, dim, dtype=torch.float64, requires_grad=True)
+    gate = GatedAttention(dim, dim // 2).double()
+    y = torch.randn(n, dim, dtype=torch.float64, requires_grad=True)
     genomic = torch.rand(g, n, dtype=torch.float64).softmax(dim=1)
+    params = [gate.attention_a.weight, gate.attention_a.bias, gate.attention_b.weight, gate.attention_b.bias,
+              gate.attention_c.weight, gate.attention_c.bias]
 
-    def f(x, *params):
-        (norm.weight, norm.bias, gate.attention_a.weight, gate.attention_b.weight, gate.attention_c.weight,
-         gate.attention_c.bias) = params
-        return hyper_pool(x, norm, gate, genomic, 0.0, True)
+    def f(y, *weights):
+        for lin, (w, b) in zip((gate.attention_a, gate.attention_b, gate.attention_c),
+                               zip(weights[::2], weights[1::2], strict=True), strict=True):
+            lin.weight, lin.bias = w, b
+        pooled, w_mor = hyper_pool(y.clone(), gate, genomic, 0.0, True)   # y.clone(): it is overwritten
+        return pooled, w_mor.exp()                        # a non-constant gradient into w_mor too
 
-    params = [nn.Parameter(t.detach().clone()) for t in (norm.weight, norm.bias, gate.attention_a.weight,
-                                                         gate.attention_b.weight, gate.attention_c.weight,
-                                                         gate.attention_c.bias)]
-    for name in ("weight", "bias"):
-        delattr(norm, name)
+    inputs = [t.detach().clone().requires_grad_() for t in params]
     for lin in (gate.attention_a, gate.attention_b, gate.attention_c):
-        delattr(lin, "weight")
-    assert torch.autograd.gradcheck(f, (hp_pre, *params), eps=1e-6, atol=1e-6)
+        del lin.weight, lin.bias
+    assert torch.autograd.gradcheck(f, (y, *inputs), eps=1e-6, atol=1e-6)
 
 
-def test_cab_context_and_cross_pass_gradients_match_finite_differences():
+def test_cross_pass_gradients_match_finite_differences():
     torch.manual_seed(1)
     n, dim, rows = 11, 8, 4
-    h_pre = torch.randn(n, dim, dtype=torch.float64, requires_grad=True)
+    context = torch.randn(n, dim, dtype=torch.float64, requires_grad=True)
     qk = torch.randn(rows, dim, dtype=torch.float64, requires_grad=True)
-    w = (1 + 0.3 * torch.randn(dim, dtype=torch.float64)).requires_grad_()
-    b = (0.3 * torch.randn(dim, dtype=torch.float64)).requires_grad_()
-    norm = nn.LayerNorm(dim).double()
 
-    def f(h_pre, qk, w, b):
-        del norm.weight, norm.bias
-        norm.weight, norm.bias = w, b
-        context = cab_context(h_pre, norm, 0.0, True)
+    def f(context, qk):
         scores, pooled = cross_pass(qk, context, 0.0, True)
         scores2, pooled2 = cross_pass(pooled * 0.5 + qk, context, 0.0, True)   # context used twice
         return scores, pooled2, scores2.sin()
 
-    assert torch.autograd.gradcheck(f, (h_pre, qk, w, b), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(f, (context, qk), eps=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("p", [0.1, 0.25, 0.5])
-def test_drop_mask_rate_and_independence(p):
+def test_keep_mask_rate_values_and_independence(p):
     torch.manual_seed(2)
-    m = drop_mask(torch.Size([300, 400]), p)
-    assert m.dtype == torch.bool and m.shape == (300, 400)
-    assert m.float().mean().item() == pytest.approx(p, abs=0.005)
+    m = keep_mask(torch.Size([300, 400]), p)
+    assert m.dtype == torch.float32 and m.shape == (300, 400)
+    assert set(m.unique().tolist()) == {0.0, 1.0}
+    assert m.mean().item() == pytest.approx(1 - p, abs=0.005)
     # neighbouring elements come from the same 64-bit word: they must still be uncorrelated
-    a, b = m[:, 0::2].float(), m[:, 1::2].float()
+    a, b = m[:, 0::2], m[:, 1::2]
     assert ((a * b).mean() - a.mean() * b.mean()).abs().item() < 0.005
+    torch.manual_seed(2)
+    scaled = keep_mask(torch.Size([300, 400]), p, 1 / (1 - p))
+    assert torch.equal(scaled, m / (1 - p))                 # same draw, exact values 0 and 1/(1-p)
+
+
+def test_relu_dropout_in_place_equals_out_of_place_with_gradients():
+    from ghanet_pipeline.models.layers import ReLUDropout
+
+    lin = torch.nn.Linear(7, 300)
+    x = torch.randn(50, 7)
+    results = []
+    for inplace in (False, True):
+        lin.zero_grad()
+        torch.manual_seed(3)
+        y = ReLUDropout(0.25, inplace=inplace).train()(lin(x))
+        (y * torch.arange(300.0)).sum().backward()
+        results.append((y.detach(), lin.weight.grad.clone()))
+    assert torch.equal(results[0][0], results[1][0]) and torch.allclose(results[0][1], results[1][1])
+    assert (results[0][0] == 0).float().mean().item() == pytest.approx(1 - 0.5 * 0.75, abs=0.02)

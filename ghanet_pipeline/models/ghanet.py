@@ -40,7 +40,7 @@ from .layers import (
     SNNHead,
     survival_outputs,
 )
-from .patch_ops import cab_context, hyper_pool
+from .patch_ops import hyper_pool
 
 TOPK_RULES = ("ceil", "floor")
 
@@ -96,7 +96,7 @@ class CrossModalAssociation(nn.Module):
         super().__init__()
         self.family_sizes = [int(n) for n in family_sizes]
         self.embed = nn.Linear(in_dim, dim)             # -> ReLU -> Dropout (applied in forward)
-        self.embed_act = ReLUDropout(dropout)
+        self.embed_act = ReLUDropout(dropout, inplace=True)   # on the fresh embed output
         self.tokens = nn.Parameter(torch.randn(len(self.family_sizes), dim))
         self.mhca = MultiHeadCrossAttention(dim, heads, dropout)   # shared by step 1 and step 2
         self.norm_tokens = nn.LayerNorm(dim)
@@ -112,7 +112,7 @@ class CrossModalAssociation(nn.Module):
 
     def forward(self, h_pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:
         """``h_pre``: embedding pre-activations (N, dim). Returns r2 (G, dim), A (G, N), recon."""
-        context = cab_context(h_pre, self.norm_patches, self.embed_act.p, self.training)   # LN(h), once
+        context = self.norm_patches(self.embed_act(h_pre))     # LN(h), computed once for both steps
         r1, _ = self.mhca(self.norm_tokens(self.tokens), context)
         r1 = self.ffn1(self.norm_ffn1(r1)) + r1
         r2, scores = self.mhca(self.norm_query2(self.tokens + r1), context)
@@ -149,8 +149,8 @@ class HyperAttentionSurvival(nn.Module):
         """``hp_pre`` (N, dim) embedding pre-activations, ``assoc`` (G, N), ``r2`` (G, dim) -> logits, w_mor."""
         # hp = dropout(relu(LN(hp_pre))); w_mor = softmax(gate(hp)) (N,); x = M_hyper @ hp (G, dim) with
         # M_hyper = (genomic + w_mor) / 2
-        x, w_mor = hyper_pool(hp_pre, self.embed_norm, self.gate,
-                              genomic_weights(assoc, self.topk, self.topk_rule), self.embed_act.p, self.training)
+        x, w_mor = hyper_pool(self.embed_norm(hp_pre), self.gate, genomic_weights(assoc, self.topk, self.topk_rule),
+                              self.embed_act.p, self.training)
         f = (x + self.hyper(x) + r2) * 0.5                              # (f_GI + r2) / 2
         f = self.mhsa(f) + f
         f = self.ffn(self.norm_ffn(f)) + f

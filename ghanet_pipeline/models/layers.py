@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .patch_ops import cross_pass, drop_mask
+from .patch_ops import apply_keep_, cross_pass, relu_grad
 from .survival import survival_from_hazards
 
 
@@ -19,10 +19,14 @@ class _ReLUDropout(torch.autograd.Function):
     """``dropout(relu(x), p)`` in one pass; backward needs only the output (no separate mask kept)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, p: float, inplace: bool) -> torch.Tensor:  # type: ignore[override]
         scale = 1.0 / (1.0 - p)
-        out = x.mul(scale)
-        out.masked_fill_(drop_mask(x.shape, p).to(x.device), 0.0).clamp_min_(0.0)
+        if inplace:
+            out = x.relu_()
+            ctx.mark_dirty(x)
+        else:
+            out = torch.relu(x)
+        apply_keep_(out, p, scale)
         ctx.scale = scale
         ctx.save_for_backward(out)
         return out
@@ -30,30 +34,31 @@ class _ReLUDropout(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         (out,) = ctx.saved_tensors
-        return grad.masked_fill(out <= 0, 0.0).mul_(ctx.scale), None
+        return relu_grad(grad, out, ctx.scale), None, None
 
 
 class ReLUDropout(nn.Module):
     """ReLU followed by dropout (``nn.Sequential(nn.ReLU(), nn.Dropout(p))`` semantics), fused for speed.
 
-    Training: ``relu(x) * keep / (1 - p)`` with keep ~ Bernoulli(1 - p); eval: ``relu(x)``. On CPU only
-    the output is kept for backward (an output entry > 0 marks where the gradient passes); other
-    devices use ``F.dropout``.
+    Training: ``relu(x) * keep / (1 - p)`` with keep ~ Bernoulli(1 - p); eval: ``relu(x)``. Only the
+    output is kept for backward (an output entry > 0 marks where the gradient passes). ``inplace=True``
+    overwrites the input (for inputs nothing else needs, like a fresh Linear output).
     """
 
-    def __init__(self, p: float = 0.25):
+    def __init__(self, p: float = 0.25, inplace: bool = False):
         super().__init__()
         self.p = float(p)
+        self.inplace = inplace
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
-            return F.relu(x)
-        if self.p >= 1.0 or x.device.type != "cpu":
+            return F.relu(x, inplace=self.inplace)
+        if self.p >= 1.0:
             return F.dropout(F.relu(x), self.p, training=True)
-        return _ReLUDropout.apply(x, self.p)
+        return _ReLUDropout.apply(x, self.p, self.inplace)
 
     def extra_repr(self) -> str:
-        return f"p={self.p}"
+        return f"p={self.p}" + (", inplace=True" if self.inplace else "")
 
 
 class GEGLUFeedForward(nn.Module):

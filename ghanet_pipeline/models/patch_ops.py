@@ -1,17 +1,18 @@
-"""Per-patch parts of G-HANet as autograd functions with hand-written backward passes.
+"""Per-patch parts of G-HANet as autograd functions with hand-written backward passes (public torch ops).
 
-Everything of size N x dim (N patches, one case) lives here; the token side (G x dim) stays in plain
-autograd. Same maths as the module-by-module form in ``models/reference.py`` (the tests compare outputs
-and every parameter gradient), but fewer passes over N x dim arrays and fewer N x dim temporaries:
+Everything of size N x dim (N patches, one case) that autograd would handle op by op is done here in
+fewer passes and with fewer N x dim temporaries; the token side (G x dim) stays in plain autograd. Same
+maths as the module-by-module form in ``models/reference.py`` (the tests compare outputs and every
+parameter gradient, and check each backward against finite differences):
 
-- :class:`CabContext`: ``LN(dropout(relu(h_pre)))`` with the dropout scale ``s = 1/(1-p)`` folded into
-  the LayerNorm epsilon (``LN(s x; eps) = LN(x; eps / s^2)`` exactly), so no scaled copy is made;
+- :func:`keep_mask`: the dropout multiplier as a float tensor from 16 random bits per element;
 - :class:`CrossPass`: one cross-attention pass of (heads x G) key-side queries over the context; its
-  backward returns the context gradient of scores and pooling as ONE ``(N, 2hG) x (2hG, dim)`` product;
-- :func:`hyper_pool`: the survival branch's patch side (LayerNorm, ReLU + dropout, gated attention,
-  softmax over patches, hyper-attention pooling); ``s`` is folded into the gate weights and the pooled
-  result, the gate's input gradient and the pooling's input gradient are one ``(N, 2H+G) x (2H+G, dim)``
-  product, element-wise steps run in place.
+  backward returns the context gradient of scores and pooling as ONE ``(N, 2hG) x (2hG, dim)`` product
+  (autograd: two products and an addition);
+- :func:`hyper_pool`: the survival branch's patch side after its LayerNorm (ReLU + dropout, gated
+  attention, softmax over patches, hyper-attention pooling). The dropout scale is folded into the gate
+  weights and the pooled result (no scaled N x dim copy), the gate's and the pooling's input gradients
+  are ONE ``(N, 2H + G) x (2H + G, dim)`` product, activations are applied in place.
 """
 
 from __future__ import annotations
@@ -20,51 +21,43 @@ import math
 
 import torch
 
-_aten = torch.ops.aten
 
+def keep_mask(shape: torch.Size, p: float, scale: float = 1.0) -> torch.Tensor:
+    """Dropout multiplier (float32, CPU): ``scale`` with probability ``1 - p`` (to 1/65536), else 0.
 
-def drop_mask(shape: torch.Size, p: float) -> torch.Tensor:
-    """Boolean mask, True with probability ``p`` (to 1/65536), from 16 random bits per element.
-
-    Draws 64-bit words (4 elements per draw) instead of one generator call per element as
-    ``bernoulli_`` does: about 5x cheaper for the (N, 512) patch embeddings of large bags.
+    16 random bits per element, drawn as 64-bit words (4 elements per generator call, about 5x cheaper
+    than ``bernoulli_`` for the (N, 512) patch embeddings of large bags), compared with a threshold in
+    float arithmetic: a float multiplier is applied with one vectorised multiply, several times faster
+    on CPU than ``masked_fill_`` with a boolean mask.
     """
     numel = math.prod(shape)
     words = torch.empty((numel + 3) // 4, dtype=torch.int64).random_(-2 ** 63, None)
     bits = words.view(torch.int16)[:numel].view(shape)
-    return bits < (-32768 + round(p * 65536))
+    threshold = -32768 + round(p * 65536)                  # keep iff bits >= threshold
+    keep = bits.to(torch.float32).sub_(threshold - 1)      # integers: >= 1 where kept, <= 0 where dropped
+    return keep.clamp_(0.0, 1.0) if scale == 1.0 else keep.mul_(scale).clamp_(0.0, scale)
 
 
-def _dropped(x: torch.Tensor, p: float, training: bool) -> torch.Tensor | None:
-    """The dropout mask (True = dropped) the fused ReLU + dropout draws for ``x``, or None (no dropout)."""
-    if not training or p == 0.0:
-        return None
-    return drop_mask(x.shape, p).to(x.device)
+def apply_keep_(x: torch.Tensor, p: float, scale: float) -> torch.Tensor:
+    """Multiply ``x`` (N, dim) in place by a dropout multiplier (``scale`` w.p. ``1 - p``, else 0).
+
+    On CPU the mask comes from :func:`keep_mask`, drawn per block of rows so that no N x dim mask exists
+    (the random stream is the same as one draw for the whole tensor); elsewhere from ``torch.rand``.
+    """
+    if x.device.type != "cpu":
+        return x.mul_((torch.rand_like(x) >= p).to(x.dtype) * scale)
+    rows = max(1, (1 << 20) // max(1, x.shape[-1]))            # 4 MiB of mask per block
+    for block in x.split(rows):
+        block.mul_(keep_mask(block.shape, p, scale))
+    return x
 
 
-class CabContext(torch.autograd.Function):
-    """``context = LayerNorm(dropout(relu(h_pre)))`` (N, dim); the mask is drawn like :class:`ReLUDropout`."""
-
-    @staticmethod
-    def forward(ctx, h_pre, weight, bias, p: float, training: bool, eps: float):  # type: ignore[override]
-        drop = _dropped(h_pre, p, training)
-        h = torch.relu(h_pre)
-        if drop is not None:
-            h.masked_fill_(drop, 0.0)
-            eps = eps * (1.0 - p) ** 2                     # LN(h / (1-p); eps) == LN(h; eps (1-p)^2)
-        context, mean, rstd = _aten.native_layer_norm(h, [h.shape[-1]], weight, bias, eps)
-        ctx.save_for_backward(h, mean, rstd, weight, bias)
-        return context
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        h, mean, rstd, weight, bias = ctx.saved_tensors
-        need = list(ctx.needs_input_grad[:3])
-        dh, dw, db = _aten.native_layer_norm_backward(grad.contiguous(), h, [h.shape[-1]], mean, rstd,
-                                                      weight, bias, need)
-        if dh is not None:   # relu and dropout: the gradient passes where h > 0 (kept and positive)
-            dh = _aten.threshold_backward.grad_input(dh, h, 0.0, grad_input=dh)
-        return dh, dw, db, None, None, None
+def relu_grad(grad: torch.Tensor, out: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Gradient through ``out = relu(x) * m`` with ``m`` in {0, ``scale``}: ``scale * grad`` where ``out > 0``."""
+    mult = out.sign()
+    if scale != 1.0:
+        mult.mul_(scale)
+    return mult.mul_(grad)
 
 
 class CrossPass(torch.autograd.Function):
@@ -95,7 +88,7 @@ class CrossPass(torch.autograd.Function):
         d_attn = d_pooled @ context.T
         if noise is not None:
             d_attn.mul_(noise)
-        ds = _aten._softmax_backward_data(d_attn, attn, -1, attn.dtype)
+        ds = attn * (d_attn - (d_attn * attn).sum(dim=-1, keepdim=True))       # softmax backward
         if d_scores is not None:
             ds.add_(d_scores)
         d_qk = ds @ context if ctx.needs_input_grad[0] else None
@@ -107,15 +100,12 @@ class CrossPass(torch.autograd.Function):
 
 class _HyperPool(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hp_pre, ln_w, ln_b, w_ab, b_ab, w_c, b_c, genomic, p: float, training: bool,
-                eps: float):  # type: ignore[override]
+    def forward(ctx, y, w_ab, b_ab, w_c, b_c, genomic, p: float, scale: float):  # type: ignore[override]
         hidden = w_ab.shape[0] // 2
-        y, mean, rstd = _aten.native_layer_norm(hp_pre, [hp_pre.shape[-1]], ln_w, ln_b, eps)
-        drop = _dropped(y, p, training)
-        scale = 1.0 / (1.0 - p) if drop is not None else 1.0
-        hp = y.relu_()                                     # hp = scale * (this), scale kept out of N x dim
-        if drop is not None:
-            hp.masked_fill_(drop, 0.0)
+        hp = y.relu_()                                     # hp = scale * (this): scale kept out of N x dim
+        if scale != 1.0:
+            apply_keep_(hp, p, 1.0)
+        ctx.mark_dirty(y)
         ab = torch.addmm(b_ab, hp, w_ab.T, alpha=scale)   # gate pre-activations [a | b] (N, 2H)
         t = ab[:, :hidden].tanh_()
         sg = ab[:, hidden:].sigmoid_()
@@ -124,14 +114,15 @@ class _HyperPool(torch.autograd.Function):
         w_mor = score.softmax(dim=0)
         hyper = (genomic + w_mor) * 0.5
         pooled = (hyper @ hp).mul_(scale)
-        ctx.scale, ctx.hidden = scale, hidden
-        ctx.save_for_backward(hp_pre, mean, rstd, ln_w, ln_b, hp, ab, g, w_ab, w_c, w_mor, hyper)
-        return pooled, w_mor
+        ctx.scale = scale
+        ctx.save_for_backward(hp, ab, g, w_ab, w_c, w_mor, hyper)
+        ctx.mark_non_differentiable(hp)
+        return pooled, w_mor, hp
 
     @staticmethod
-    def backward(ctx, d_pooled, d_wmor):  # type: ignore[override]
-        hp_pre, mean, rstd, ln_w, ln_b, hp, ab, g, w_ab, w_c, w_mor, hyper = ctx.saved_tensors
-        scale, hidden = ctx.scale, ctx.hidden
+    def backward(ctx, d_pooled, d_wmor, _):  # type: ignore[override]
+        hp, ab, g, w_ab, w_c, w_mor, hyper = ctx.saved_tensors
+        scale, hidden = ctx.scale, w_ab.shape[0] // 2
         n, dim = hp.shape
         if d_pooled is None:
             d_pooled = torch.zeros(hyper.shape[0], dim, dtype=hp.dtype, device=hp.device)
@@ -140,50 +131,47 @@ class _HyperPool(torch.autograd.Function):
         dw = hp @ (dxs.sum(dim=0) * 0.5)
         if d_wmor is not None:
             dw.add_(d_wmor)
-        ds = w_mor * (dw - (w_mor * dw).sum())                    # softmax backward (N,)
+        ds = (w_mor * (dw - (w_mor * dw).sum()))[:, None]        # softmax backward (N, 1)
         d_wc = (g.T @ ds).reshape(w_c.shape)
         d_bc = ds.sum().reshape(1)
         t, sg = ab[:, :hidden], ab[:, hidden:]
-        # [d_a | d_b | hyper^T] (N, 2H + G): gate pre-activation gradients and the pooling's weights
+        wc = w_c.reshape(1, -1)
+        # [d_a | d_b | hyper^T] (N, 2H + G): gate pre-activation gradients and the pooling's weights;
+        # d g = ds wc, d a = d g sg (1 - t^2), d b = d g t sg (1 - sg) = d g g (1 - sg)
         dab = torch.empty(n, 2 * hidden + hyper.shape[0], dtype=hp.dtype, device=hp.device)
-        u = ds[:, None] * w_c.reshape(1, -1)                      # d g (N, H)
         da, db = dab[:, :hidden], dab[:, hidden:2 * hidden]
-        torch.mul(u, sg, out=da)
-        _aten.tanh_backward.grad_input(da, t, grad_input=da)
-        torch.mul(u, t, out=db)
-        _aten.sigmoid_backward.grad_input(db, sg, grad_input=db)
+        tmp = torch.mul(t, t)
+        da.copy_(tmp.neg_().add_(1.0)).mul_(sg).mul_(ds).mul_(wc)
+        torch.sub(1.0, sg, out=tmp)
+        db.copy_(tmp).mul_(g).mul_(ds).mul_(wc)
+        del tmp
         dab[:, 2 * hidden:] = hyper.T
         d_ab = dab[:, :2 * hidden]
         d_wab = (d_ab.T @ hp).mul_(scale)
         d_bab = d_ab.sum(dim=0)
         d_hp = dab @ torch.cat([w_ab * scale, dxs])               # (N, dim): gate + pooling, one product
-        del dab, u
-        d_y = _aten.threshold_backward.grad_input(d_hp, hp, 0.0, grad_input=d_hp)
-        need = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
-        d_pre, d_lnw, d_lnb = _aten.native_layer_norm_backward(d_y, hp_pre, [dim], mean, rstd, ln_w, ln_b, need)
-        return d_pre, d_lnw, d_lnb, d_wab, d_bab, d_wc, d_bc, None, None, None, None
+        mult = torch.sign(hp, out=dab.view(-1)[:n * dim].view(n, dim))   # dab's memory is free again
+        d_hp.mul_(mult)                                           # ReLU and dropout
+        return d_hp, d_wab, d_bab, d_wc, d_bc, None, None, None
 
 
-def hyper_pool(hp_pre: torch.Tensor, norm: torch.nn.LayerNorm, gate, genomic: torch.Tensor, p: float,
-               training: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Survival-branch patch side: ``hp = dropout(relu(norm(hp_pre)))``; gated-attention weights
-    ``w_mor = softmax(gate(hp))`` (N,); pooled ``((genomic + w_mor) / 2) @ hp`` (G, dim).
+def hyper_pool(y: torch.Tensor, gate, genomic: torch.Tensor, p: float, training: bool
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Survival-branch patch side after its LayerNorm ``y`` (N, dim, overwritten): ``hp = dropout(relu(y))``;
+    gated-attention weights ``w_mor = softmax(gate(hp))`` (N,); pooled ``((genomic + w_mor) / 2) @ hp``
+    (G, dim). ``genomic`` (G, N) is a constant (no gradient). Returns ``(pooled, w_mor)``.
 
-    ``genomic`` (G, N) is a constant (no gradient). Returns ``(pooled, w_mor)``.
+    The dropout mask is drawn like :class:`~ghanet_pipeline.models.layers.ReLUDropout`'s.
     """
+    scale = 1.0 / (1.0 - p) if training and p > 0.0 else 1.0
     w_ab = torch.cat([gate.attention_a.weight, gate.attention_b.weight])
     b_ab = torch.cat([gate.attention_a.bias, gate.attention_b.bias])
-    return _HyperPool.apply(hp_pre, norm.weight, norm.bias, w_ab, b_ab, gate.attention_c.weight,
-                            gate.attention_c.bias, genomic.detach(), p, training, norm.eps)
-
-
-def cab_context(h_pre: torch.Tensor, norm: torch.nn.LayerNorm, p: float, training: bool) -> torch.Tensor:
-    """CAB context ``norm(dropout(relu(h_pre)))`` (N, dim)."""
-    return CabContext.apply(h_pre, norm.weight, norm.bias, p, training, norm.eps)
+    pooled, w_mor, _ = _HyperPool.apply(y, w_ab, b_ab, gate.attention_c.weight, gate.attention_c.bias,
+                                        genomic.detach(), p, scale)
+    return pooled, w_mor
 
 
 def cross_pass(qk: torch.Tensor, context: torch.Tensor, p: float, training: bool
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """One cross-attention pass (see :class:`CrossPass`): ``(scores (rows, N), pooled (rows, dim))``."""
     return CrossPass.apply(qk, context, p, training)
-
