@@ -40,6 +40,13 @@ def test_folder_is_one_slide_named_after_it(dicom_slides, tmp_path):
     for given in ([plain], [plain / "level1.dcm"], [plain / "label.dcm"], [plain / "level0.dcm", plain / "label.dcm"]):
         specs = collect_slides(given)
         assert [s.slide_id for s in specs] == ["slideA"], given
+    # a manifest names it otherwise; its path may be the folder or one instance file
+    man = tmp_path / "manifest.csv"
+    man.write_text(f"slide_id,path,case_id\nTCGA-AA-0001-01Z,{plain},c1\nother,{rle / 'thumbnail.dcm'},c2\n")
+    specs = collect_slides(manifest=man)
+    assert [(s.slide_id, s.case_id) for s in specs] == [("TCGA-AA-0001-01Z", "c1"), ("other", "c2")]
+    with Slide(specs[1].path, slide_id="other") as s:
+        assert s.dimensions == (2600, 1800) and s.reader == "wsidicom"
     # recursive discovery: one slide per DICOM folder, next to an ordinary slide file
     shutil.copy(src, plain.parents[1] / "plain.svs")
     specs = collect_slides([plain.parents[1]], recursive=True)

@@ -275,3 +275,38 @@ def test_bags_of_any_width_train_and_predict(tmp_path):
                               str(tmp_path / "genomics"), "--out", str(tmp_path / "o3"), "--epochs", "1",
                               "--no-progress"])
     assert res.exit_code != 0 and "uni" in res.output
+
+
+@pytest.mark.slow
+def test_extract_features_with_a_uni_weights_file(make_synthetic_slide, tmp_path):
+    """`extract-features --encoder uni --weights FILE` (a full-size file of the right shape) on CPU: the bag
+    holds what the model computes, records the encoder, the file's sha256, input size and width."""
+    from ghanet_pipeline.features.bags import read_bag
+    from ghanet_pipeline.ioutils import file_sha256
+    from ghanet_pipeline.wsi.slide import Slide
+
+    slide = make_synthetic_slide("uni_src.svs", 768, 768, mpp=0.5, seed=2)
+    torch.manual_seed(4)
+    full = get_encoder_spec("uni").build()
+    path = tmp_path / "pytorch_model.bin"
+    torch.save(full.state_dict(), path)
+    del full
+    gc.collect()
+    res = CliRunner().invoke(cli, ["extract-features", str(slide), "--out", str(tmp_path / "out"), "--encoder", "uni",
+                                   "--weights", str(path), "--devices", "cpu", "--num-workers", "0",
+                                   "--batch-size", "4", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    bag = read_bag(tmp_path / "out" / "features" / "uni_224" / "uni_src.h5")
+    assert bag.dim == 1024 and len(bag.coords) >= 2
+    assert bag.attrs["encoder"] == "uni" and bag.attrs["input_size"] == 224
+    assert bag.attrs["weights_sha256"] == file_sha256(path) and bag.attrs["feature_dim"] == 1024
+    enc = load_encoder("uni", str(path))
+    import cv2
+
+    with Slide(slide) as s:
+        plan = s.plan(bag.attrs["target_mpp"], bag.attrs["patch_size"])
+        x, y = bag.coords[0]
+        patch = cv2.resize(s.read_patch(plan, int(x), int(y)), (224, 224), interpolation=cv2.INTER_AREA)
+    with torch.inference_mode():
+        want = enc.model(preprocess(torch.from_numpy(patch)[None], enc.spec))[0].numpy()
+    np.testing.assert_allclose(bag.features[0], want, rtol=1e-3, atol=1e-4)

@@ -50,7 +50,7 @@ def slides_argument(f: F) -> F:
                      help="Derive case_id from the slide id (tcga: first 12 characters).")(f)
     f = click.option("--mpp", type=click.FloatRange(min=0, min_open=True), default=None,
                      help="Level-0 um/px for slides whose metadata lacks it (manifest column mpp wins).")(f)
-    f = click.option("--recursive", is_flag=True, help="Look for slides in sub-folders of given directories.")(f)
+    f = click.option("--recursive", is_flag=True, help="Look for slides (and DICOM WSI folders) in sub-folders of given directories.")(f)
     return click.argument("slides", nargs=-1, type=str)(f)
 
 

@@ -46,7 +46,8 @@ def segment(slides: tuple[str, ...], manifest: Path | None, recursive: bool, mpp
             overwrite: bool, no_progress: bool, shard: str | None) -> None:
     """Find tissue and lay the non-overlapping patch grid (256 px at 0.5 um/px by default).
 
-    SLIDES are slide files, directories or glob patterns (or use --manifest). Writes
+    SLIDES are slide files, DICOM WSI folders (one slide each, named after the folder), directories or
+    glob patterns (or use --manifest). Writes
     <out>/segment/<slide_id>.geojson, .coords.h5 and .png, and a run log in <out>/logs/.
     """
     from ..inputs import collect_slides, parse_shard, take_shard
