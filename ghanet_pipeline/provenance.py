@@ -200,7 +200,7 @@ def bag_content_sha(path: Path | str) -> str:
     """16-hex content hash of one bag: its recorded ``features_sha256`` attr, else the features hashed.
 
     ``.h5`` bags without the attr (older ghanet, CLAM/TRIDENT) hash their ``features`` dataset and ``.pt``
-    bags their file bytes; that result is cached for the process by (path, size, mtime).
+    bags their file bytes; the result is cached for the process by (path, size, mtime).
     """
     import h5py
 
@@ -221,10 +221,11 @@ def bag_content_sha(path: Path | str) -> str:
                 if isinstance(rec, bytes):
                     rec = rec.decode()
                 if rec:
-                    return str(rec)[:DIGEST_CHARS]  # recorded at extract time: no cache needed
-                if "features" not in h5:
+                    sha = str(rec)[:DIGEST_CHARS]  # recorded at extract time: no data read
+                elif "features" not in h5:
                     raise InputError(f"{p} has no 'features' dataset; it is not a feature bag")
-                sha = features_sha256(h5["features"])[:DIGEST_CHARS]
+                else:
+                    sha = features_sha256(h5["features"])[:DIGEST_CHARS]
         except OSError as exc:
             raise InputError(f"bag {p} cannot be read as HDF5: {exc}") from None
     _BAG_CACHE[key] = sha
