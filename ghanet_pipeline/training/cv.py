@@ -146,7 +146,7 @@ def train_cv(features_dir: Path | str, genomics_dir: Path | str, out: Path | str
     warnings.extend(bags.warnings)
     mapping = (f"manifest {Path(manifest).name}" if manifest else "TCGA case ids" if config.case_id_from == "tcga"
                else "genomics cases.csv")
-    fp = training_fingerprint(config, fold_data, case_paths, bags.encoder, mapping)
+    fp = training_fingerprint(config, fold_data, case_paths, bags.encoder, mapping, bags.recorded_sha)
     fp_digest = fingerprint_digest(fp)
     c_hash = config_hash(config)
     eff = {"features": str(features_dir.resolve()), "genomics": str(genomics_dir.resolve()),

@@ -14,6 +14,7 @@ import numpy as np
 from ..errors import InputError
 from ..inputs import SLIDE_EXTENSIONS, tcga_case_id
 from ..ioutils import sanitize_id
+from ..provenance import DIGEST_CHARS, FEATURES_SHA_ATTR
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class CaseBags:
         self.paths: dict[str, list[Path]] = {}
         self.n_patches: dict[str, int] = {}
         self.warnings: list[str] = []
+        self.recorded_sha: dict[str, str] = {}  # bag path -> its recorded features_sha256 (16 hex)
         self._cache: dict[str, np.ndarray] = {}
         attrs_list: list[dict[str, Any]] = []
         empty: list[str] = []
@@ -99,6 +101,8 @@ class CaseBags:
             for p in paths:
                 bag = read_bag(p)
                 attrs = dict(bag.attrs or {})
+                if attrs.get(FEATURES_SHA_ATTR):  # recorded content hash: the fingerprint needs no re-read
+                    self.recorded_sha[str(p)] = str(attrs[FEATURES_SHA_ATTR])[:DIGEST_CHARS]
                 attrs.setdefault("slide_id", p.stem)
                 attrs["path"] = str(p)
                 n = int(bag.features.shape[0]) if bag.features.ndim == 2 else 0

@@ -52,12 +52,15 @@ def fold_items(fd: Any) -> dict[str, str]:
 
 
 def training_fingerprint(config: TrainConfig, folds: Mapping[int, Any], case_paths: Mapping[str, Sequence[Path]],
-                         encoder: Mapping[str, Any], mapping: str) -> Fingerprint:
+                         encoder: Mapping[str, Any], mapping: str, known_sha: Mapping[str, str] | None = None
+                         ) -> Fingerprint:
     """Fingerprint of a run's inputs. ``folds``: EVERY fold of the genomics folder (so that jobs training
     different folds of one run agree); ``case_paths``: case -> its bag files; ``encoder``: the bags'
-    encoder fields; ``mapping``: how cases were mapped to slides (for the summary)."""
+    encoder fields; ``mapping``: how cases were mapped to slides (for the summary); ``known_sha``: bag path
+    -> content hash already read (``CaseBags.recorded_sha``; other bags go through ``bag_content_sha``)."""
+    known = known_sha or {}
     bags = sorted({p for paths in case_paths.values() for p in paths})
-    feat_items = {p.stem: bag_content_sha(p) for p in bags}
+    feat_items = {p.stem: known.get(str(p)) or bag_content_sha(p) for p in bags}
     gen_items: dict[str, str] = {}
     for k in sorted(folds):
         gen_items.update(fold_items(folds[k]))
