@@ -28,7 +28,8 @@ import click
               help="Redo every stage (default: reuse finished outputs in --out and continue the training runs).")
 def demo(out: Path, cases: int, holdout: int, folds: int, epochs: int, slide_px: int, models: str, seed: int,
          device: str, overwrite: bool) -> None:
-    """Build a synthetic cohort, run segment -> extract-features -> preprocess-genomics -> train -> predict,
+    """Build a synthetic cohort, run segment -> calibrate-encoder -> extract-features -> preprocess-genomics
+    -> train -> predict,
     then print the c-index table, the held-out risk scores and where the plots are."""
     from rich.console import Console
     from rich.table import Table
@@ -61,6 +62,14 @@ def demo(out: Path, cases: int, holdout: int, folds: int, epochs: int, slide_px:
     if result.missing:
         console.print(f"[yellow]not installed yet, skipped:[/] {', '.join(result.missing)}")
 
+    if result.feature_cosine is not None:
+        console.print(f"patch features: mean pairwise cosine similarity {result.feature_cosine:.3f} "
+                      f"(1 = every patch looks the same to the models; random weights without calibration: ~0.999)")
+    if result.genes.get("planted_mean") is not None:
+        g = result.genes
+        console.print(f"gene reconstruction (G-HANet, per gene across validation cases): planted genes "
+                      f"mean Spearman {g['planted_mean']:.2f} ({g.get('n_planted_features', 0)} features), other genes "
+                      f"{_fmt(g.get('other_mean'), 2)}; planted genes are listed in {result.data_dir / 'cohort.json'}")
     if result.cindex:
         table = Table(title="validation c-index (cross-validation, final epoch)")
         table.add_column("model")
@@ -84,6 +93,10 @@ def demo(out: Path, cases: int, holdout: int, folds: int, epochs: int, slide_px:
             table.add_row(r["case_id"], _fmt(r.get("risk"), 4), str(r.get("risk_group", "")), _fmt(r.get("phenotype")),
                           _fmt(r.get("survival_months"), 1), _fmt(r.get("censorship"), 0), r.get("status", ""))
         console.print(table)
+        rs = result.risk_summary
+        if rs.get("span") is not None:
+            console.print(f"held-out risks span {rs['span']:.3f}; Spearman(risk, hidden phenotype) = "
+                          f"{_fmt(rs.get('spearman'), 2)}")
         console.print("higher risk = worse prognosis; higher phenotype = more dense dark-nuclei tissue = "
                       "shorter survival in this synthetic cohort")
 

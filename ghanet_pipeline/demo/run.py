@@ -8,9 +8,15 @@ It builds a small cohort with a known answer and then runs the *same commands a 
    per row is written with :func:`synthetic.write_synthetic_slide` using that case's phenotype (the
    share of dense dark-nuclei tissue), so the slides carry the survival signal. A few extra
    patients (new case ids, same generative process) are kept apart as held-out slides.
-2. ``ghanet segment`` -> ``ghanet extract-features --weights random`` -> ``ghanet preprocess-genomics``
+2. ``ghanet segment`` -> ``ghanet calibrate-encoder --weights random`` (BatchNorm statistics and a
+   per-channel standardisation re-estimated on patches of the cohort, saved as a weights file: no
+   download) -> ``ghanet extract-features --weights <that file>`` -> ``ghanet preprocess-genomics``
    -> ``ghanet train`` (k folds, G-HANet, then ABMIL for comparison) -> ``ghanet predict`` on the
-   held-out slides with heatmaps.
+   held-out slides with heatmaps (PNG + QuPath GeoJSON).
+
+Then it reads back what a new user should see (``demo/report.py``): the mean pairwise cosine of
+the bags' patch features, the span of the held-out risks and their rank correlation with the hidden
+phenotype, and the reconstruction of the planted genes (marked in the run's ``spearman.png``).
 
 Stages whose command is not installed (``ghanet_pipeline.cli.<module>`` missing) are skipped and
 listed, so the demo runs whatever exists. Every stage skips finished outputs, so a second run of the
@@ -35,10 +41,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import GhanetError
+from . import report
 
 #: stage name -> module of ghanet_pipeline.cli that provides its command
 STAGE_MODULES: dict[str, str] = {
     "segment": "segment",
+    "calibrate-encoder": "calibrate",
     "extract-features": "extract",
     "preprocess-genomics": "genomics",
     "train": "train",
@@ -63,6 +71,8 @@ class DemoConfig:
     seed: int = 0
     models: tuple[str, ...] = ("ghanet", "abmil")
     weights: str = "random"
+    #: patches of the training slides used by `calibrate-encoder` (only with random weights)
+    calibration_patches: int = 128
     device: str = "auto"
     num_workers: int | None = None
     heatmaps: bool = True
@@ -110,6 +120,13 @@ class DemoResult:
     heatmaps: list[Path] = field(default_factory=list)
     outputs: dict[str, Path] = field(default_factory=dict)
     seconds: float = 0.0
+    #: mean pairwise cosine similarity between patch features of the bags (sample of 2000 patches)
+    feature_cosine: float | None = None
+    #: held-out risks: ``span`` (max - min) and ``spearman`` with the hidden phenotype
+    risk_summary: dict[str, float | None] = field(default_factory=dict)
+    #: planted genes: ``planted_mean`` / ``other_mean`` per-gene Spearman across validation cases
+    genes: dict[str, Any] = field(default_factory=dict)
+    planted_genes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -149,19 +166,19 @@ def _write_slides(clinical_rows: list[dict[str, Any]], slide_dir: Path, slide_px
     rows = []
     for i, r in enumerate(clinical_rows):
         path = slide_dir / f"{r['slide_id']}.tif"
+        slide_seed = _slide_seed(seed, offset + i)
         if rewrite or not path.is_file():
-            write_synthetic_slide(path, slide_px, slide_px, mpp=0.5, phenotype=float(r["phenotype"]),
-                                  seed=_slide_seed(seed, offset + i))
+            write_synthetic_slide(path, slide_px, slide_px, mpp=0.5, phenotype=float(r["phenotype"]), seed=slide_seed)
         rows.append({"slide_id": r["slide_id"], "path": f"slides/{path.name}", "case_id": r["case_id"],
                      "phenotype": r["phenotype"], "survival_months": r["survival_months"],
-                     "censorship": r["censorship"]})
+                     "censorship": r["censorship"], "slide_seed": slide_seed})
     return rows
 
 
 def build_cohort(data_dir: Path | str, config: DemoConfig) -> dict[str, Path]:
     """Write the demo's inputs under ``data_dir`` and return their paths.
 
-    Keys: ``manifest`` (training slides: slide_id, path, case_id, phenotype, survival), ``table``
+    Keys: ``manifest`` (training slides: slide_id, path, case_id, phenotype, survival, slide_seed), ``table``
     (MCAT-style genomics, one row per slide), ``families``, ``clinical``, ``counts``,
     ``holdout_manifest`` (new patients' slides, same columns; their genomics are not written: at
     inference a slide alone is enough).
@@ -175,7 +192,9 @@ def build_cohort(data_dir: Path | str, config: DemoConfig) -> dict[str, Path]:
     # fingerprint their input files, so identical inputs let a rerun reuse every finished output
     stamp = data_dir / "cohort.json"
     params = {"n_cases": config.n_cases, "seed": config.seed, "slide_px": config.slide_px,
-              "n_holdout": config.n_holdout, "cohort": cohort.params}
+              "n_holdout": config.n_holdout, "cohort": cohort.params,
+              # the genes whose expression the hidden phenotype drives (the rest is noise)
+              "planted_genes": sorted(cohort.planted_genes), "planted_by_family": cohort.planted}
     names = {"table": "genomics_table.csv", "counts": "counts.csv", "clinical": "clinical.csv",
              "families": "families.csv"}
     paths = {k: data_dir / v for k, v in names.items()}
@@ -185,7 +204,8 @@ def build_cohort(data_dir: Path | str, config: DemoConfig) -> dict[str, Path]:
         paths = write_cohort_tables(cohort, data_dir, table_name=names["table"])
     train_rows = _write_slides(cohort.clinical.to_dict("records"), data_dir / "slides", config.slide_px,
                                config.seed, rewrite=not same)
-    columns = ["slide_id", "path", "case_id", "phenotype", "survival_months", "censorship"]
+    # phenotype and slide_seed are the hidden truth (wsi.synthetic.tissue_fields(..., phenotype, seed))
+    columns = ["slide_id", "path", "case_id", "phenotype", "survival_months", "censorship", "slide_seed"]
     paths["manifest"] = data_dir / "manifest.csv"
     _write_manifest(paths["manifest"], train_rows, columns)
     if config.n_holdout > 0:
@@ -254,42 +274,6 @@ def _features_dir(out: Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _collect_metrics(run_dir: Path, model: str) -> dict[str, Any] | None:
-    path = run_dir / "metrics.json"
-    if not path.is_file():
-        return None
-    m = json.loads(path.read_text())
-    row = {"model": model, "run_dir": run_dir}
-    for key in ("c_index_mean", "c_index_std", "c_index_pooled", "logrank_p", "c_index_per_fold"):
-        if key in m:
-            row[key] = m[key]
-    return row
-
-
-def _collect_predictions(pred_csv: Path, truth_manifest: Path) -> list[dict[str, Any]]:
-    truth = {}
-    for r in _read_csv(truth_manifest):
-        truth.setdefault(r["case_id"], r)
-    rows = []
-    for r in _read_csv(pred_csv):
-        cid = r.get("case_id", "")
-        t = truth.get(cid, {})
-        row: dict[str, Any] = {"case_id": cid, "status": r.get("status", "")}
-        for key in ("risk", "risk_group", "risk_std"):
-            if r.get(key) not in (None, ""):
-                row[key] = float(r[key]) if key != "risk_group" else r[key]
-        for key in ("phenotype", "survival_months", "censorship"):
-            if t.get(key) not in (None, ""):
-                row[key] = float(t[key])
-        rows.append(row)
-    return rows
-
-
 def run_demo(out: Path | str, config: DemoConfig | None = None, stream: IO[str] | None = None,
              on_stage: Callable[[str, list[str]], None] | None = None) -> DemoResult:
     """Build the synthetic cohort under ``<out>/demo-data`` and run every available stage into ``out``.
@@ -327,6 +311,7 @@ def run_demo(out: Path | str, config: DemoConfig | None = None, stream: IO[str] 
                                   note=f"{config.n_cases} cases, slides in {data_dir / 'slides'}"))
     result.outputs.update({f"input:{k}": v for k, v in paths.items()})
     result.missing = [s for s in STAGE_MODULES if not stage_available(s)]
+    result.planted_genes = list(json.loads((data_dir / "cohort.json").read_text()).get("planted_genes", []))
     redo = ["--overwrite"] if config.overwrite else []
     common = ["--out", out, "--no-progress", *redo]
 
@@ -337,19 +322,32 @@ def run_demo(out: Path | str, config: DemoConfig | None = None, stream: IO[str] 
         return _finish(result, t_start)
     result.outputs["segment"] = out / "segment"
 
-    # 2. extract-features (training slides; predict embeds its own slides)
+    # 2. random weights: calibrate the encoder on patches of the training slides (recorded weights file)
+    weights = config.weights
+    if str(weights).startswith("random") and stage_available("calibrate-encoder"):
+        from ..features.calibrate import default_output
+
+        weights = str(default_output(out, "resnet50_trunc", config.weights))
+        if not stage("calibrate-encoder", _ghanet("calibrate-encoder", "--manifest", paths["manifest"], "--out", out,
+                                                  "--weights", config.weights, "--patches",
+                                                  config.calibration_patches, "--output", weights, *redo)):
+            return _finish(result, t_start)
+        result.outputs["encoder weights"] = Path(weights)
+
+    # 3. extract-features (training slides; predict embeds its own slides)
     if not stage_available("extract-features"):
         return _finish(result, t_start)
     workers = [] if config.num_workers is None else ["--num-workers", config.num_workers]
     if not stage("extract-features", _ghanet("extract-features", "--manifest", paths["manifest"], *common,
-                                             "--weights", config.weights, "--device", config.device, *workers)):
+                                             "--weights", weights, "--device", config.device, *workers)):
         return _finish(result, t_start)
     features = _features_dir(out)
     if features is None:
         raise GhanetError(f"extract-features finished but wrote no bags under {out / 'features'}")
     result.outputs["features"] = features
+    result.feature_cosine = report.bag_cosine(features)
 
-    # 3. preprocess-genomics
+    # 4. preprocess-genomics
     if not stage_available("preprocess-genomics"):
         return _finish(result, t_start)
     if not stage("preprocess-genomics", _ghanet("preprocess-genomics", "--table", paths["table"],
@@ -358,7 +356,7 @@ def run_demo(out: Path | str, config: DemoConfig | None = None, stream: IO[str] 
         return _finish(result, t_start)
     result.outputs["genomics"] = out / "genomics"
 
-    # 4. train (G-HANet, then the ABMIL baseline under the same protocol)
+    # 5. train (G-HANet, then the ABMIL baseline under the same protocol)
     if not stage_available("train"):
         return _finish(result, t_start)
     run_dirs: dict[str, Path] = {}
@@ -373,19 +371,22 @@ def run_demo(out: Path | str, config: DemoConfig | None = None, stream: IO[str] 
                 return _finish(result, t_start)
             continue
         run_dirs[model] = run_dir
-        row = _collect_metrics(run_dir, model)
+        row = report.collect_metrics(run_dir, model)
         if row is not None:
             result.cindex.append(row)
         km = run_dir / "km.png"
         if km.is_file():
             result.km_plots.append(km)
+        if model == "ghanet":
+            result.genes = report.planted_summary(run_dir, result.planted_genes)
+            report.mark_planted(run_dir, result.planted_genes)
 
-    # 5. predict on the held-out slides with the first model (G-HANet)
+    # 6. predict on the held-out slides with the first model (G-HANet)
     main_model = config.models[0]
     if not stage_available("predict") or main_model not in run_dirs or "holdout_manifest" not in paths:
         return _finish(result, t_start)
     cmd = _ghanet("predict", "--manifest", paths["holdout_manifest"], "--model", run_dirs[main_model],
-                  "--weights", config.weights, "--device", config.device, *common)
+                  "--weights", weights, "--device", config.device, *common)
     if config.heatmaps:
         cmd.append("--heatmaps")
     if not stage("predict", cmd):
@@ -393,7 +394,8 @@ def run_demo(out: Path | str, config: DemoConfig | None = None, stream: IO[str] 
     pred_dir = out / "predict"
     result.outputs["predict"] = pred_dir
     if (pred_dir / "predictions.csv").is_file():
-        result.risks = _collect_predictions(pred_dir / "predictions.csv", paths["holdout_manifest"])
+        result.risks = report.collect_predictions(pred_dir / "predictions.csv", paths["holdout_manifest"])
+        result.risk_summary = report.risk_summary(result.risks)
     result.heatmaps = sorted(pred_dir.rglob("*.png"))
     return _finish(result, t_start)
 

@@ -116,6 +116,7 @@ def plot_gene_reconstruction(per_gene: Mapping[str, Sequence[tuple[str, float]]]
     names = list(dict.fromkeys([*per_gene, *per_case]))
     planted = set(planted)
     fig = _figure((max(10, 2.4 * len(names) + 3), 4.8))
+    fig.set_layout_engine("constrained")  # room for the two-line title above the panel titles
     ax_g, ax_c = fig.subplots(1, 2)
     gene_vals = []
     for i, fam in enumerate(names, start=1):

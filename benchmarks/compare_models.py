@@ -1,0 +1,166 @@
+"""G-HANet vs ABMIL vs a shuffled-survival control on the demo's planted-signal cohort.
+
+Uses the bags and tables of a finished ``ghanet demo`` run (``--demo-out``, default ``demo-out``) and
+repeats the cross-validation over several fold assignments (``--splits``: preprocess-genomics seeds) and
+training seeds (``--seeds``). Each replicate = one (fold assignment, training seed) pair, scored per
+validation fold (final epoch, protocol ``ghanet``). Per model the script prints the mean c-index over
+all seed x fold pairs with a 95 % t-interval over those pairs (and, more conservative, over the
+replicates' fold means), and the paired difference G-HANet - ABMIL on the same validation fold with its
+95 % t-interval. The pairs share one cohort and overlapping training sets, so the intervals describe
+seed/split variability on *this* cohort, not the sampling of new patients. The control trains G-HANet on
+the same bags with the survival (months, censorship) permuted across cases (seeded per fold assignment)
+and is scored against those permuted labels: its c-index must stay near 0.5, or the protocol leaks.
+
+    python benchmarks/compare_models.py --demo-out demo-out --splits 3 --seeds 2
+
+Writes ``<work>/compare_models.json`` (every replicate's per-fold c-index) and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny bags: one thread per step is fastest (see demo)
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and two-sided t confidence interval (NaN bounds for fewer than 2 values)."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    m = float(x.mean())
+    if len(x) < 2:
+        return m, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
+    return m, m - half, m + half
+
+
+def shuffled_table(table: Path, dest: Path, seed: int) -> Path:
+    """The genomics table with (survival_months, censorship) permuted across cases (rows of one case
+    keep one value)."""
+    df = pd.read_csv(table)
+    cases = df.drop_duplicates("case_id").set_index("case_id")[["survival_months", "censorship"]]
+    perm = np.random.default_rng(seed).permutation(len(cases))
+    new = pd.DataFrame(cases.to_numpy()[perm], index=cases.index, columns=cases.columns)
+    df["survival_months"] = df["case_id"].map(new["survival_months"]).astype(float)
+    df["censorship"] = df["case_id"].map(new["censorship"]).astype(int)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(dest, index=False)
+    return dest
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--demo-out", type=Path, default=Path("demo-out"))
+    ap.add_argument("--work", type=Path, default=Path("/tmp/ghanet-compare"))
+    ap.add_argument("--splits", type=int, default=3, help="fold assignments (preprocess-genomics seeds 0..n-1)")
+    ap.add_argument("--seeds", type=int, default=2, help="training seeds per fold assignment")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--train-args", default="accum=4,lr=5e-4,dim=128", help="TrainConfig overrides (the demo's)")
+    args = ap.parse_args()
+
+    import torch
+
+    from ghanet_pipeline.genomics.pipeline import GenomicsConfig, preprocess_genomics
+    from ghanet_pipeline.training.config import TrainConfig
+    from ghanet_pipeline.training.cv import train_cv
+
+    torch.set_num_threads(1)
+    data = args.demo_out / "demo-data"
+    feats = sorted(d for d in (args.demo_out / "features").iterdir() if d.is_dir() and any(d.glob("*.h5")))
+    if not feats or not (data / "genomics_table.csv").is_file():
+        print(f"no demo outputs under {args.demo_out}: run `ghanet demo --out {args.demo_out}` first", file=sys.stderr)
+        return 2
+    features = feats[-1]
+    over: dict[str, float | int] = {}
+    for kv in args.train_args.split(","):
+        k, v = kv.split("=")
+        over[k] = int(v) if v.isdigit() else float(v)
+    print(f"CPU: {cpu_model()} ({os.cpu_count()} cores), load average {os.getloadavg()[0]:.1f}; "
+          f"features {features}; {args.splits} fold assignments x {args.seeds} seeds, {args.folds} folds, "
+          f"{args.epochs} epochs, {over}", flush=True)
+
+    rows = []
+    t_start = time.perf_counter()
+    for s in range(args.splits):
+        gdir = args.work / f"split{s}"
+        cdir = args.work / f"split{s}_shuffled"
+        preprocess_genomics(GenomicsConfig(table=str(data / "genomics_table.csv"), families=str(data / "families.csv"),
+                                           folds=args.folds, seed=s), gdir)
+        shuf = shuffled_table(data / "genomics_table.csv", args.work / f"shuffled_{s}.csv", seed=1000 + s)
+        preprocess_genomics(GenomicsConfig(table=str(shuf), families=str(data / "families.csv"),
+                                           folds=args.folds, seed=s), cdir)
+        for t in range(args.seeds):
+            for label, model, root in (("G-HANet", "ghanet", gdir), ("ABMIL", "abmil", gdir),
+                                       ("shuffled-survival control (G-HANet)", "ghanet", cdir)):
+                t0 = time.perf_counter()
+                cfg = TrainConfig(model=model, epochs=args.epochs, seed=t, device="cpu", **over)
+                res = train_cv(features, root / "genomics", root, cfg, run_name=f"{model}_seed{t}", resume=True)
+                per_fold = {int(k): v for k, v in (res.metrics or {}).get("c_index_per_fold", {}).items()}
+                vals = [v for v in per_fold.values() if v is not None]
+                rows.append({"model": label, "split": s, "seed": t, "per_fold": per_fold,
+                             "mean": float(np.mean(vals)) if vals else float("nan"),
+                             "seconds": round(time.perf_counter() - t0, 1)})
+                print(f"  split {s} seed {t} {label}: mean c-index {rows[-1]['mean']:.3f} "
+                      f"({rows[-1]['seconds']:.0f} s)", flush=True)
+
+    df = pd.DataFrame(rows)
+    summary: dict[str, dict] = {}
+    print("\n| model | replicates | seed x fold pairs | mean c-index | 95 % CI (t, seed x fold) | "
+          "95 % CI (t, replicates) |")
+    print("|---|---:|---:|---:|---|---|")
+    for label, sub in df.groupby("model", sort=False):
+        folds = [v for d in sub["per_fold"] for v in d.values() if v is not None]
+        m, lo, hi = t_interval(folds)
+        _, rlo, rhi = t_interval(sub["mean"].tolist())
+        summary[label] = {"mean": m, "ci95_folds": [lo, hi], "ci95_replicates": [rlo, rhi],
+                          "n_replicates": len(sub), "n_folds": len(folds)}
+        print(f"| {label} | {len(sub)} | {len(folds)} | {m:.3f} | [{lo:.3f}, {hi:.3f}] | [{rlo:.3f}, {rhi:.3f}] |")
+    # paired by (fold assignment, seed, fold): the same validation cases
+    def per_fold(label: str) -> dict[tuple[int, int, int], float]:
+        return {(r["split"], r["seed"], k): v for r in rows if r["model"] == label
+                for k, v in r["per_fold"].items() if v is not None}
+
+    g, a = per_fold("G-HANet"), per_fold("ABMIL")
+    diff = [g[k] - a[k] for k in sorted(set(g) & set(a))]
+    m, lo, hi = t_interval(diff)
+    gr = df[df.model == "G-HANet"].set_index(["split", "seed"])["mean"]
+    ar = df[df.model == "ABMIL"].set_index(["split", "seed"])["mean"]
+    rdiff = (gr - ar).dropna().tolist()
+    _, rlo, rhi = t_interval(rdiff)
+    wins, ties = int(sum(d > 0 for d in diff)), int(sum(d == 0 for d in diff))
+    summary["G-HANet - ABMIL"] = {"mean": m, "ci95_folds": [lo, hi], "ci95_replicates": [rlo, rhi],
+                                  "n_pairs": len(diff), "ghanet_higher": wins, "ties": ties}
+    print(f"\npaired difference G-HANet - ABMIL: {m:+.3f}, 95 % CI [{lo:+.3f}, {hi:+.3f}] (t-interval over "
+          f"{len(diff)} seed x fold pairs; G-HANet higher in {wins}, ties {ties}); over the {len(rdiff)} "
+          f"replicate means: [{rlo:+.3f}, {rhi:+.3f}]")
+    print(f"total {time.perf_counter() - t_start:.0f} s; load average now {os.getloadavg()[0]:.1f}")
+    args.work.mkdir(parents=True, exist_ok=True)
+    (args.work / "compare_models.json").write_text(json.dumps(
+        {"cpu": cpu_model(), "args": {k: str(v) for k, v in vars(args).items()}, "summary": summary,
+         "replicates": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
