@@ -115,7 +115,7 @@ def test_workflow_on_slurm_cluster_submits_every_job_and_matches_local_outputs(
     out = tmp_path / "out"
     cfg = workflow_config(tiny_cohort, tmp_path / "config.yaml", out=str(out))
     res = run_snakemake("-s", str(REPO / "pipelines" / "Snakefile"), "--profile", str(_cluster_profile(tmp_path)),
-                        "--configfile", str(cfg), cwd=tmp_path, timeout=1500)
+                        "--configfile", str(cfg), cwd=tmp_path, timeout=2400)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-8000:]
 
     check_workflow_outputs(tiny_cohort, out)
