@@ -7,6 +7,7 @@ that would have to be unpickled, another format, a truncated file) and how to fi
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -92,3 +93,32 @@ def load_safetensors(path: Path | str, what: str, fix: str, error: type[GhanetEr
             detail = f"not a safetensors file despite its name ({kind}"
             detail += ", which ghanet does not unpickle)" if "pickle" in kind or "PyTorch" in kind else ")"
         raise error(f"{what} {path} is {detail}. {fix}") from None
+
+
+def save_safetensors(tensors: dict[str, Any], path: Path | str, metadata: dict[str, str] | None = None) -> Path:
+    """``safetensors.torch.save_file`` with a reproducible header: the metadata keys are sorted.
+
+    safetensors writes ``__metadata__`` in hash-map order, which changes from one process to the next,
+    so identical weights gave files (and ``weights_sha256``) that differ. The header is rewritten in place
+    with the same length (only the order of the metadata entries changes). Not atomic: write to a
+    temporary path (``ioutils.atomic_path``).
+    """
+    import struct
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    save_file(tensors, str(path), metadata=metadata)
+    if not metadata or len(metadata) < 2:
+        return path
+    with open(path, "r+b") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        raw = fh.read(n)
+        header = json.loads(raw)
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        new = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(new) > n:  # should not happen (same entries, same escaping); keep what safetensors wrote
+            return path
+        fh.seek(8)
+        fh.write(new + b" " * (n - len(new)))
+    return path

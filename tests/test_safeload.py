@@ -105,3 +105,25 @@ def test_checkpoint_weights_that_are_not_safetensors(tmp_path):
     with pytest.raises(CheckpointError, match="checkpoint weights .*model.safetensors is not a safetensors file "
                                               "despite its name .*Retrain this fold"):
         load_checkpoint(fold)
+
+
+def test_saved_safetensors_are_byte_identical(tmp_path):
+    """safetensors writes its metadata in hash-map order (it changes from one save to the next, even in one
+    process); ours sorts it, so the same weights give the same bytes (and weights_sha256)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from ghanet_pipeline.safeload import save_safetensors
+
+    tensors = {"b": torch.arange(4.0), "a": torch.ones(2, 3)}
+    meta = {k: str(i) for i, k in enumerate(["fold", "epoch", "model", "format", "config_hash", "x"])}
+    raw = set()
+    for i in range(4):
+        save_file(tensors, str(tmp_path / f"raw{i}.safetensors"), metadata=meta)
+        raw.add((tmp_path / f"raw{i}.safetensors").read_bytes())
+    assert len(raw) > 1  # the problem being fixed
+    ours = {save_safetensors(tensors, tmp_path / f"w{i}.safetensors", metadata=meta).read_bytes() for i in range(4)}
+    assert len(ours) == 1
+    with safe_open(str(tmp_path / "w0.safetensors"), framework="pt") as fh:
+        assert fh.metadata() == meta
+        assert torch.equal(fh.get_tensor("a"), tensors["a"]) and torch.equal(fh.get_tensor("b"), tensors["b"])

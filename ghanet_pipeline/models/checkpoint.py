@@ -16,7 +16,7 @@ from torch import nn
 from .. import __version__
 from ..errors import CheckpointError, ConfigError
 from ..ioutils import atomic_path, file_sha256, write_json_atomic
-from ..safeload import load_safetensors
+from ..safeload import load_safetensors, save_safetensors
 from ._registry import create_model
 
 CHECKPOINT_VERSION = 1
@@ -36,8 +36,6 @@ def save_checkpoint(fold_dir: Path | str, model: nn.Module, meta: dict[str, Any]
     their safetensors metadata), the JSON last, both atomically and fsynced, so a readable JSON means a
     complete checkpoint; :func:`load_checkpoint` checks that both files belong together.
     """
-    from safetensors.torch import save_file
-
     fold_dir = Path(fold_dir)
     fold_dir.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -45,7 +43,7 @@ def save_checkpoint(fold_dir: Path | str, model: nn.Module, meta: dict[str, Any]
     st_meta = {"format": "pt", "model": model.name,
                **{k: str(meta[k]) for k in SHARED_KEYS if meta.get(k) is not None}}
     with atomic_path(weights) as tmp:
-        save_file(tensors, str(tmp), metadata=st_meta)
+        save_safetensors(tensors, tmp, metadata=st_meta)  # sorted metadata: same weights, same bytes
     record = dict(meta)
     record.update(checkpoint_version=CHECKPOINT_VERSION, ghanet_version=__version__, model=model.name,
                   model_config=dict(model.config), weights_sha256=file_sha256(weights))

@@ -72,7 +72,8 @@ def save_state(state_dir: Path, model, opt, best_state: Mapping[str, Any] | None
     optimiser scalars (JSON) plus a SHA-256 of all tensors. A kill leaves the previous epoch's file or
     this one, never a mix."""
     import torch
-    from safetensors.torch import save_file
+
+    from ..safeload import save_safetensors
 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     opt_t, opt_meta = _optimizer_to_flat(opt)
@@ -92,7 +93,7 @@ def save_state(state_dir: Path, model, opt, best_state: Mapping[str, Any] | None
                 "tensors_sha256": _tensors_sha(tensors)}
     state_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(state_dir / STATE_NAME) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        save_safetensors(tensors, tmp, metadata=metadata)
     legacy = state_dir / "state.json"  # two-file state of older versions: never read again
     if legacy.exists():
         legacy.unlink()
