@@ -127,3 +127,19 @@ def test_saved_safetensors_are_byte_identical(tmp_path):
     with safe_open(str(tmp_path / "w0.safetensors"), framework="pt") as fh:
         assert fh.metadata() == meta
         assert torch.equal(fh.get_tensor("a"), tensors["a"]) and torch.equal(fh.get_tensor("b"), tensors["b"])
+
+
+def test_finished_fold_predictions_are_read_back_exactly(tmp_path):
+    """A rerun that skips a finished fold rebuilds the run's reports from its predictions.csv: the numbers
+    must be the very floats that were written (pandas' default parser was off in the last digit)."""
+    import pandas as pd
+
+    from ghanet_pipeline.training.state import load_finished_fold
+
+    risks = [-1.0564898252487183, 0.1 + 0.2, -2.718281828459045, 1e-17 + 0.3]
+    pd.DataFrame({"fold": 0, "case_id": ["a", "b", "c", "d"], "risk": risks}).to_csv(tmp_path / "predictions.csv",
+                                                                                   index=False)
+    (tmp_path / "history.json").write_text(json.dumps({"epochs": [], "selected_epoch": 1}))
+    (tmp_path / "model.json").write_text(json.dumps({"train_risk_median": 0.0}))
+    got = load_finished_fold(tmp_path, 0).predictions["risk"].tolist()
+    assert got == risks  # exact, not approx

@@ -215,11 +215,14 @@ def load_finished_fold(fold_dir: Path, fold: int) -> FoldOutcome:
 
     hist = json.loads((fold_dir / "history.json").read_text())
     meta = json.loads((fold_dir / "model.json").read_text())
-    pred = pd.read_csv(fold_dir / "predictions.csv", dtype={"case_id": str})
+    # round_trip: pandas' default float parser can be off in the last digit, and a rerun that skips this
+    # fold would then rewrite the run's predictions.csv / metrics.json with other numbers
+    exact = {"float_precision": "round_trip"}
+    pred = pd.read_csv(fold_dir / "predictions.csv", dtype={"case_id": str}, **exact)
     cs = fold_dir / "case_spearman.csv"
     gs = fold_dir / "gene_spearman.csv"
     return FoldOutcome(fold=fold, predictions=pred, history=hist["epochs"], selected_epoch=hist["selected_epoch"],
                        train_risk_median=float(meta["train_risk_median"]),
-                       case_spearman=pd.read_csv(cs, dtype={"case_id": str}) if cs.is_file() else None,
-                       gene_spearman=pd.read_csv(gs) if gs.is_file() else None,
+                       case_spearman=pd.read_csv(cs, dtype={"case_id": str}, **exact) if cs.is_file() else None,
+                       gene_spearman=pd.read_csv(gs, **exact) if gs.is_file() else None,
                        skipped_cases=hist.get("skipped_cases", []))
