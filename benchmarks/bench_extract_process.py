@@ -144,7 +144,12 @@ def run_timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
     """(wall seconds, peak RSS GiB) of one child process."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(ROOT))
-    _, status, usage = os.wait4(proc.pid, 0)
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except KeyboardInterrupt:
+        proc.kill()
+        proc.wait()
+        raise
     secs = time.perf_counter() - t0
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -186,14 +191,24 @@ def whole_process(args: argparse.Namespace) -> None:
     times: dict[str, list[float]] = {s: [] for s in systems}
     rss: dict[str, float] = {s: 0.0 for s in systems}
     auto_prec = "?"
-    for r in range(args.repeats):
-        for s in systems:
-            secs, peak = run_timed(command(s, paths, args.patches, args.threads), env)
-            times[s].append(secs)
-            rss[s] = max(rss[s], peak)
-            if s == "ghanet-auto":
-                auto_prec = bag_precision(paths)
-            print(f"round {r + 1} {s}: {args.patches / secs:.2f} patches/s ({secs:.1f} s)", file=sys.stderr, flush=True)
+    rounds = 0
+    try:
+        for r in range(args.repeats):
+            for s in systems:
+                secs, peak = run_timed(command(s, paths, args.patches, args.threads), env)
+                times[s].append(secs)
+                rss[s] = max(rss[s], peak)
+                if s == "ghanet-auto":
+                    auto_prec = bag_precision(paths)
+                print(f"round {r + 1} {s}: {args.patches / secs:.2f} patches/s ({secs:.1f} s)", file=sys.stderr,
+                      flush=True)
+            rounds += 1
+    except KeyboardInterrupt:  # stopped early (Ctrl-C / SIGINT): report the complete rounds only
+        print(f"interrupted after {rounds} complete round(s)", file=sys.stderr)
+        times = {s: v[:rounds] for s, v in times.items()}
+        if not rounds:
+            raise SystemExit(1) from None
+        args.repeats = rounds
     load1 = os.getloadavg()
     rate = {s: [args.patches / t for t in times[s]] for s in systems}
     med = {s: statistics.median(v) for s, v in rate.items()}
