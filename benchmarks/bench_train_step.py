@@ -15,8 +15,15 @@ Every ratio printed is measured in this run: each (implementation, size) runs in
 machine hits both sides alike. Per process: one warm-up step, ``--repeats`` timed steps, one warm-up
 and ``--repeats`` timed inference passes. Nothing here is compared with figures from another machine.
 
+glibc malloc (``--malloc``): ``default`` (the default) runs both sides with the same glibc settings;
+``as-run`` gives ``fast`` the malloc tuning ``ghanet train`` applies on CPU (freed memory kept for reuse
+instead of being unmapped and page-faulted back on every step:
+:func:`ghanet_pipeline.features.runtime.tune_malloc`) and leaves ``reference`` on glibc defaults;
+``tuned`` tunes both. ``MALLOC_*`` environment variables (the Makefile exports some) apply to both
+sides and are printed.
+
     python benchmarks/bench_train_step.py [--sizes 1000 10000 30000 100000] [--repeats 2] [--rounds 2]
-                                           [--threads 2] [--families 80 0 120 40 60 90]
+                                           [--threads 2] [--families 80 0 120 40 60 90] [--malloc default]
 """
 
 from __future__ import annotations
@@ -45,18 +52,21 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def worker(impl: str, n: int, repeats: int, threads: int, families: list[int]) -> dict:
+def worker(impl: str, n: int, repeats: int, threads: int, families: list[int], malloc: str) -> dict:
     import resource
 
     import torch
     import torch.nn.functional as F
 
+    from ghanet_pipeline.features.runtime import tune_malloc
     from ghanet_pipeline.models import create_model
     from ghanet_pipeline.models.reference import reference_forward
     from ghanet_pipeline.models.survival import nll_loss, sce_loss
     from ghanet_pipeline.training.state import make_optimizer
 
     torch.set_num_threads(threads)
+    if malloc == "tuned" or (malloc == "as-run" and impl == "fast"):
+        tune_malloc()
     torch.manual_seed(0)
     model = create_model("ghanet", in_dim=1024, family_sizes=families)
     forward = model if impl == "fast" else (lambda x: reference_forward(model, x, plain_dropout=True))
@@ -96,10 +106,34 @@ def worker(impl: str, n: int, repeats: int, threads: int, families: list[int]) -
             "infer_s": infer_s, "peak_rss_gb": rss_kb / 1024 ** 2}
 
 
+def adam_worker(repeats: int, threads: int, families: list[int]) -> dict:
+    """Seconds per Adam update of G-HANet's parameters: for-loop, foreach and fused kernels, interleaved."""
+    import torch
+
+    from ghanet_pipeline.models import create_model
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = create_model("ghanet", in_dim=1024, family_sizes=families)
+    params = list(model.parameters())
+    for prm in params:
+        prm.grad = torch.randn_like(prm)
+    opts = {kind: torch.optim.Adam(params, lr=2e-4, weight_decay=1e-5, **{kind: True} if kind != "for-loop"
+                                   else {"foreach": False})
+            for kind in ("for-loop", "foreach", "fused")}
+    times: dict[str, list[float]] = {k: [] for k in opts}
+    for _ in range(repeats + 1):
+        for kind, opt in opts.items():
+            t0 = time.perf_counter()
+            opt.step()
+            times[kind].append(time.perf_counter() - t0)
+    return {"n_params": sum(prm.numel() for prm in params), **{k: v[1:] for k, v in times.items()}}
+
+
 def run_worker(impl: str, n: int, args: argparse.Namespace) -> dict:
     root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, __file__, "--worker", impl, str(n), "--repeats", str(args.repeats),
-           "--threads", str(args.threads), "--families", *map(str, args.families)]
+           "--threads", str(args.threads), "--malloc", args.malloc, "--families", *map(str, args.families)]
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
     if proc.returncode:
         sys.exit(f"worker {impl} N={n} failed:\n{proc.stderr}")
@@ -113,11 +147,18 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="processes per (implementation, size), interleaved")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--families", type=int, nargs="+", default=FAMILY_SIZES, help="genes per family")
+    ap.add_argument("--malloc", choices=["default", "as-run", "tuned"], default="default",
+                    help="glibc malloc: default / tuned = the same for both sides; as-run = fast with the tuning "
+                         "`ghanet train` applies on CPU (features.runtime.tune_malloc), reference without")
     ap.add_argument("--impls", nargs="+", default=["fast", "reference"], choices=["fast", "reference"])
-    ap.add_argument("--worker", nargs=2, metavar=("IMPL", "N"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs=2, metavar=("IMPL", "N"), help=argparse.SUPPRESS)   # IMPL "adam": optimisers
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.repeats, args.threads, args.families)))
+        if args.worker[0] == "adam":
+            print(json.dumps(adam_worker(max(3, args.repeats), args.threads, args.families)))
+        else:
+            print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.repeats, args.threads, args.families,
+                                    args.malloc)))
         return
 
     import torch
@@ -131,13 +172,18 @@ def main() -> None:
             for impl in order:
                 runs.setdefault((impl, n), []).append(run_worker(impl, n, args))
                 print(f"done {impl} N={n} round {r + 1}", file=sys.stderr)
+    adam = run_worker("adam", 0, args)
     load1 = os.getloadavg()
+
+    malloc_env = " ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MALLOC_"))
+    malloc_env = f" (environment: {malloc_env})" if malloc_env else ""
 
     def agg(impl: str, n: int, key: str) -> list[float]:
         return [x for run in runs[impl, n] for x in run[key]]
 
     print(f"\nG-HANet training step, {cpu_model()} ({os.cpu_count()} logical CPUs), torch {torch.__version__}, "
-          f"{args.threads} threads, families {args.families}; {args.rounds} interleaved processes x "
+          f"{args.threads} threads, families {args.families}, malloc {args.malloc}{malloc_env}; "
+          f"{args.rounds} interleaved processes x "
           f"{args.repeats} steps per implementation and size; {time.time() - t_start:.0f} s; "
           f"load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end\n")
     print("| patches | impl | train step s (min / median) | train step CPU s (min) | first step s | "
@@ -166,6 +212,12 @@ def main() -> None:
                   f"{statistics.median(f_tr) / statistics.median(r_tr):.2f} | "
                   f"{min(agg('fast', n, 'train_cpu_s')) / min(agg('reference', n, 'train_cpu_s')):.2f} | "
                   f"{min(agg('fast', n, 'infer_s')) / min(agg('reference', n, 'infer_s')):.2f} | {rss:.2f} |")
+
+    print(f"\nAdam update of the {adam['n_params'] / 1e6:.1f}M parameters (s, min / median; same process, "
+          f"interleaved; `ghanet train` uses fused, the reference above the for-loop default):\n")
+    print("| for-loop | foreach | fused |\n|---:|---:|---:|")
+    print("| " + " | ".join(f"{min(adam[k]):.3f} / {statistics.median(adam[k]):.3f}"
+                            for k in ("for-loop", "foreach", "fused")) + " |")
 
 
 if __name__ == "__main__":

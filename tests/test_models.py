@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ghanet_pipeline.errors import CheckpointError, ConfigError, InputError
-from ghanet_pipeline.models import MODELS, create_model, genomic_weights, load_checkpoint, save_checkpoint, topk_count
+from ghanet_pipeline.models import MODELS, create_model, genomic_weights, load_checkpoint, patch_ops, save_checkpoint, topk_count
 from ghanet_pipeline.models.layers import MultiHeadCrossAttention, MultiHeadSelfAttention, ReLUDropout
 from ghanet_pipeline.models.reference import reference_forward
 from ghanet_pipeline.models.survival import nll_loss, sce_loss
@@ -171,7 +171,11 @@ def test_survival_loss_reaches_cab_through_r2_only_not_through_the_mask():
 
 @pytest.mark.parametrize("rule", ["ceil", "floor"])
 @pytest.mark.parametrize("train", [True, False])
-def test_fast_forward_equals_textbook_forward_including_gradients(rule, train):
+@pytest.mark.parametrize("reuse", [False, True])
+def test_fast_forward_equals_textbook_forward_including_gradients(rule, train, reuse, monkeypatch):
+    if reuse:   # the large-bag path (backward writes into forward buffers) on a tiny bag
+        monkeypatch.setattr(patch_ops, "REUSE_MIN_ELEMENTS", 0)
+        monkeypatch.setattr(patch_ops, "BLOCK_ELEMENTS", 5 * 32)   # several blocks of 5 rows
     model = tiny(seed=3, topk_rule=rule).train(train)
     feats = torch.randn(31, 16)
     feats[7] = feats[3]                                    # identical patches: tied scores in eval mode

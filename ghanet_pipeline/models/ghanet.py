@@ -16,9 +16,11 @@ Two branches share nothing but the bag of patch features ``F`` (N, in_dim):
 
 Speed (same parameters and outputs as the textbook form, see ``models/reference.py``): keys/values are
 never projected per patch (see :class:`MultiHeadCrossAttention`), LN(h) is computed once for both
-cross-attention steps, ReLU + dropout of the patch embeddings is one fused op with a cheaper random mask
-(:class:`ReLUDropout`), and the top-k genomic weights are built from the kept entries only. Memory and
-time are linear in N.
+cross-attention steps, ReLU + dropout of the patch embeddings is one op with a cheap float mask
+(:class:`ReLUDropout`, in place on the fresh embedding), each cross-attention pass and the survival
+branch's patch side after its LayerNorm are single autograd nodes with hand-written backward passes
+(``models/patch_ops.py``: grouped products, no N x dim temporaries autograd would keep), and the top-k
+genomic weights come from ``topk``, not a sort. Memory and time are linear in N.
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ import math
 
 import torch
 
+BLOCK_ELEMENTS = 1 << 20
+"""Elements per block of rows where N x dim work is done block by block (dropout masks, large-bag backward)."""
+
 
 def keep_mask(shape: torch.Size, p: float, scale: float = 1.0) -> torch.Tensor:
     """Dropout multiplier (float32, CPU): ``scale`` with probability ``1 - p`` (to 1/65536), else 0.
@@ -46,7 +49,7 @@ def apply_keep_(x: torch.Tensor, p: float, scale: float) -> torch.Tensor:
     """
     if x.device.type != "cpu":
         return x.mul_((torch.rand_like(x) >= p).to(x.dtype) * scale)
-    rows = max(1, (1 << 20) // max(1, x.shape[-1]))            # 4 MiB of mask per block
+    rows = max(1, BLOCK_ELEMENTS // max(1, x.shape[-1]))       # 4 MiB of mask per block
     for block in x.split(rows):
         block.mul_(keep_mask(block.shape, p, scale))
     return x
@@ -98,6 +101,14 @@ class CrossPass(torch.autograd.Function):
         return d_qk, d_context, None, None
 
 
+REUSE_MIN_ELEMENTS = 1 << 24
+"""From this many elements in an N x dim array on (32,768 patches at dim 512), the survival branch's
+backward works in the forward's buffers (gate gradients over the gate activations, the input gradient
+over the patch embeddings) instead of new N x dim arrays: lower peak memory for large bags, at the cost
+of an extra pass. A second backward through the same graph (``retain_graph=True``) then raises
+autograd's in-place error instead of reusing stale values."""
+
+
 class _HyperPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, w_ab, b_ab, w_c, b_c, genomic, p: float, scale: float):  # type: ignore[override]
@@ -106,22 +117,21 @@ class _HyperPool(torch.autograd.Function):
         if scale != 1.0:
             apply_keep_(hp, p, 1.0)
         ctx.mark_dirty(y)
-        ab = torch.addmm(b_ab, hp, w_ab.T, alpha=scale)   # gate pre-activations [a | b] (N, 2H)
+        ab = torch.addmm(b_ab, hp, w_ab.T, alpha=scale)   # gate pre-activations, then [tanh(a) | sigmoid(b)]
         t = ab[:, :hidden].tanh_()
         sg = ab[:, hidden:].sigmoid_()
-        g = t * sg
-        score = torch.addmv(b_c, g, w_c.reshape(-1))
+        score = torch.addmv(b_c, t * sg, w_c.reshape(-1))
         w_mor = score.softmax(dim=0)
         hyper = (genomic + w_mor) * 0.5
         pooled = (hyper @ hp).mul_(scale)
         ctx.scale = scale
-        ctx.save_for_backward(hp, ab, g, w_ab, w_c, w_mor, hyper)
+        ctx.save_for_backward(hp, ab, w_ab, w_c, w_mor, hyper)
         ctx.mark_non_differentiable(hp)
         return pooled, w_mor, hp
 
     @staticmethod
     def backward(ctx, d_pooled, d_wmor, _):  # type: ignore[override]
-        hp, ab, g, w_ab, w_c, w_mor, hyper = ctx.saved_tensors
+        hp, ab, w_ab, w_c, w_mor, hyper = ctx.saved_tensors
         scale, hidden = ctx.scale, w_ab.shape[0] // 2
         n, dim = hp.shape
         if d_pooled is None:
@@ -132,27 +142,48 @@ class _HyperPool(torch.autograd.Function):
         if d_wmor is not None:
             dw.add_(d_wmor)
         ds = (w_mor * (dw - (w_mor * dw).sum()))[:, None]        # softmax backward (N, 1)
-        d_wc = (g.T @ ds).reshape(w_c.shape)
-        d_bc = ds.sum().reshape(1)
         t, sg = ab[:, :hidden], ab[:, hidden:]
         wc = w_c.reshape(1, -1)
-        # [d_a | d_b | hyper^T] (N, 2H + G): gate pre-activation gradients and the pooling's weights;
-        # d g = ds wc, d a = d g sg (1 - t^2), d b = d g t sg (1 - sg) = d g g (1 - sg)
+        d_bc = ds.sum().reshape(1)
+        # g = t sg, d g = ds wc, d a = d g sg (1 - t^2), d b = d g g (1 - sg)
+        if ab.shape == hp.shape and n * dim >= REUSE_MIN_ELEMENTS:
+            return _hyper_in_place(hp, ab, t, sg, ds, wc, w_c, w_ab, hyper, dxs, scale, d_bc)
+        # [d_a | d_b | hyper^T] (N, 2H + G): gate pre-activation gradients and the pooling's weights
         dab = torch.empty(n, 2 * hidden + hyper.shape[0], dtype=hp.dtype, device=hp.device)
         da, db = dab[:, :hidden], dab[:, hidden:2 * hidden]
-        tmp = torch.mul(t, t)
-        da.copy_(tmp.neg_().add_(1.0)).mul_(sg).mul_(ds).mul_(wc)
-        torch.sub(1.0, sg, out=tmp)
-        db.copy_(tmp).mul_(g).mul_(ds).mul_(wc)
-        del tmp
+        g = torch.mul(t, sg, out=da)                              # g, held in d_a's place for now
+        d_wc = (g.T @ ds).reshape(w_c.shape)
+        torch.sub(1.0, sg, out=db).mul_(g).mul_(ds).mul_(wc)
+        torch.mul(t, t, out=da).neg_().add_(1.0).mul_(sg).mul_(ds).mul_(wc)
         dab[:, 2 * hidden:] = hyper.T
         d_ab = dab[:, :2 * hidden]
         d_wab = (d_ab.T @ hp).mul_(scale)
         d_bab = d_ab.sum(dim=0)
-        d_hp = dab @ torch.cat([w_ab * scale, dxs])               # (N, dim): gate + pooling, one product
+        d_hp = dab @ torch.cat([w_ab * scale, dxs])               # gate + pooling input gradient, one product
         mult = torch.sign(hp, out=dab.view(-1)[:n * dim].view(n, dim))   # dab's memory is free again
         d_hp.mul_(mult)                                           # ReLU and dropout
         return d_hp, d_wab, d_bab, d_wc, d_bc, None, None, None
+
+
+def _hyper_in_place(hp, ab, t, sg, ds, wc, w_c, w_ab, hyper, dxs, scale: float, d_bc):
+    """Large-bag backward of :class:`_HyperPool` in the forward's buffers (see ``REUSE_MIN_ELEMENTS``),
+    per block of rows so that temporaries stay small."""
+    rows = max(1, BLOCK_ELEMENTS // hp.shape[1])
+    d_wc = torch.zeros_like(ds[:1].T @ t[:1]).reshape(-1)
+    for t_b, sg_b, ds_b in zip(t.split(rows), sg.split(rows), ds.split(rows), strict=True):
+        tmp = torch.mul(t_b, sg_b)                                               # g
+        d_wc.addmv_(tmp.T, ds_b.reshape(-1))
+        torch.mul(t_b, t_b, out=tmp).neg_().add_(1.0).mul_(sg_b).mul_(ds_b).mul_(wc)   # d a
+        sg_b.addcmul_(sg_b, sg_b, value=-1.0).mul_(t_b).mul_(ds_b).mul_(wc)            # d b over sigmoid(b)
+        t_b.copy_(tmp)                                                           # d a over tanh(a)
+    d_wab = (ab.T @ hp).mul_(scale)
+    d_bab = ab.sum(dim=0)
+    w_gate, hyper_t = w_ab * scale, hyper.T
+    for hp_b, ab_b, hy_b in zip(hp.split(rows), ab.split(rows), hyper_t.split(rows), strict=True):
+        passes = hp_b > 0                                         # ReLU and dropout
+        torch.mm(ab_b, w_gate, out=hp_b)                          # the gate's input gradient over hp ...
+        hp_b.addmm_(hy_b, dxs).mul_(passes)                       # ... + the pooling's
+    return hp, d_wab, d_bab, d_wc.reshape(w_c.shape), d_bc, None, None, None
 
 
 def hyper_pool(y: torch.Tensor, gate, genomic: torch.Tensor, p: float, training: bool

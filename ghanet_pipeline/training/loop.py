@@ -16,6 +16,7 @@ import numpy as np
 from .. import __version__
 from ..device import resolve_device
 from ..errors import InputError, MismatchError
+from ..features.runtime import tune_malloc
 from ..ioutils import atomic_path, write_json_atomic
 from .config import ProgressFn, TrainConfig, TrainingError, noop_progress
 from .data import CaseBags, balanced_order, subsample_patches, to_tensor
@@ -76,6 +77,8 @@ def train_fold(fold: int, fold_data: Any, bags: CaseBags, config: TrainConfig, f
     from ..models import create_model, save_checkpoint
 
     device = resolve_device(config.device)
+    if device.type == "cpu":   # per-step N x dim tensors reused instead of page-faulted back every step
+        tune_malloc()
     have = set(bags.cases())
     train_ids = [c for c in fold_data.train_ids if c in have]
     val_ids = [c for c in fold_data.val_ids if c in have]
