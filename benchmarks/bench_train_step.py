@@ -170,8 +170,10 @@ def main() -> None:
         for r in range(args.rounds):
             order = args.impls if r % 2 == 0 else args.impls[::-1]
             for impl in order:
-                runs.setdefault((impl, n), []).append(run_worker(impl, n, args))
-                print(f"done {impl} N={n} round {r + 1}", file=sys.stderr)
+                res = run_worker(impl, n, args)
+                runs.setdefault((impl, n), []).append(res)
+                print(f"done {impl} N={n} round {r + 1}: step {min(res['train_s']):.3f} s, "
+                      f"peak RSS {res['peak_rss_gb']:.2f} GB, load {os.getloadavg()[0]:.1f}", file=sys.stderr)
     adam = run_worker("adam", 0, args)
     load1 = os.getloadavg()
 
