@@ -81,6 +81,7 @@ class CrossPass(torch.autograd.Function):
             noise, attn_d = None, attn
         pooled = attn_d @ context
         ctx.save_for_backward(qk, context, attn, attn_d, noise)
+        ctx.set_materialize_grads(False)                   # pass 1's scores get no gradient: no zeros
         return scores, pooled
 
     @staticmethod
@@ -127,6 +128,7 @@ class _HyperPool(torch.autograd.Function):
         ctx.scale = scale
         ctx.save_for_backward(hp, ab, w_ab, w_c, w_mor, hyper)
         ctx.mark_non_differentiable(hp)
+        ctx.set_materialize_grads(False)                   # no N x dim zeros for the unused outputs
         return pooled, w_mor, hp
 
     @staticmethod
