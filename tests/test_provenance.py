@@ -366,3 +366,41 @@ def test_checkpoint_fingerprint_names_the_folds_whose_weights_differ(data, tmp_p
     with pytest.raises(MismatchError) as exc:
         check_same(fa, mixed, "predictions in out/", "Use another --out.")
     assert "- model: 1 changed (fold_1:" in str(exc.value) and "- training:" in str(exc.value)
+
+
+def test_safetensors_bytes_do_not_depend_on_the_process(tmp_path):
+    """safetensors orders metadata by a per-process hash map; safeload.save_safetensors sorts them, so a
+    checkpoint's weights_sha256 is the same in every run (kill + rerun gives identical files)."""
+    code = textwrap.dedent("""
+        import sys, torch
+        from safetensors.torch import load_file
+        from ghanet_pipeline.safeload import save_safetensors
+        t = {"b.weight": torch.arange(6.0).reshape(2, 3), "a.bias": torch.ones(3, dtype=torch.float16)}
+        save_safetensors(t, sys.argv[1], {k: str(i) for i, k in enumerate("hgfedcba")})
+        back = load_file(sys.argv[1])
+        assert torch.equal(back["b.weight"], t["b.weight"]) and torch.equal(back["a.bias"], t["a.bias"])
+        """)
+    shas = set()
+    for i in range(3):
+        path = tmp_path / f"{i}.safetensors"
+        subprocess.run([sys.executable, "-c", code, str(path)], env=_env(), check=True)
+        shas.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "0.safetensors"), framework="pt") as fh:
+        assert fh.metadata() == {k: str(i) for i, k in enumerate("hgfedcba")}
+    assert len(shas) == 1
+
+
+def test_reports_merged_from_finished_folds_on_disk_equal_the_ones_from_memory(data, tmp_path):
+    """A rerun after a kill between a fold's end and the reports (or a second fold job) merges the
+    reports from the fold files on disk: byte-identical to an uninterrupted run's."""
+    feats, gdir, _ = data
+    a = train_cv(feats, gdir, tmp_path / "a", TrainConfig(**TINY)).run_dir
+    b = train_cv(feats, gdir, tmp_path / "b", TrainConfig(**TINY)).run_dir
+    for f in ("predictions.csv", "metrics.json"):
+        (b / f).unlink()
+    again = train_cv(feats, gdir, tmp_path / "b", TrainConfig(**TINY))
+    assert [r.status for r in again.folds] == ["skipped"]
+    for f in ("predictions.csv", "metrics.json"):
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
