@@ -77,7 +77,7 @@ def test_ghanet_demo_end_to_end_prints_cindex_risks_and_plot_paths(tmp_path: Pat
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "ghanet_pipeline", "demo", "--out", str(out), "--cases", "12", "--holdout", "2",
            "--folds", "2", "--epochs", "1", "--slide-px", "768", "--models", "ghanet"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
     text = res.stdout + res.stderr
     assert res.returncode == 0, text[-5000:]
     assert "validation c-index" in text and "fold 0" in text and "fold 1" in text
