@@ -174,9 +174,12 @@ def load_encoder(name: str = "resnet50_trunc", weights: str | Path | None = None
     notes: list[str] = []
     calib: dict[str, torch.Tensor] = {}
     if isinstance(source, int):
-        with torch.random.fork_rng(devices=[]):  # seed the CPU generator only, restore it afterwards
-            torch.manual_seed(source)
-            full = spec.build()
+        if spec.strict:  # foundation models: fast seeded fill instead of timm's slow init of ~1e9 values
+            full = _random_strict(spec, source)
+        else:
+            with torch.random.fork_rng(devices=[]):  # seed the CPU generator only, restore it afterwards
+                torch.manual_seed(source)
+                full = spec.build()
         weights_id, path = f"random:{source}", None
         notes.append(f"encoder {name} uses RANDOM weights (seed {source}): features carry no learned "
                      f"meaning; use only for tests and demos")
@@ -228,6 +231,39 @@ def _calibrated(trunk: nn.Module, calib: dict[str, torch.Tensor], path: Path, di
     except Exception:  # noqa: BLE001 - a .pth holding the keys: no header record
         record = ""
     return nn.Sequential(trunk, norm).eval(), record or json.dumps({"file": path.name})
+
+
+def _random_strict(spec: EncoderSpec, seed: int) -> nn.Module:
+    """Full-size model with seeded random weights, built on ``meta`` and filled in one pass.
+
+    Matrices, patch embedding, tokens and position grids ~ N(0, 0.02) (one seeded generator, in
+    parameter order), biases 0, norm weights 1, LayerScale at its ``init_values``: the scale of the
+    reference init (finite, input-dependent features) without its slow truncated-normal pass. A model
+    with buffers (which ``to_empty`` would leave uninitialised) is built the normal way.
+    """
+    import torch
+
+    with torch.device("meta"):
+        full = spec.build()
+    if any(True for _ in full.buffers()):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return spec.build()
+    full.to_empty(device="cpu")
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in full.modules():
+            is_norm = "Norm" in type(mod).__name__
+            for pname, p in mod.named_parameters(recurse=False):
+                if pname.endswith("bias"):
+                    p.zero_()
+                elif is_norm:
+                    p.fill_(1.0)
+                elif pname == "gamma" and hasattr(mod, "init_values"):
+                    p.fill_(float(mod.init_values))
+                else:
+                    p.normal_(0.0, 0.02, generator=gen)
+    return full
 
 
 def _load_strict(spec: EncoderSpec, state: dict[str, torch.Tensor], path: Path, notes: list[str]) -> nn.Module:
