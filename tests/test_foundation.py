@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from ghanet_pipeline.cli import cli
 from ghanet_pipeline.errors import ConfigError
 from ghanet_pipeline.features import foundation
-from ghanet_pipeline.features.encoders import ENCODERS, get_encoder_spec, load_encoder, preprocess, resolve_weights
+from ghanet_pipeline.features.encoders import ENCODERS, _random_strict, get_encoder_spec, load_encoder, preprocess, resolve_weights
 
 #: name -> (feature width, input px, parameters in millions (from the model cards: UNI 303M, UNI2-h 681M,
 #: Virchow2 632M, H-optimus 1.1B, GigaPath 1.13B, Phikon-v2 ViT-L 303M, CONCH v1.5 ViT-L + pooler))
@@ -286,8 +286,7 @@ def test_extract_features_with_a_uni_weights_file(make_synthetic_slide, tmp_path
     from ghanet_pipeline.wsi.slide import Slide
 
     slide = make_synthetic_slide("uni_src.svs", 768, 768, mpp=0.5, seed=2)
-    torch.manual_seed(4)
-    full = get_encoder_spec("uni").build()
+    full = _random_strict(get_encoder_spec("uni"), 4)  # full-size, seeded; no slow truncated-normal init
     path = tmp_path / "pytorch_model.bin"
     torch.save(full.state_dict(), path)
     del full
