@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -25,13 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    """The CPU model name, as the library reads it (``ghanet doctor`` prints the same)."""
+    from ghanet_pipeline.features.runtime import cpu_info
+
+    return cpu_info().model
 
 
 def child(name: str, batch: int, repeats: int, device: str, weights_file: bool) -> dict:

@@ -31,13 +31,10 @@ from pathlib import Path
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    """The CPU model name, as the library reads it (``ghanet doctor`` prints the same)."""
+    from ghanet_pipeline.features.runtime import cpu_info
+
+    return cpu_info().model
 
 
 def make_bags(root: Path, n: int, rows: int, dim: int) -> tuple[Path, Path]:

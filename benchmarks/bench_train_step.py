@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -42,14 +41,10 @@ FAMILY_SIZES = [80, 0, 120, 40, 60, 90]   # one empty family, like a fold where 
 
 
 def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (Linux), else ``platform.processor()``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    """The CPU model name, as the library reads it (``ghanet doctor`` prints the same)."""
+    from ghanet_pipeline.features.runtime import cpu_info
+
+    return cpu_info().model
 
 
 def worker(impl: str, n: int, repeats: int, threads: int, families: list[int], malloc: str) -> dict:

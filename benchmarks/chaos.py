@@ -379,13 +379,10 @@ def chaos_stage(stage: str, inp: Inputs, n: int, seed: int, work: Path, concurre
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    """The CPU model name, as the library reads it (``ghanet doctor`` prints the same)."""
+    from ghanet_pipeline.features.runtime import cpu_info
+
+    return cpu_info().model
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,13 +32,10 @@ import pandas as pd  # noqa: E402
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    """The CPU model name, as the library reads it (``ghanet doctor`` prints the same)."""
+    from ghanet_pipeline.features.runtime import cpu_info
+
+    return cpu_info().model
 
 
 def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:

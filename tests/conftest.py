@@ -158,3 +158,15 @@ def check_workflow_outputs(cohort: Path, out: Path, folds: int = 3, run: str = "
     pred = pd.read_csv(out / "predict" / "predictions.csv")
     assert set(pred.case_id) == set(new.case_id)
     assert pred.risk.notna().all()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests: on 2 cores shared with other processes it is the fastest
+    (OpenMP threads spin otherwise); the previous count is restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -34,11 +34,8 @@ from ghanet_pipeline.training.config import TrainConfig
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test of this module runs with one torch thread (conftest.one_torch_thread)."""
 
 
 # ---------------------------------------------------------------- the table, presets, precedence

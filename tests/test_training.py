@@ -30,12 +30,8 @@ from ghanet_pipeline.training.data import balanced_order
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """2 cores shared with other processes: one torch thread is fastest (thread spinning otherwise)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test of this module runs with one torch thread (conftest.one_torch_thread)."""
 
 
 #: tiny model for the plumbing tests (the architecture is the paper's, only narrower)
