@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -109,7 +110,10 @@ def test_demo_outputs_mean_something(full_demo) -> None:
     out, text = full_demo
     feats = next(d for d in (out / "features").iterdir() if d.is_dir())
     cos = report.bag_cosine(feats)
-    assert cos < 0.9 and f"mean pairwise cosine similarity {cos:.3f}" in text
+    # the demo prints the value it measured right after extraction (predict adds held-out bags later)
+    printed = re.search(r"mean\s+pairwise\s+cosine\s+similarity\s+([0-9.]+)", text)
+    assert printed is not None and float(printed.group(1)) < 0.9, text[-2000:]
+    assert cos < 0.9
     # held-out risks differ visibly and follow the hidden phenotype
     pred = pd.read_csv(out / "predict" / "predictions.csv")
     truth = pd.read_csv(out / "demo-data" / "holdout_manifest.csv").drop_duplicates("case_id")
