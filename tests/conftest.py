@@ -170,3 +170,18 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def train_interrupted_after_epoch(epoch: int, *train_cv_args, **train_cv_kwargs) -> None:
+    """Run ``train_cv`` and stop it (like Ctrl-C) as soon as ``epoch`` is finished; asserts it did stop."""
+    from ghanet_pipeline.training.cv import train_cv
+
+    class Stop(KeyboardInterrupt):
+        pass
+
+    def interrupt(kind: str, **info: object) -> None:
+        if kind == "epoch" and info["epoch"] == epoch:
+            raise Stop()
+
+    with pytest.raises(Stop):
+        train_cv(*train_cv_args, progress=interrupt, **train_cv_kwargs)

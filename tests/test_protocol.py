@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import train_interrupted_after_epoch
 from scipy import stats
 
 from ghanet_pipeline.cli import cli
@@ -335,15 +336,7 @@ def test_carry_over_resume_is_identical_to_an_uninterrupted_run(tmp_path):
     cfg = dict(protocol="official", epochs=3, accum=5, dim=32, lr=5e-4, folds=[0], select="final")
     ref = train_cv(feats, gdir, tmp_path / "a", TrainConfig(**cfg))
 
-    class Stop(KeyboardInterrupt):
-        pass
-
-    def interrupt(kind, **info):
-        if kind == "epoch" and info["epoch"] == 2:
-            raise Stop()
-
-    with pytest.raises(Stop):
-        train_cv(feats, gdir, tmp_path / "b", TrainConfig(**cfg), progress=interrupt)
+    train_interrupted_after_epoch(2, feats, gdir, tmp_path / "b", TrainConfig(**cfg))
     from safetensors import safe_open
 
     with safe_open(str(tmp_path / "b" / "train" / "ghanet" / "fold_0" / "state" / "state.safetensors"), "pt") as f:

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import train_interrupted_after_epoch
 
 from ghanet_pipeline.cli import cli
 from ghanet_pipeline.demo.bags import bag_attrs, write_synthetic_bags
@@ -131,15 +132,7 @@ def test_resume_after_interruption_is_identical(tiny, tmp_path):
     cfg = dict(TINY, epochs=3, folds=[0])
     ref = train_cv(feats, gdir, tmp_path / "a", TrainConfig(**cfg))
 
-    class Stop(KeyboardInterrupt):
-        pass
-
-    def interrupt(kind, **info):
-        if kind == "epoch" and info["epoch"] == 2:
-            raise Stop()
-
-    with pytest.raises(Stop):
-        train_cv(feats, gdir, tmp_path / "b", TrainConfig(**cfg), progress=interrupt)
+    train_interrupted_after_epoch(2, feats, gdir, tmp_path / "b", TrainConfig(**cfg))
     fold_dir = tmp_path / "b" / "train" / "ghanet" / "fold_0"
     assert (fold_dir / "state" / "state.safetensors").is_file() and not (fold_dir / "model.json").exists()
     from ghanet_pipeline.training.state import read_state_metadata
@@ -166,8 +159,7 @@ def test_resume_after_interruption_is_identical(tiny, tmp_path):
     with pytest.raises(MismatchError, match=r"options: 1 changed \(lr"):
         train_cv(feats, gdir, tmp_path / "b", TrainConfig(**dict(cfg, lr=1e-3)), resume=True)
     # without --resume an interrupted fold starts again from epoch 1
-    with pytest.raises(Stop):
-        train_cv(feats, gdir, tmp_path / "c", TrainConfig(**dict(cfg, epochs=2)), progress=interrupt)
+    train_interrupted_after_epoch(2, feats, gdir, tmp_path / "c", TrainConfig(**dict(cfg, epochs=2)))
     events.clear()
     train_cv(feats, gdir, tmp_path / "c", TrainConfig(**dict(cfg, epochs=2)),
              progress=lambda kind, **info: events.append((kind, info.get("epoch"))))
