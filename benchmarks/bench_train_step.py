@@ -14,6 +14,9 @@ Every ratio printed is measured in this run: each (implementation, size) runs in
 (``--rounds`` rounds of fast, reference / reference, fast per size) so that load drift on a shared
 machine hits both sides alike. Per process: one warm-up step, ``--repeats`` timed steps, one warm-up
 and ``--repeats`` timed inference passes. Nothing here is compared with figures from another machine.
+After each size, a ``floor`` process times only the matrix products every exact fp32 implementation
+must do on that many patches (:func:`floor_worker`): ``floor / reference`` is the lowest ratio any fp32
+implementation could reach in this run.
 
 glibc malloc (``--malloc``): ``default`` (the default) runs both sides with the same glibc settings;
 ``as-run`` gives ``fast`` the malloc tuning ``ghanet train`` applies on CPU (freed memory kept for reuse
@@ -125,6 +128,36 @@ def adam_worker(repeats: int, threads: int, families: list[int]) -> dict:
     return {"n_params": sum(prm.numel() for prm in params), **{k: v[1:] for k, v in times.items()}}
 
 
+def floor_worker(n: int, repeats: int, threads: int) -> dict:
+    """Seconds for the matrix products that every exact fp32 G-HANet training step must do on N patches.
+
+    Per patch, whatever the implementation: the two 1024 -> 512 patch embeddings (forward and weight
+    gradient: 4 products of N x 1024 x 512) and the survival branch's 512 -> 2 x 256 gate (forward,
+    weight gradient, input gradient: 3 products of N x 512 x 512). Nothing else (no cross attention, no
+    element-wise work, no optimiser), so ``floor / reference`` bounds from below what any fp32
+    implementation of the model can reach against the reference on this CPU.
+    """
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    x, w_embed, bias = torch.randn(n, 1024), torch.randn(512, 1024), torch.randn(512)
+    h, w_gate, d_gate = torch.randn(n, 512), torch.randn(512, 512), torch.randn(n, 512)
+
+    def products() -> float:
+        t0 = time.perf_counter()
+        for _ in range(2):                         # CAB and HSB embeddings: forward, weight gradient
+            torch.addmm(bias, x, w_embed.T)
+            torch.mm(h.T, x)
+        torch.addmm(bias, h, w_gate.T)             # gate: forward, weight gradient, input gradient
+        torch.mm(d_gate.T, h)
+        torch.mm(d_gate, w_gate)
+        return time.perf_counter() - t0
+
+    products()
+    return {"impl": "floor", "n": n, "floor_s": [products() for _ in range(max(3, repeats))]}
+
+
 def run_worker(impl: str, n: int, args: argparse.Namespace) -> dict:
     root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, __file__, "--worker", impl, str(n), "--repeats", str(args.repeats),
@@ -151,6 +184,8 @@ def main() -> None:
     if args.worker:
         if args.worker[0] == "adam":
             print(json.dumps(adam_worker(max(3, args.repeats), args.threads, args.families)))
+        elif args.worker[0] == "floor":
+            print(json.dumps(floor_worker(int(args.worker[1]), args.repeats, args.threads)))
         else:
             print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.repeats, args.threads, args.families,
                                     args.malloc)))
@@ -161,6 +196,7 @@ def main() -> None:
     load0 = os.getloadavg()
     t_start = time.time()
     runs: dict[tuple[str, int], list[dict]] = {}
+    floors: dict[int, list[float]] = {}
     for n in args.sizes:
         for r in range(args.rounds):
             order = args.impls if r % 2 == 0 else args.impls[::-1]
@@ -169,6 +205,7 @@ def main() -> None:
                 runs.setdefault((impl, n), []).append(res)
                 print(f"done {impl} N={n} round {r + 1}: step {min(res['train_s']):.3f} s, "
                       f"peak RSS {res['peak_rss_gb']:.2f} GB, load {os.getloadavg()[0]:.1f}", file=sys.stderr)
+        floors[n] = run_worker("floor", n, args)["floor_s"]
     adam = run_worker("adam", 0, args)
     load1 = os.getloadavg()
 
@@ -209,6 +246,19 @@ def main() -> None:
                   f"{statistics.median(f_tr) / statistics.median(r_tr):.2f} | "
                   f"{min(agg('fast', n, 'train_cpu_s')) / min(agg('reference', n, 'train_cpu_s')):.2f} | "
                   f"{min(agg('fast', n, 'infer_s')) / min(agg('reference', n, 'infer_s')):.2f} | {rss:.2f} |")
+
+    if "reference" in args.impls:
+        print("\nThe floor: the matrix products every exact fp32 implementation must do per step (two patch "
+              "embeddings forward + weight gradient, the gate forward + both gradients; no attention, no "
+              "element-wise work, no optimiser), timed alone in a process of their own after the runs above:\n")
+        print("| patches | required products s (min) | floor / reference (min) | (floor + fused Adam) / reference "
+              "| fast / reference (min) |")
+        print("|---:|---:|---:|---:|---:|")
+        for n in args.sizes:
+            ref = min(agg("reference", n, "train_s"))
+            fast = f"{min(agg('fast', n, 'train_s')) / ref:.2f}" if "fast" in args.impls else ""
+            print(f"| {n:,} | {min(floors[n]):.3f} | {min(floors[n]) / ref:.2f} | "
+                  f"{(min(floors[n]) + min(adam['fused'])) / ref:.2f} | {fast} |")
 
     print(f"\nAdam update of the {adam['n_params'] / 1e6:.1f}M parameters (s, min / median; same process, "
           f"interleaved; `ghanet train` uses fused, the reference above the for-loop default):\n")
