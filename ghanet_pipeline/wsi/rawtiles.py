@@ -1,24 +1,32 @@
-"""Raw-tile fast path: where a patch is exactly one JPEG tile of the TIFF level it is read from, read
-the tile's compressed bytes and decode them with libjpeg-turbo (imagecodecs), skipping OpenSlide.
+"""Raw-tile fast path: where a patch is exactly ``k x k`` whole JPEG tiles (k >= 1) of the TIFF level it is
+read from, read the tiles' compressed bytes and decode them with libjpeg-turbo (imagecodecs) into their
+places in one patch buffer, skipping OpenSlide.
+
+Typical cases: a 20x Aperio SVS with 256 px tiles read as 256 px patches (k = 1), and a 40x SVS
+(0.25 um/px, 256 px tiles) read for the 20x grid, where a 256 px patch is 512 level-0 px read at
+level 0 (k = 2) and then area-downscaled 2x by the caller, exactly as after an OpenSlide read.
 
 OpenSlide paints every region through its tile cache and cairo (RGBA, premultiplied alpha, then our
-RGBA -> RGB step); for a patch that *is* a tile all of that is a copy of the decoded tile. The decoded
-pixels are identical to OpenSlide's for such a patch: both decode the same JPEG stream with
-libjpeg(-turbo)'s default (accurate integer) DCT and fancy upsampling, using the TIFF's shared
-``JPEGTables`` and the colour space named by its ``Photometric`` tag (RGB: no colour transform, as in
-Aperio SVS; YCbCr: converted to RGB). The tests compare every tile of the real test slide and of
-synthetic slides with OpenSlide's pixels.
+RGBA -> RGB step); for a region made of whole, opaque, non-overlapping tiles all of that is a copy of
+the decoded tiles. The decoded pixels are identical to OpenSlide's for such a patch: both decode the
+same JPEG streams with libjpeg(-turbo)'s default (accurate integer) DCT and fancy upsampling, using
+the TIFF's shared ``JPEGTables`` and the colour space named by its ``Photometric`` tag (RGB: no colour
+transform, as in Aperio SVS; YCbCr: converted to RGB). The tests compare every tile of the real test
+slide, and every tile and every 2 x 2 / 3 x 3 block of tiles of synthetic 20x and 40x slides, with
+OpenSlide's pixels.
 
-Used only when it is certainly the same tile (anything else goes through OpenSlide):
+Used only when it is certainly the same pixels (anything else goes through OpenSlide):
 
 * vendor ``aperio`` or ``generic-tiff`` (OpenSlide's levels are the file's tiled pyramid pages);
 * the level's TIFF page is tiled, JPEG-compressed, 8-bit, 3 samples, contiguous, RGB or YCbCr;
-* the patch side read at the level equals the tile side (square tiles), the level-0 corner divided by
-  the level's downsample is an exact multiple of the tile side (grid anchored on tile boundaries),
-  the tile lies inside the level's image (no edge tiles: OpenSlide makes their outside transparent)
-  and the tile has bytes (empty tiles are OpenSlide's business).
+* square tiles and the patch side read at the level is a whole multiple ``k`` of the tile side;
+* per patch: the level-0 corner divided by the level's downsample is an exact multiple of the tile
+  side (grid anchored on tile boundaries), all ``k x k`` tiles lie inside the level's image (no edge
+  tiles: OpenSlide makes their outside transparent) and every one of them has bytes (empty tiles are
+  OpenSlide's business).
 
-Units: ``x0, y0`` are level-0 pixels; tile indices are at the read level.
+Thread-safe: the file is read with ``os.pread`` (no shared file position) and every call decodes
+into its own buffers. Units: ``x0, y0`` are level-0 pixels; tile indices and sizes are at the read level.
 """
 
 from __future__ import annotations
@@ -38,24 +46,31 @@ _COLORSPACES = {2: "RGB", 6: "YCBCR"}  # TIFF Photometric -> libjpeg input colou
 
 
 class RawTileReader:
-    """Decodes whole tiles of one TIFF page (one pyramid level). Thread-safe: reads with ``os.pread``.
+    """Decodes patches of ``size`` px = ``k x k`` whole tiles of one TIFF page (one pyramid level).
 
-    Build with :meth:`open`; :meth:`read` returns None for a patch that is not exactly one tile.
+    Thread-safe: reads with ``os.pread``. Build with :meth:`open`; :meth:`read` returns None for a
+    patch that is not exactly ``k x k`` whole tiles.
     """
 
     def __init__(self, path: Path, fd: int, offsets: np.ndarray, counts: np.ndarray, tile: int,
-                 width: int, height: int, downsample: float, tables: bytes | None, colorspace: str) -> None:
+                 width: int, height: int, downsample: float, tables: bytes | None, colorspace: str,
+                 size: int | None = None) -> None:
         self.path, self._fd = Path(path), fd
         self.offsets, self.counts = offsets, counts
         self.tile, self.width, self.height = tile, width, height
         self.downsample, self.tables, self.colorspace = float(downsample), tables, colorspace
+        self.size = int(tile if size is None else size)  # patch side read at the level (px)
+        if self.size < tile or self.size % tile:
+            raise ValueError(f"patch side {self.size} px is not a whole multiple of the tile side {tile} px")
+        self.k = self.size // tile  # tiles per patch side
         self.cols = -(-width // tile)
 
     @classmethod
     def open(cls, path: Path | str, vendor: str, level_dimensions: tuple[int, int], downsample: float,
              read_size: int) -> RawTileReader | None:
         """Reader for the level of ``level_dimensions`` (w, h) when patches of ``read_size`` px there can be
-        whole tiles; None when the fast path does not apply (reason logged at debug level)."""
+        ``k x k`` whole tiles (``read_size = k * tile``); None when the fast path does not apply (reason
+        logged at debug level)."""
         if vendor not in RAW_VENDORS:
             return None
         try:
@@ -83,36 +98,60 @@ class RawTileReader:
             log.debug("%s: raw tiles not used (%s: %s)", path, type(exc).__name__, exc)
             return None
         return cls(Path(path), fd, offsets, counts, tile, int(level_dimensions[0]), int(level_dimensions[1]),
-                   downsample, tables, colorspace)
+                   downsample, tables, colorspace, size=int(read_size))
 
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
 
-    def tile_index(self, x0: int, y0: int) -> int | None:
-        """Index of the tile whose top-left is level-0 ``(x0, y0)``; None when there is none (see module doc)."""
+    def tile_indices(self, x0: int, y0: int) -> np.ndarray | None:
+        """(k, k) indices (row-major, into the page's tile arrays) of the tiles that make up the patch whose
+        top-left is level-0 ``(x0, y0)``; None when it is not ``k x k`` whole, non-empty tiles (module doc)."""
         xl, yl = x0 / self.downsample, y0 / self.downsample
         if xl != int(xl) or yl != int(yl):
             return None
         xl, yl = int(xl), int(yl)
-        t = self.tile
-        if xl % t or yl % t or xl < 0 or yl < 0 or xl + t > self.width or yl + t > self.height:
+        t, n = self.tile, self.size
+        if xl % t or yl % t or xl < 0 or yl < 0 or xl + n > self.width or yl + n > self.height:
             return None
-        idx = (yl // t) * self.cols + xl // t
-        if idx >= len(self.counts) or self.counts[idx] <= 0:
+        rows = np.arange(yl // t, yl // t + self.k, dtype=np.int64)
+        cols = np.arange(xl // t, xl // t + self.k, dtype=np.int64)
+        idx = rows[:, None] * self.cols + cols[None, :]
+        if idx.max() >= len(self.counts) or (self.counts[idx] <= 0).any():
             return None
         return idx
 
-    def read(self, x0: int, y0: int, out: np.ndarray | None = None) -> np.ndarray | None:
-        """(tile, tile, 3) uint8 RGB of the tile at level-0 ``(x0, y0)``, or None (use OpenSlide).
+    def tile_index(self, x0: int, y0: int) -> int | None:
+        """Index of the top-left tile of the patch at level-0 ``(x0, y0)``; None as :meth:`tile_indices`."""
+        idx = self.tile_indices(x0, y0)
+        return None if idx is None else int(idx[0, 0])
 
-        ``out``: optional C-contiguous uint8 array of that shape to decode into (no extra copy).
-        Raises ``RuntimeError``/``ValueError`` from the decoder for a damaged tile.
+    def read(self, x0: int, y0: int, out: np.ndarray | None = None) -> np.ndarray | None:
+        """(size, size, 3) uint8 RGB of the ``k x k`` tiles at level-0 ``(x0, y0)``, or None (use OpenSlide).
+
+        ``out``: optional C-contiguous uint8 array of that shape to decode into (for k = 1 the decoder
+        writes into it directly; for k > 1 each tile is decoded into a scratch tile and copied to its
+        place). Raises ``RuntimeError``/``ValueError`` from the decoder for a damaged tile.
         """
-        idx = self.tile_index(int(x0), int(y0))
+        idx = self.tile_indices(int(x0), int(y0))
         if idx is None:
             return None
+        if self.k == 1:
+            return self._decode(int(idx[0, 0]), out)
+        n, t = self.size, self.tile
+        if out is None:
+            out = np.empty((n, n, 3), dtype=np.uint8)
+        elif out.shape != (n, n, 3) or out.dtype != np.uint8:
+            raise ValueError(f"out must be ({n}, {n}, 3) uint8, got {out.shape} {out.dtype}")
+        scratch = np.empty((t, t, 3), dtype=np.uint8)  # per call: no state shared between threads
+        for r in range(self.k):
+            for c in range(self.k):
+                out[r * t:(r + 1) * t, c * t:(c + 1) * t] = self._decode(int(idx[r, c]), scratch)
+        return out
+
+    def _decode(self, idx: int, out: np.ndarray | None) -> np.ndarray:
+        """(tile, tile, 3) uint8 RGB of tile ``idx``, decoded into ``out`` when given."""
         import imagecodecs
 
         data = os.pread(self._fd, int(self.counts[idx]), int(self.offsets[idx]))
@@ -124,11 +163,12 @@ class RawTileReader:
 
 
 def _unsupported(page: Any, read_size: int) -> str:
-    """Why ``page`` cannot serve ``read_size`` px patches as whole tiles ('' when it can)."""
+    """Why ``page`` cannot serve ``read_size`` px patches as ``k x k`` whole tiles ('' when it can)."""
     if int(page.compression) != 7:
         return f"compression {page.compression!s} is not JPEG"
-    if page.tilewidth != page.tilelength or page.tilewidth != read_size:
-        return f"tiles {page.tilewidth}x{page.tilelength} px, patches read at {read_size} px"
+    tw = int(page.tilewidth)
+    if tw != page.tilelength or tw < 1 or read_size < tw or read_size % tw:
+        return f"tiles {page.tilewidth}x{page.tilelength} px, patches read at {read_size} px (not k x k tiles)"
     if int(page.photometric) not in _COLORSPACES:
         return f"photometric {page.photometric!s}"
     if page.samplesperpixel != 3 or page.bitspersample != 8 or int(page.planarconfig) != 1:

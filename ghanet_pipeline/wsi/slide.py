@@ -253,7 +253,7 @@ class Slide:
         return rgba_to_rgb(np.asarray(img))
 
     def raw_reader(self, plan: ReadPlan) -> RawTileReader | None:
-        """The raw-tile reader for ``plan``'s level when its JPEG tiles are ``read_size`` px, else None."""
+        """The raw-tile reader for ``plan``'s level when ``read_size`` px is ``k x k`` of its JPEG tiles, else None."""
         key = (plan.level, plan.read_size)
         if key not in self._raw:
             self._raw[key] = (RawTileReader.open(self.path, self.vendor, self.level_dimensions[plan.level],
@@ -264,8 +264,9 @@ class Slide:
     def read_patch(self, plan: ReadPlan, x0: int, y0: int) -> np.ndarray:
         """(patch_size, patch_size, 3) uint8 RGB patch whose top-left is level-0 ``(x0, y0)``.
 
-        A patch that is exactly one JPEG tile of the level read is decoded straight from the file
-        (:mod:`.rawtiles`, same pixels as OpenSlide, several times faster); anything else via OpenSlide.
+        A patch that is exactly ``k x k`` whole JPEG tiles of the level read (k >= 1) is decoded straight
+        from the file (:mod:`.rawtiles`, same pixels as OpenSlide, several times faster); anything else via
+        OpenSlide. Either way the region is then area-downscaled to ``patch_size`` when they differ.
         """
         raw = self.raw_reader(plan)
         arr = None
