@@ -355,3 +355,52 @@ def test_reader_thread_main_thread_and_openslide_only_give_the_same_bag(referenc
         res = Extractor(p, encoder=extractor.encoder).extract(_spec(small_slide), out)
         assert res.status == "done", res.message
         assert Path(res.metrics["bag"]).read_bytes() == bag.path.read_bytes(), name
+
+
+def test_40x_slide_bags_identical_with_and_without_raw_tiles_and_fallbacks_go_to_openslide(
+        make_synthetic_slide, extractor, params, tmp_path, monkeypatch):
+    """A 40x slide (0.25 um/px, 256 px JPEG tiles) on the 20x grid: each 256 px patch is 512 level-0 px =
+    2 x 2 tiles, decoded raw, then downsampled 2x. The segment grid: no OpenSlide read with raw tiles, and
+    the bag's bytes equal the OpenSlide-only bag. A grid shifted off the tiles plus patches over the
+    slide's edge: exactly those go through OpenSlide, a patch on tile corners off the 512 px grid stays
+    raw, and the bag's bytes again equal the OpenSlide-only bag."""
+    from ghanet_pipeline.wsi.slide import Slide
+
+    slide = make_synthetic_slide("extract_40x.svs", 2600, 2100, mpp=0.25, phenotype=0.3, seed=5)
+    seg_out = tmp_path / "seg"
+    assert segment_slide(_spec(slide), seg_out, SegmentParams()).status == "done"
+    coords, attrs = load_coords(segment_paths(seg_out, "s1")["coords"])
+    assert int(attrs["patch_size_level0"]) == 512 and len(coords) >= 4 and not (coords % 512).any()
+    shifted = coords[:4] + np.array([128, 64])  # off the tile grid
+    edge = np.array([[2304, 0], [2048, 1792]])  # on tile corners, but the 2 x 2 tiles reach past the slide
+    on_tiles = np.array([[256, 768]])  # on tile corners, off the 512 px grid, inside: raw
+    variants = {"grid": coords, "shifted+edge": np.concatenate([shifted, edge, on_tiles])}
+
+    reads: list[tuple[int, int]] = []
+    real = Slide.read_region
+
+    def counting(self, x0, y0, level, size):
+        if tuple(size) == (512, 512):  # patch reads (the extractor reads no other region of this size)
+            reads.append((int(x0), int(y0)))
+        return real(self, x0, y0, level, size)
+
+    monkeypatch.setattr(Slide, "read_region", counting)
+    for name, cc in variants.items():
+        bags = {}
+        for raw in (True, False):
+            out = tmp_path / f"{name}_{raw}"
+            shutil.copytree(seg_out / "segment", out / "segment")
+            with h5py.File(segment_paths(out, "s1")["coords"], "r+") as f:
+                f["coords"].resize((len(cc), 2))
+                f["coords"][...] = cc
+            reads.clear()
+            p = params.__class__(**{**params.__dict__, "num_workers": 0, "raw_tiles": raw})
+            res = Extractor(p, encoder=extractor.encoder).extract(_spec(slide), out)
+            assert res.status == "done", res.message
+            bags[raw] = Path(res.metrics["bag"]).read_bytes()
+            want = [tuple(c) for c in cc.tolist()]
+            if raw:
+                want = [] if name == "grid" else [tuple(c) for c in np.concatenate([shifted, edge]).tolist()]
+            assert reads == want, (name, raw)
+        assert bags[True] == bags[False], name
+        np.testing.assert_array_equal(read_bag(_bag_path(tmp_path / f"{name}_True")).coords, cc)
