@@ -27,8 +27,12 @@ Sapphire Rapids CPU without its AMX units, standing in for AVX512-BF16-only CPUs
 stands in for a CPU without bf16 instructions.
 
 ``--reader``: patches/s and patches per CPU-second of one thread reading the same coords with the
-raw-tile path vs OpenSlide only (fresh slide handle per repeat, interleaved), optionally also on a real
-SVS with its own tile size as patch size.
+raw-tile path vs OpenSlide only (fresh slide handle per repeat, interleaved), on the synthetic 20x
+slide (256 px patches = one 256 px tile), on a synthetic 40x slide of the same tissue (0.25 um/px,
+256 px tiles; the same patches at 2x the coordinates: 512 level-0 px read at level 0 = 2 x 2 tiles,
+then area-downscaled to 256 px in both paths, as extraction does), optionally also on a real SVS with
+its own tile size as patch size. Before timing, the first patches of each case are checked to be
+identical in both paths and the share of patches the raw path serves is printed.
 """
 
 from __future__ import annotations
@@ -95,6 +99,20 @@ def prepare(cache: Path, n: int) -> dict[str, Path]:
             plan = s.plan(0.5, 256)
             np.save(npy, np.stack([s.read_patch(plan, int(x), int(y)) for x, y in coords[:n]]))
     return {"slide": slide, "out": out, "clam_coords": clam, "npy": npy}
+
+
+def prepare_40x(cache: Path, slide_20x: Path) -> Path:
+    """The same tissue as ``slide_20x`` (same seed, same physical size) scanned at 40x: 0.25 um/px, 256 px
+    tiles, twice the pixels per side (a 20x patch at level-0 (x, y) is the 40x patch at (2x, 2y))."""
+    from ghanet_pipeline.wsi.slide import Slide
+    from ghanet_pipeline.wsi.synthetic import write_synthetic_slide
+
+    with Slide(slide_20x) as s:
+        w, h = s.dimensions
+    slide = cache / f"wp40x_{2 * w}.svs"
+    if not slide.exists():
+        write_synthetic_slide(slide, 2 * w, 2 * h, mpp=0.25, phenotype=0.3, seed=11)
+    return slide
 
 
 def bare_child(args: argparse.Namespace) -> None:
@@ -234,13 +252,18 @@ def whole_process(args: argparse.Namespace) -> None:
 
 def reader_only(args: argparse.Namespace) -> None:
     """One thread, same coords: raw-tile path vs OpenSlide; wall and CPU time per patch."""
+    import numpy as np
+
     from ghanet_pipeline.wsi.segment import load_coords, segment_paths
     from ghanet_pipeline.wsi.slide import Slide
 
     paths = prepare(Path(args.cache), args.patches)
     sid = paths["slide"].name.split(".")[0]
     coords, attrs = load_coords(segment_paths(paths["out"], sid)["coords"])
-    cases = [("synthetic 20x slide, 256 px tiles", paths["slide"], 0.5, 256, coords)]
+    slide_40x = prepare_40x(Path(args.cache), paths["slide"])
+    cases = [("synthetic 20x slide, 256 px tiles, 256 px patches (1 tile)", paths["slide"], 0.5, 256, coords),
+             ("synthetic 40x slide, 256 px tiles, 512 level-0 px -> 256 px patches (2 x 2 tiles)", slide_40x, 0.5,
+              256, coords * 2)]
     if args.real_slide:
         import tifffile
 
@@ -251,26 +274,40 @@ def reader_only(args: argparse.Namespace) -> None:
             mpp = s.mpp
         grid = [(x, y) for y in range(0, h - tile + 1, tile) for x in range(0, w - tile + 1, tile)]
         cases.append((f"{Path(args.real_slide).name}, {tile} px tiles", Path(args.real_slide), mpp, tile, grid))
+    load0 = os.getloadavg()
     print(f"\nReader only, one thread, {args.repeats} interleaved rounds, fresh slide handle per round.\n{header()}\n"
-          f"load average {os.getloadavg()[0]:.1f}\n")
-    print("| slide | path | patches/s min / median | patches per CPU-second (median) | raw / OpenSlide (CPU-s, median) |")
+          f"load average (1/5/15 min) before {load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f}\n")
+    for name, path, mpp, size, cc in cases:
+        with Slide(path) as fast, Slide(path, raw_tiles=False) as slow:
+            plan = fast.plan(mpp, size)
+            raw = fast.raw_reader(plan)
+            served = sum(raw is not None and raw.tile_indices(int(x), int(y)) is not None for x, y in cc)
+            for x, y in cc[:16]:
+                if not np.array_equal(fast.read_patch(plan, int(x), int(y)), slow.read_patch(plan, int(x), int(y))):
+                    raise SystemExit(f"{name}: raw and OpenSlide patches differ at ({x}, {y})")
+        k = f"{raw.k} x {raw.k} tiles of {raw.tile} px" if raw is not None else "no raw reader"
+        print(f"{name}: {len(cc)} patches, read {plan.read_size} px at level {plan.level} -> {plan.patch_size} px; "
+              f"raw path: {k}, serves {served}/{len(cc)} patches; first {min(16, len(cc))} identical to OpenSlide")
+    print("\n| slide | path | patches/s min / median | patches per CPU-second (median) | raw / OpenSlide (CPU-s, median) |")
     print("|---|---|---|---|---|")
     for name, path, mpp, size, cc in cases:
         res: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
         for _ in range(args.repeats):
-            for raw in (True, False):
-                with Slide(path, raw_tiles=raw) as s:
+            for raw_on in (True, False):
+                with Slide(path, raw_tiles=raw_on) as s:
                     plan = s.plan(mpp, size)
                     w0, c0 = time.perf_counter(), time.process_time()
                     for x, y in cc:
                         s.read_patch(plan, int(x), int(y))
-                    res[raw].append((len(cc) / (time.perf_counter() - w0), len(cc) / (time.process_time() - c0)))
+                    res[raw_on].append((len(cc) / (time.perf_counter() - w0), len(cc) / (time.process_time() - c0)))
         cpu_med = {k: statistics.median(c for _, c in v) for k, v in res.items()}
-        for raw in (True, False):
-            walls = [wv for wv, _ in res[raw]]
-            ratio = f"{cpu_med[True] / cpu_med[False]:.2f}x" if raw else ""
-            print(f"| {name} | {'raw tiles (libjpeg-turbo)' if raw else 'OpenSlide'} | {min(walls):.0f} / "
-                  f"{statistics.median(walls):.0f} | {cpu_med[raw]:.0f} | {ratio} |")
+        for raw_on in (True, False):
+            walls = [wv for wv, _ in res[raw_on]]
+            ratio = f"{cpu_med[True] / cpu_med[False]:.2f}x" if raw_on else ""
+            print(f"| {name} | {'raw tiles (libjpeg-turbo)' if raw_on else 'OpenSlide'} | {min(walls):.0f} / "
+                  f"{statistics.median(walls):.0f} | {cpu_med[raw_on]:.0f} | {ratio} |", flush=True)
+    load1 = os.getloadavg()
+    print(f"\nload average (1/5/15 min) after {load1[0]:.1f}/{load1[1]:.1f}/{load1[2]:.1f}")
 
 
 def main() -> None:

@@ -11,9 +11,9 @@ RGBA -> RGB step); for a region made of whole, opaque, non-overlapping tiles all
 the decoded tiles. The decoded pixels are identical to OpenSlide's for such a patch: both decode the
 same JPEG streams with libjpeg(-turbo)'s default (accurate integer) DCT and fancy upsampling, using
 the TIFF's shared ``JPEGTables`` and the colour space named by its ``Photometric`` tag (RGB: no colour
-transform, as in Aperio SVS; YCbCr: converted to RGB). The tests compare every tile of the real test
-slide, and every tile and every 2 x 2 / 3 x 3 block of tiles of synthetic 20x and 40x slides, with
-OpenSlide's pixels.
+transform, as in Aperio SVS; YCbCr: converted to RGB). The tests compare every tile and every 2 x 2
+and 3 x 3 block of tiles of the real test slide and of a synthetic 40x slide, and every tile of every
+level of a synthetic pyramid, with OpenSlide's pixels.
 
 Used only when it is certainly the same pixels (anything else goes through OpenSlide):
 
