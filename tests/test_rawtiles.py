@@ -154,3 +154,23 @@ def test_damaged_tile_falls_back_to_openslide_which_reports_it(make_synthetic_sl
         plan = s.plan(0.5, 256)
         with pytest.raises(SlideError, match="x=256, y=256"):
             s.read_patch(plan, 256, 256)
+
+
+def test_40x_reader_is_thread_safe_and_decodes_into_a_given_buffer(slide_40x):
+    """One reader shared by 4 threads (os.pread, per-call buffers) gives the same 2 x 2 tile patches as serial
+    reads; ``out`` is filled in place, a wrong-shaped ``out`` is refused."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with Slide(slide_40x) as s:
+        raw = s.raw_reader(s.plan(0.5, 256))
+        corners = [(x, y) for y in range(0, 2100 - 511, 256) for x in range(0, 2600 - 511, 256)]
+        serial = [raw.read(x, y) for x, y in corners]
+        with ThreadPoolExecutor(4) as pool:
+            for _ in range(3):
+                for (x, y), a, b in zip(corners, serial, pool.map(lambda c: raw.read(*c), corners), strict=True):
+                    np.testing.assert_array_equal(a, b, err_msg=f"({x}, {y})")
+        out = np.zeros((512, 512, 3), dtype=np.uint8)
+        assert raw.read(*corners[5], out=out) is out
+        np.testing.assert_array_equal(out, serial[5])
+        with pytest.raises(ValueError, match="out must be"):
+            raw.read(0, 0, out=np.zeros((256, 256, 3), dtype=np.uint8))
