@@ -318,6 +318,24 @@ def test_mismatched_encoder_weights_stop_before_any_slide(tmp_path):
     assert not (tmp_path / "out" / "predict").exists()
 
 
+def test_missing_encoder_weights_name_the_ones_the_model_was_trained_with(tmp_path, monkeypatch):
+    """No --weights and none in the hub cache: the error names the model's encoder weights, before any slide."""
+    from ghanet_pipeline.errors import ConfigError
+    from ghanet_pipeline.inputs import SlideSpec
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
+    sha = "c634e1f428f21f8f" + "0" * 48
+    run = make_run(tmp_path / "run", {**ENC, "encoder": "resnet50_trunc", "weights_sha256": sha}, folds=(0,),
+                   in_dim=1024)
+    spec = SlideSpec("x", tmp_path / "x.svs", "x")
+    with pytest.raises(ConfigError) as err:
+        P.predict_cases([spec], run, R.PredictConfig(out=tmp_path / "out", device="cpu"))
+    msg = str(err.value)
+    assert "trained on features of resnet50_trunc" in msg and "sha256 c634e1f428f21f8f" in msg
+    assert "--weights FILE" in msg and "no weights for encoder 'resnet50_trunc'" in msg
+    assert not (tmp_path / "out" / "predict").exists()
+
+
 def test_predictions_csv_of_another_model_is_not_overwritten(tmp_path):
     from ghanet_pipeline.inputs import SlideSpec
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, MismatchError, SlideError
+from ..errors import ConfigError, InputError, MismatchError, SlideError
 from ..features.bags import check_encoder
 from ..inputs import SlideSpec
 from .loading import Ensemble, segment_params_for
@@ -52,7 +52,15 @@ class Embedder:
 
         self.config = config
         self.settings = ens.encoder
-        encoder = encoders.load_encoder(self.settings["encoder"], config.weights)
+        try:
+            encoder = encoders.load_encoder(self.settings["encoder"], config.weights)
+        except ConfigError as exc:
+            if config.weights is not None:
+                raise
+            raise ConfigError(f"the model was trained on features of {describe_encoder(self.settings)}; pass "
+                              f"--weights FILE with those encoder weights (sha256 "
+                              f"{str(self.settings.get('weights_sha256'))[:16]}...; a demo or calibrated "
+                              f"encoder's file is under <out>/encoders/ of the run that made it).\n{exc}") from exc
         source = str(encoder.weights_path) if encoder.weights_path else encoder.weights_id
         check_encoder(self.settings, {**self.settings, "weights_sha256": encoder.weights_id},
                       f"encoder weights {source}")
