@@ -104,7 +104,8 @@ def test_dry_run_passes_protocol_preset_and_stage_options_to_the_commands(tmp_pa
     ({"preset": "tcga_xyz"}, "'preset' is 'tcga_xyz'", "tcga_blca, tcga_brca, tcga_gbmlgg, tcga_luad, tcga_ucec"),
     ({"extract": {"precision": "fp8"}}, "'extract.precision' is 'fp8'", "auto, fp32, bf16, fp16"),
     ({"segment": {"min_tissue": 1.5}}, "'segment.min_tissue' is 1.5", "a number from 0 to 1"),
-    ({"train": {"extra": "--protocol official"}}, "'train.extra' sets --protocol", "top-level key 'protocol'"),
+    ({"train": {"extra": "--protocol official"}}, "'train.extra' sets --protocol", "set the key 'protocol'"),
+    ({"genomics": {"extra": "--de-method=none"}}, "'genomics.extra' sets --de-method", "'genomics.de_method'"),
 ])
 def test_bad_config_value_fails_before_any_job_naming_the_key(tmp_path: Path, over: dict, named: str,
                                                               allowed: str) -> None:
@@ -181,6 +182,15 @@ def test_workflow_protocol_official_is_refused_on_ghanet_outputs_and_recorded_in
     assert f"config key 'protocol' is 'official' but {out / 'genomics'} was made with protocol 'ghanet'" in text, \
         text[-3000:]
     assert (out / "genomics" / "config.json").read_bytes() == genomics_cfg  # nothing was rerun
+    # the same for the other recorded settings the workflow sets (checked before Snakemake deletes outputs)
+    for name, over, says in (
+            ("de-method", {"genomics": {"de_method": "ttest"}},
+             f"config key 'genomics.de_method' is 'ttest' but {out / 'genomics'} was made with de_method 'auto'"),
+            ("epochs", {"train": {"epochs": 3}},
+             f"config key 'train.epochs' is 3 but {out / 'train' / 'wf'} was made with epochs 2")):
+        other = run_snakemake("-s", SNAKEFILE, "-n", "--configfile",
+                              str(workflow_config(tmp, tmp / f"other-{name}.yaml", **over)), cwd=tmp)
+        assert other.returncode != 0 and says in other.stdout + other.stderr, other.stderr[-3000:]
 
     out2 = tmp / "out-official"
     for sub in ("segment", "features"):  # copy2 keeps the mtimes: Snakemake sees finished grids and bags
