@@ -128,6 +128,26 @@ def test_skip_valid_bag_refuse_other_settings_overwrite(reference, small_slide, 
     assert res.status == "done" and read_bag(path).attrs["weights_sha256"] == "random:0"
 
 
+def test_explicit_precision_other_than_the_bags_is_refused_auto_reuses(reference, small_slide, extractor, params,
+                                                                       tmp_path, monkeypatch):
+    """An fp32 bag exists: --precision bf16 is refused (nothing written), auto (here resolving to bf16) reuses it."""
+    from ghanet_pipeline.features import runtime
+
+    out_ref, _ = reference
+    shutil.copytree(out_ref, tmp_path / "o")
+    out, path = tmp_path / "o", _bag_path(tmp_path / "o")
+    before = path.read_bytes()
+    bf16 = Extractor(params.__class__(**{**params.__dict__, "precision": "bf16"}), encoder=extractor.encoder)
+    with pytest.raises(MismatchError, match=r"precision='fp32' \(now 'bf16', asked for with --precision\)"):
+        bf16.extract(_spec(small_slide), out)
+    assert path.read_bytes() == before
+    monkeypatch.setattr(runtime, "auto_cpu_precision", lambda info=None: ("bf16", "auto: faked AMX-BF16"))
+    auto = Extractor(params.__class__(**{**params.__dict__, "precision": "auto"}), encoder=extractor.encoder)
+    assert auto.precision == "bf16"
+    res = auto.extract(_spec(small_slide), out)
+    assert res.status == "skipped" and res.metrics["precision"] == "fp32" and path.read_bytes() == before
+
+
 def test_resume_after_simulated_crash(reference, small_slide, extractor, params, tmp_path):
     out_ref, bag = reference
     out = tmp_path / "o"

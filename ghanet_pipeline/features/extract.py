@@ -147,7 +147,8 @@ class Extractor:
         attrs = self._bag_attrs(spec, cattrs, input_size, len(coords))
         note = "coords made now by segment (defaults)" if segmented else ""
         if bag_path.exists() and not overwrite:
-            reason = _reusable(bag_path, attrs, coords)
+            reason = _reusable(bag_path, attrs, coords,
+                               check_precision=self.params.precision != "auto")
             if reason is None:
                 return ItemResult(spec.slide_id, "skipped", 0.0, "valid bag exists",
                                   {"patches": len(coords), "precision": read_bag_attrs(bag_path).get("precision", ""),
@@ -299,11 +300,15 @@ def _coords_for(spec: SlideSpec, out: Path) -> tuple[np.ndarray, dict[str, Any],
     return coords, attrs, segmented
 
 
-def _reusable(bag_path: Path, attrs: dict[str, Any], coords: np.ndarray) -> str | None:
+def _reusable(bag_path: Path, attrs: dict[str, Any], coords: np.ndarray, check_precision: bool = False
+              ) -> str | None:
     """None when the existing bag is complete and made with these settings from these coords.
 
     An incomplete/damaged bag returns a reason (it is redone). A complete bag made with other settings
-    or other coords raises :class:`MismatchError` (never silently replaced or reused).
+    or other coords raises :class:`MismatchError` (never silently replaced or reused). The precision
+    is compared only when it was asked for explicitly (``check_precision``): under ``auto`` a bag made
+    in another precision (e.g. bf16 on a GPU, fp32 on a CPU without AMX) is reused, as its features
+    agree to per-patch cosine >= 0.9999.
     """
     problems = validate_bag(bag_path)
     if problems:
@@ -312,6 +317,8 @@ def _reusable(bag_path: Path, attrs: dict[str, Any], coords: np.ndarray) -> str 
     keys = ("encoder", "weights_sha256", "input_size", "target_mpp", "patch_size", "patch_size_level0",
             "dtype", "slide_id")
     diffs = [f"{k}={old.get(k)!r} (now {attrs[k]!r})" for k in keys if not same_setting(old.get(k), attrs[k])]
+    if check_precision and old.get("precision") != attrs["precision"]:
+        diffs.append(f"precision={old.get('precision')!r} (now {attrs['precision']!r}, asked for with --precision)")
     if not diffs:
         import h5py
 
