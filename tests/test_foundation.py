@@ -1,8 +1,9 @@
 """Pathology foundation models in the encoder registry: shapes, weights files, key checks, any feature width.
 
-Shape checks run on the ``meta`` device (no memory, seconds). The real 2-patch forward of each model
-at full size with random weights is ``slow`` (1.1 B parameters for the ViT-g models: built one at a
-time and freed).
+Shape checks run on the ``meta`` device (no memory, seconds), at each card's input size. Building each
+model at full size with random weights and a real 2-patch forward through all its blocks (on a 4 x 4-patch
+input, so the ViT-g models take seconds, not half a minute) is ``slow`` (1.1 B parameters for the ViT-g
+models: built one at a time and freed).
 """
 
 from __future__ import annotations
@@ -61,23 +62,45 @@ def test_normalisation_per_card():
         assert get_encoder_spec(name).mean == (0.485, 0.456, 0.406)
 
 
+#: patches per side of the numeric forward below: 4 x 4 patch tokens (+ prefix tokens) instead of the card
+#: size's 14 x 14 / 16 x 16 / 28 x 28; the card size itself runs through every block in
+#: test_architecture_shapes_on_meta, and numerically (UNI, 224 px) in test_extract_features_with_a_uni_weights_file
+SMALL_GRID = 4
+
+
+def _small_input(model: torch.nn.Module) -> int:
+    """Side (px) of a ``SMALL_GRID`` x ``SMALL_GRID``-patch input for ``model``; a timm ViT with a fixed
+    position grid gets it resampled to that grid (``set_input_size``): every parameter but ``pos_embed`` stays."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    vit = next(m for m in model.modules() if isinstance(m, VisionTransformer))
+    px = SMALL_GRID * vit.patch_embed.patch_size[0]
+    if model is vit and not vit.dynamic_img_size:  # Virchow2 / UNI / UNI2-h interpolate; CONCH does its own
+        vit.set_input_size(img_size=(px, px))
+    return px
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_full_size_random_forward_two_patches(name, capsys):
-    """Every registry entry builds at full size with --weights random and embeds 2 patches on CPU."""
-    dim, size, _ = EXPECTED[name]
+    """Every registry entry builds at full size with --weights random (parameter count as on the card) and
+    embeds 2 patches on CPU through all its blocks: card width, finite, different patches differ."""
+    dim, _, params_m = EXPECTED[name]
     t0 = time.perf_counter()
     enc = load_encoder(name, "random:5")
     t1 = time.perf_counter()
+    assert enc.weights_id == "random:5"
+    assert sum(p.numel() for p in enc.model.parameters()) / 1e6 == pytest.approx(params_m, abs=0.1)
+    assert all(torch.isfinite(p).all() for p in enc.model.parameters())
+    size = _small_input(enc.model)
     x = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8)
     with torch.inference_mode():
         f = enc.model(preprocess(x, enc.spec))
     t2 = time.perf_counter()
     assert f.shape == (2, dim) and torch.isfinite(f).all()
     assert not torch.allclose(f[0], f[1])  # different patches, different features
-    assert enc.weights_id == "random:5"
     with capsys.disabled():
-        print(f"\n{name}: build {t1 - t0:.1f} s, 2-patch forward {t2 - t1:.1f} s")
+        print(f"\n{name}: build {t1 - t0:.1f} s, 2-patch forward ({size} px) {t2 - t1:.1f} s")
     del enc, f
     gc.collect()
 
