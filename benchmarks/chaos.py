@@ -7,10 +7,12 @@ input:
 2. a control run, uninterrupted, compared with the reference (the stage must be deterministic for
    the comparison to mean anything);
 3. ``n`` kill points: start the stage as a subprocess in a fresh output folder, SIGKILL its process
-   group at a moment drawn uniformly from (0, duration) with a seeded generator (duration = the
-   shortest uninterrupted run seen so far: a run that ends before its kill moment lowers it), rerun the stage to
-   completion (``train`` with ``--resume``, its documented way; the others by plain rerun), and compare
-   the outputs with the reference;
+   group at a moment drawn with a seeded generator, kill point i uniformly from the i-th of n equal
+   slices of (first write, duration) (first write = when the reference run first created anything under
+   its output folder: a kill before it leaves nothing behind, so its rerun is just another plain run;
+   duration = the shortest uninterrupted run seen so far: a run that ends before its kill moment lowers
+   it), rerun the stage to completion (``train`` with ``--resume``, its documented way; the others by
+   plain rerun), and compare the outputs with the reference;
 4. two processes started together on the same inputs and output folder; once both have exited, the
    outputs are compared with the reference (a third, plain rerun is made only when one of them
    refused to run, e.g. because the other held a lock, and that is reported).
@@ -118,17 +120,21 @@ def prepare_inputs(root: Path) -> Inputs:
     return inp
 
 
-def reference(inp: Inputs, stage: str) -> tuple[Path, float]:
-    """(output folder, seconds) of the stage's uninterrupted reference run, made on first use."""
+def reference(inp: Inputs, stage: str) -> tuple[Path, float, float]:
+    """(output folder, seconds, first write) of the stage's uninterrupted reference run, made on first use.
+
+    first write: seconds from the start until anything new (a file, folder, lock or temporary file) first
+    appeared under the output folder."""
     out = inp.root / "refs" / stage
-    done = out.parent / f"{stage}.seconds"
+    done = out.parent / f"{stage}.json"
     if not done.exists():
         setup_out(stage, out, inp)
-        rc, seconds, text = run(command(stage, out, inp, rerun=False))
+        rc, seconds, first, text = run_watched(command(stage, out, inp, rerun=False), out)
         if rc != 0:
             raise RuntimeError(f"{stage}: the reference run failed (exit {rc}):\n{text}")
-        done.write_text(f"{seconds}\n")
-    return out, float(done.read_text())
+        done.write_text(json.dumps({"seconds": seconds, "first_write_s": first}) + "\n")
+    timing = json.loads(done.read_text())
+    return out, float(timing["seconds"]), float(timing["first_write_s"])
 
 
 def command(stage: str, out: Path, inp: Inputs, rerun: bool) -> list[str]:
@@ -271,6 +277,40 @@ def run(cmd: list[str], timeout: float = 900) -> tuple[int, float, str]:
     return res.returncode, time.perf_counter() - t0, (res.stdout + res.stderr)[-4000:]
 
 
+def _paths(root: Path) -> set[str]:
+    found = set()
+    for d, dirs, files in os.walk(root):
+        found.update(os.path.join(d, n) for n in (*dirs, *files))
+    return found
+
+
+def run_watched(cmd: list[str], out: Path, timeout: float = 900, poll_s: float = 0.005
+                ) -> tuple[int, float, float, str]:
+    """Run ``cmd`` to completion: (exit code, seconds, first write, output tail); first write = seconds until
+    a path not there at the start first appeared under ``out`` (polled every ``poll_s``; the whole run
+    when none did)."""
+    import tempfile
+
+    before = _paths(out)
+    first: float | None = None
+    with tempfile.TemporaryFile("w+") as log:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env(), stdout=log, stderr=subprocess.STDOUT, text=True)
+        while proc.poll() is None:
+            now = time.perf_counter() - t0
+            if now > timeout:
+                proc.kill()
+                proc.wait()
+                raise subprocess.TimeoutExpired(cmd, timeout)
+            if first is None and _paths(out) - before:
+                first = now
+            time.sleep(poll_s)
+        seconds = time.perf_counter() - t0
+        log.seek(0)
+        text = log.read()[-4000:]
+    return proc.returncode, seconds, seconds if first is None else first, text
+
+
 def run_and_kill(cmd: list[str], after_s: float) -> tuple[bool, float]:
     """Start ``cmd`` in its own process group, SIGKILL the group after ``after_s``. Returns (killed,
     seconds): killed is False when it had already finished (seconds = its whole run)."""
@@ -303,6 +343,7 @@ class KillPoint:
 class StageReport:
     stage: str
     duration_s: float
+    first_write_s: float
     control_identical: bool
     control_diffs: list[str]
     points: list[KillPoint] = field(default_factory=list)
@@ -319,7 +360,8 @@ class StageReport:
         return sum(p.identical for p in self.points)
 
     def summary(self) -> dict[str, Any]:
-        return {"stage": self.stage, "duration_s": round(self.duration_s, 2), "kill_points": len(self.points),
+        return {"stage": self.stage, "duration_s": round(self.duration_s, 2),
+                "first_write_s": round(self.first_write_s, 2), "kill_points": len(self.points),
                 "killed_before_end": self.n_killed, "identical_after_rerun": self.n_identical,
                 "control_identical": self.control_identical, "concurrent_rcs": self.concurrent_rcs,
                 "concurrent_needed_rerun": self.concurrent_needed_rerun,
@@ -329,8 +371,11 @@ class StageReport:
 
 def chaos_stage(stage: str, inp: Inputs, n: int, seed: int, work: Path, concurrent: bool = True,
                 control: bool = True, log: Callable[[str], None] = print) -> StageReport:
-    """Reference run, (optionally) a control run, ``n`` kill points and (optionally) the concurrent pair."""
-    ref, duration = reference(inp, stage)
+    """Reference run, (optionally) a control run, ``n`` kill points and (optionally) the concurrent pair.
+
+    Kill point i (0-based) falls in the i-th of ``n`` equal slices of (first write, duration): every part of
+    the stage's writing is hit, none is spent before the stage has written anything."""
+    ref, duration, first_write = reference(inp, stage)
     diffs: list[str] = []
     if control:
         ctl = work / f"{stage}-ctl"
@@ -340,13 +385,14 @@ def chaos_stage(stage: str, inp: Inputs, n: int, seed: int, work: Path, concurre
         diffs = diffs if rc == 0 else [f"control run exit {rc}", *diffs]
         shutil.rmtree(ctl)
         duration = min(duration, seconds)
-    report = StageReport(stage, duration, control_identical=not diffs, control_diffs=diffs[:10])
-    log(f"{stage}: uninterrupted run {duration:.1f} s"
+    report = StageReport(stage, duration, first_write, control_identical=not diffs, control_diffs=diffs[:10])
+    log(f"{stage}: uninterrupted run {duration:.1f} s, first write after {first_write:.2f} s"
         + (f"; control run identical: {report.control_identical} {diffs[:3]}" if control else ""))
     rng = random.Random(f"{seed}-{stage}")
     out = work / f"{stage}-kill"
     for i in range(n):
-        at = rng.uniform(0.0, duration)
+        lo = min(first_write, duration)
+        at = lo + (i + rng.random()) / n * (duration - lo)
         setup_out(stage, out, inp)
         killed, took = run_and_kill(command(stage, out, inp, rerun=False), at)
         if not killed:  # the run is faster now than when it was timed (machine load): draw from less
@@ -409,10 +455,11 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps({"cpu": cpu_model(), "n": args.n, "seed": args.seed,
                                              "stages": [r.summary() for r in reports],
                                              "details": [asdict(r) for r in reports]}, indent=2))
-    print("\nstage                 run s  kill points  killed  identical  control  concurrent (exit codes)")
+    print("\nstage                 run s  1st write s  kill points  killed  identical  control  concurrent (exit codes)")
     for r in reports:
         s = r.summary()
-        print(f"{r.stage:20s} {s['duration_s']:6.1f}  {s['kill_points']:11d}  {s['killed_before_end']:6d}  "
+        print(f"{r.stage:20s} {s['duration_s']:6.1f}  {s['first_write_s']:11.2f}  {s['kill_points']:11d}  "
+              f"{s['killed_before_end']:6d}  "
               f"{s['identical_after_rerun']:9d}  {str(s['control_identical']):7s}  "
               f"{'identical' if s['concurrent_identical'] else 'DIFFER'} {s['concurrent_rcs']}"
               + (" (+rerun)" if s["concurrent_needed_rerun"] else ""))
