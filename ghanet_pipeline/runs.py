@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from . import __version__
 from .errors import GhanetError
-from .ioutils import write_json_atomic
+from .ioutils import remove_stale_temps, write_json_atomic
 
 #: statuses that count as success for the exit code
 OK_STATUSES = ("done", "skipped", "no tissue")
@@ -93,4 +93,5 @@ def write_run_log(out: Path | str, stage: str, config: dict[str, Any], results: 
         "items": [asdict(r) for r in results],
         "n_failed": sum(not r.ok for r in results),
     }
+    remove_stale_temps(path.parent)  # run logs half-written by killed runs (never a live writer's)
     return write_json_atomic(path, record)

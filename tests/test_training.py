@@ -166,6 +166,39 @@ def test_resume_after_interruption_is_identical(tiny, tmp_path):
     assert [e for k, e in events if k == "epoch"] == [1, 2]
 
 
+def test_rerun_removes_temporary_files_of_killed_runs_only(tiny, tmp_path):
+    """Half-written files of a dead process are removed by the rerun (train run/fold/state folders, genomics
+    fold folders, run logs); one of a live writer (this process) is left alone."""
+    import subprocess
+
+    from ghanet_pipeline.ioutils import _owner
+
+    feats, gdir, cohort = tiny
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = _owner().rsplit("-", 1)[0]
+    root = tmp_path / "o"
+    shutil.copytree(gdir, root / "genomics")
+    cfg = TrainConfig(**dict(TINY, epochs=1, folds=[0]))
+    run_dir = train_cv(feats, root / "genomics", root, cfg).run_dir
+    places = [run_dir, run_dir / "fold_0", run_dir / "fold_0" / "state", root / "genomics" / "fold_0",
+              root / "logs"]
+    stale, live = [], []
+    for d in places:
+        d.mkdir(parents=True, exist_ok=True)
+        stale.append(d / f".km.png.{host}-{dead.pid}.x1.tmp")
+        live.append(d / f".km.png.{_owner()}.x2.tmp")
+        for f in (stale[-1], live[-1]):
+            f.write_bytes(b"half")
+    again = train_cv(feats, root / "genomics", root, cfg)
+    assert [r.status for r in again.folds] == ["skipped"]
+    paths = write_cohort_tables(cohort, tmp_path / "inputs", table_name="table.csv")
+    preprocess_genomics(GenomicsConfig(table=str(paths["table"]), families=str(paths["families"]), folds=3,
+                                       de_method="ttest"), root)
+    assert [f for f in stale if f.exists()] == []
+    assert all(f.exists() for f in live)
+
+
 def test_bags_from_different_encoders_refused(tiny, tmp_path):
     feats, gdir, cohort = tiny
     mixed = _copy_features(feats, tmp_path / "mixed")

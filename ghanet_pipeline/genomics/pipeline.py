@@ -197,6 +197,7 @@ def preprocess_genomics(cfg: GenomicsConfig, out: Path | str, overwrite: bool = 
 
     def work(k: int) -> ItemResult:
         fdir = gdir / f"fold_{k}"
+        remove_stale_temps(fdir)  # a killed run's half-written files (never a live writer's)
         if not overwrite and _fold_complete(fdir, fp_text):
             sel = json.loads((fdir / "selected.json").read_text())
             return ItemResult(f"fold_{k}", "skipped", metrics=_fold_metrics(sel, matches))

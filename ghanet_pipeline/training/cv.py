@@ -47,7 +47,7 @@ import numpy as np
 from .. import __version__
 from ..device import resolve_device
 from ..errors import BusyError, ConfigError, InputError, MismatchError
-from ..ioutils import atomic_path, safe_child, sanitize_id, write_json_atomic
+from ..ioutils import atomic_path, remove_stale_temps, safe_child, sanitize_id, write_json_atomic
 from ..locks import OutputLocks
 from ..provenance import fingerprint_digest, to_json
 from ..runs import ItemResult, run_items, write_run_log
@@ -175,6 +175,7 @@ def train_cv(features_dir: Path | str, genomics_dir: Path | str, out: Path | str
                     old_folds = json.loads(cfg_path.read_text()).get("folds") or []
                     eff["folds"] = sorted(set(old_folds) | set(folds))
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(run_dir)  # a killed run's half-written reports (never a live writer's)
         write_json_atomic(cfg_path, eff)
         locks.register_job()
     try:
@@ -194,6 +195,8 @@ def _train_folds(run_dir: Path, folds: list[int], all_folds: list[int], fold_dat
     def work(k: int) -> ItemResult:
         fold_dir = run_dir / f"fold_{k}"
         with locks.item(f"fold_{k}"):  # another job training this fold: wait, then find it finished
+            for d in (fold_dir, fold_dir / "state"):
+                remove_stale_temps(d)   # a killed run's half-written files (never a live writer's)
             if fold_complete(fold_dir):  # finished from the same inputs and options (checked above)
                 oc = load_finished_fold(fold_dir, k)
                 status = "skipped"
