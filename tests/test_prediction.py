@@ -336,6 +336,22 @@ def test_missing_encoder_weights_name_the_ones_the_model_was_trained_with(tmp_pa
     assert not (tmp_path / "out" / "predict").exists()
 
 
+def test_missing_weights_of_a_random_weights_model_say_which_seed(tmp_path, monkeypatch):
+    """A model trained on seeded random weights: the error asks for --weights random:<seed>, not a file."""
+    from ghanet_pipeline.errors import ConfigError
+    from ghanet_pipeline.inputs import SlideSpec
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
+    run = make_run(tmp_path / "run", {**ENC, "encoder": "resnet50_trunc", "weights_sha256": "random:7"}, folds=(0,),
+                   in_dim=1024)
+    spec = SlideSpec("x", tmp_path / "x.svs", "x")
+    with pytest.raises(ConfigError) as err:
+        P.predict_cases([spec], run, R.PredictConfig(out=tmp_path / "out", device="cpu"))
+    msg = str(err.value)
+    assert "pass --weights random:7 " in msg and "--weights FILE" not in msg
+    assert not (tmp_path / "out" / "predict").exists()
+
+
 def test_predictions_csv_of_another_model_is_not_overwritten(tmp_path):
     from ghanet_pipeline.inputs import SlideSpec
 

@@ -57,10 +57,14 @@ class Embedder:
         except ConfigError as exc:
             if config.weights is not None:
                 raise
-            raise ConfigError(f"the model was trained on features of {describe_encoder(self.settings)}; pass "
-                              f"--weights FILE with those encoder weights (sha256 "
-                              f"{str(self.settings.get('weights_sha256'))[:16]}...; a demo or calibrated "
-                              f"encoder's file is under <out>/encoders/ of the run that made it).\n{exc}") from exc
+            trained = str(self.settings.get("weights_sha256"))
+            if trained.startswith("random"):  # seeded untrained weights: no file to look for
+                how = f"pass --weights {trained} (the seeded random weights it was trained with)"
+            else:
+                how = (f"pass --weights FILE with those encoder weights (sha256 {trained[:16]}...; a demo or "
+                       f"calibrated encoder's file is under <out>/encoders/ of the run that made it)")
+            raise ConfigError(f"the model was trained on features of {describe_encoder(self.settings)}; "
+                              f"{how}.\n{exc}") from exc
         source = str(encoder.weights_path) if encoder.weights_path else encoder.weights_id
         check_encoder(self.settings, {**self.settings, "weights_sha256": encoder.weights_id},
                       f"encoder weights {source}")
