@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import pytest
 
 from ghanet_pipeline.inference import heatmaps as hm
 
@@ -17,8 +14,6 @@ def masked(assoc: np.ndarray, topk: float) -> np.ndarray:
     from ghanet_pipeline.models import genomic_weights
 
     return genomic_weights(torch.as_tensor(assoc, dtype=torch.float32), topk).numpy().astype(np.float64)
-
-REAL_SLIDE = Path(__file__).resolve().parents[1].parent / "shared/data/CMU-1-Small-Region.svs"
 
 
 def test_top_indices_descending_and_positive_only():
@@ -57,11 +52,10 @@ def test_render_png_writes_image_with_colorbar(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-@pytest.mark.skipif(not REAL_SLIDE.exists(), reason="real test slide absent")
-def test_case_heatmaps_on_real_slide(tmp_path):
+def test_case_heatmaps_on_real_slide(tmp_path, real_slide):
     from ghanet_pipeline.wsi.slide import Slide
 
-    with Slide(REAL_SLIDE) as s:
+    with Slide(real_slide) as s:
         plan = s.plan(0.5, 256)
         w, h = s.dimensions
     xs = np.arange(0, w - plan.patch_size_level0, plan.patch_size_level0)
@@ -71,7 +65,7 @@ def test_case_heatmaps_on_real_slide(tmp_path):
     rng = np.random.default_rng(0)
     w_mor = rng.dirichlet(np.ones(n))
     assoc = masked(rng.normal(size=(2, n)), 0.25)
-    scores = [hm.SlideScores("cmu", REAL_SLIDE, coords, w_mor, assoc, n_case=n,
+    scores = [hm.SlideScores("cmu", real_slide, coords, w_mor, assoc, n_case=n,
                              patch_size_level0=plan.patch_size_level0)]
     res = hm.write_case_heatmaps(tmp_path, "case1", scores, ["Onco", "Tumor Supp"], 0.5, 256, 0.25, n_top=4)
     names = sorted(p.relative_to(tmp_path).as_posix() for p in res.files)
@@ -87,7 +81,7 @@ def test_case_heatmaps_on_real_slide(tmp_path):
     assert tile.shape == (256, 256, 3)
     # the first tile is the patch with the highest masked association
     best = coords[int(np.argmax(assoc[0]))]
-    with Slide(REAL_SLIDE) as s:
+    with Slide(real_slide) as s:
         ref = s.read_patch(s.plan(0.5, 256), int(best[0]), int(best[1]))
     np.testing.assert_array_equal(tile[..., ::-1], ref)
     assert (tmp_path / "top_patches.png").stat().st_size > 10_000

@@ -16,7 +16,6 @@ from ghanet_pipeline.inference import loading as L
 from ghanet_pipeline.inference import predict as P
 from ghanet_pipeline.inference import records as R
 
-REAL_SLIDE = Path(__file__).resolve().parents[1].parent / "shared/data/CMU-1-Small-Region.svs"
 EDGES = [0.0, 10.0, 20.0, 40.0, 80.0]
 
 
@@ -449,14 +448,13 @@ def test_cli_usage_errors(tmp_path):
     assert r.exit_code == 1 and "is a file, not a folder" in r.output and "fold_<k>/ folder" in r.output
 
 
-@pytest.mark.skipif(not REAL_SLIDE.exists(), reason="real test slide absent")
-def test_real_slide_score_group_and_heatmaps(tmp_path):
+def test_real_slide_score_group_and_heatmaps(tmp_path, real_slide):
     """CMU-1-Small-Region with the real truncated ResNet50 architecture (random weights, 64 px input)."""
     enc = {"encoder": "resnet50_trunc", "weights_sha256": "random:0", "input_size": 64, "target_mpp": 0.5,
            "patch_size": 256}
     run = make_run(tmp_path / "run", enc, folds=(0, 1), in_dim=1024)
     out = tmp_path / "out"
-    r = _invoke(["predict", str(REAL_SLIDE), "--model", str(run), "--out", str(out), "--weights", "random",
+    r = _invoke(["predict", str(real_slide), "--model", str(run), "--out", str(out), "--weights", "random",
                  "--device", "cpu", "--heatmaps", "--no-progress"])
     assert r.exit_code == 0, r.output
     row = next(csv.DictReader(open(out / "predict/predictions.csv")))
