@@ -33,5 +33,7 @@ class CheckpointError(GhanetError):
 
 class ManifestError(ConfigError, InputError):
     """The ``--manifest`` CSV is missing or malformed (a usage error: CLI exit code 2)."""
+
+
 class BusyError(GhanetError):
     """Another running process holds an output this command would change (e.g. a fold job of a run)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,14 @@ def calibrated(cohort, tmp_path_factory):
     out = tmp_path_factory.mktemp("calib")
     res = calibrate_encoder(cohort, out, weights="random:0", n_patches=20, batch_size=8)
     return out, res
+
+
+def test_library_call_writes_the_run_record(calibrated):
+    """Like every stage, the library (not only the CLI) writes <out>/logs/calibrate-encoder-*.json."""
+    out, res = calibrated
+    records = [json.loads(p.read_text()) for p in (out / "logs").glob("calibrate-encoder-*.json")]
+    assert any(r["stage"] == "calibrate-encoder" and r["items"][0]["metrics"]["sha256"] == res.sha256
+               for r in records), records
 
 
 def _features(model, spec, patches) -> np.ndarray:

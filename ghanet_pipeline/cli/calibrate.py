@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -36,19 +35,9 @@ def calibrate_encoder(slides: tuple[str, ...], recursive: bool, mpp: float | Non
 
     from ..features.calibrate import calibrate_encoder as run
     from ..inputs import collect_slides
-    from ..runs import ItemResult, write_run_log
-
-    started = time.time()
     specs = collect_slides(slides, manifest, recursive, case_id_from, mpp)
-    t0 = time.perf_counter()
     res = run(specs, out, encoder=encoder, weights=weights, n_patches=n_patches, seed=seed,
               batch_size=batch_size, output=output, overwrite=overwrite)
-    item = ItemResult(str(res.path.name), "skipped" if res.reused else "done", round(time.perf_counter() - t0, 2),
-                      "same calibration exists" if res.reused else "; ".join(res.notes),
-                      {"sha256": res.sha256, "n_patches": res.record.get("n_patches")})
-    write_run_log(out, "calibrate-encoder", {"encoder": encoder, "weights": weights, "n_patches": n_patches,
-                                             "seed": seed, "batch_size": batch_size, "output": str(res.path),
-                                             "slides": [str(s.path) for s in specs]}, [item], started)
     con = Console()
     verb = "reused" if res.reused else "wrote"
     con.print(f"calibrate-encoder: {verb} {res.path}")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,11 +163,26 @@ def calibrate_encoder(specs: Sequence[SlideSpec], out: Path | str, encoder: str 
     ``output`` defaults to :func:`default_output`. An existing file made from the same encoder,
     weights, slides, ``n_patches`` and ``seed`` is reused (``overwrite`` redoes it); one made
     differently raises :class:`ConfigError` (pass ``--overwrite`` or another ``--output``).
+    Writes the run record ``<out>/logs/calibrate-encoder-<time>-<pid>.json``, like every stage.
     """
+    from ..runs import ItemResult, write_run_log
+
+    started, t0 = time.time(), time.perf_counter()
+    res = _calibrate(specs, Path(out), encoder, weights, n_patches, seed, batch_size, output, overwrite)
+    item = ItemResult(res.path.name, "skipped" if res.reused else "done", round(time.perf_counter() - t0, 2),
+                      "same calibration exists" if res.reused else "; ".join(res.notes),
+                      {"sha256": res.sha256, "n_patches": res.record.get("n_patches")})
+    write_run_log(out, "calibrate-encoder", {"encoder": encoder, "weights": weights, "n_patches": n_patches,
+                                             "seed": seed, "batch_size": batch_size, "output": str(res.path),
+                                             "slides": [str(s.path) for s in specs]}, [item], started)
+    return res
+
+
+def _calibrate(specs: Sequence[SlideSpec], out: Path, encoder: str, weights: str, n_patches: int, seed: int,
+               batch_size: int, output: Path | str | None, overwrite: bool) -> CalibrationResult:
     import torch
     from safetensors.torch import save_file
 
-    out = Path(out)
     spec = get_encoder_spec(encoder)
     if not specs:
         raise ConfigError("no slides given to calibrate on; pass slides or --manifest")
