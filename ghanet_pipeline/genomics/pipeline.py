@@ -259,6 +259,39 @@ def _fold_metrics(selected: dict[str, list[str]], matches: list[FamilyMatch]) ->
             "empty families": sum(1 for m in matches if not selected.get(m.name))}
 
 
+def fold_bin_edges(clinical: pd.DataFrame, train_ids: list[str], bins_from: str, n_bins: int = 4) -> np.ndarray:
+    """Survival-bin edges (months) of one fold: event-time quantiles of the fold's training cases
+    (``bins_from="train"``) or of the whole cohort (``"cohort"``); outer edges = the cohort's min/max time.
+
+    ``clinical``: indexed by case_id with survival_months, censorship. Raises InputError (from
+    ``fit_bin_edges``) when fewer than 2 events are there to fit on.
+    """
+    cohort_t = clinical["survival_months"].to_numpy(float)
+    src = clinical.loc[list(train_ids)] if bins_from == "train" else clinical
+    return fit_bin_edges(src["survival_months"].to_numpy(float), src["censorship"].to_numpy(int),
+                         cohort_t.min(), cohort_t.max(), n_bins)
+
+
+def fold_group_sizes(clinical: pd.DataFrame, folds: list[Fold], bins_from: str = "train",
+                     n_bins: int = 4) -> list[tuple[int, int]]:
+    """(high-risk, low-risk) training cases of each fold, counted as the differential selection counts
+    them with t-test groups ``cases`` (each training case once; protocol ghanet): high = an event in
+    bins 0-1, low = bins 2-3. Each group needs ``selection.MIN_GROUP`` cases. A fold whose training cases
+    hold fewer than 2 events (no bins can be fitted) counts as (0, 0) with ``bins_from="train"``."""
+    sizes = []
+    for train_ids, _ in folds:
+        train = clinical.loc[list(train_ids)]
+        try:
+            edges = fold_bin_edges(clinical, list(train_ids), bins_from, n_bins)
+        except InputError:
+            sizes.append((0, 0))
+            continue
+        high, low = risk_groups(assign_bins(train["survival_months"].to_numpy(float), edges),
+                                train["censorship"].to_numpy(int))
+        sizes.append((int(high.sum()), int(low.sum())))
+    return sizes
+
+
 def _run_fold(k: int, fold: Fold, data: GenomicsData, x_all: pd.DataFrame, matches: list[FamilyMatch],
               method: str, cfg: GenomicsConfig, fdir: Path, fp_text: str) -> ItemResult:
     train_ids, val_ids = fold
@@ -267,13 +300,8 @@ def _run_fold(k: int, fold: Fold, data: GenomicsData, x_all: pd.DataFrame, match
     clin = data.clinical.loc[ids]
     times = clin["survival_months"].to_numpy(float)
     cens = clin["censorship"].to_numpy(int)
-    cohort_t = data.clinical["survival_months"].to_numpy(float)
     is_train = np.arange(len(ids)) < len(train_ids)
-    if cfg.bins_from == "train":
-        edges = fit_bin_edges(times[is_train], cens[is_train], cohort_t.min(), cohort_t.max(), cfg.n_bins)
-    else:
-        edges = fit_bin_edges(cohort_t, data.clinical["censorship"].to_numpy(int), cohort_t.min(),
-                              cohort_t.max(), cfg.n_bins)
+    edges = fold_bin_edges(data.clinical, list(train_ids), cfg.bins_from, cfg.n_bins)
     bins = assign_bins(times, edges)
 
     # features of this fold's cases (raw), with training-mean imputation when asked
