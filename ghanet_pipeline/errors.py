@@ -19,6 +19,18 @@ class ConfigError(GhanetError):
     """Invalid options or configuration (CLI exit code 2)."""
 
 
+class OptionValueError(ConfigError):
+    """One option's value cannot work (CLI exit code 2, a usage error naming ``option``).
+
+    ``option``: the option as typed (``--cases``); ``detail``: why, and the smallest value that works.
+    """
+
+    def __init__(self, option: str, detail: str) -> None:
+        super().__init__(f"{option}: {detail}")
+        self.option = option
+        self.detail = detail
+
+
 class SlideError(GhanetError):
     """A slide cannot be opened, has no usable scale, or a region cannot be read."""
 

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ghanet_pipeline.demo.run import DemoConfig, build_cohort, run_demo, stage_available
+from ghanet_pipeline.demo.run import MIN_CASES, MIN_SLIDE_PX, DemoConfig, build_cohort, check_config, run_demo, stage_available
+from ghanet_pipeline.errors import OptionValueError
 
 
 def test_build_cohort_writes_slides_carrying_the_phenotype_and_a_separate_holdout(tmp_path: Path) -> None:
@@ -67,26 +68,90 @@ def test_missing_stage_is_skipped_and_listed(tmp_path: Path, monkeypatch: pytest
     import ghanet_pipeline.demo.run as demo
 
     monkeypatch.setattr(demo, "stage_available", lambda stage: False)
-    res = run_demo(tmp_path, DemoConfig(n_cases=8, n_holdout=1, slide_px=512))
+    res = run_demo(tmp_path, DemoConfig(n_cases=11, n_holdout=1, folds=2, slide_px=MIN_SLIDE_PX))
     assert res.ok and [s.stage for s in res.stages] == ["cohort"]
     assert set(res.missing) == set(demo.STAGE_MODULES)
     assert stage_available("segment")  # the real check sees installed commands
 
 
-@pytest.mark.slow
-def test_ghanet_demo_end_to_end_prints_cindex_risks_and_plot_paths(tmp_path: Path) -> None:
+def _demo_cli(*args: str):
+    from click.testing import CliRunner
+
+    from ghanet_pipeline.cli import cli
+
+    return CliRunner().invoke(cli, ["demo", *args])
+
+
+def test_too_small_sizes_are_usage_errors_before_anything_is_written(tmp_path: Path) -> None:
+    """The bug: `--cases 8 --folds 2 --slide-px 512` were accepted and failed in preprocess-genomics."""
     out = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "ghanet_pipeline", "demo", "--out", str(out), "--cases", "12", "--holdout", "2",
-           "--folds", "2", "--epochs", "1", "--slide-px", "768", "--models", "ghanet"]
+    common = ["--holdout", "1", "--epochs", "1", "--out", str(out)]
+    res = _demo_cli("--cases", "8", "--folds", "2", "--slide-px", str(MIN_SLIDE_PX), *common)
+    assert res.exit_code == 2, res.output
+    # names the option, why (the per-fold risk groups of genomics) and the smallest value that works
+    assert "Invalid value for '--cases'" in res.output and "fold 0: 1 high-risk and 1 low-risk" in res.output
+    assert "The smallest --cases above 8 that works with --folds 2 --seed 0 is 11" in res.output
+    res = _demo_cli("--cases", "11", "--folds", "2", "--slide-px", str(MIN_SLIDE_PX // 2), *common)
+    assert res.exit_code == 2 and "'--slide-px'" in res.output and str(MIN_SLIDE_PX) in res.output, res.output
+    res = _demo_cli("--cases", "9", "--folds", "10", *common)
+    assert res.exit_code == 2 and "more folds (10) than cases" in res.output, res.output
+    assert not out.exists()  # nothing written
+    # the library refuses the same sizes (and sizes the CLI's ranges keep out) before writing
+    for bad, option in ((DemoConfig(n_cases=8, folds=2, slide_px=MIN_SLIDE_PX), "--cases"),
+                        (DemoConfig(n_cases=MIN_CASES - 1), "--cases"), (DemoConfig(slide_px=512), "--slide-px")):
+        with pytest.raises(OptionValueError) as err:
+            run_demo(out, bad)
+        assert err.value.option == option
+    assert not out.exists()
+
+
+def test_fold_check_agrees_with_preprocess_genomics(tmp_path: Path) -> None:
+    """check_config's fold check is exact: it passes where the real stage succeeds and fails where it fails."""
+    from ghanet_pipeline.demo.cohort import make_cohort, write_cohort_tables
+    from ghanet_pipeline.genomics.pipeline import GenomicsConfig, preprocess_genomics
+
+    seen = set()
+    for n, folds, seed in ((8, 2, 0), (11, 2, 0), (10, 3, 0), (9, 3, 0), (10, 2, 1), (11, 2, 1)):
+        d = tmp_path / f"{n}-{folds}-{seed}"
+        paths = write_cohort_tables(make_cohort(n_cases=n, seed=seed), d, table_name="genomics_table.csv")
+        res = preprocess_genomics(GenomicsConfig(table=str(paths["table"]), families=str(paths["families"]),
+                                                 folds=folds), d / "out")
+        stage_ok = all(r.status != "failed" for r in res.results)
+        try:
+            check_config(DemoConfig(n_cases=n, folds=folds, seed=seed))
+            check_ok = True
+        except OptionValueError:
+            check_ok = False
+        assert check_ok == stage_ok, (n, folds, seed, [r.message for r in res.results])
+        seen.add(stage_ok)
+    assert seen == {True, False}  # both outcomes exercised
+
+
+@pytest.mark.slow
+def test_smallest_accepted_demo_runs_end_to_end(tmp_path: Path) -> None:
+    """The smallest sizes the CLI accepts (at seed 0) run every stage and print the demo's checks."""
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "ghanet_pipeline", "demo", "--out", str(out), "--cases", "11", "--holdout", "1",
+           "--folds", "2", "--epochs", "1", "--slide-px", str(MIN_SLIDE_PX), "--models", "ghanet"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
     text = res.stdout + res.stderr
     assert res.returncode == 0, text[-5000:]
+    # every training and held-out slide has tissue patches
+    man = pd.concat([pd.read_csv(out / "demo-data" / f) for f in ("manifest.csv", "holdout_manifest.csv")])
+    import h5py
+
+    for sid in man.slide_id[man.slide_id.str.startswith("SYN")]:
+        with h5py.File(out / "segment" / f"{sid}.coords.h5", "r") as f:
+            assert len(f["coords"]) > 0, sid
+    printed = re.search(r"mean\s+pairwise\s+cosine\s+similarity\s+(-?[0-9.]+)", text)
+    assert printed is not None and float(printed.group(1)) < 0.9, text[-3000:]
+    assert re.search(r"planted genes\s+mean Spearman\s+-?[0-9.]+", text), text[-3000:]
     assert "validation c-index" in text and "fold 0" in text and "fold 1" in text
-    assert "held-out patients" in text and "NEW-0001" in text and "NEW-0002" in text
+    assert "held-out patients" in text and "NEW-0001" in text
     km = out / "train" / "ghanet" / "km.png"
     assert km.is_file() and str(km) in text.replace("\n", "")
     pred = pd.read_csv(out / "predict" / "predictions.csv")
-    assert set(pred.case_id) == {"NEW-0001", "NEW-0002"} and np.isfinite(pred.risk).all()
+    assert set(pred.case_id) == {"NEW-0001"} and np.isfinite(pred.risk).all() and (pred.patches > 0).all()
     assert any((out / "predict" / "heatmaps").rglob("*morphology*.png"))
 
 

@@ -8,17 +8,20 @@ from pathlib import Path
 
 import click
 
+from ..demo.run import MIN_CASES, MIN_SLIDE_PX
+
 
 @click.command("demo")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-out"),
               show_default=True, help="Output root; the synthetic inputs go to <out>/demo-data.")
-@click.option("--cases", type=click.IntRange(min=8), default=40, show_default=True,
-              help="Training cases (about 1.2 slides each).")
+@click.option("--cases", type=click.IntRange(min=MIN_CASES), default=40, show_default=True,
+              help="Training cases (about 1.2 slides each). Checked up front: every fold needs 2 high-risk and "
+                   "2 low-risk training cases (e.g. 11 with --folds 2 at seed 0).")
 @click.option("--holdout", type=click.IntRange(min=0), default=4, show_default=True,
               help="New patients whose slides are scored by `ghanet predict` at the end.")
 @click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True, help="Cross-validation folds.")
 @click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True, help="Training epochs per fold.")
-@click.option("--slide-px", type=click.IntRange(min=512), default=2048, show_default=True,
+@click.option("--slide-px", type=click.IntRange(min=MIN_SLIDE_PX), default=2048, show_default=True,
               help="Side of each synthetic slide in level-0 px at 0.5 um/px.")
 @click.option("--models", default="ghanet,abmil", show_default=True,
               help="Models to train, comma-separated; the first one is used by predict.")
@@ -34,14 +37,18 @@ def demo(out: Path, cases: int, holdout: int, folds: int, epochs: int, slide_px:
     from rich.console import Console
     from rich.table import Table
 
-    from ..demo.run import DemoConfig, run_demo
-    from ..errors import ConfigError
+    from ..demo.run import DemoConfig, check_config, run_demo
+    from ..errors import ConfigError, OptionValueError
 
     model_list = tuple(m.strip() for m in models.split(",") if m.strip())
     if not model_list:
         raise ConfigError("--models needs at least one model name, e.g. ghanet,abmil")
     config = DemoConfig(n_cases=cases, n_holdout=holdout, folds=folds, epochs=epochs, slide_px=slide_px,
                         seed=seed, models=model_list, device=device, overwrite=overwrite)
+    try:
+        check_config(config)  # sizes at which a stage would fail halfway: a usage error, nothing written
+    except OptionValueError as exc:
+        raise click.BadParameter(exc.detail, param_hint=f"'{exc.option}'") from None
     console = Console(width=None if sys.stdout.isatty() else 140)
 
     def on_stage(name: str, cmd: list[str]) -> None:
