@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ghanet_pipeline.demo.run import MIN_CASES, MIN_SLIDE_PX, DemoConfig, build_cohort, check_config, run_demo, stage_available
+from ghanet_pipeline.demo.limits import MIN_CASES, MIN_SLIDE_PX, check_config
+from ghanet_pipeline.demo.run import DemoConfig, build_cohort, run_demo, stage_available
 from ghanet_pipeline.errors import OptionValueError
 
 

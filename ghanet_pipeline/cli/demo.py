@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..demo.run import MIN_CASES, MIN_SLIDE_PX
+from ..demo.limits import MIN_CASES, MIN_SLIDE_PX
 
 
 @click.command("demo")
@@ -37,7 +37,8 @@ def demo(out: Path, cases: int, holdout: int, folds: int, epochs: int, slide_px:
     from rich.console import Console
     from rich.table import Table
 
-    from ..demo.run import DemoConfig, check_config, run_demo
+    from ..demo.limits import check_config
+    from ..demo.run import DemoConfig, run_demo
     from ..errors import ConfigError, OptionValueError
 
     model_list = tuple(m.strip() for m in models.split(",") if m.strip())
