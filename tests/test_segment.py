@@ -333,3 +333,17 @@ def test_non_positive_mpp_is_a_usage_error(tmp_path, value):
     code, output = run(tmp_path / "x.svs", "--out", tmp_path, "--mpp", value)
     assert code == 2 and "Invalid value for '--mpp'" in output and ">0" in one_line(output)
     assert not (tmp_path / "logs").exists()  # refused before any slide ran
+
+
+def test_cli_defaults_are_the_library_defaults():
+    """`ghanet segment`'s option defaults equal SegmentParams' (the workflow leaves a key at the library's
+    default off the command line, so the two must agree)."""
+    from ghanet_pipeline.cli.segment import segment as cmd
+    from ghanet_pipeline.wsi.segment import SegmentParams
+
+    lib = SegmentParams()
+    names = {"target_mpp": "target_mpp", "patch_size": "patch_size", "sat_threshold": "sat_threshold",
+             "min_tissue": "min_tissue", "thumbnail_downsample": "thumbnail_downsample",
+             "min_tissue_area": "min_tissue_area_um2", "min_hole_area": "min_hole_area_um2"}
+    defaults = {p.name: p.default for p in cmd.params}
+    assert {k: defaults[k] for k in names} == {k: getattr(lib, v) for k, v in names.items()}

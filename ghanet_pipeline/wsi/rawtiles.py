@@ -122,11 +122,6 @@ class RawTileReader:
             return None
         return idx
 
-    def tile_index(self, x0: int, y0: int) -> int | None:
-        """Index of the top-left tile of the patch at level-0 ``(x0, y0)``; None as :meth:`tile_indices`."""
-        idx = self.tile_indices(x0, y0)
-        return None if idx is None else int(idx[0, 0])
-
     def read(self, x0: int, y0: int, out: np.ndarray | None = None) -> np.ndarray | None:
         """(size, size, 3) uint8 RGB of the ``k x k`` tiles at level-0 ``(x0, y0)``, or None (use OpenSlide).
 
