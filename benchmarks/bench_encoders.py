@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def cpu_model() -> str:
     """The CPU model name, as the library reads it (``ghanet doctor`` prints the same)."""
-    from ghanet_pipeline.features.runtime import cpu_info
+    from ghanet_pipeline.env.runtime import cpu_info
 
     return cpu_info().model
 

@@ -40,7 +40,7 @@ def make_slide(cache: Path, n_patches: int) -> tuple[Path, Path]:
     import h5py
     import numpy as np
 
-    from ghanet_pipeline.inputs import SlideSpec
+    from ghanet_pipeline.wsi.inputs import SlideSpec
     from ghanet_pipeline.wsi.segment import SegmentParams, segment_paths, segment_slide
     from ghanet_pipeline.wsi.synthetic import write_synthetic_slide
 
@@ -117,7 +117,7 @@ def run_main(args: argparse.Namespace) -> None:
     import torch
 
     from ghanet_pipeline.features.extract import Extractor, ExtractParams
-    from ghanet_pipeline.inputs import SlideSpec
+    from ghanet_pipeline.wsi.inputs import SlideSpec
 
     slide, out = make_slide(Path(args.cache), args.patches)
     spec = SlideSpec("bench", slide, "bench")

@@ -59,7 +59,7 @@ def prepare(cache: Path, n: int) -> dict[str, Path]:
     import h5py
     import numpy as np
 
-    from ghanet_pipeline.inputs import SlideSpec
+    from ghanet_pipeline.wsi.inputs import SlideSpec
     from ghanet_pipeline.wsi.segment import SegmentParams, load_coords, segment_paths, segment_slide
     from ghanet_pipeline.wsi.slide import Slide
     from ghanet_pipeline.wsi.synthetic import write_synthetic_slide
@@ -189,7 +189,7 @@ def bag_precision(paths: dict[str, Path]) -> str:
 def header() -> str:
     import torch
 
-    from ghanet_pipeline.features.runtime import auto_cpu_precision, cpu_cores, cpu_info
+    from ghanet_pipeline.env.runtime import auto_cpu_precision, cpu_cores, cpu_info
 
     info = cpu_info()
     auto, why = auto_cpu_precision(info)

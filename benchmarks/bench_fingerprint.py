@@ -5,7 +5,7 @@ Bags: ``--bags`` synthetic bags of ``--rows`` x ``--dim`` float16 features are w
 (bags of older versions / other tools, whose features must be hashed). Each mode runs in a fresh process
 (page cache warm after the first round: the figures are hashing and HDF5 costs, not disk reads), rounds
 interleaved (recorded, unrecorded / unrecorded, recorded) so that load drift hits both alike; printed are
-the min and median over rounds of the wall time of :func:`ghanet_pipeline.provenance.bag_content_sha`
+the min and median over rounds of the wall time of :func:`ghanet_pipeline.features.fingerprints.bag_content_sha`
 over all bags, plus a second pass in the same process (served from the per-process cache).
 
 State checksum: the SHA-256 that :func:`ghanet_pipeline.training.state.save_state` records over the model,
@@ -32,7 +32,7 @@ from pathlib import Path
 
 def cpu_model() -> str:
     """The CPU model name, as the library reads it (``ghanet doctor`` prints the same)."""
-    from ghanet_pipeline.features.runtime import cpu_info
+    from ghanet_pipeline.env.runtime import cpu_info
 
     return cpu_info().model
 
@@ -62,7 +62,7 @@ def make_bags(root: Path, n: int, rows: int, dim: int) -> tuple[Path, Path]:
 def bag_worker(folder: str) -> dict:
     import h5py  # noqa: F401 - imported before timing: the figures are per-bag costs, not import time
 
-    from ghanet_pipeline.provenance import bag_content_sha
+    from ghanet_pipeline.features.fingerprints import bag_content_sha
 
     paths = sorted(Path(folder).glob("*.h5"))
     t0 = time.perf_counter()
@@ -77,7 +77,7 @@ def bag_worker(folder: str) -> dict:
 def state_worker(dim: int, repeats: int) -> dict:
     import torch
 
-    from ghanet_pipeline.ioutils import fsync_file
+    from ghanet_pipeline.core.files import fsync_file
     from ghanet_pipeline.models import create_model
     from ghanet_pipeline.training.state import _optimizer_to_flat, _tensors_sha, make_optimizer
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ghanet_pipeline.inputs import SlideSpec  # noqa: E402
+from ghanet_pipeline.wsi.inputs import SlideSpec  # noqa: E402
 from ghanet_pipeline.wsi.segment import SegmentParams, segment_slide  # noqa: E402
 from ghanet_pipeline.wsi.slide import Slide  # noqa: E402
 from ghanet_pipeline.wsi.synthetic import write_synthetic_slide  # noqa: E402

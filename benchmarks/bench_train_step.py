@@ -21,7 +21,7 @@ implementation could reach in this run.
 glibc malloc (``--malloc``): ``default`` (the default) runs both sides with the same glibc settings;
 ``as-run`` gives ``fast`` the malloc tuning ``ghanet train`` applies on CPU (freed memory kept for reuse
 instead of being unmapped and page-faulted back on every step:
-:func:`ghanet_pipeline.features.runtime.tune_malloc`) and leaves ``reference`` on glibc defaults;
+:func:`ghanet_pipeline.env.runtime.tune_malloc`) and leaves ``reference`` on glibc defaults;
 ``tuned`` tunes both. ``MALLOC_*`` environment variables (the Makefile exports some) apply to both
 sides and are printed.
 
@@ -45,7 +45,7 @@ FAMILY_SIZES = [80, 0, 120, 40, 60, 90]   # one empty family, like a fold where 
 
 def cpu_model() -> str:
     """The CPU model name, as the library reads it (``ghanet doctor`` prints the same)."""
-    from ghanet_pipeline.features.runtime import cpu_info
+    from ghanet_pipeline.env.runtime import cpu_info
 
     return cpu_info().model
 
@@ -56,7 +56,7 @@ def worker(impl: str, n: int, repeats: int, threads: int, families: list[int], m
     import torch
     import torch.nn.functional as F
 
-    from ghanet_pipeline.features.runtime import tune_malloc
+    from ghanet_pipeline.env.runtime import tune_malloc
     from ghanet_pipeline.models import create_model
     from ghanet_pipeline.models.reference import reference_forward
     from ghanet_pipeline.models.survival import nll_loss, sce_loss
@@ -177,7 +177,7 @@ def main() -> None:
     ap.add_argument("--families", type=int, nargs="+", default=FAMILY_SIZES, help="genes per family")
     ap.add_argument("--malloc", choices=["default", "as-run", "tuned"], default="default",
                     help="glibc malloc: default / tuned = the same for both sides; as-run = fast with the tuning "
-                         "`ghanet train` applies on CPU (features.runtime.tune_malloc), reference without")
+                         "`ghanet train` applies on CPU (env.runtime.tune_malloc), reference without")
     ap.add_argument("--impls", nargs="+", default=["fast", "reference"], choices=["fast", "reference"])
     ap.add_argument("--worker", nargs=2, metavar=("IMPL", "N"), help=argparse.SUPPRESS)   # IMPL "adam": optimisers
     args = ap.parse_args()

@@ -426,7 +426,7 @@ def chaos_stage(stage: str, inp: Inputs, n: int, seed: int, work: Path, concurre
 
 def cpu_model() -> str:
     """The CPU model name, as the library reads it (``ghanet doctor`` prints the same)."""
-    from ghanet_pipeline.features.runtime import cpu_info
+    from ghanet_pipeline.env.runtime import cpu_info
 
     return cpu_info().model
 

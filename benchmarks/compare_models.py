@@ -33,7 +33,7 @@ import pandas as pd  # noqa: E402
 
 def cpu_model() -> str:
     """The CPU model name, as the library reads it (``ghanet doctor`` prints the same)."""
-    from ghanet_pipeline.features.runtime import cpu_info
+    from ghanet_pipeline.env.runtime import cpu_info
 
     return cpu_info().model
 

@@ -160,6 +160,17 @@ def check_workflow_outputs(cohort: Path, out: Path, folds: int = 3, run: str = "
     assert pred.risk.notna().all()
 
 
+@pytest.fixture(autouse=True)
+def restored_registries():
+    """Encoders and models registered by a test are removed after it (the registries are process-wide)."""
+    import ghanet_pipeline.models  # noqa: F401  (built-in entries first, so that they are kept)
+    from ghanet_pipeline.features.encoders import ENCODERS
+    from ghanet_pipeline.models import MODELS
+
+    with ENCODERS.restoring(), MODELS.restoring():
+        yield
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a module's tests: on 2 cores shared with other processes it is the fastest

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ghanet_pipeline.errors import InputError, MismatchError
+from ghanet_pipeline.core.errors import InputError, MismatchError
 from ghanet_pipeline.features.bags import (
     REQUIRED_ATTRS,
     BagWriter,

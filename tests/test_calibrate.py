@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from ghanet_pipeline.errors import ConfigError, MismatchError
+from ghanet_pipeline.core.errors import ConfigError, MismatchError
+from ghanet_pipeline.core.files import file_sha256
 from ghanet_pipeline.features import bags
 from ghanet_pipeline.features.calibrate import (
     calibrate_encoder,
@@ -20,8 +21,7 @@ from ghanet_pipeline.features.calibrate import (
     sample_patches,
 )
 from ghanet_pipeline.features.encoders import load_encoder, preprocess
-from ghanet_pipeline.inputs import SlideSpec
-from ghanet_pipeline.ioutils import file_sha256
+from ghanet_pipeline.wsi.inputs import SlideSpec
 
 torch.set_num_threads(2)
 

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ghanet_pipeline.core.errors import OptionValueError
 from ghanet_pipeline.demo.limits import MIN_CASES, MIN_SLIDE_PX, check_config
 from ghanet_pipeline.demo.run import DemoConfig, build_cohort, run_demo, stage_available
-from ghanet_pipeline.errors import OptionValueError
 
 
 def test_build_cohort_writes_slides_carrying_the_phenotype_and_a_separate_holdout(tmp_path: Path) -> None:

@@ -18,9 +18,9 @@ import pytest
 from click.testing import CliRunner
 
 from ghanet_pipeline.cli import cli
-from ghanet_pipeline.errors import SlideError
-from ghanet_pipeline.inputs import collect_slides
+from ghanet_pipeline.core.errors import SlideError
 from ghanet_pipeline.wsi.dicom_writer import write_dicom_wsi
+from ghanet_pipeline.wsi.inputs import collect_slides
 from ghanet_pipeline.wsi.slide import Slide
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ghanet_pipeline.errors import ConfigError
+from ghanet_pipeline.core.errors import ConfigError
 from ghanet_pipeline.features.encoders import (
     ENCODERS,
     get_encoder_spec,

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from ghanet_pipeline.cli import cli
-from ghanet_pipeline.errors import InputError
+from ghanet_pipeline.core.errors import InputError
 from ghanet_pipeline.evaluation.evaluate import Columns, evaluate_predictions
 from ghanet_pipeline.evaluation.metrics import NoComparablePairsError, concordance_index
 

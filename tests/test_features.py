@@ -12,11 +12,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from ghanet_pipeline.errors import ConfigError, MismatchError
+from ghanet_pipeline.core.errors import ConfigError, MismatchError
+from ghanet_pipeline.core.runs import exit_code
 from ghanet_pipeline.features.bags import read_bag, validate_bag
 from ghanet_pipeline.features.extract import Extractor, ExtractParams, extract_slides
-from ghanet_pipeline.inputs import SlideSpec
-from ghanet_pipeline.runs import exit_code
+from ghanet_pipeline.wsi.inputs import SlideSpec
 from ghanet_pipeline.wsi.segment import SegmentParams, load_coords, segment_paths, segment_slide
 
 torch.set_num_threads(1)  # tiny inputs: per-op overhead dominates; 1 thread is fastest on a shared CPU
@@ -131,7 +131,7 @@ def test_skip_valid_bag_refuse_other_settings_overwrite(reference, small_slide, 
 def test_explicit_precision_other_than_the_bags_is_refused_auto_reuses(reference, small_slide, extractor, params,
                                                                        tmp_path, monkeypatch):
     """An fp32 bag exists: --precision bf16 is refused (nothing written), auto (here resolving to bf16) reuses it."""
-    from ghanet_pipeline.features import runtime
+    from ghanet_pipeline.env import runtime
 
     out_ref, _ = reference
     shutil.copytree(out_ref, tmp_path / "o")
@@ -305,7 +305,7 @@ def test_cli_precision_auto_follows_cpu_flags_and_fp32_is_honoured(small_slide, 
                                                                    flags, auto):
     """Faked CPU flags: no --precision -> the rule's choice (bag attr, summary table); --precision fp32 -> fp32."""
     from ghanet_pipeline.cli import cli
-    from ghanet_pipeline.features import runtime
+    from ghanet_pipeline.env import runtime
 
     monkeypatch.setattr(runtime, "cpu_info", lambda: runtime.CpuInfo("Fake CPU", frozenset(flags)))
     out_ref, bag = reference
@@ -328,7 +328,7 @@ def test_cli_precision_auto_follows_cpu_flags_and_fp32_is_honoured(small_slide, 
 
 
 def test_bf16_warning_on_a_cpu_without_bf16(small_slide, reference, params, extractor, tmp_path, monkeypatch, caplog):
-    from ghanet_pipeline.features import runtime
+    from ghanet_pipeline.env import runtime
 
     monkeypatch.setattr(runtime, "cpu_info", lambda: runtime.CpuInfo("Old CPU", frozenset({"avx2"})))
     out_ref, _ = reference
@@ -341,7 +341,7 @@ def test_bf16_warning_on_a_cpu_without_bf16(small_slide, reference, params, extr
 
 
 def _slow_without_bf16(fn):
-    from ghanet_pipeline.features.runtime import cpu_info
+    from ghanet_pipeline.env.runtime import cpu_info
 
     return fn if cpu_info().has_bf16 else pytest.mark.slow(fn)
 

@@ -18,7 +18,7 @@ import torch
 from click.testing import CliRunner
 
 from ghanet_pipeline.cli import cli
-from ghanet_pipeline.errors import ConfigError
+from ghanet_pipeline.core.errors import ConfigError
 from ghanet_pipeline.features import foundation
 from ghanet_pipeline.features.encoders import ENCODERS, _random_strict, get_encoder_spec, load_encoder, preprocess, resolve_weights
 
@@ -204,7 +204,7 @@ def test_strict_weights_load_exactly(tmp_path, monkeypatch):
         trunk=lambda m: m, required_prefixes=("",), hub_files=(), how_to_get="get it from {hf_dir}",
         default_input_size=32, hf_repo="Org/Tiny-ViT", weight_files=("model.safetensors", "pytorch_model.bin"),
         strict=True, architecture="ViT-Ti/16")
-    monkeypatch.setitem(E.ENCODERS, spec.name, spec)
+    E.register_encoder(spec)  # undone after the test (conftest: restored_registries)
     torch.manual_seed(1)
     ref = spec.build().eval()
     snap = tmp_path / "hf" / "models--org--tiny-vit" / "snapshots" / "abc123"
@@ -304,8 +304,8 @@ def test_bags_of_any_width_train_and_predict(tmp_path):
 def test_extract_features_with_a_uni_weights_file(make_synthetic_slide, tmp_path):
     """`extract-features --encoder uni --weights FILE` (a full-size file of the right shape) on CPU: the bag
     holds what the model computes, records the encoder, the file's sha256, input size and width."""
+    from ghanet_pipeline.core.files import file_sha256
     from ghanet_pipeline.features.bags import read_bag
-    from ghanet_pipeline.ioutils import file_sha256
     from ghanet_pipeline.wsi.slide import Slide
 
     slide = make_synthetic_slide("uni_src.svs", 768, 768, mpp=0.5, seed=2)

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ghanet_pipeline.core.errors import InputError
 from ghanet_pipeline.demo.cohort import make_cohort
-from ghanet_pipeline.errors import InputError
 from ghanet_pipeline.genomics.bins import assign_bins, fit_bin_edges
 from ghanet_pipeline.genomics.folds import make_folds, read_splits, write_splits
 

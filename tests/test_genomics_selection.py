@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from ghanet_pipeline.core.errors import InputError
 from ghanet_pipeline.demo.cohort import make_cohort
-from ghanet_pipeline.errors import InputError
 from ghanet_pipeline.genomics.bins import assign_bins, fit_bin_edges
 from ghanet_pipeline.genomics.selection import choose_method, deseq2_select, risk_groups, ttest_select, welch_ttest
 

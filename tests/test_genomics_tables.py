@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ghanet_pipeline.errors import InputError
+from ghanet_pipeline.core.errors import InputError
 from ghanet_pipeline.genomics.families import match_families, read_families
 from ghanet_pipeline.genomics.tables import feature_columns, read_clinical, read_counts, read_mcat_table
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from ghanet_pipeline.gpuslots import gpu_slot_prefix
+from ghanet_pipeline.env.gpuslots import gpu_slot_prefix
 
 pytestmark = pytest.mark.skipif(shutil.which("flock") is None or shutil.which("bash") is None,
                                 reason="needs bash and flock (util-linux)")

@@ -9,18 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from ghanet_pipeline.errors import ConfigError, InputError
-from ghanet_pipeline.inputs import collect_slides, parse_shard, read_manifest, take_shard, tcga_case_id
-from ghanet_pipeline.ioutils import (
-    atomic_path,
-    file_sha256,
-    remove_stale_temps,
-    safe_child,
-    sanitize_id,
-    sanitize_ids,
-    write_json_atomic,
-    write_text_atomic,
-)
+from ghanet_pipeline.core.errors import ConfigError, InputError
+from ghanet_pipeline.core.files import atomic_path, file_sha256, remove_stale_temps, write_json_atomic, write_text_atomic
+from ghanet_pipeline.core.ids import safe_child, sanitize_id, sanitize_ids
+from ghanet_pipeline.wsi.inputs import collect_slides, parse_shard, read_manifest, take_shard, tcga_case_id
 
 
 # -- ioutils ------------------------------------------------------------------------------------------------
@@ -95,7 +87,7 @@ def test_remove_stale_temps_and_sha256(tmp_path):
 
 def test_remove_stale_temps_scoped_to_one_item_spares_other_jobs(tmp_path):
     """A job cleaning its own slide's leftovers must not delete another job's file in progress."""
-    from ghanet_pipeline.ioutils import atomic_path
+    from ghanet_pipeline.core.files import atomic_path
 
     (tmp_path / ".A.h5.old1.tmp").write_text("killed run of A")
     (tmp_path / ".A.b.h5.x.tmp").write_text("slide 'A.b' being written by another job")
@@ -112,7 +104,7 @@ def test_remove_stale_temps_spares_a_live_writer_of_the_same_item(tmp_path):
     import subprocess
     import sys
 
-    from ghanet_pipeline.ioutils import _owner, atomic_path
+    from ghanet_pipeline.core.files import _owner, atomic_path
 
     host = _owner().rsplit("-", 1)[0]
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

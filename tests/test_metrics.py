@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ghanet_pipeline.errors import InputError
+from ghanet_pipeline.core.errors import InputError
 from ghanet_pipeline.evaluation.metrics import (
     NoComparablePairsError,
     concordance,

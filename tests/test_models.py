@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ghanet_pipeline.errors import CheckpointError, ConfigError, InputError
+from ghanet_pipeline.core.errors import CheckpointError, ConfigError, InputError
 from ghanet_pipeline.models import MODELS, create_model, genomic_weights, load_checkpoint, patch_ops, save_checkpoint, topk_count
 from ghanet_pipeline.models.layers import MultiHeadCrossAttention, MultiHeadSelfAttention, ReLUDropout
 from ghanet_pipeline.models.reference import reference_forward

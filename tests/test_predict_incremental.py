@@ -19,7 +19,7 @@ from test_prediction import ENC, make_run, write_bags
 from ghanet_pipeline.cli import cli
 from ghanet_pipeline.inference import predict as P
 from ghanet_pipeline.inference import records as R
-from ghanet_pipeline.inputs import SlideSpec
+from ghanet_pipeline.wsi.inputs import SlideSpec
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ghanet_pipeline.errors import CheckpointError, ConfigError, MismatchError
+from ghanet_pipeline.core.errors import CheckpointError, ConfigError, MismatchError
 from ghanet_pipeline.features.bags import check_encoder, encoder_differences
 from ghanet_pipeline.inference import ensemble as ENS
 from ghanet_pipeline.inference import loading as L
@@ -197,8 +197,8 @@ def write_bags(folder: Path, ids, encoder=ENC, n=20, seed=0) -> dict[str, np.nda
 def test_predict_from_bags_matches_manual_ensemble(tmp_path):
     import torch
 
-    from ghanet_pipeline.inputs import SlideSpec
     from ghanet_pipeline.models import load_checkpoint
+    from ghanet_pipeline.wsi.inputs import SlideSpec
 
     run = make_run(tmp_path / "run", ENC, folds=(0, 1, 2))
     feats = write_bags(tmp_path / "bags", ["s1", "s2", "s3"])
@@ -245,7 +245,7 @@ def test_bag_from_other_encoder_is_refused(tmp_path):
     run = make_run(tmp_path / "run", ENC, folds=(0,))
     write_bags(tmp_path / "bags", ["good"])
     write_bags(tmp_path / "bags", ["bad"], encoder={**ENC, "weights_sha256": "f" * 64})
-    from ghanet_pipeline.inputs import SlideSpec
+    from ghanet_pipeline.wsi.inputs import SlideSpec
 
     specs = [SlideSpec("good", tmp_path / "g.svs", "good"), SlideSpec("bad", tmp_path / "b.svs", "bad")]
     res = P.predict_cases(specs, run, R.PredictConfig(out=tmp_path / "out", features_dir=tmp_path / "bags",
@@ -307,7 +307,7 @@ def test_folds_trained_on_different_encoders_are_refused(tmp_path):
 
 
 def test_mismatched_encoder_weights_stop_before_any_slide(tmp_path):
-    from ghanet_pipeline.inputs import SlideSpec
+    from ghanet_pipeline.wsi.inputs import SlideSpec
 
     _register_tiny_encoder()
     run = make_run(tmp_path / "run", {**ENC, "weights_sha256": "random:0"}, folds=(0,))
@@ -319,8 +319,8 @@ def test_mismatched_encoder_weights_stop_before_any_slide(tmp_path):
 
 def test_missing_encoder_weights_name_the_ones_the_model_was_trained_with(tmp_path, monkeypatch):
     """No --weights and none in the hub cache: the error names the model's encoder weights, before any slide."""
-    from ghanet_pipeline.errors import ConfigError
-    from ghanet_pipeline.inputs import SlideSpec
+    from ghanet_pipeline.core.errors import ConfigError
+    from ghanet_pipeline.wsi.inputs import SlideSpec
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
     sha = "c634e1f428f21f8f" + "0" * 48
@@ -337,8 +337,8 @@ def test_missing_encoder_weights_name_the_ones_the_model_was_trained_with(tmp_pa
 
 def test_missing_weights_of_a_random_weights_model_say_which_seed(tmp_path, monkeypatch):
     """A model trained on seeded random weights: the error asks for --weights random:<seed>, not a file."""
-    from ghanet_pipeline.errors import ConfigError
-    from ghanet_pipeline.inputs import SlideSpec
+    from ghanet_pipeline.core.errors import ConfigError
+    from ghanet_pipeline.wsi.inputs import SlideSpec
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
     run = make_run(tmp_path / "run", {**ENC, "encoder": "resnet50_trunc", "weights_sha256": "random:7"}, folds=(0,),
@@ -352,7 +352,7 @@ def test_missing_weights_of_a_random_weights_model_say_which_seed(tmp_path, monk
 
 
 def test_predictions_csv_of_another_model_is_not_overwritten(tmp_path):
-    from ghanet_pipeline.inputs import SlideSpec
+    from ghanet_pipeline.wsi.inputs import SlideSpec
 
     write_bags(tmp_path / "bags", ["s1"])
     spec = [SlideSpec("s1", tmp_path / "s1.svs", "s1")]

@@ -17,20 +17,14 @@ from conftest import train_interrupted_after_epoch
 from scipy import stats
 
 from ghanet_pipeline.cli import cli
+from ghanet_pipeline.core.errors import ConfigError
 from ghanet_pipeline.demo.bags import write_synthetic_bags
 from ghanet_pipeline.demo.cohort import make_cohort, write_cohort_tables
-from ghanet_pipeline.errors import ConfigError
 from ghanet_pipeline.genomics import GenomicsConfig
 from ghanet_pipeline.genomics.selection import ttest_select
 from ghanet_pipeline.models import load_checkpoint
-from ghanet_pipeline.protocols import (
-    PRESETS,
-    PROTOCOLS,
-    balanced_class_weights,
-    loader_risk_groups,
-    official_loader_draw,
-    resolve,
-)
+from ghanet_pipeline.protocols.presets import PRESETS, PROTOCOLS, resolve
+from ghanet_pipeline.protocols.released import balanced_class_weights, loader_risk_groups, official_loader_draw
 from ghanet_pipeline.training.config import TrainConfig
 
 
@@ -195,7 +189,8 @@ class _Toy(torch.nn.Module):
 def _register_toy():
     from ghanet_pipeline.models import MODELS
 
-    MODELS.setdefault("toy_accum", _Toy)
+    if "toy_accum" not in MODELS:
+        MODELS.register("toy_accum", _Toy)
 
 
 class _RecordingSGD(torch.optim.SGD):

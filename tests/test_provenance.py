@@ -19,16 +19,11 @@ import pytest
 from click.testing import CliRunner
 
 from ghanet_pipeline.cli import cli
-from ghanet_pipeline.errors import BusyError, CheckpointError, MismatchError
+from ghanet_pipeline.core.errors import BusyError, CheckpointError, MismatchError
+from ghanet_pipeline.core.files import atomic_path, remove_stale_temps
+from ghanet_pipeline.core.fingerprints import check_same, component_from_items, component_from_mapping
 from ghanet_pipeline.features.bags import read_bag, read_bag_attrs, write_bag
-from ghanet_pipeline.ioutils import atomic_path, remove_stale_temps
-from ghanet_pipeline.provenance import (
-    bag_content_sha,
-    check_same,
-    component_from_items,
-    component_from_mapping,
-    features_sha256,
-)
+from ghanet_pipeline.features.fingerprints import bag_content_sha, features_sha256
 from ghanet_pipeline.training.config import TrainConfig
 from ghanet_pipeline.training.cv import train_cv
 from ghanet_pipeline.training.state import STATE_NAME, read_state_metadata
@@ -250,7 +245,7 @@ def test_damaged_state_is_discarded_with_a_warning(data, tmp_path, caplog, damag
 # ----------------------------------------------------------------------------------------- checkpoints
 
 def test_checkpoint_pair_from_different_trainings_is_refused(data, tmp_path):
-    from ghanet_pipeline.ioutils import file_sha256
+    from ghanet_pipeline.core.files import file_sha256
     from ghanet_pipeline.models import load_checkpoint
 
     feats, gdir, _ = data
@@ -271,9 +266,9 @@ def test_checkpoint_pair_from_different_trainings_is_refused(data, tmp_path):
 def test_stale_temps_of_live_processes_are_kept(tmp_path):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        from ghanet_pipeline import ioutils
+        from ghanet_pipeline.core import files
 
-        host = ioutils._owner().rsplit("-", 1)[0]
+        host = files._owner().rsplit("-", 1)[0]
         live = tmp_path / f".a.h5.{host}-{sleeper.pid}.x1.tmp"
         dead = tmp_path / f".a.h5.{host}-{2**22 + 12345}.x2.tmp"
         legacy = tmp_path / ".a.h5.abc123.tmp"
@@ -326,7 +321,7 @@ def test_overwrite_refused_while_another_job_holds_the_run(data, tmp_path):
     before = snapshot(tmp_path / "train" / "par")
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
-        from ghanet_pipeline.locks import OutputLocks
+        from ghanet_pipeline.core.locks import OutputLocks
         locks = OutputLocks({str(tmp_path / 'train')!r}, "par")
         with locks.exclusive():
             locks.register_job()
@@ -348,7 +343,7 @@ def test_overwrite_refused_while_another_job_holds_the_run(data, tmp_path):
 
 
 def test_checkpoint_fingerprint_names_the_folds_whose_weights_differ(data, tmp_path):
-    from ghanet_pipeline.provenance import checkpoint_fingerprint
+    from ghanet_pipeline.models.checkpoint import checkpoint_fingerprint
 
     feats, gdir, _ = data
     a = train_cv(feats, gdir, tmp_path, TrainConfig(**dict(TINY, folds=[0, 1])), run_name="a").run_dir
@@ -370,7 +365,7 @@ def test_safetensors_bytes_do_not_depend_on_the_process(tmp_path):
     code = textwrap.dedent("""
         import sys, torch
         from safetensors.torch import load_file
-        from ghanet_pipeline.safeload import save_safetensors
+        from ghanet_pipeline.core.safeload import save_safetensors
         t = {"b.weight": torch.arange(6.0).reshape(2, 3), "a.bias": torch.ones(3, dtype=torch.float16)}
         save_safetensors(t, sys.argv[1], {k: str(i) for i, k in enumerate("hgfedcba")})
         back = load_file(sys.argv[1])

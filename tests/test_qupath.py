@@ -30,7 +30,7 @@ def test_feature_collection_is_one_square_detection_per_patch_in_level0_px(tmp_p
 
 
 def test_case_heatmaps_write_geojson_with_attention_and_family_scores(make_synthetic_slide, tmp_path):
-    from ghanet_pipeline.inputs import SlideSpec
+    from ghanet_pipeline.wsi.inputs import SlideSpec
     from ghanet_pipeline.wsi.segment import SegmentParams, load_coords, segment_slide
 
     slide = make_synthetic_slide("qp_slide.tif", 1536, 1536, mpp=0.5, phenotype=0.5, seed=3)

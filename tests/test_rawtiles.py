@@ -139,7 +139,7 @@ def test_damaged_tile_falls_back_to_openslide_which_reports_it(make_synthetic_sl
 
     import tifffile
 
-    from ghanet_pipeline.errors import SlideError
+    from ghanet_pipeline.core.errors import SlideError
 
     src = make_synthetic_slide("raw_bad_src.svs", 1280, 1024, mpp=0.5, phenotype=0.3, seed=5)
     bad = tmp_path / "bad.svs"

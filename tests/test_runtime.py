@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ghanet_pipeline.errors import ConfigError
-from ghanet_pipeline.features import runtime
-from ghanet_pipeline.features.runtime import CpuInfo, parse_cpuinfo, resolve_precision
+from ghanet_pipeline.core.errors import ConfigError
+from ghanet_pipeline.env import runtime
+from ghanet_pipeline.env.runtime import CpuInfo, parse_cpuinfo, resolve_precision
 
 AMX = CpuInfo("Fake Xeon (Sapphire Rapids)", frozenset({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"}))
 ZEN4 = CpuInfo("Fake EPYC (Zen 4)", frozenset({"avx512f", "avx512_bf16"}))
@@ -67,7 +67,7 @@ def test_autocast_dtype_uses_the_same_rule(monkeypatch):
 
 
 def test_doctor_names_cpu_bf16_capability_and_auto_choice(monkeypatch, tmp_path):
-    from ghanet_pipeline.doctor import run_checks
+    from ghanet_pipeline.env.doctor import run_checks
 
     monkeypatch.setattr(runtime, "cpu_info", lambda: ZEN4)
     checks = {c.name: c for c in run_checks(tmp_path)}

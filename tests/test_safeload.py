@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ghanet_pipeline.errors import CheckpointError, ConfigError, InputError
+from ghanet_pipeline.core.errors import CheckpointError, ConfigError, InputError
 from ghanet_pipeline.features.bags import read_bag
 from ghanet_pipeline.features.encoders import read_state_dict
 
@@ -92,7 +92,7 @@ def test_weights_files_that_are_not_what_they_claim(tmp_path):
 
 
 def test_checkpoint_weights_that_are_not_safetensors(tmp_path):
-    from ghanet_pipeline.ioutils import file_sha256
+    from ghanet_pipeline.core.files import file_sha256
     from ghanet_pipeline.models import create_model, load_checkpoint, save_checkpoint
 
     fold = tmp_path / "fold_0"
@@ -113,7 +113,7 @@ def test_saved_safetensors_are_byte_identical(tmp_path):
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from ghanet_pipeline.safeload import save_safetensors
+    from ghanet_pipeline.core.safeload import save_safetensors
 
     tensors = {"b": torch.arange(4.0), "a": torch.ones(2, 3)}
     meta = {k: str(i) for i, k in enumerate(["fold", "epoch", "model", "format", "config_hash", "x"])}

@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from ghanet_pipeline.cli import cli
-from ghanet_pipeline.errors import InputError
-from ghanet_pipeline.inputs import SlideSpec
+from ghanet_pipeline.core.errors import InputError
+from ghanet_pipeline.wsi.inputs import SlideSpec
 from ghanet_pipeline.wsi.segment import REQUIRED_ATTRS, SegmentParams, load_coords, segment_slide
 from ghanet_pipeline.wsi.slide import Slide
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ghanet_pipeline.errors import SlideError
+from ghanet_pipeline.core.errors import SlideError
 from ghanet_pipeline.wsi.slide import MPP_REL_TOL, Slide, resolve_mpp, rgba_to_rgb
 
 

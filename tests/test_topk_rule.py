@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ghanet_pipeline.errors import ConfigError, InputError
+from ghanet_pipeline.core.errors import ConfigError, InputError
 from ghanet_pipeline.models import create_model, genomic_weights, topk_count
 from ghanet_pipeline.models.reference import reference_forward
 

@@ -19,9 +19,9 @@ from click.testing import CliRunner
 from conftest import train_interrupted_after_epoch
 
 from ghanet_pipeline.cli import cli
+from ghanet_pipeline.core.errors import InputError, MismatchError
 from ghanet_pipeline.demo.bags import bag_attrs, write_synthetic_bags
 from ghanet_pipeline.demo.cohort import make_cohort, write_cohort_tables
-from ghanet_pipeline.errors import InputError, MismatchError
 from ghanet_pipeline.features.bags import write_bag
 from ghanet_pipeline.genomics import GenomicsConfig, load_fold, preprocess_genomics
 from ghanet_pipeline.models import load_checkpoint
@@ -171,7 +171,7 @@ def test_rerun_removes_temporary_files_of_killed_runs_only(tiny, tmp_path):
     fold folders, run logs); one of a live writer (this process) is left alone."""
     import subprocess
 
-    from ghanet_pipeline.ioutils import _owner
+    from ghanet_pipeline.core.files import _owner
 
     feats, gdir, cohort = tiny
     dead = subprocess.Popen(["true"])

@@ -50,7 +50,7 @@ class LazyGroup(click.Group):
         return getattr(module, attr)
 
     def invoke(self, ctx: click.Context):
-        from ..errors import ConfigError, GhanetError
+        from ..core.errors import ConfigError, GhanetError
 
         try:
             return super().invoke(ctx)

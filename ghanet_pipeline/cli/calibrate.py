@@ -34,7 +34,7 @@ def calibrate_encoder(slides: tuple[str, ...], recursive: bool, mpp: float | Non
     from rich.console import Console
 
     from ..features.calibrate import calibrate_encoder as run
-    from ..inputs import collect_slides
+    from ..wsi.inputs import collect_slides
     specs = collect_slides(slides, manifest, recursive, case_id_from, mpp)
     res = run(specs, out, encoder=encoder, weights=weights, n_patches=n_patches, seed=seed,
               batch_size=batch_size, output=output, overwrite=overwrite)

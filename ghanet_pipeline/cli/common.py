@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ..runs import ItemResult
+from ..core.runs import ItemResult
 
 F = Callable[..., Any]
 
@@ -138,7 +138,7 @@ class Progress:
 def parse_folds(text: str | None) -> list[int] | None:
     """``--folds 0,2`` -> ``[0, 2]`` (sorted); None/empty = all folds. Duplicates, negatives and
     non-numbers are usage errors."""
-    from ..errors import ConfigError
+    from ..core.errors import ConfigError
 
     if not text or not text.strip():
         return None
@@ -181,6 +181,6 @@ def print_summary(title: str, results: Sequence[ItemResult], columns: Iterable[t
 
 def finish(results: Sequence[ItemResult]) -> None:
     """Exit 0 when every item succeeded, 1 when any failed."""
-    from ..runs import exit_code
+    from ..core.runs import exit_code
 
     sys.exit(exit_code(results))

@@ -17,7 +17,7 @@ def doctor(out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ..doctor import run_checks
+    from ..env.doctor import run_checks
 
     checks = run_checks(out)
     table = Table(title="ghanet doctor")

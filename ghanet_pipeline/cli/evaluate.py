@@ -30,7 +30,7 @@ def evaluate(predictions: Path, out: Path, case_col: str, risk_col: str, time_co
     from rich.console import Console
     from rich.table import Table
 
-    from ..errors import ConfigError
+    from ..core.errors import ConfigError
     from ..evaluation.evaluate import Columns, evaluate_predictions
 
     if (out / "metrics.json").exists() and not overwrite:

@@ -58,11 +58,11 @@ def extract_features(slides: tuple[str, ...], recursive: bool, mpp: float | None
     into <out>/features/<encoder_tag>/<slide_id>.h5."""
     import logging
 
-    from ..device import resolve_device
-    from ..errors import ConfigError
+    from ..core.errors import ConfigError
+    from ..env.device import resolve_device
+    from ..env.runtime import resolve_precision
     from ..features.extract import ExtractParams, extract_slides
-    from ..features.runtime import resolve_precision
-    from ..inputs import collect_slides, parse_shard, take_shard
+    from ..wsi.inputs import collect_slides, parse_shard, take_shard
     from .common import Progress, print_summary
 
     specs = take_shard(collect_slides(slides, manifest, recursive, case_id_from, mpp), parse_shard(shard))
@@ -87,6 +87,6 @@ def extract_features(slides: tuple[str, ...], recursive: bool, mpp: float | None
                                  overwrite=overwrite, on_done=on_done, log_config={"shard": shard})
     print_summary("extract-features", results, [("patches", "patches"), ("patches_per_s", "patches/s"),
                                                 ("precision", "precision")])
-    from ..runs import exit_code
+    from ..core.runs import exit_code
 
     sys.exit(exit_code(results))

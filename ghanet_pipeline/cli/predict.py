@@ -61,7 +61,7 @@ def predict(slides: tuple[str, ...], recursive: bool, mpp: float | None, case_id
     from ..inference.loading import default_model
     from ..inference.predict import predict_cases
     from ..inference.records import PredictConfig
-    from ..inputs import collect_slides, parse_shard
+    from ..wsi.inputs import collect_slides, parse_shard
     from .common import Progress
 
     fold_list = parse_folds(folds)

@@ -50,7 +50,7 @@ def segment(slides: tuple[str, ...], manifest: Path | None, recursive: bool, mpp
     glob patterns (or use --manifest). Writes
     <out>/segment/<slide_id>.geojson, .coords.h5 and .png, and a run log in <out>/logs/.
     """
-    from ..inputs import collect_slides, parse_shard, take_shard
+    from ..wsi.inputs import collect_slides, parse_shard, take_shard
     from ..wsi.segment import SegmentParams, segment_slides
 
     specs = take_shard(collect_slides(slides, manifest, recursive, case_id_from, mpp), parse_shard(shard))

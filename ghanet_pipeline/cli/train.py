@@ -85,7 +85,7 @@ def train(features: Path, genomics: Path | None, out: Path, model: str, run_name
     """
     import logging
 
-    from ..errors import ConfigError
+    from ..core.errors import ConfigError
     from ..training.config import TrainConfig
     from ..training.cv import train_cv
     from .common import Progress
@@ -132,7 +132,7 @@ def train(features: Path, genomics: Path | None, out: Path, model: str, run_name
         if state["bar"] is not None:
             state["bar"].__exit__(None, None, None)
     _print_table(result)
-    from ..runs import exit_code
+    from ..core.runs import exit_code
 
     sys.exit(exit_code(result.folds))
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..ioutils import sanitize_id
+from ..core.ids import sanitize_id
 
 #: encoder name written into synthetic bags' attrs
 SYNTHETIC_ENCODER = "synthetic_phenotype"

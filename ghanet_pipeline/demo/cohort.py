@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..ioutils import atomic_path
+from ..core.files import atomic_path
 
 #: the paper's six families, in token order
 FAMILY_NAMES: tuple[str, ...] = ("Tumor Suppression", "Oncogenesis", "Protein Kinases",

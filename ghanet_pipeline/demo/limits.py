@@ -7,12 +7,8 @@ the option and the smallest value that works.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from ..errors import OptionValueError
-
-if TYPE_CHECKING:
-    from .run import DemoConfig
+from ..core.errors import OptionValueError
+from .config import DemoConfig
 
 #: smallest ``slide_px``: the synthetic tissue blobs scale with the slide, and on small slides many are
 #: smaller than `segment`'s default minimum tissue piece (0.05 mm^2), leaving a slide without patches.

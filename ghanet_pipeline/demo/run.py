@@ -40,8 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ..errors import GhanetError
+from ..core.errors import GhanetError
 from . import report
+from .config import DemoConfig
 from .limits import check_config
 
 #: stage name -> module of ghanet_pipeline.cli that provides its command
@@ -54,35 +55,6 @@ STAGE_MODULES: dict[str, str] = {
     "evaluate": "evaluate",
     "predict": "predict",
 }
-
-
-@dataclass
-class DemoConfig:
-    """Sizes of the demo cohort and of the runs (defaults finish in < 10 min on 2 CPU cores).
-
-    Slides are ``slide_px`` x ``slide_px`` level-0 px at 0.5 um/px (20x); at 256 px per patch that is
-    at most ``(slide_px / 256)**2`` patches, in practice about 40 % of it (tissue blobs on glass).
-    """
-
-    n_cases: int = 40
-    n_holdout: int = 4
-    folds: int = 5
-    epochs: int = 20
-    slide_px: int = 2048
-    seed: int = 0
-    models: tuple[str, ...] = ("ghanet", "abmil")
-    weights: str = "random"
-    #: patches of the training slides used by `calibrate-encoder` (only with random weights)
-    calibration_patches: int = 128
-    device: str = "auto"
-    num_workers: int | None = None
-    heatmaps: bool = True
-    #: redo every stage; otherwise finished outputs are reused and `train` continues the run (--resume)
-    overwrite: bool = False
-    #: extra `ghanet train` options: the cohort is tiny (~32 training cases per fold), so the demo steps the
-    #: optimiser every 4 cases (default 32 = once per epoch here) with a higher learning rate, and uses
-    #: model width 128 instead of 512 to fit the 10-minute budget on 2 CPU cores
-    train_args: tuple[str, ...] = ("--accum", "4", "--lr", "5e-4", "--dim", "128")
 
 
 @dataclass
@@ -149,7 +121,7 @@ def _slide_seed(base_seed: int, index: int) -> int:
 
 
 def _write_manifest(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    from ..ioutils import atomic_path
+    from ..core.files import atomic_path
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
@@ -184,7 +156,7 @@ def build_cohort(data_dir: Path | str, config: DemoConfig) -> dict[str, Path]:
     ``holdout_manifest`` (new patients' slides, same columns; their genomics are not written: at
     inference a slide alone is enough).
     """
-    from ..ioutils import write_json_atomic
+    from ..core.files import write_json_atomic
     from .cohort import make_cohort, write_cohort_tables
 
     data_dir = Path(data_dir)
@@ -229,7 +201,7 @@ def write_workflow_config(data_dir: Path, paths: dict[str, Path], config: DemoCo
     outputs go to ``<data_dir>/../workflow-out`` (apart from the demo's own outputs)."""
     import yaml
 
-    from ..ioutils import write_text_atomic
+    from ..core.files import write_text_atomic
 
     data_dir = Path(data_dir).resolve()
     cfg: dict[str, Any] = {

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
-from ..ioutils import write_json_atomic
+from ..core.errors import InputError
+from ..core.files import write_json_atomic
+from ..core.tables import read_table_file
 from .metrics import NoComparablePairsError, concordance_index, logrank
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,6 @@ def read_predictions(table: Any, cols: Columns) -> tuple[Any, dict[str, str]]:
     time, event (0/1), fold (or absent), plus a dict saying which source column was read for what."""
     import pandas as pd
 
-    from ..genomics.tables import read_table_file  # (CSV/TSV, compressed, clear errors)
 
     src = "table"
     if not isinstance(table, pd.DataFrame):

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..ioutils import atomic_path
+from ..core.files import atomic_path
 
 OPTIMISTIC_NOTE = "OPTIMISTIC: epoch chosen on the validation fold (authors' protocol)"
 

@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, MismatchError
-from ..ioutils import atomic_path
-from ..provenance import FEATURES_SHA_ATTR, features_sha256
-from ..safeload import torch_load_tensors
-from ..settings import h5_value, plain, same_setting
+from ..core.attrs import h5_value, plain, same_setting
+from ..core.errors import InputError, MismatchError
+from ..core.files import atomic_path
+from ..core.safeload import torch_load_tensors
+from .fingerprints import FEATURES_SHA_ATTR, features_sha256
 
 BAG_SCHEMA_VERSION = 1
 
@@ -89,7 +89,7 @@ class BagWriter:
         # here the file exists at ``path`` with complete=True; on an exception nothing is left
 
     Rows are pre-allocated (N is known from the coords), so a block is written where it belongs.
-    ``features_sha256`` (:func:`ghanet_pipeline.provenance.features_sha256` of the stored features) and
+    ``features_sha256`` (:func:`ghanet_pipeline.features.fingerprints.features_sha256` of the stored features) and
     then ``complete`` are set after every row was written and the file is flushed; then the temporary
     file is renamed over ``path``. Timestamps are not stored, so identical inputs give identical files.
     """

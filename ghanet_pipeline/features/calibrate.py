@@ -35,9 +35,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import __version__
-from ..errors import ConfigError, GhanetError
-from ..inputs import SlideSpec
-from ..ioutils import atomic_path, file_sha256, safe_child
+from ..core.errors import ConfigError, GhanetError
+from ..core.files import atomic_path, file_sha256
+from ..core.ids import safe_child
+from ..wsi.inputs import SlideSpec
 from .encoders import CALIBRATION_PREFIX, get_encoder_spec, load_encoder, preprocess
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -165,7 +166,7 @@ def calibrate_encoder(specs: Sequence[SlideSpec], out: Path | str, encoder: str 
     differently raises :class:`ConfigError` (pass ``--overwrite`` or another ``--output``).
     Writes the run record ``<out>/logs/calibrate-encoder-<time>-<pid>.json``, like every stage.
     """
-    from ..runs import ItemResult, write_run_log
+    from ..core.runs import ItemResult, write_run_log
 
     started, t0 = time.time(), time.perf_counter()
     res = _calibrate(specs, Path(out), encoder, weights, n_patches, seed, batch_size, output, overwrite)

@@ -17,12 +17,13 @@ The model expects float NCHW input already normalised with the encoder's mean/st
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
+from . import foundation  # noqa: F401  (registers the foundation models)
+from .registry import ENCODERS, EncoderSpec, get_encoder_spec, register_encoder
 from .weights import check_keys, find_hub_weights, parse_random, read_state_dict, resolve_weights
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,67 +35,8 @@ log = logging.getLogger(__name__)
 __all__ = ["ENCODERS", "EncoderSpec", "LoadedEncoder", "find_hub_weights", "get_encoder_spec", "load_encoder",
            "parse_random", "preprocess", "read_state_dict", "register_encoder", "resolve_weights"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 #: key prefix of the per-channel standardisation in a calibrated weights file (``features/calibrate.py``)
 CALIBRATION_PREFIX = "ghanet_calibration."
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """What the registry knows about an encoder.
-
-    ``build()`` returns the full reference architecture with random weights (state dict keys as in
-    the weight files users have, after ``convert``); ``trunk(model)`` turns it into the feature
-    extractor returning ``(B, dim)``. ``required_prefixes`` are the state-dict key prefixes the trunk
-    uses (other keys of the reference architecture, e.g. ``layer4``/``fc``, are allowed in weight
-    files and ignored; ``("",)`` = every key). ``hub_files`` are torch-hub checkpoint names in order of
-    preference (``*`` globs allowed); ``hf_repo`` + ``weight_files`` name the file in the Hugging Face
-    hub cache. ``strict`` encoders are built on the ``meta`` device and take the file's tensors as they
-    are (no second copy of a 4 GB model). ``convert`` maps a file's keys to ``build()``'s keys.
-    ``input_size`` (px) and ``input_mpp`` (um/px) are what the model card feeds the model; None = the
-    segment patch (256 px at its target um/px).
-    """
-
-    name: str
-    dim: int
-    build: Callable[[], nn.Module]
-    trunk: Callable[[nn.Module], nn.Module]
-    required_prefixes: tuple[str, ...]
-    hub_files: tuple[str, ...]
-    how_to_get: str
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    default_input_size: int | None = None  # None = the patch size from segment (256)
-    input_mpp: float | None = None
-    architecture: str = "a torchvision ResNet50"
-    output: str = ""
-    hf_repo: str | None = None
-    weight_files: tuple[str, ...] = ()
-    strict: bool = False
-    convert: Callable[[dict], dict] | None = None
-    card_url: str = ""
-    gated: bool = False
-
-
-#: name -> spec; add encoders with :func:`register_encoder`
-ENCODERS: dict[str, EncoderSpec] = {}
-
-
-def register_encoder(spec: EncoderSpec) -> EncoderSpec:
-    """Add ``spec`` to :data:`ENCODERS` (a name can be registered once)."""
-    if spec.name in ENCODERS:
-        raise ValueError(f"encoder {spec.name!r} is already registered")
-    ENCODERS[spec.name] = spec
-    return spec
-
-
-def get_encoder_spec(name: str) -> EncoderSpec:
-    """The registered spec for ``name``; :class:`ConfigError` listing the known names otherwise."""
-    try:
-        return ENCODERS[name]
-    except KeyError:
-        raise ConfigError(f"unknown encoder {name!r}; known encoders: {', '.join(sorted(ENCODERS))}") from None
 
 
 # --------------------------------------------------------------------------- resnet50_trunc
@@ -167,7 +109,7 @@ def load_encoder(name: str = "resnet50_trunc", weights: str | Path | None = None
     """Build encoder ``name`` with its weights (see module doc), in eval mode, on CPU."""
     import torch
 
-    from ..ioutils import file_sha256
+    from ..core.files import file_sha256
 
     spec = get_encoder_spec(name)
     source = resolve_weights(spec, weights, hub_dir, hf_dir)
@@ -306,7 +248,8 @@ def preprocess(batch_u8: torch.Tensor, spec: EncoderSpec, dtype: torch.dtype | N
 def describe_encoders(hub_dir: Path | None = None, hf_dir: Path | None = None) -> list[dict[str, object]]:
     """One row per registered encoder: name, width, input size (px), um/px, output, architecture,
     weights file found in the hub caches (None when absent), where it was looked for, model card."""
-    from .weights import hf_hub_cache_dir, looked_in, torch_hub_dir
+    from ..env.hubs import hf_hub_cache_dir, torch_hub_dir
+    from .weights import looked_in
 
     hub_dir = torch_hub_dir() if hub_dir is None else hub_dir
     hf_dir = hf_hub_cache_dir() if hf_dir is None else hf_dir
@@ -320,5 +263,3 @@ def describe_encoders(hub_dir: Path | None = None, hf_dir: Path | None = None) -
     return rows
 
 
-# the pathology foundation models register themselves (module imported last: it uses the names above)
-from . import foundation  # noqa: E402,F401

@@ -29,23 +29,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import __version__
-from ..device import resolve_device
-from ..errors import ConfigError, MismatchError, SlideError
-from ..inputs import SlideSpec
-from ..ioutils import remove_stale_temps, safe_child
-from ..provenance import check_same, component_from_mapping
-from ..runs import ItemResult, run_items, write_run_log
-from ..settings import same_setting
+from ..core.attrs import same_setting
+from ..core.errors import ConfigError, MismatchError, SlideError
+from ..core.files import remove_stale_temps
+from ..core.fingerprints import check_same, component_from_mapping
+from ..core.ids import safe_child
+from ..core.runs import ItemResult, run_items, write_run_log
+from ..env.device import resolve_device
+from ..env.runtime import bf16_cpu_warning, cpu_cores, default_num_workers, resolve_precision, tune_malloc
+from ..wsi.inputs import SlideSpec
 from .bags import BAG_SCHEMA_VERSION, BagWriter, encoder_tag, read_bag_attrs, validate_bag
 from .fastpath import Runner
 from .loader import PatchBatches, ThreadReader, reader_context, worker_init
-from .runtime import (
-    bf16_cpu_warning,
-    cpu_cores,
-    default_num_workers,
-    resolve_precision,
-    tune_malloc,
-)
+from .multidevice import extract_multi
 
 if TYPE_CHECKING:  # pragma: no cover
 
@@ -369,9 +365,12 @@ def _extract_on_devices(specs: Sequence[SlideSpec], out: Path, params: ExtractPa
     for d in devs:  # validate here: usage errors must not surface as per-slide failures
         resolve_precision(params.precision, resolve_device(d))
     resolve_weights(get_encoder_spec(params.encoder), params.weights)
-    from .devices import extract_multi
+    return extract_multi(list(specs), out, asdict(params), devs, overwrite, on_done, make_device_extractor)
 
-    return extract_multi(list(specs), out, params, devs, overwrite, on_done)
+
+def make_device_extractor(device: str, n_devices: int, params: dict[str, Any]) -> Extractor:
+    """The extractor of one spawned per-device process (:func:`.multidevice.extract_multi`)."""
+    return Extractor(ExtractParams(**params), device, n_devices=n_devices)
 
 
 def segment_params_json(coords_attrs: dict[str, Any]) -> str:

@@ -24,7 +24,7 @@ import math
 from functools import partial
 from typing import TYPE_CHECKING
 
-from .encoders import IMAGENET_MEAN, IMAGENET_STD, EncoderSpec, register_encoder
+from .registry import IMAGENET_MEAN, IMAGENET_STD, EncoderSpec, register_encoder
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import GhanetError
+from ..core.errors import GhanetError
 
 log = logging.getLogger(__name__)
 

@@ -9,17 +9,17 @@ without unpickling code: ``.safetensors`` with safetensors, anything else with
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
+from ..env.hubs import hf_hub_cache_dir, torch_hub_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from .encoders import EncoderSpec
+    from .registry import EncoderSpec
 
 
 def parse_random(weights: str | None) -> int | None:
@@ -30,24 +30,6 @@ def parse_random(weights: str | None) -> int | None:
     if not m:
         return None
     return int(m.group(1) or 0)
-
-
-def torch_hub_dir() -> Path:
-    """``$TORCH_HOME/hub/checkpoints`` (default ``~/.cache/torch/hub/checkpoints``)."""
-    from ..doctor import torch_hub_checkpoint_dir
-
-    return torch_hub_checkpoint_dir()
-
-
-def hf_hub_cache_dir() -> Path:
-    """The Hugging Face hub cache: ``$HF_HUB_CACHE`` > ``$HF_HOME/hub`` > ``$XDG_CACHE_HOME/huggingface/hub``
-    > ``~/.cache/huggingface/hub`` (the order huggingface_hub itself uses)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    cache = os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache"))
-    return Path(cache) / "huggingface" / "hub"
 
 
 def _hf_snapshot_files(spec: EncoderSpec, hf_dir: Path) -> list[Path]:
@@ -126,7 +108,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """
     import torch
 
-    from ..safeload import load_safetensors, torch_load_tensors
+    from ..core.safeload import load_safetensors, torch_load_tensors
 
     path = Path(path)
     fix = ("Expected a state dict saved with torch.save(model.state_dict()) (.pth/.pt/.bin) or a .safetensors "

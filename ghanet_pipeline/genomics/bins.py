@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
+from ..core.errors import InputError
 
 
 def fit_bin_edges(times_months: np.ndarray, censorship: np.ndarray, cohort_min: float, cohort_max: float,

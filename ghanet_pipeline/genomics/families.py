@@ -13,8 +13,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InputError
-from .tables import read_table_file
+from ..core.errors import InputError
+from ..core.tables import read_table_file
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError
-from ..ioutils import atomic_path
+from ..core.errors import InputError
+from ..core.files import atomic_path
+from ..core.tables import read_table_file
 from .bins import assign_bins, fit_bin_edges
-from .tables import read_table_file
 
 Fold = tuple[list[str], list[str]]  # (train case ids, val case ids)
 _SPLIT_RE = re.compile(r"^splits_(\d+)\.csv$")

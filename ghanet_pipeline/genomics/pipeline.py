@@ -21,11 +21,12 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
-from ..errors import ConfigError, InputError, MismatchError
-from ..ioutils import atomic_path, file_sha256, remove_stale_temps, write_json_atomic
-from ..protocols import GENOMICS_FIELDS, loader_risk_groups, resolve
-from ..provenance import check_same, component_from_items, component_from_mapping
-from ..runs import ItemResult, run_items, versions, write_run_log
+from ..core.errors import ConfigError, InputError, MismatchError
+from ..core.files import atomic_path, file_sha256, remove_stale_temps, write_json_atomic
+from ..core.fingerprints import check_same, component_from_items, component_from_mapping
+from ..core.runs import ItemResult, run_items, versions, write_run_log
+from ..protocols.presets import GENOMICS_FIELDS, resolve
+from ..protocols.released import loader_risk_groups
 from .bins import assign_bins, fit_bin_edges
 from .families import FamilyMatch, match_families, read_families
 from .folds import Fold, make_folds, read_splits, write_splits

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..errors import InputError
+from ..core.errors import InputError
 
 log = logging.getLogger(__name__)
 

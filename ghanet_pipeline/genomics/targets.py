@@ -20,8 +20,8 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from ..ioutils import atomic_path
-from ..settings import plain
+from ..core.attrs import plain
+from ..core.files import atomic_path
 
 STD_FLOOR = 1e-8
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, InputError, MismatchError, SlideError
+from ..core.errors import ConfigError, InputError, MismatchError, SlideError
 from ..features.bags import check_encoder
-from ..inputs import SlideSpec
+from ..wsi.inputs import SlideSpec
 from .loading import Ensemble, segment_params_for
 from .records import PredictConfig
 

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..ioutils import atomic_path, sanitize_id
+from ..core.files import atomic_path
+from ..core.ids import sanitize_id
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import CheckpointError, ConfigError, MismatchError
+from ..core.errors import CheckpointError, ConfigError, MismatchError
 from ..features.bags import COMPAT_KEYS, encoder_differences
 
 if TYPE_CHECKING:

@@ -37,11 +37,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..device import resolve_device
-from ..errors import ConfigError, InputError, MismatchError, SlideError
-from ..inputs import SlideSpec, take_shard
-from ..ioutils import remove_stale_temps, safe_child, sanitize_ids, write_json_atomic
-from ..runs import ItemResult, run_items, write_run_log
+from ..core.errors import ConfigError, InputError, MismatchError, SlideError
+from ..core.files import remove_stale_temps, write_json_atomic
+from ..core.ids import safe_child, sanitize_ids
+from ..core.runs import ItemResult, run_items, write_run_log
+from ..env.device import resolve_device
+from ..wsi.inputs import SlideSpec, take_shard
 from .embed import Embedder, SlideBag, bag_path, read_existing_bag
 from .ensemble import ensemble_survival, risk_group, summarize_risks
 from .loading import Ensemble, EnsembleOutput, load_ensemble
@@ -74,7 +75,7 @@ def group_cases(specs: Sequence[SlideSpec]) -> dict[str, list[SlideSpec]]:
 def specs_from_features_dir(features_dir: Path) -> list[SlideSpec]:
     """One spec per bag in ``features_dir`` (``*.h5``/``*.pt``; case = slide id); used when no slides are given."""
     from ..features.bags import find_bags
-    from ..inputs import sanitise_specs
+    from ..wsi.inputs import sanitise_specs
 
     found = find_bags(features_dir)
     if not found:

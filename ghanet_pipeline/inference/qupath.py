@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..ioutils import atomic_path
+from ..core.files import atomic_path
 
 
 def patch_feature_collection(coords_level0: np.ndarray, size_level0: int,

@@ -11,10 +11,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, MismatchError
-from ..ioutils import atomic_path
-from ..provenance import checkpoint_fingerprint, describe_differences, fingerprint_digest, from_json, to_json
-from ..runs import ItemResult
+from ..core.errors import ConfigError, MismatchError
+from ..core.files import atomic_path
+from ..core.fingerprints import describe_differences, fingerprint_digest, from_json, to_json
+from ..core.runs import ItemResult
+from ..models.checkpoint import checkpoint_fingerprint
 from .loading import Ensemble
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ def model_identity(ens: Ensemble) -> str:
 
 def model_fingerprint(ens: Ensemble) -> dict[str, Any]:
     """The provenance fingerprint of the ensemble's fold checkpoints (weights hashes, encoder, training
-    inputs; :func:`ghanet_pipeline.provenance.checkpoint_fingerprint`) as JSON, with its ``digest``."""
+    inputs; :func:`ghanet_pipeline.models.checkpoint.checkpoint_fingerprint`) as JSON, with its ``digest``."""
     fp = checkpoint_fingerprint([m.path for m in ens.members])
     return {"digest": fingerprint_digest(fp), "components": to_json(fp)}
 
@@ -146,7 +147,7 @@ def input_signature(files: Sequence[Path], content_hash: bool = False) -> list[d
     """Name and size (bytes) of each input file of a case, plus its sha256 with ``content_hash`` (bags,
     which may be rewritten with the same size) or else its modification time in ns (slides: too large
     to hash on every run)."""
-    from ..ioutils import file_sha256
+    from ..core.files import file_sha256
 
     out = []
     for f in files:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from . import abmil as _abmil  # noqa: F401  (registers "abmil")
 from . import ghanet as _ghanet  # noqa: F401  (registers "ghanet")
-from ._registry import MODELS, create_model, register_model
 from .abmil import ABMIL
 from .checkpoint import CHECKPOINT_VERSION, load_checkpoint, read_checkpoint_meta, save_checkpoint
 from .ghanet import GHANet, genomic_weights, topk_count
+from .registry import MODELS, create_model, register_model
 
 __all__ = ["MODELS", "register_model", "create_model", "save_checkpoint", "load_checkpoint",
            "read_checkpoint_meta", "CHECKPOINT_VERSION", "GHANet", "ABMIL", "genomic_weights", "topk_count"]

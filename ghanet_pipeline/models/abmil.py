@@ -12,9 +12,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ._registry import register_model
 from .ghanet import _check_features
 from .layers import GatedAttention, survival_outputs
+from .registry import register_model
 
 
 class ABMIL(nn.Module):

@@ -7,6 +7,7 @@ rebuilt from the registry name (``model``) and its keyword arguments (``model_co
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,11 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..errors import CheckpointError, ConfigError
-from ..ioutils import atomic_path, file_sha256, write_json_atomic
-from ..safeload import load_safetensors, save_safetensors
-from ._registry import create_model
+from ..core.errors import CheckpointError, ConfigError, MismatchError
+from ..core.files import atomic_path, file_sha256, write_json_atomic
+from ..core.fingerprints import DIGEST_CHARS, Fingerprint, component_from_items, component_from_mapping, fingerprint
+from ..core.safeload import load_safetensors, save_safetensors
+from .registry import create_model
 
 CHECKPOINT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
@@ -119,3 +121,25 @@ def _check_pair(weights: Path, meta: dict[str, Any]) -> None:
     if diffs:
         raise CheckpointError(f"{weights} and {weights.with_name(META_NAME)} belong to different trainings "
                               f"({'; '.join(diffs)}); copy both files of one fold together or retrain")
+
+
+def checkpoint_fingerprint(fold_dirs: Sequence[Path | str]) -> Fingerprint:
+    """Fingerprint of a model made of fold checkpoints, from their ``model.json`` (no weights read).
+
+    Components: ``model`` (item per fold directory name -> its ``weights_sha256``; the weights themselves
+    are verified against it whenever :func:`ghanet_pipeline.models.load_checkpoint` loads them),
+    ``encoder`` (the bag encoder fields the checkpoints record) and ``training`` (item per fold -> the
+    training run's ``fingerprint_digest``, ``unknown`` for checkpoints of older versions). What
+    ``predict`` records next to its outputs, so that a rerun with another model is refused.
+    """
+    metas = {Path(d).name: read_checkpoint_meta(d) for d in fold_dirs}
+    if not metas:
+        raise MismatchError("no fold checkpoints given: a model fingerprint needs at least one fold_<k> folder")
+    first = next(iter(metas.values()))
+    weights = {k: str(m.get("weights_sha256", "unknown"))[:DIGEST_CHARS] for k, m in metas.items()}
+    training = {k: str(m.get("fingerprint_digest") or "unknown") for k, m in metas.items()}
+    return fingerprint(
+        model=component_from_items(weights, f"{first.get('model')} model, {len(metas)} fold checkpoint(s)"),
+        encoder=component_from_mapping(dict(first.get("encoder") or {})),
+        training=component_from_items(training, "training-input fingerprints of the folds"),
+    )

@@ -31,8 +31,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..errors import ConfigError, InputError
-from ._registry import register_model
+from ..core.errors import ConfigError, InputError
 from .layers import (
     GatedAttention,
     GEGLUFeedForward,
@@ -43,6 +42,7 @@ from .layers import (
     survival_outputs,
 )
 from .patch_ops import hyper_pool
+from .registry import register_model
 
 TOPK_RULES = ("ceil", "floor")
 

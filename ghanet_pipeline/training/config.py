@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, GhanetError
-from ..runs import ItemResult
+from ..core.errors import ConfigError, GhanetError
+from ..core.runs import ItemResult
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class TrainConfig:
     option_sources: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from ..protocols import TRAIN_FIELDS, TRAIN_PRESET_FIELDS, resolve
+        from ..protocols.presets import TRAIN_FIELDS, TRAIN_PRESET_FIELDS, resolve
 
         fields_ = TRAIN_FIELDS + TRAIN_PRESET_FIELDS
         values, sources = resolve(self.protocol, self.preset, fields_, {f: getattr(self, f) for f in fields_})

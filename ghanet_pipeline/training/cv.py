@@ -45,12 +45,13 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..device import resolve_device
-from ..errors import BusyError, ConfigError, InputError, MismatchError
-from ..ioutils import atomic_path, remove_stale_temps, safe_child, sanitize_id, write_json_atomic
-from ..locks import OutputLocks
-from ..provenance import fingerprint_digest, to_json
-from ..runs import ItemResult, run_items, write_run_log
+from ..core.errors import BusyError, ConfigError, InputError, MismatchError
+from ..core.files import atomic_path, remove_stale_temps, write_json_atomic
+from ..core.fingerprints import fingerprint_digest, to_json
+from ..core.ids import safe_child, sanitize_id
+from ..core.locks import OutputLocks
+from ..core.runs import ItemResult, run_items, write_run_log
+from ..env.device import resolve_device
 from .config import ProgressFn, TrainConfig, TrainResult, config_hash, noop_progress
 from .data import CaseBags, list_bags, map_cases_to_bags
 from .fingerprint import training_fingerprint

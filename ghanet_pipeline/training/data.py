@@ -11,10 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
-from ..inputs import SLIDE_EXTENSIONS, tcga_case_id
-from ..ioutils import sanitize_id
-from ..provenance import DIGEST_CHARS, FEATURES_SHA_ATTR
+from ..core.errors import InputError
+from ..core.fingerprints import DIGEST_CHARS
+from ..core.ids import sanitize_id
+from ..features.fingerprints import FEATURES_SHA_ATTR
+from ..wsi.inputs import SLIDE_EXTENSIONS, tcga_case_id
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def map_cases_to_bags(case_ids: Sequence[str], bags: Mapping[str, Path], case_sl
     wanted = set(case_ids)
     by_case: dict[str, list[Path]] = {c: [] for c in case_ids}
     if manifest is not None:
-        from ..inputs import read_manifest
+        from ..wsi.inputs import read_manifest
 
         for spec in read_manifest(manifest, case_id_from=case_id_from):
             if spec.case_id in wanted and spec.slide_id in bags:

@@ -1,8 +1,8 @@
 """The provenance fingerprint of a training run: bags, case mapping, genomics folds and options.
 
-Components (see :mod:`ghanet_pipeline.provenance`):
+Components (see :mod:`ghanet_pipeline.core.fingerprints`):
 
-- ``features`` — one item per bag used (bag stem -> content hash, :func:`provenance.bag_content_sha`);
+- ``features`` — one item per bag used (bag stem -> content hash, :func:`~ghanet_pipeline.features.fingerprints.bag_content_sha`);
 - ``encoder``  — how the bags were made (``bags.COMPAT_KEYS`` of the bags, checked equal for all);
 - ``cases``    — one item per case: the bag stems it maps to (manifest, ``--case-id-from`` or cases.csv);
 - ``genomics`` — per fold: the split, bins, labels, selected genes, scaler and gene targets;
@@ -18,15 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..provenance import (
-    DIGEST_CHARS,
-    Fingerprint,
-    bag_content_sha,
-    component_from_items,
-    component_from_mapping,
-    digest_of,
-    fingerprint,
-)
+from ..core.fingerprints import DIGEST_CHARS, Fingerprint, component_from_items, component_from_mapping, digest_of, fingerprint
+from ..features.fingerprints import bag_content_sha
 from .config import PROTOCOL_KEYS, TrainConfig
 
 

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..device import resolve_device
-from ..errors import InputError, MismatchError
-from ..features.runtime import tune_malloc
-from ..ioutils import atomic_path, write_json_atomic
+from ..core.errors import InputError, MismatchError
+from ..core.files import atomic_path, write_json_atomic
+from ..env.device import resolve_device
+from ..env.runtime import tune_malloc
 from .config import ProgressFn, TrainConfig, TrainingError, noop_progress
 from .data import CaseBags, balanced_order, subsample_patches, to_tensor
 from .state import FoldOutcome, load_state, make_optimizer, save_state

@@ -7,8 +7,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import MismatchError
-from ..provenance import Fingerprint, check_same, from_json
+from ..core.errors import MismatchError
+from ..core.fingerprints import Fingerprint, check_same, from_json
 from .state import STATE_NAME, read_state_metadata
 
 _FOLD = re.compile(r"^fold_(\d+)$")

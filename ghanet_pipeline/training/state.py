@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import MismatchError
-from ..ioutils import atomic_path
+from ..core.errors import MismatchError
+from ..core.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def save_state(state_dir: Path, model, opt, best_state: Mapping[str, Any] | None
     this one, never a mix."""
     import torch
 
-    from ..safeload import save_safetensors
+    from ..core.safeload import save_safetensors
 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     opt_t, opt_meta = _optimizer_to_flat(opt)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SlideError
+from ..core.errors import SlideError
 
 log = logging.getLogger(__name__)
 

@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..errors import InputError, MismatchError
-from ..inputs import SlideSpec
-from ..ioutils import atomic_path, remove_stale_temps, safe_child, sanitize_id, write_text_atomic
-from ..runs import ItemResult, run_items, write_run_log
-from ..settings import plain, same_setting
+from ..core.attrs import plain, same_setting
+from ..core.errors import InputError, MismatchError
+from ..core.files import atomic_path, remove_stale_temps, write_text_atomic
+from ..core.ids import safe_child, sanitize_id
+from ..core.runs import ItemResult, run_items, write_run_log
+from .inputs import SlideSpec
 from .tiling import DEFAULT_MIN_TISSUE, Grid, patch_grid
 from .tissue import TissueMask, TissueParams, detect_tissue
 

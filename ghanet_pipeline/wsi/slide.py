@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SlideError
+from ..core.errors import SlideError
 from . import dicom
 from .rawtiles import RawTileReader
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..ioutils import atomic_path
+from ..core.files import atomic_path
 
 #: physical size (um) of one cell of the coarse random fields that define the tissue geometry
 FIELD_UM = 16.0

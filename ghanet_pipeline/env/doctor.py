@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__
-from .features import runtime
+from .. import __version__
+from . import runtime
+from .hubs import torch_hub_dir
 
 
 @dataclass
@@ -21,13 +21,6 @@ class Check:
     ok: bool
     value: str
     required: bool = True
-
-
-def torch_hub_checkpoint_dir() -> Path:
-    """Where torchvision keeps downloaded weights: ``$TORCH_HOME/hub/checkpoints`` (default ~/.cache/torch)."""
-    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "torch")
-    return Path(torch_home) / "hub" / "checkpoints"
 
 
 def _module_version(name: str) -> tuple[bool, str]:
@@ -68,7 +61,7 @@ def run_checks(out: Path) -> list[Check]:
     auto, why = runtime.auto_cpu_precision(info)
     checks.append(Check("CPU", True, f"{info.describe()}; {runtime.cpu_cores()} cores usable", required=False))
     checks.append(Check("precision auto (CPU)", True, f"{auto} ({why.removeprefix('auto: ')})", required=False))
-    hub = torch_hub_checkpoint_dir()
+    hub = torch_hub_dir()
     found = sorted(hub.glob("resnet50-*.pth")) if hub.is_dir() else []
     checks.append(Check("ResNet50 ImageNet weights", bool(found),
                         f"{found[0]}" if found else f"none in {hub}/resnet50-*.pth; pass --weights FILE to extract-features",

@@ -4,25 +4,21 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+from ..core.errors import ConfigError
+from ..core.registry import Registry
 
-from ..errors import ConfigError
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
 
-MODELS: dict[str, Callable[..., nn.Module]] = {}
+#: name (the one stored in checkpoints) -> builder of the model
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering a builder under ``name`` (the name stored in checkpoints)."""
-
-    def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in MODELS and MODELS[name] is not builder:
-            raise ValueError(f"model {name!r} is already registered")
-        MODELS[name] = builder
-        return builder
-
-    return wrap
+    return MODELS.register(name)
 
 
 def create_model(name: str, **config: Any) -> nn.Module:
@@ -31,9 +27,7 @@ def create_model(name: str, **config: Any) -> nn.Module:
     The returned module has ``name`` (registry name), ``config`` (the keyword arguments that rebuild it,
     saved in checkpoints as ``model_config``) and ``needs_genomics``.
     """
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
-    builder = MODELS[name]
+    builder = MODELS.lookup(name)
     params = inspect.signature(builder).parameters
     unknown = [k for k in config if k not in params]
     if unknown:

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError, InputError, ManifestError
-from .ioutils import sanitize_ids
-from .wsi.dicom import is_dicom_file, is_dicom_folder
+from ..core.errors import ConfigError, InputError, ManifestError
+from ..core.ids import sanitize_ids
+from .dicom import is_dicom_file, is_dicom_folder
 
 #: File endings OpenSlide reads (used when a directory is given). DICOM WSI instances (``.dcm`` or
 #: ending-less files with the DICM marker) make their folder one slide, named after the folder.

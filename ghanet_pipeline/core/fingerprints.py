@@ -12,18 +12,18 @@ Use::
     ...
     check_same(from_json(old["fingerprint"]), fp, what="run r", fix="use --run-name NEW or --overwrite")
 
-``check_same`` raises :class:`~ghanet_pipeline.errors.MismatchError` whose message names every component
+``check_same`` raises :class:`~ghanet_pipeline.core.errors.MismatchError` whose message names every component
 that changed and, for item components, how many items changed/appeared/disappeared with examples.
 
-Bag content hashes (:func:`bag_content_sha`) use the ``features_sha256`` attr that ``extract-features``
-records (no data read), else hash the features once per process (cached by path, size and mtime).
+Bag content hashes live in :mod:`ghanet_pipeline.features.fingerprints`, a model's fingerprint in
+:mod:`ghanet_pipeline.models.checkpoint`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,11 +31,10 @@ from typing import Any
 import numpy as np
 
 from .errors import MismatchError
+from .files import file_sha256
 
 #: characters of hex kept for component and item digests
 DIGEST_CHARS = 16
-#: bag attr holding :func:`features_sha256` of the bag's features (written by ``extract-features``)
-FEATURES_SHA_ATTR = "features_sha256"
 _EXAMPLES = 3
 
 
@@ -178,89 +177,12 @@ def check_same(old: Mapping[str, Component], new: Mapping[str, Component], what:
 
 # --------------------------------------------------------------------------- bags
 
-_BAG_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def features_sha256(features: Any, chunk_rows: int = 4096) -> str:
-    """Full hex SHA-256 of a features array or HDF5 dataset: dtype, shape, then little-endian rows.
-
-    Read ``chunk_rows`` rows at a time, so an HDF5 dataset is never loaded whole.
-    """
-    dtype = np.dtype(features.dtype).newbyteorder("<")
-    shape = tuple(int(s) for s in features.shape)
-    h = hashlib.sha256(f"{dtype.str}:{shape}".encode())
-    n = shape[0] if shape else 0
-    for start in range(0, n, chunk_rows):
-        block = np.ascontiguousarray(np.asarray(features[start:start + chunk_rows]), dtype=dtype)
-        h.update(memoryview(block).cast("B"))
-    return h.hexdigest()
-
-
-def bag_content_sha(path: Path | str) -> str:
-    """16-hex content hash of one bag: its recorded ``features_sha256`` attr, else the features hashed.
-
-    ``.h5`` bags without the attr (older ghanet, CLAM/TRIDENT) hash their ``features`` dataset and ``.pt``
-    bags their file bytes; the result is cached for the process by (path, size, mtime).
-    """
-    import h5py
-
-    from .errors import InputError
-    from .ioutils import file_sha256
-
-    p = Path(path)
-    st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if key in _BAG_CACHE:
-        return _BAG_CACHE[key]
-    if p.suffix.lower() == ".pt":
-        sha = "file:" + file_sha256(p)[:DIGEST_CHARS]
-    else:
-        try:
-            with h5py.File(p, "r") as h5:
-                rec = h5.attrs.get(FEATURES_SHA_ATTR)
-                if isinstance(rec, bytes):
-                    rec = rec.decode()
-                if rec:
-                    sha = str(rec)[:DIGEST_CHARS]  # recorded at extract time: no data read
-                elif "features" not in h5:
-                    raise InputError(f"{p} has no 'features' dataset; it is not a feature bag")
-                else:
-                    sha = features_sha256(h5["features"])[:DIGEST_CHARS]
-        except OSError as exc:
-            raise InputError(f"bag {p} cannot be read as HDF5: {exc}") from None
-    _BAG_CACHE[key] = sha
-    return sha
-
 
 def file_component(paths: Mapping[str, Path | str], summary: str) -> Component:
     """A component over files' bytes (name -> 16-hex file SHA-256); missing files are items ``missing``."""
-    from .ioutils import file_sha256
-
     items = {name: (file_sha256(p)[:DIGEST_CHARS] if Path(p).is_file() else "missing") for name, p in paths.items()}
     return component_from_items(items, summary)
 
 
 # --------------------------------------------------------------------------- models
 
-def checkpoint_fingerprint(fold_dirs: Sequence[Path | str]) -> Fingerprint:
-    """Fingerprint of a model made of fold checkpoints, from their ``model.json`` (no weights read).
-
-    Components: ``model`` (item per fold directory name -> its ``weights_sha256``; the weights themselves
-    are verified against it whenever :func:`ghanet_pipeline.models.load_checkpoint` loads them),
-    ``encoder`` (the bag encoder fields the checkpoints record) and ``training`` (item per fold -> the
-    training run's ``fingerprint_digest``, ``unknown`` for checkpoints of older versions). What
-    ``predict`` records next to its outputs, so that a rerun with another model is refused.
-    """
-    from .models.checkpoint import read_checkpoint_meta
-
-    metas = {Path(d).name: read_checkpoint_meta(d) for d in fold_dirs}
-    if not metas:
-        raise MismatchError("no fold checkpoints given: a model fingerprint needs at least one fold_<k> folder")
-    first = next(iter(metas.values()))
-    weights = {k: str(m.get("weights_sha256", "unknown"))[:DIGEST_CHARS] for k, m in metas.items()}
-    training = {k: str(m.get("fingerprint_digest") or "unknown") for k, m in metas.items()}
-    return fingerprint(
-        model=component_from_items(weights, f"{first.get('model')} model, {len(metas)} fold checkpoint(s)"),
-        encoder=component_from_mapping(dict(first.get("encoder") or {})),
-        training=component_from_items(training, "training-input fingerprints of the folds"),
-    )

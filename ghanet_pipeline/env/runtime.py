@@ -11,7 +11,7 @@ import platform
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -1,5 +1,6 @@
-"""Extraction over several devices (`--devices cuda:0,cuda:1`): one process per device pulling slides from a
-shared queue."""
+"""Work over several devices (`--devices cuda:0,cuda:1`): one spawned process per device pulling slides from
+a shared queue. What each process does is given as a factory (``make_worker(device, n_devices, params)``
+-> an object with ``extract(spec, out, overwrite)``), a module-level function so that spawn can pickle it."""
 
 from __future__ import annotations
 
@@ -7,29 +8,27 @@ import logging
 import os
 import queue as queue_mod
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..errors import GhanetError
-from ..inputs import SlideSpec
-from ..runs import ItemResult, run_items
-
-if TYPE_CHECKING:
-    from .extract import ExtractParams
+from ..core.errors import GhanetError
+from ..core.runs import ItemResult, run_items
+from ..wsi.inputs import SlideSpec
 
 log = logging.getLogger(__name__)
 
 
-def device_worker(device: str, n_devices: int, params_dict: dict[str, Any], out: str, overwrite: bool,
-                   log_level: int, tasks: Any, results: Any) -> None:
+#: ``make_worker(device, n_devices, params)`` -> an object with ``extract(spec, out, overwrite)``
+WorkerFactory = Callable[[str, int, dict[str, Any]], Any]
+
+
+def device_worker(make_worker: WorkerFactory, device: str, n_devices: int, params_dict: dict[str, Any], out: str,
+                  overwrite: bool, log_level: int, tasks: Any, results: Any) -> None:
     """Body of one per-device process: pull (index, spec) until ``None``; post results."""
     logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s [{device}] %(message)s",
                         datefmt="%H:%M:%S")
     try:
-        from .extract import Extractor, ExtractParams  # noqa: F811 (spawned worker: import at run time)
-
-        extractor = Extractor(ExtractParams(**params_dict), device, n_devices=n_devices)
+        extractor = make_worker(device, n_devices, params_dict)
     except BaseException as exc:  # noqa: BLE001 - report and let the parent fail the remaining slides
         results.put(("fatal", device, f"{type(exc).__name__}: {exc}" if not isinstance(exc, GhanetError) else str(exc)))
         return
@@ -51,8 +50,10 @@ def device_worker(device: str, n_devices: int, params_dict: dict[str, Any], out:
     os._exit(0)
 
 
-def extract_multi(specs: list[SlideSpec], out: Path, params: ExtractParams, devices: list[str],
-                   overwrite: bool, on_done: Callable[[ItemResult], None] | None) -> list[ItemResult]:
+def extract_multi(specs: list[SlideSpec], out: Path, params: dict[str, Any], devices: list[str], overwrite: bool,
+                  on_done: Callable[[ItemResult], None] | None, make_worker: WorkerFactory) -> list[ItemResult]:
+    """Run ``make_worker(...).extract`` for every spec, one process per entry of ``devices``; results in the
+    order of ``specs`` (a slide whose process died is a failed item naming the device)."""
     import torch.multiprocessing as tmp
 
     ctx = tmp.get_context("spawn")
@@ -61,12 +62,13 @@ def extract_multi(specs: list[SlideSpec], out: Path, params: ExtractParams, devi
         tasks.put((i, s))
     for _ in devices:
         tasks.put(None)
-    pdict = {**asdict(params)}
+    pdict = dict(params)
     procs = []
     for d in devices:
         # malloc tuning is also applied inside each process (tune_malloc); workers inherit the env
         pr = ctx.Process(target=device_worker, daemon=False,
-                         args=(d, len(devices), pdict, str(out), overwrite, logging.getLogger("ghanet_pipeline").getEffectiveLevel(),
+                         args=(make_worker, d, len(devices), pdict, str(out), overwrite,
+                               logging.getLogger("ghanet_pipeline").getEffectiveLevel(),
                                tasks, results))
         pr.start()
         procs.append(pr)

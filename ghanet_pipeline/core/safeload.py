@@ -101,7 +101,7 @@ def save_safetensors(tensors: dict[str, Any], path: Path | str, metadata: dict[s
     safetensors writes ``__metadata__`` in hash-map order, which changes from one process to the next,
     so identical weights gave files (and ``weights_sha256``) that differ. The header is rewritten in place
     with the same length (only the order of the metadata entries changes). Not atomic: write to a
-    temporary path (``ioutils.atomic_path``).
+    temporary path (``core.files.atomic_path``).
     """
     import struct
 

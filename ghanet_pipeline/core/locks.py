@@ -25,7 +25,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from .ioutils import sanitize_id
+from .ids import sanitize_id
 
 log = logging.getLogger(__name__)
 

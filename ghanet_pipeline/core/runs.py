@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import __version__
+from .. import __version__
 from .errors import GhanetError
-from .ioutils import remove_stale_temps, write_json_atomic
+from .files import remove_stale_temps, write_json_atomic
 
 #: statuses that count as success for the exit code
 OK_STATUSES = ("done", "skipped", "no tissue")

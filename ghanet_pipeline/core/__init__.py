@@ -1,0 +1,6 @@
+"""Infrastructure every stage shares: ``errors`` (our exception types and their exit codes), ``files``
+(atomic, durable writes; stale temporaries; file hashes), ``ids`` (ids made safe as file names, staying
+inside the output root), ``locks`` (file locks for concurrent jobs), ``runs`` (per-item results, exit
+codes, run logs), ``fingerprints`` (what an output was made from, compared on every rerun), ``attrs``
+(HDF5 attrs <-> plain values, the one "same setting" rule), ``safeload`` (tensors from user files, never
+unpickled). Nothing here imports from any other ghanet package."""
