@@ -51,8 +51,8 @@ def main() -> None:
     import torch
 
     from ghanet_pipeline.features.extract import ExtractParams, extract_slides
+    from ghanet_pipeline.inference.config import PredictConfig
     from ghanet_pipeline.inference.predict import predict_cases
-    from ghanet_pipeline.inference.records import PredictConfig
     from ghanet_pipeline.wsi.inputs import SlideSpec
     from ghanet_pipeline.wsi.segment import SegmentParams, segment_slide
     from ghanet_pipeline.wsi.synthetic import write_synthetic_slide

@@ -13,7 +13,7 @@ import pytest
 
 from ghanet_pipeline.core.errors import OptionValueError
 from ghanet_pipeline.demo.limits import MIN_CASES, MIN_SLIDE_PX, check_config
-from ghanet_pipeline.demo.run import DemoConfig, build_cohort, run_demo, stage_available
+from ghanet_pipeline.demo.run import DemoConfig, build_cohort, run_demo
 
 
 def test_build_cohort_writes_slides_carrying_the_phenotype_and_a_separate_holdout(tmp_path: Path) -> None:
@@ -65,14 +65,21 @@ def test_build_cohort_writes_slides_carrying_the_phenotype_and_a_separate_holdou
     assert mtimes == {p: p.stat().st_mtime_ns for p in (tmp_path / "slides").iterdir()}
 
 
-def test_missing_stage_is_skipped_and_listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_stage_stops_the_stages_that_need_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import ghanet_pipeline.demo.run as demo
 
-    monkeypatch.setattr(demo, "stage_available", lambda stage: False)
+    ran: list[str] = []
+
+    def fake_run(stage, cmd, stream, env):
+        ran.append(stage)
+        return demo.StageRun(stage=stage, command=cmd, returncode=3 if stage == "calibrate-encoder" else 0,
+                             seconds=0.0)
+
+    monkeypatch.setattr(demo, "_run", fake_run)
     res = run_demo(tmp_path, DemoConfig(n_cases=11, n_holdout=1, folds=2, slide_px=MIN_SLIDE_PX))
-    assert res.ok and [s.stage for s in res.stages] == ["cohort"]
-    assert set(res.missing) == set(demo.STAGE_MODULES)
-    assert stage_available("segment")  # the real check sees installed commands
+    assert ran == ["segment", "calibrate-encoder"]
+    assert not res.ok and [s.stage for s in res.stages] == ["cohort", "segment", "calibrate-encoder"]
+    assert res.stages[-1].returncode == 3
 
 
 def _demo_cli(*args: str):

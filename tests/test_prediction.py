@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ghanet_pipeline.core.errors import CheckpointError, ConfigError, MismatchError
-from ghanet_pipeline.features.bags import check_encoder, encoder_differences
+from ghanet_pipeline.features.compatibility import check_encoder, encoder_differences
 from ghanet_pipeline.inference import ensemble as ENS
 from ghanet_pipeline.inference import loading as L
 from ghanet_pipeline.inference import predict as P

@@ -7,8 +7,13 @@ from pathlib import Path
 
 import click
 
+from ..env.runtime import PRECISIONS
+from ..features.extract import ExtractParams
 from .common import (
+    RegistryChoice,
+    default_of,
     device_option,
+    encoder_names,
     manifest_option,
     no_progress_option,
     out_option,
@@ -22,8 +27,8 @@ from .common import (
 @slides_argument
 @manifest_option
 @out_option
-@click.option("--encoder", default="resnet50_trunc", show_default=True,
-              help="Encoder from the registry (ghanet_pipeline.features.encoders.ENCODERS).")
+@click.option("--encoder", type=RegistryChoice(encoder_names), default=default_of(ExtractParams, "encoder"), show_default=True,
+              help="Patch encoder (`ghanet encoders` lists them with their widths and input sizes).")
 @click.option("--weights", default=None, metavar="PATH|random[:SEED]",
               help="Encoder weights: a torchvision state dict (.pth/.safetensors). Default: the torch hub cache "
                    "($TORCH_HOME/hub/checkpoints/resnet50-*.pth). 'random' = untrained (tests/demos only).")
@@ -37,11 +42,11 @@ from .common import (
               help="Patches per forward pass [default: 256 on CUDA, 32 on CPU].")
 @click.option("--num-workers", type=click.IntRange(min=0), default=None,
               help="Reader processes per device, 0 = in-process [default: CUDA cores/devices - 1; CPU 0 below 8 cores, else cores/8].")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default=default_of(ExtractParams, "precision"), show_default=True,
               help="auto: bf16 autocast on CUDA (fp16 if unsupported); on CPU bf16 where the CPU has AMX-BF16, "
                    "else fp32 ('ghanet doctor' shows the choice). An explicit fp32/bf16 is always used; bf16 "
                    "on a CPU without AMX/AVX512-BF16 is emulated and slow (warned).")
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default=default_of(ExtractParams, "dtype"), show_default=True,
               help="Storage type of the features in the bag.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU compute threads (torch) [default: the cores not used by the automatic reader processes; "
@@ -61,7 +66,7 @@ def extract_features(slides: tuple[str, ...], recursive: bool, mpp: float | None
     from ..core.errors import ConfigError
     from ..env.device import resolve_device
     from ..env.runtime import resolve_precision
-    from ..features.extract import ExtractParams, extract_slides
+    from ..features.extract import extract_slides
     from ..wsi.inputs import collect_slides, parse_shard, take_shard
     from .common import Progress, print_summary
 

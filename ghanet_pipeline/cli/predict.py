@@ -7,8 +7,10 @@ from pathlib import Path
 
 import click
 
+from ..inference.config import PredictConfig
 from .common import (
     batch_size_option,
+    default_of,
     device_option,
     manifest_option,
     no_progress_option,
@@ -40,8 +42,8 @@ from .common import (
 @device_option
 @click.option("--weights", default=None, metavar="PATH|random[:seed]",
               help="Encoder weights; must be the ones the model was trained with (default: torch hub cache).")
-@batch_size_option(64)
-@num_workers_option(0)
+@batch_size_option(default_of(PredictConfig, "batch_size"))
+@num_workers_option(default_of(PredictConfig, "num_workers"))
 @overwrite_option
 @no_progress_option
 @shard_option
@@ -60,7 +62,6 @@ def predict(slides: tuple[str, ...], recursive: bool, mpp: float | None, case_id
     """
     from ..inference.loading import default_model
     from ..inference.predict import predict_cases
-    from ..inference.records import PredictConfig
     from ..wsi.inputs import collect_slides, parse_shard
     from .common import Progress
 

@@ -28,7 +28,8 @@ def _fold_problem(n_cases: int, folds: int, seed: int) -> str | None:
     change) and the risk groups are computed by the same functions the stage uses.
     """
     from ..genomics.folds import make_folds
-    from ..genomics.pipeline import GenomicsConfig, fold_group_sizes
+    from ..genomics.per_fold import fold_group_sizes
+    from ..genomics.pipeline import GenomicsConfig
     from ..genomics.selection import MIN_GROUP
     from .cohort import make_cohort
 

@@ -36,7 +36,7 @@ from ..core.fingerprints import check_same, component_from_mapping
 from ..core.ids import safe_child
 from ..core.runs import ItemResult, run_items, write_run_log
 from ..env.device import resolve_device
-from ..env.runtime import bf16_cpu_warning, cpu_cores, default_num_workers, resolve_precision, tune_malloc
+from ..env.runtime import bf16_cpu_warning, cpu_cores, default_num_workers, dtype_of, resolve_precision, tune_malloc
 from ..wsi.inputs import SlideSpec
 from .bags import BAG_SCHEMA_VERSION, BagWriter, encoder_tag, read_bag_attrs, validate_bag
 from .fastpath import Runner
@@ -98,7 +98,7 @@ class Extractor:
         self.params = params
         self.device = resolve_device(device or params.device)
         self.precision, self.precision_reason = resolve_precision(params.precision, self.device)
-        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+        self.amp_dtype = dtype_of(self.precision)
         self.notes: list[str] = []
         if self.device.type == "cpu" and self.precision == "bf16":
             warning = bf16_cpu_warning()

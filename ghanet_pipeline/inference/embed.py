@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import ConfigError, InputError, MismatchError, SlideError
-from ..features.bags import check_encoder
+from ..features.compatibility import check_encoder
 from ..wsi.inputs import SlideSpec
+from .config import PredictConfig
 from .loading import Ensemble, segment_params_for
-from .records import PredictConfig
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,14 @@ def bag_path(features_dir: Path, spec: SlideSpec) -> Path:
 
 @dataclass
 class SlideBag:
+    """One slide's bag for prediction: features (N, D), level-0 coords (N, 2) and the bag's attrs."""
+
     spec: SlideSpec
     features: np.ndarray
     coords: np.ndarray | None  # None for bags without coords (CLAM .pt): no heatmaps
     attrs: dict[str, Any]
+    #: why the slide gave no patch (``features`` is then empty)
+    note: str = ""
 
 
 class Embedder:
@@ -69,15 +73,15 @@ class Embedder:
         check_encoder(self.settings, {**self.settings, "weights_sha256": encoder.weights_id},
                       f"encoder weights {source}")
         self.notes = list(encoder.notes)
-        self.last_note = ""  # why the last embedded slide gave no bag (no tissue)
         params = ExtractParams(encoder=self.settings["encoder"], weights=config.weights,
                                input_size=int(self.settings["input_size"]), batch_size=config.batch_size,
                                num_workers=config.num_workers, device=config.device)
         self.extractor = Extractor(params, config.device, encoder=encoder)
         self.segment_params = segment_params_for(ens.segment_params, self.settings)
 
-    def embed(self, spec: SlideSpec, seconds: dict[str, float]) -> SlideBag | None:
-        """Bag of one slide (None when the slide has no tissue patch); adds to ``seconds``."""
+    def embed(self, spec: SlideSpec, seconds: dict[str, float]) -> SlideBag:
+        """Bag of one slide (empty, with a ``note`` saying why, when the slide has no tissue patch); adds the
+        segment and extract times to ``seconds``."""
         from ..features import bags
         from ..wsi.segment import segment_slide
 
@@ -89,8 +93,8 @@ class Embedder:
         if not res.ok:
             raise SlideError(res.message if spec.slide_id in res.message else f"slide {spec.slide_id}: {res.message}")
         if not res.metrics.get("patches"):
-            self.last_note = f"slide {spec.slide_id}: {res.message or 'no tissue patch'}"
-            return None
+            return SlideBag(spec=spec, features=np.zeros((0, 0), dtype=np.float32), coords=None, attrs={},
+                            note=f"slide {spec.slide_id}: {res.message or 'no tissue patch'}")
         t = time.perf_counter()
         res = self.extractor.extract(spec, out, overwrite=self.config.overwrite)
         if not res.ok:

@@ -15,6 +15,7 @@ from ..core.errors import InputError
 from ..core.fingerprints import DIGEST_CHARS
 from ..core.ids import sanitize_id
 from ..features.fingerprints import FEATURES_SHA_ATTR
+from ..protocols.released import balanced_class_weights
 from ..wsi.inputs import SLIDE_EXTENSIONS, tcga_case_id
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,8 @@ class CaseBags:
     """
 
     def __init__(self, case_paths: Mapping[str, Sequence[Path]], cache_gb: float = 4.0) -> None:
-        from ..features.bags import check_compatible, read_bag
+        from ..features.bags import read_bag
+        from ..features.compatibility import check_compatible
 
         self._read_bag = read_bag
         self.paths: dict[str, list[Path]] = {}
@@ -154,8 +156,8 @@ def _segment_info(attrs_list: Sequence[Mapping[str, Any]]) -> dict[str, Any] | N
 
 
 def _encoder_info(attrs_list: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Encoder fields for checkpoints (``bags.encoder_meta`` of the first bag; "unknown" where absent)."""
-    from ..features.bags import encoder_meta
+    """Encoder fields for checkpoints (``compatibility.encoder_meta`` of the first bag; "unknown" where absent)."""
+    from ..features.compatibility import encoder_meta
 
     return encoder_meta(attrs_list[0]) if attrs_list else {}
 
@@ -163,11 +165,9 @@ def _encoder_info(attrs_list: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def balanced_order(bins: np.ndarray, censorship: np.ndarray, seed: int, fold: int, epoch: int) -> np.ndarray:
     """Indices of one epoch's cases: ``len(bins)`` draws with replacement, weight = n / size of the case's
     (bin, censorship) class, so the 8 classes are drawn equally often on average (authors' sampler)."""
-    cls = np.asarray(bins, dtype=np.int64) * 2 + np.asarray(censorship, dtype=np.int64)
-    counts = np.bincount(cls, minlength=int(cls.max()) + 1).astype(np.float64)
-    w = len(cls) / counts[cls]
+    w = balanced_class_weights(bins, censorship)
     rng = np.random.default_rng([seed, fold, epoch, 1])
-    return rng.choice(len(cls), size=len(cls), replace=True, p=w / w.sum())
+    return rng.choice(len(w), size=len(w), replace=True, p=w / w.sum())
 
 
 def to_tensor(x: np.ndarray, device):

@@ -48,6 +48,52 @@ def _case_id(slide_id: str, given: str | None, case_id_from: str | None) -> str:
     return slide_id
 
 
+def _manifest_rows(manifest: Path) -> list[tuple[int, dict[str, str]]]:
+    """(line number, {column: stripped value}) of each non-blank row; header problems, rows with too many
+    fields and files that are not UTF-8 CSV raise :class:`ManifestError`."""
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            cols = [c.strip() for c in next(reader, [])]
+            missing = [c for c in ("slide_id", "path") if c not in cols]
+            if missing:
+                raise ManifestError(f"manifest {manifest}: missing column(s) {', '.join(missing)}; "
+                                    f"expected a header like 'slide_id,path,case_id,mpp'")
+            dup = sorted({c for c in cols if c and cols.count(c) > 1})
+            if dup:
+                raise ManifestError(f"manifest {manifest}: column(s) {', '.join(dup)} appear more than once in "
+                                    f"the header; keep one of each")
+            rows = []
+            for i, values in enumerate(reader, start=2):  # row 1 is the header
+                if not any(v.strip() for v in values):
+                    continue  # blank line
+                if len(values) > len(cols):
+                    raise ManifestError(f"manifest {manifest}, row {i}: {len(values)} fields but the header has "
+                                        f"{len(cols)}; quote values that contain commas")
+                rows.append((i, {k: v.strip() for k, v in zip(cols, values + [""] * (len(cols) - len(values)),
+                                                              strict=False)}))
+            return rows
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"manifest {manifest} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                            f"save it as UTF-8 CSV") from None
+    except csv.Error as exc:
+        raise ManifestError(f"manifest {manifest} is not a readable CSV ({exc})") from None
+
+
+def _row_mpp(manifest: Path, i: int, row: dict[str, str]) -> float | None:
+    """The row's level-0 um/px override (None when the mpp column is absent or empty)."""
+    if not row.get("mpp"):
+        return None
+    try:
+        mpp = float(row["mpp"])
+    except ValueError:
+        mpp = math.nan
+    if not (mpp > 0 and math.isfinite(mpp)):
+        raise ManifestError(f"manifest {manifest}, row {i}, column mpp: {row['mpp']!r} is not a "
+                            f"positive number of um per pixel (e.g. 0.25 for 40x, 0.5 for 20x)")
+    return mpp
+
+
 def read_manifest(manifest: Path | str, case_id_from: str | None = None) -> list[SlideSpec]:
     """Read ``slide_id,path[,case_id][,mpp]`` (+ any other columns, kept in ``extra``).
 
@@ -57,58 +103,23 @@ def read_manifest(manifest: Path | str, case_id_from: str | None = None) -> list
     manifest = Path(manifest)
     if not manifest.is_file():
         raise ManifestError(f"manifest {manifest} does not exist")
-    try:
-        with open(manifest, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
-            cols = [c.strip() for c in next(reader, [])]
-            missing = [c for c in ("slide_id", "path") if c not in cols]
-            if missing:
-                raise ManifestError(f"manifest {manifest}: missing column(s) {', '.join(missing)}; "
-                                 f"expected a header like 'slide_id,path,case_id,mpp'")
-            dup = sorted({c for c in cols if c and cols.count(c) > 1})
-            if dup:
-                raise ManifestError(f"manifest {manifest}: column(s) {', '.join(dup)} appear more than once in "
-                                 f"the header; keep one of each")
-            rows = []
-            for i, values in enumerate(reader, start=2):  # row 1 is the header
-                if not any(v.strip() for v in values):
-                    continue  # blank line
-                if len(values) > len(cols):
-                    raise ManifestError(f"manifest {manifest}, row {i}: {len(values)} fields but the header has "
-                                     f"{len(cols)}; quote values that contain commas")
-                rows.append((i, {k: v.strip() for k, v in zip(cols, values + [""] * (len(cols) - len(values)), strict=False)}))
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"manifest {manifest} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                         f"save it as UTF-8 CSV") from None
-    except csv.Error as exc:
-        raise ManifestError(f"manifest {manifest} is not a readable CSV ({exc})") from None
     specs: list[SlideSpec] = []
     seen: dict[str, int] = {}
-    for i, row in rows:
+    for i, row in _manifest_rows(manifest):
         sid = row["slide_id"]
         if not sid:
             raise ManifestError(f"manifest {manifest}, row {i}: empty slide_id")
         if sid in seen:
             raise ManifestError(f"manifest {manifest}, row {i}: slide_id {sid!r} already used in row "
-                             f"{seen[sid]}; slide ids must be unique")
+                                f"{seen[sid]}; slide ids must be unique")
         seen[sid] = i
         if not row["path"]:
             raise ManifestError(f"manifest {manifest}, row {i} (slide {sid!r}): empty path")
         path = Path(row["path"])
-        if not path.is_absolute():
-            path = manifest.parent / path
-        mpp = None
-        if row.get("mpp"):
-            try:
-                mpp = float(row["mpp"])
-            except ValueError:
-                mpp = math.nan
-            if not (mpp > 0 and math.isfinite(mpp)):
-                raise ManifestError(f"manifest {manifest}, row {i}, column mpp: {row['mpp']!r} is not a "
-                                 f"positive number of um per pixel (e.g. 0.25 for 40x, 0.5 for 20x)")
         extra = {k: v for k, v in row.items() if k not in ("slide_id", "path", "case_id", "mpp")}
-        specs.append(SlideSpec(slide_id=sid, path=path, case_id=_case_id(sid, row.get("case_id"), case_id_from),
-                               mpp=mpp, raw_slide_id=sid, extra=extra))
+        specs.append(SlideSpec(slide_id=sid, path=path if path.is_absolute() else manifest.parent / path,
+                               case_id=_case_id(sid, row.get("case_id"), case_id_from),
+                               mpp=_row_mpp(manifest, i, row), raw_slide_id=sid, extra=extra))
     if not specs:
         raise ManifestError(f"manifest {manifest} lists no slides")
     return sanitise_specs(specs)
