@@ -61,6 +61,8 @@ register_encoder(EncoderSpec(
     dim=1024,
     input_mpp=0.5,
     output="layer3 feature map, global average pooled",
+    architecture="ResNet50 conv1..layer3 + global average pool (as CLAM), torchvision's state-dict keys",
+    licence="BSD-3-Clause (torchvision code); weights trained on ImageNet (its terms: non-commercial research)",
     build=_resnet50_full,
     trunk=_resnet50_trunk,
     required_prefixes=("conv1.", "bn1.", "layer1.", "layer2.", "layer3."),

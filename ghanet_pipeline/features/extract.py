@@ -42,6 +42,7 @@ from .bags import BAG_SCHEMA_VERSION, BagWriter, encoder_tag, read_bag_attrs, va
 from .fastpath import Runner
 from .loader import PatchBatches, ThreadReader, reader_context, worker_init
 from .multidevice import extract_multi
+from .registry import DEFAULT_ENCODER
 
 if TYPE_CHECKING:  # pragma: no cover
 
@@ -66,7 +67,7 @@ class ExtractParams:
     file (same pixels as OpenSlide; False = always OpenSlide).
     """
 
-    encoder: str = "resnet50_trunc"
+    encoder: str = DEFAULT_ENCODER
     weights: str | None = None
     input_size: int | None = None
     batch_size: int = 64
