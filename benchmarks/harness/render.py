@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from .machine import ROOT
+
+#: column headings of common field names (a record's own ``labels`` come first)
+DEFAULT_LABELS = {"seconds": "time", "peak_rss_gib": "peak RSS", "patches_per_s": "patches/s"}
 
 
 def provisional(record: dict[str, Any]) -> bool:
@@ -21,7 +25,7 @@ def fmt_number(x: float, unit: str = "") -> str:
     if unit == "x":
         return f"{x:.2f}x" if abs(x) < 10 else f"{x:.1f}x" if abs(x) < 100 else f"{x:,.0f}x"
     if isinstance(x, int) or float(x).is_integer() and abs(x) >= 1000:
-        return f"{int(x):,}"
+        return f"{int(x):,}" if abs(x) >= 10000 else str(int(x))
     a = abs(x)
     if a >= 1000:
         return f"{x:,.0f}"
@@ -73,8 +77,8 @@ def render_table(record: dict[str, Any], table: str = "main") -> str:
 
     def head(k: str) -> str:
         unit = units.get(k, "")
-        text = labels.get(k, k.replace("_", " "))
-        if unit and unit != "x" and f"({unit})" not in text:
+        text = labels.get(k) or DEFAULT_LABELS.get(k) or k.replace("_", " ")
+        if unit and unit != "x" and not re.search(rf"(^|[\s(]){re.escape(unit)}($|[\s),])", text):
             text += f" ({unit})"
         return text + (" min / median" if k in repeated else "")
 
