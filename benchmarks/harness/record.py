@@ -7,7 +7,7 @@ Record (schema ``ghanet-bench/1``; docs/benchmarks.md "Records" says the same)::
      "machine": {...machine_facts()...}, "load": {"before": [1, 5, 15 min], "after": [...]},
      "units": {"seconds": "s", ...}, "labels": {"seconds": "whole step", ...},
      "rows": [{"table": "main", "step": "...", "seconds": {"min", "median", "max", "n", "values"}, ...}],
-     "notes": [{"table": "main", "text": "..."}]}
+     "notes": [{"table": "main", "text": "..."}], "data": {...raw values kept beside the rows, optional...}}
 
 A row's fields are text, numbers or :class:`~.timing.Stats` (stored as min / median / max / n / values); every
 numeric field has a unit in ``units`` ("" for a count, "x" for a ratio).
@@ -95,6 +95,8 @@ class Bench:
         self.argv = list(argv if argv is not None else sys.argv)
         self.rows: list[dict[str, Any]] = []
         self.notes: list[dict[str, str]] = []
+        #: raw values kept in the record beside the rows (not shown in tables), e.g. every replicate of a run
+        self.data: dict[str, Any] = {}
         self.path: Path | None = None
 
     def unit(self, key: str, unit: str, label: str | None = None) -> None:
@@ -140,7 +142,7 @@ class Bench:
             "command": command_line(self.argv), "started": self.started.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "seconds": round(time.perf_counter() - self.t0, 3), "params": self.params, "machine": machine_facts(),
             "load": {"before": self.load_before, "after": load_average()}, "units": self.units,
-            "labels": self.labels, "rows": self.rows, "notes": self.notes})
+            "labels": self.labels, "rows": self.rows, "notes": self.notes, "data": self.data})
 
 
 def check_record(record: Any) -> list[str]:
