@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/ghanet demo --out $(DEMO_OUT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check ghanet_pipeline tests benchmarks
+	$(BIN)/ruff check ghanet_pipeline tests benchmarks pipelines
 
 test: lint
 	$(BIN)/python -m pytest -q -ra
