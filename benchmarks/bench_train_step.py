@@ -28,8 +28,9 @@ sides and are printed.
     python -m benchmarks.bench_train_step [--sizes 1000 10000 30000 100000] [--repeats 2] [--rounds 2]
                                           [--threads 2] [--families 80 0 120 40 60 90] [--malloc default]
 
-Record: bench ``train_step``; tables ``main`` (per implementation and size), ``ratios`` (fast / reference,
-same run), ``floor`` (the required products alone) and ``adam`` (optimiser kernels).
+Record: bench ``train_step`` (``train_step_as_run`` / ``train_step_tuned`` with ``--malloc``); tables ``main``
+(per implementation and size), ``ratios`` (fast / reference, same run), ``floor`` (the required products
+alone) and ``adam`` (optimiser kernels).
 """
 
 from __future__ import annotations
@@ -223,7 +224,8 @@ def main(argv: list[str] | None = None) -> None:
             return emit(floor_worker(n, args.repeats, args.threads))
         return emit(worker(impl, n, args.repeats, args.threads, args.families, args.malloc))
 
-    with Bench("train_step", "G-HANet training step, inference and peak memory vs the reference implementation",
+    name = "train_step" if args.malloc == "default" else f"train_step_{args.malloc.replace('-', '_')}"
+    with Bench(name, "G-HANet training step, inference and peak memory vs the reference implementation",
                args, units=UNITS, labels=LABELS) as bench:
         sized = []
         for n in args.sizes:
