@@ -46,15 +46,17 @@ docker-check: $(STAMP)
 # The benchmark suite (docs/benchmarks.md): every benchmark with the options of the docs' figures, one JSON
 # record each in benchmarks/results/, then the docs' generated tables rewritten from the newest records.
 # Run on a quiet machine. bench-smoke: each benchmark at its smallest size, records in a temporary folder.
+# BENCH_ARGS: more suite options, e.g. BENCH_ARGS="--real-slide CMU-1-Small-Region.svs --skip encoders".
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.suite --demo-out $(DEMO_OUT)
+	$(BIN)/python -m benchmarks.suite --demo-out $(DEMO_OUT) $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.report
 
 bench-docs: $(STAMP)
 	$(BIN)/python -m benchmarks.report
 
 bench-smoke: $(STAMP)
-	$(BIN)/python -m benchmarks.suite --smoke --demo-out $(DEMO_OUT)
+	$(BIN)/python -m benchmarks.suite --smoke --demo-out $(DEMO_OUT) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache build *.egg-info
