@@ -117,14 +117,15 @@ def replicate(label: str, model: str, root: Path, features: Path, t: int, args: 
 
 def fill_record(bench: Bench, summary: dict[str, dict], rows: list[dict]) -> None:
     """Rows per model and for the paired difference; every replicate's per-fold c-index in the record's data."""
+    def ci(bounds: list[float], sign: str) -> str:
+        return "n/a" if any(b != b for b in bounds) else "[{:{s}.3f}, {:{s}.3f}]".format(*bounds, s=sign)
+
     for label, sm in summary.items():
         paired = label == "G-HANet - ABMIL"
+        sign = "+" if paired else ""
         bench.row(model=f"{label} (paired, same validation folds)" if paired else label,
                   replicates=sm.get("n_replicates"), pairs=sm.get("n_folds", sm.get("n_pairs")), c_index=sm["mean"],
-                  ci95_pairs="[{:+.3f}, {:+.3f}]".format(*sm["ci95_folds"]) if paired
-                  else "[{:.3f}, {:.3f}]".format(*sm["ci95_folds"]),
-                  ci95_replicates="[{:+.3f}, {:+.3f}]".format(*sm["ci95_replicates"]) if paired
-                  else "[{:.3f}, {:.3f}]".format(*sm["ci95_replicates"]))
+                  ci95_pairs=ci(sm["ci95_folds"], sign), ci95_replicates=ci(sm["ci95_replicates"], sign))
     d = summary["G-HANet - ABMIL"]
     bench.note(f"G-HANet higher in {d['ghanet_higher']} of {d['n_pairs']} seed x fold pairs, ties {d['ties']}")
     means: dict[str, list[str]] = {}

@@ -59,7 +59,8 @@ def test_bench_writes_one_record_with_machine_facts_and_rows(tmp_path):
         bench.unit("seconds", "s")
         bench.unit("patches", "")
         bench.row(step="first", seconds=stats([0.3, 0.1, 0.2]), patches=12)
-        bench.row(table="other", step="second", seconds=stats([1.0]))
+        bench.row(table="other", step="second", seconds=stats([1.0]), ratio=float("nan"))
+        bench.unit("ratio", "x")
         bench.note("a note")
     files = list(tmp_path.glob("tiny-*.json"))
     assert files == [bench.path] and re.fullmatch(r"tiny-\d{8}T\d{6}Z\.json", files[0].name)
@@ -74,8 +75,8 @@ def test_bench_writes_one_record_with_machine_facts_and_rows(tmp_path):
     assert len(rec["load"]["before"]) == 3 and len(rec["load"]["after"]) == 3
     first, second = rec["rows"]
     assert first["seconds"]["min"] == 0.1 and first["seconds"]["median"] == 0.2 and first["seconds"]["max"] == 0.3
-    assert first["patches"] == 12 and second["table"] == "other"
-    assert rec["units"] == {"seconds": "s", "patches": ""} and rec["notes"] == [{"table": "main", "text": "a note"}]
+    assert first["patches"] == 12 and second["table"] == "other" and second["ratio"] is None  # NaN: null in JSON
+    assert rec["units"] == {"seconds": "s", "patches": "", "ratio": "x"} and rec["notes"] == [{"table": "main", "text": "a note"}]
 
 
 def test_bench_writes_nothing_on_error_or_for_a_field_without_unit(tmp_path):
@@ -117,7 +118,8 @@ def test_report_rewrites_only_the_marked_blocks_from_the_newest_record(tmp_path)
     assert "| step | time (s) min / median |" in block and "| work | 7.50 / 8.00 |" in block
     assert "old table" not in text and "1.25" not in text and "3.75" not in text
     assert middle in text and text.endswith("<!-- /bench -->\nend\n")
-    assert "| other | 9.00 |" in text.split("<!-- bench:tiny:extra -->")[1]
+    extra = text.split("<!-- bench:tiny:extra -->\n")[1]
+    assert extra.startswith(f"_Same run (record `{newest.name}`), CPU ") and "| other | 9.00 |" in extra
     assert report.main(["--doc", str(doc), "--results", str(tmp_path / "results")]) == 0
     assert doc.read_text() == text  # a second run changes nothing
     assert report.main(["--check", "--doc", str(doc), "--results", str(tmp_path / "results")]) == 1  # nosuch: no record

@@ -101,7 +101,7 @@ def caption(record: dict[str, Any], path: Path | None = None) -> str:
     parts = [f"`{record['command']}`"]
     parts.append(f"CPU {m['cpu_model']} ({_isa(m.get('cpu_flags', []))}; {m.get('cores')} cores)")
     if m.get("torch"):
-        parts.append(f"torch {m['torch']}, {m.get('torch_threads')} threads")
+        parts.append(f"torch {m['torch']} ({m.get('torch_threads')} threads in the main process)")
     if m.get("gpus"):
         parts.append("GPU " + ", ".join(m["gpus"]))
     if m.get("commit"):
@@ -120,10 +120,19 @@ def caption(record: dict[str, Any], path: Path | None = None) -> str:
     return f"_{text}_"
 
 
+def short_caption(record: dict[str, Any], path: Path | None = None) -> str:
+    """The caption of a record's further tables: which record, which CPU."""
+    name = f"record `{Path(path).name}`" if path is not None else f"bench `{record['bench']}`"
+    text = f"Same run ({name}), CPU {record['machine']['cpu_model']}"
+    return f"_{text}{' · **provisional**' if provisional(record) else ''}._"
+
+
 def render_block(record: dict[str, Any], table: str = "main", path: Path | None = None) -> str:
-    """Caption, table and that table's notes: what a ``<!-- bench:NAME -->`` marker in the docs holds."""
+    """Caption, table and that table's notes: what a ``<!-- bench:NAME -->`` marker in the docs holds (the full
+    caption for table ``main``, a short one naming the record and CPU for its other tables)."""
     notes = [n["text"] for n in record["notes"] if n.get("table", "main") == table]
-    out = [caption(record, path), "", render_table(record, table)]
+    head = caption(record, path) if table == "main" else short_caption(record, path)
+    out = [head, "", render_table(record, table)]
     if notes:
         out += [""] + [f"- {t}" for t in notes]
     return "\n".join(out)
