@@ -4,9 +4,10 @@ or each at its smallest size (``--smoke``: checks that it runs and writes a vali
     python -m benchmarks.suite [--list] [--smoke] [--only NAME ...] [--skip NAME ...] [--real-slide SVS]
                                [--demo-out DIR] [--results DIR]
 
-Each entry runs as its own process from the repository root, one after another; entries whose needs are
-missing (a demo run for ``compare_models``, an AVX512-BF16 CPU for the instruction-set runs) are skipped with
-the reason. Exit 1 if an entry failed or (``--smoke``) did not write the record it should.
+Each entry runs as its own process from the repository root, one after another, without the caller's
+``MALLOC_*`` variables (each benchmark sets glibc malloc itself, see its ``--malloc`` / ``--malloc-compare``);
+entries whose needs are missing (a demo run for ``compare_models``, an AVX512-BF16 CPU for the instruction-set
+runs) are skipped with the reason. Exit 1 if an entry failed or (``--smoke``) did not write the record it should.
 """
 
 from __future__ import annotations
@@ -151,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         ctx.results = Path(tempfile.mkdtemp(prefix="ghanet-bench-smoke-")) if ctx.smoke else ROOT / "benchmarks" / "results"
     ctx.results = ctx.results.resolve()
     ctx.results.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "GHANET_BENCH_RESULTS": str(ctx.results)}
+    # glibc malloc settings are each benchmark's to choose (the Makefile exports some for the other targets)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}, "GHANET_BENCH_RESULTS": str(ctx.results)}
     outcome = [(e.bench, *run_entry(e, ctx, env)) for e in entries]
     print(f"\nsuite {'(smoke) ' if ctx.smoke else ''}records in {ctx.results}:")
     for bench, status, detail in outcome:
