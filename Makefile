@@ -10,7 +10,7 @@ DEMO_OUT ?= demo-out
 export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 17179869184
 
-.PHONY: setup demo lint test test-fast test-slurm docker-check bench clean
+.PHONY: setup demo lint test test-fast test-slurm docker-check bench bench-docs bench-smoke clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/ghanet demo --out $(DEMO_OUT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check ghanet_pipeline tests benchmarks
+	$(BIN)/ruff check ghanet_pipeline tests benchmarks pipelines
 
 test: lint
 	$(BIN)/python -m pytest -q -ra
@@ -43,8 +43,20 @@ test-slurm: $(STAMP)
 docker-check: $(STAMP)
 	GHANET=$(abspath $(BIN))/ghanet SLIDE="$(SLIDE)" bash pipelines/testing/docker-check.sh
 
+# The benchmark suite (docs/benchmarks.md): every benchmark with the options of the docs' figures, one JSON
+# record each in benchmarks/results/, then the docs' generated tables rewritten from the newest records.
+# Run on a quiet machine. bench-smoke: each benchmark at its smallest size, records in a temporary folder.
+# BENCH_ARGS: more suite options, e.g. BENCH_ARGS="--real-slide CMU-1-Small-Region.svs --skip encoders".
+BENCH_ARGS ?=
 bench: $(STAMP)
-	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+	$(BIN)/python -m benchmarks.suite --demo-out $(DEMO_OUT) $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.report
+
+bench-docs: $(STAMP)
+	$(BIN)/python -m benchmarks.report
+
+bench-smoke: $(STAMP)
+	$(BIN)/python -m benchmarks.suite --smoke --demo-out $(DEMO_OUT) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache build *.egg-info
