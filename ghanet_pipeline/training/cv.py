@@ -142,7 +142,7 @@ def train_cv(features_dir: Path | str, genomics_dir: Path | str, out: Path | str
                f"{', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
         warnings.append(msg)
         log.warning("%s", msg)
-    bags = CaseBags(case_paths, cache_gb=config.cache_gb)
+    bags = CaseBags(case_paths, cache_gb=config.cache_gb, allow_mixed_precision=config.allow_mixed_precision)
     warnings.extend(bags.warnings)
     mapping = (f"manifest {Path(manifest).name}" if manifest else "TCGA case ids" if config.case_id_from == "tcga"
                else "genomics cases.csv")

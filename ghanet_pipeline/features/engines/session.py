@@ -147,6 +147,12 @@ class EngineSession:
             return self.torch_runner()
         return self._ov[input_size]
 
+    def fp32_runner(self, input_size: int, out: Path) -> Any:
+        """The OpenVINO fp32 runner for ``input_size`` (whatever this session runs; for comparisons)."""
+        from . import openvino_runner as ovr
+
+        return ovr.OpenVinoRunner(ovr.compile_ir(self._fp32_entry(out, input_size).path, self.threads))
+
     def _int8_entry(self, out: Path) -> Any:
         from .cache import cache_root, read_entry
 
