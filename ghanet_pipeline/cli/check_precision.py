@@ -19,7 +19,7 @@ from .common import int8_options, manifest_option, out_option, slides_argument
               help="Encoder weights, as for extract-features (default: the torch hub cache).")
 @click.option("--resize", "input_size", type=click.IntRange(min=16), default=None, metavar="PX",
               help="Side in px given to the encoder, as for extract-features.")
-@click.option("--patches", type=click.IntRange(min=8), default=128, show_default=True,
+@click.option("--patches", type=click.IntRange(min=3), default=128, show_default=True,
               help="Patches compared (seeded, an equal share per slide, none of the int8 calibration patches).")
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of the compared patches.")
 @int8_options

@@ -35,9 +35,18 @@ class PrecisionCheck:
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"patches": self.patches, "slides": self.slides, "int8_model": self.int8_model,
+        """Plain JSON values (NaN, e.g. a rank correlation of constant distances, becomes null)."""
+        return _no_nan({"patches": self.patches, "slides": self.slides, "int8_model": self.int8_model,
                 "gate": {"max_error_spread": MAX_ERROR_SPREAD, "min_distance_rank": MIN_DISTANCE_RANK},
-                "rows": self.rows, "int8_record": self.int8_record, "notes": self.notes}
+                "rows": self.rows, "int8_record": self.int8_record, "notes": self.notes})
+
+
+def _no_nan(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_no_nan(v) for v in obj]
+    return None if isinstance(obj, float) and obj != obj else obj
 
 
 def eval_sample(specs: Sequence[Any], out: Path, n: int, seed: int, exclude: Any) -> Any:
