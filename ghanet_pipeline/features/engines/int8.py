@@ -43,7 +43,12 @@ class Recipe:
     the fidelity gate); ``seed``: the draw; ``preset``: NNCF preset (``mixed``: asymmetric activations,
     ``performance``: symmetric); ``bias_correction``: ``full`` (NNCF BiasCorrection, layer by layer on
     the quantized model's own activations) or ``fast``; ``fp32_convs``: convolutions kept in fp32, by
-    position (0 = first; negative from the end)."""
+    position (0 = first; negative from the end); ``ranges``: how activation ranges are set from the
+    calibration statistics (``minmax``: NNCF's default, the mean over samples of each sample's min/max;
+    ``quantile``: the same with the 1e-4 / 1 - 1e-4 quantiles; ``histogram``: the range that minimises the
+    quantization error of a histogram of the values); ``channel_alignment``: NNCF's channel alignment
+    (rescales channels between consecutive convolutions so that per-tensor activation scales fit every
+    channel)."""
 
     patches: int = 512
     seed: int = 0
@@ -51,6 +56,8 @@ class Recipe:
     preset: str = "mixed"
     bias_correction: str = "full"
     fp32_convs: tuple[int, ...] = (0,)
+    ranges: str = "minmax"
+    channel_alignment: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "fp32_convs": list(self.fp32_convs)}
@@ -162,10 +169,18 @@ def quantize(fp32_model: Any, patches: np.ndarray, recipe: Recipe) -> Any:
     convs = [op.get_friendly_name() for op in fp32_model.get_ordered_ops() if op.get_type_name() == "Convolution"]
     keep = sorted({convs[i] for i in recipe.fp32_convs if -len(convs) <= i < len(convs)})
     preset = {"mixed": nncf.QuantizationPreset.MIXED, "performance": nncf.QuantizationPreset.PERFORMANCE}[recipe.preset]
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet as Ranges
+
+    advanced = AdvancedQuantizationParameters(disable_channel_alignment=not recipe.channel_alignment)
+    if recipe.ranges != "minmax":
+        advanced.activations_range_estimator_params = {"quantile": Ranges.MEAN_QUANTILE,
+                                                       "histogram": Ranges.HISTOGRAM}[recipe.ranges]
     data = nncf.Dataset([patches[i:i + 1] for i in range(len(patches))])
     return nncf.quantize(fp32_model, data, subset_size=len(patches), preset=preset,
                          fast_bias_correction=recipe.bias_correction == "fast",
-                         ignored_scope=nncf.IgnoredScope(names=keep) if keep else None)
+                         ignored_scope=nncf.IgnoredScope(names=keep) if keep else None,
+                         advanced_parameters=advanced)
 
 
 def build(folder: Path, fp32_folder: Path, encoder: LoadedEncoder, sample: Sample, input_size: int,
