@@ -30,7 +30,8 @@ from .common import int8_options, manifest_option, out_option, slides_argument
               help="Also write the figures as JSON [default: <out>/logs/check-precision-<time>.json].")
 def check_precision(slides: tuple[str, ...], recursive: bool, mpp: float | None, case_id_from: str | None,
                     manifest: Path | None, out: Path, encoder: str, weights: str | None, input_size: int | None,
-                    patches: int, seed: int, int8_patches: int, int8_seed: int, bf16: bool | None,
+                    patches: int, seed: int, int8_patches: int, int8_seed: int, int8_cohort: Path | None,
+                    bf16: bool | None,
                     threads: int | None, json_path: Path | None) -> None:
     """Compare int8 (and bf16, OpenVINO fp32) features with PyTorch fp32 ones on a sample of the SLIDES'
     patches: per-patch cosine percentiles, error as a fraction of the features' spread across patches,
@@ -47,7 +48,8 @@ def check_precision(slides: tuple[str, ...], recursive: bool, mpp: float | None,
     from ..ioutils import safe_child, write_json_atomic
 
     specs = collect_slides(slides, manifest, recursive, case_id_from, mpp)
-    res = run(specs, out, encoder=encoder, weights=weights, patches=patches, seed=seed, int8_patches=int8_patches,
+    cohort = collect_slides((), int8_cohort, False, case_id_from, mpp) if int8_cohort is not None else None
+    res = run(specs, out, cohort=cohort, encoder=encoder, weights=weights, patches=patches, seed=seed, int8_patches=int8_patches,
               int8_seed=int8_seed, input_size=input_size, bf16=bf16, threads=threads)
     table = Table(title=f"check-precision: {res.patches} patches of {res.slides} slide(s) vs PyTorch fp32")
     for col in ("features", "cosine p1", "cosine p5", "cosine median", "cosine min", "error / spread",

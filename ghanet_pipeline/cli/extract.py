@@ -58,7 +58,8 @@ from .common import (
 def extract_features(slides: tuple[str, ...], recursive: bool, mpp: float | None, case_id_from: str | None,
                      manifest: Path | None, out: Path, encoder: str, weights: str | None, input_size: int | None,
                      device: str, devices: str | None, batch_size: int | None, num_workers: int | None,
-                     engine: str, precision: str, int8_patches: int, int8_seed: int, dtype: str,
+                     engine: str, precision: str, int8_patches: int, int8_seed: int, int8_cohort: Path | None,
+                     dtype: str,
                      threads: int | None, overwrite: bool, no_progress: bool, shard: str | None) -> None:
     """Embed every patch of each slide's grid (from `ghanet segment`; run with defaults when missing)
     into <out>/features/<encoder_tag>/<slide_id>.h5."""
@@ -73,6 +74,8 @@ def extract_features(slides: tuple[str, ...], recursive: bool, mpp: float | None
 
     cohort = collect_slides(slides, manifest, recursive, case_id_from, mpp)
     specs = take_shard(cohort, parse_shard(shard))
+    if int8_cohort is not None:
+        cohort = collect_slides((), int8_cohort, False, case_id_from, mpp)
     dev_list = [d.strip() for d in devices.split(",") if d.strip()] if devices else [device]
     if not dev_list:
         raise ConfigError("--devices is empty; give e.g. cuda:0,cuda:1")

@@ -64,9 +64,10 @@ def eval_sample(specs: Sequence[Any], out: Path, n: int, seed: int, exclude: Any
 def check_precision(specs: Sequence[Any], out: Path | str, encoder: str = "resnet50_trunc",
                     weights: str | None = None, patches: int = 128, seed: int = 1, int8_patches: int = 512,
                     int8_seed: int = 0, input_size: int | None = None, bf16: bool | None = None,
-                    threads: int | None = None) -> PrecisionCheck:
+                    threads: int | None = None, cohort: Sequence[Any] | None = None) -> PrecisionCheck:
     """Measure int8 / OpenVINO fp32 / bf16 features against PyTorch fp32 on ``patches`` patches of ``specs``
-    (see module doc). ``bf16``: None = where the CPU has bf16 instructions (else it is emulated, slow)."""
+    (see module doc). ``bf16``: None = where the CPU has bf16 instructions (else it is emulated, slow).
+    ``cohort``: the slides the int8 model is calibrated on (default ``specs``), as ``--int8-cohort``."""
     import torch
 
     from ..encoders import load_encoder
@@ -81,11 +82,12 @@ def check_precision(specs: Sequence[Any], out: Path | str, encoder: str = "resne
                            precision="int8", engine="openvino", int8_patches=int8_patches, int8_seed=int8_seed,
                            torch_threads=threads, num_workers=0)
     ex = Extractor(params, "cpu", encoder=enc)
-    ex.prepare(specs, out)
+    cohort = list(cohort or specs)
+    ex.prepare(cohort, out)
     from .int8 import draw_sample
 
-    calib = draw_sample(specs, out, recipe.patches, recipe.seed)
-    sample = eval_sample(specs, out, patches, seed, calib)
+    calib = draw_sample(cohort, out, recipe.patches, recipe.seed)
+    sample = eval_sample(specs, out, patches, seed, calib if cohort == list(specs) else None)
     size = ex.input_size(sample.patch_size)
     x = read_sample(sample, size)
     rows: dict[str, dict[str, Any]] = {}
