@@ -50,6 +50,16 @@ def make_run(run_dir: Path, encoder: dict) -> Path:
     return run_dir
 
 
+def copy_segment(paths: dict[str, Path], out: Path) -> None:
+    """The prepared segmentation (coords of exactly --patches patches, with the full run's GeoJSON and QC
+    image, which segment needs to see to reuse the coords) into ``<out>/segment``."""
+    sid = paths["slide"].name.split(".")[0]
+    (out / "segment").mkdir(parents=True, exist_ok=True)
+    full = paths["out"].parent / "segment_full" / "segment"
+    for src in [paths["out"] / "segment" / f"{sid}.coords.h5", full / f"{sid}.geojson", full / f"{sid}.png"]:
+        (out / "segment" / src.name).write_bytes(src.read_bytes())
+
+
 def int8_encoder(paths: dict[str, Path], cache: Path, env: dict[str, str], threads: int) -> tuple[dict, float]:
     """Make the slide's int8 model (extract-features --precision int8, one process) and return the bag's
     encoder record (what train writes into checkpoints) and the seconds it took."""
@@ -58,11 +68,7 @@ def int8_encoder(paths: dict[str, Path], cache: Path, env: dict[str, str], threa
     import h5py
 
     out = cache / "int8-cohort"
-    (out / "segment").mkdir(parents=True, exist_ok=True)
-    for f in (paths["out"] / "segment").iterdir():
-        target = out / "segment" / f.name
-        if not target.exists():
-            target.write_bytes(f.read_bytes())
+    copy_segment(paths, out)
     t = time.perf_counter()
     subprocess.run([sys.executable, "-m", "ghanet_pipeline", "extract-features", str(paths["slide"]), "--out", str(out),
                     "--weights", "random", "--precision", "int8", "--device", "cpu", "--no-progress", "--threads",
@@ -112,8 +118,7 @@ def main() -> None:
 
             shutil.rmtree(out)
         (out / "segment").mkdir(parents=True)
-        for f in (paths["out"] / "segment").iterdir():  # exactly --patches patches, segmentation reused
-            (out / "segment" / f.name).write_bytes(f.read_bytes())
+        copy_segment(paths, out)
         return out
 
     secs, _ = run_timed(command("openvino-fp32", fresh_out("warm")), env)  # converts the fp32 model once
