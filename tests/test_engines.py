@@ -142,6 +142,18 @@ def test_openvino_fp32_bag_equals_torch_and_records_the_engine(slides, tmp_path)
     assert (tmp_path / "ov/engines").is_dir() and not (tmp_path / "pt/engines").exists()
 
 
+def test_openvino_engine_with_reader_processes_gives_the_same_bag(slides, tmp_path):
+    """Reader processes beside OpenVINO's threads start from a fork server (a reader forked from a process
+    running OpenVINO once hung for 20 minutes on a futex in tests/test_features.py; the hazard is timing-
+    dependent, so this test checks the working path): same bag as reading in the main process."""
+    from ghanet_pipeline.features.bags import read_bag
+
+    _extract(slides[:1], tmp_path / "w0", engine="openvino", precision="fp32", num_workers=0)
+    _extract(slides[:1], tmp_path / "w2", engine="openvino", precision="fp32", num_workers=2)
+    a, b = (read_bag(next((tmp_path / d / "features").glob("*/eng_a.h5"))) for d in ("w0", "w2"))
+    np.testing.assert_array_equal(a.features, b.features)
+
+
 def test_encoder_that_does_not_convert_falls_back_to_torch_with_one_log_line(slides, tmp_path, monkeypatch, caplog):
     from ghanet_pipeline.features.bags import read_bag
     from ghanet_pipeline.features.engines import openvino_runner

@@ -246,7 +246,8 @@ class Extractor:
         if workers:
             loader = DataLoader(data, batch_size=None, shuffle=False, num_workers=workers, pin_memory=cuda,
                                 worker_init_fn=worker_init, prefetch_factor=max(1, p.prefetch_batches // workers + 1),
-                                persistent_workers=False, multiprocessing_context=reader_context())
+                                persistent_workers=False,
+                                multiprocessing_context=reader_context(fork_safe=self.engine.engine == "torch"))
         elif p.reader_thread and len(data) > 1:
             loader = ThreadReader(data, depth=max(1, min(2, p.prefetch_batches)), pin_memory=cuda)
         else:
