@@ -15,7 +15,7 @@ export MALLOC_TRIM_THRESHOLD_ := 17179869184
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,openvino]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -13,7 +13,13 @@ run interleaved (one of each per round, ``--repeats`` rounds):
   patches pre-decoded into a ``.npy`` file, batch 32, normalise + forward + features to numpy;
   nothing else (no slide reading, no bag);
 * ``ghanet-fp32`` / ``ghanet-bf16`` / ``ghanet-auto``: ``python -m ghanet_pipeline extract-features``
-  with ``--precision`` (auto = no flag), ``--weights random``, batch 32 (the CPU default);
+  with ``--precision`` (auto = no flag; fp32 and bf16 with ``--engine torch``, the PyTorch encoder
+  before issue 26), ``--weights random``, batch 32 (the CPU default);
+* ``ghanet-ovfp32`` / ``ghanet-int8``: the same with ``--engine openvino --precision fp32`` and with
+  ``--precision int8``. The converted / quantized model is made once per weights, input size and
+  cohort and cached (``<out>/engines``): one untimed warm-up process of each makes it before round 1,
+  and its time (conversion, or calibration sample + quantization + held-out check, plus that run's
+  extraction) is printed as the one-off cost;
 * ``ghanet-224``: the same with ``--resize 224``, fp32;
 * ``clam-256`` / ``clam-224``: ``python -m benchmarks.clam_standin`` (our re-implementation of CLAM's data
   path, see its docstring) with ``--target-patch-size -1`` / ``224``.
@@ -50,8 +56,16 @@ from benchmarks.harness import ROOT, Bench, add_record_args, interleave, module_
 
 MODULE = "benchmarks.bench_extract_process"
 MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
-ALL_SYSTEMS = ("bare-fp32", "ghanet-fp32", "bare-bf16", "ghanet-bf16", "ghanet-auto", "ghanet-224", "clam-256",
-               "clam-224")
+ALL_SYSTEMS = ("bare-fp32", "ghanet-fp32", "ghanet-ovfp32", "ghanet-int8", "bare-bf16", "ghanet-bf16", "ghanet-auto",
+               "ghanet-224", "clam-256", "clam-224")
+#: systems whose first process builds a cached model (timed separately, before the rounds)
+WARM_UP = ("ghanet-ovfp32", "ghanet-int8")
+
+
+def precision_of(system: str) -> str:
+    """What a system computes in: fp32 / bf16 / int8 / auto (CLAM and 224 px: fp32)."""
+    tail = system.split("-")[1]
+    return {"224": "fp32", "256": "fp32", "ovfp32": "fp32"}.get(tail, tail)
 
 
 def prepare(cache: Path, n: int) -> dict[str, Path]:
@@ -152,16 +166,20 @@ def command(system: str, paths: dict[str, Path], threads: int | None) -> list[st
                          "random", "--overwrite", "--no-progress", "--device", "cpu", "--batch-size", "32")
     variant = system.split("-")[1]
     if variant == "224":
-        cmd += ["--resize", "224", "--precision", "fp32"]
+        cmd += ["--resize", "224", "--precision", "fp32", "--engine", "torch"]
+    elif variant == "ovfp32":
+        cmd += ["--engine", "openvino", "--precision", "fp32"]
+    elif variant == "int8":
+        cmd += ["--precision", "int8"]
     elif variant != "auto":
-        cmd += ["--precision", variant]
+        cmd += ["--precision", variant, "--engine", "torch"]
     return cmd + (["--threads", str(threads)] if threads else [])
 
 
 def bag_precision(paths: dict[str, Path]) -> str:
     import h5py
 
-    bags = sorted((paths["out"] / "features").glob("resnet50_trunc_256_*/*.h5"))
+    bags = sorted((paths["out"] / "features").glob("resnet50_trunc_256_*/*.h5"), key=lambda p: -p.stat().st_mtime)
     if not bags:
         return "?"
     with h5py.File(bags[0]) as f:
@@ -188,14 +206,16 @@ def system_rows(bench: Bench, rates: dict[str, list[float]], rss: dict[str, floa
     """One row per system: patches/s, ratios of medians to the bare encoder and the CLAM stand-in, peak RSS."""
     med = {s: stats(v).median for s, v in rates.items()}
     for s, v in rates.items():
-        prec = {"auto": auto_prec, "224": "fp32", "256": "fp32"}.get(s.split("-")[1], s.split("-")[1])
-        bare, clam = f"bare-{prec}", "clam-224" if s.endswith("224") else "clam-256"
+        prec = auto_prec if s == "ghanet-auto" else precision_of(s)
+        bare = "bare-fp32" if prec == "int8" else f"bare-{prec}"  # int8 is compared with the fp32 encoder
+        clam = "clam-224" if s.endswith("224") else "clam-256"
         vs_bare = med[s] / med[bare] if bare in med and s.startswith("ghanet") and s != "ghanet-224" else None
         vs_clam = (med[s] / med[clam] if clam in med and s.startswith("ghanet") and (s.endswith("224") or prec == "fp32")
                    else None)
         bench.row(system=f"{s} (bag: {auto_prec})" if s == "ghanet-auto" else s, patches_per_s=stats(v),
                   vs_bare=vs_bare, vs_clam=vs_clam, peak_rss_gib=rss[s])
-    for a, b in (("ghanet-fp32", "bare-fp32"), ("ghanet-bf16", "bare-bf16"), ("ghanet-fp32", "clam-256"),
+    for a, b in (("ghanet-fp32", "bare-fp32"), ("ghanet-int8", "bare-fp32"), ("ghanet-ovfp32", "bare-fp32"),
+                 ("ghanet-int8", "bare-bf16"), ("ghanet-bf16", "bare-bf16"), ("ghanet-fp32", "clam-256"),
                  ("ghanet-224", "clam-224"), ("ghanet-auto", "ghanet-fp32")):
         if a in rates and b in rates:
             bench.note(f"per round {a} / {b}: " + ", ".join(f"{x / y:.2f}" for x, y in zip(rates[a], rates[b], strict=True)))
@@ -223,6 +243,10 @@ def whole_process(args: argparse.Namespace) -> None:
                units={"patches_per_s": "patches/s", "vs_bare": "x", "vs_clam": "x", "peak_rss_gib": "GiB"},
                labels={"vs_bare": "vs bare encoder, same precision (medians)",
                        "vs_clam": "vs CLAM stand-in, same size (medians)"}) as bench:
+        for s in systems:  # one-off model builds (conversion, int8 quantization): cached for the timed rounds
+            if s in WARM_UP:
+                proc = run_process(command(s, paths, args.threads), env=env, cwd=ROOT)
+                bench.note(f"warm-up {s} (builds the cached model, then extracts): {proc.seconds:.1f} s")
         rounds = interleave(systems, args.repeats, run_one)
         system_rows(bench, rounds.results, rss, auto_prec[0])
         bench.note(f"{rounds.complete} interleaved rounds{' (interrupted)' if rounds.interrupted else ''}; "

@@ -31,8 +31,9 @@ def ttest_rows(bench: Bench, reps: int) -> None:
     from scipy import stats as sps
 
     from ghanet_pipeline.demo.cohort import make_cohort, write_cohort_tables
+    from ghanet_pipeline.genomics.config import GenomicsConfig
     from ghanet_pipeline.genomics.folds import make_folds
-    from ghanet_pipeline.genomics.pipeline import GenomicsConfig, preprocess_genomics
+    from ghanet_pipeline.genomics.pipeline import preprocess_genomics
     from ghanet_pipeline.genomics.selection import ttest_select, welch_ttest
 
     c = make_cohort(n_cases=400, seed=0, genes_per_family=(290, 300), n_noise_genes=0)

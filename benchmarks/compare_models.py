@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from ghanet_pipeline.genomics.pipeline import GenomicsConfig, preprocess_genomics
+    from ghanet_pipeline.genomics.config import GenomicsConfig
+    from ghanet_pipeline.genomics.pipeline import preprocess_genomics
 
     torch.set_num_threads(1)
     data = args.demo_out / "demo-data"

@@ -27,6 +27,19 @@ SYNTH_SIZE_UM = 1024
 SYNTH_SEED = 5
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _shared_engine_cache(tmp_path_factory: pytest.TempPathFactory):
+    """One converted-encoder cache for the session (``GHANET_ENGINE_CACHE``, inherited by subprocesses): the
+    OpenVINO engine converts each encoder x weights x input size once, not once per test output folder."""
+    old = os.environ.get("GHANET_ENGINE_CACHE")
+    os.environ["GHANET_ENGINE_CACHE"] = str(tmp_path_factory.mktemp("engine-cache"))
+    yield
+    if old is None:
+        os.environ.pop("GHANET_ENGINE_CACHE", None)
+    else:
+        os.environ["GHANET_ENGINE_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def synth_slide_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("synthetic-slides")

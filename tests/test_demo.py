@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 
 from ghanet_pipeline.core.errors import OptionValueError
+from ghanet_pipeline.demo.config import DemoConfig
 from ghanet_pipeline.demo.limits import MIN_CASES, MIN_SLIDE_PX, check_config
-from ghanet_pipeline.demo.run import DemoConfig, build_cohort, run_demo
+from ghanet_pipeline.demo.run import build_cohort, run_demo
 
 
 def test_build_cohort_writes_slides_carrying_the_phenotype_and_a_separate_holdout(tmp_path: Path) -> None:
@@ -116,7 +117,8 @@ def test_too_small_sizes_are_usage_errors_before_anything_is_written(tmp_path: P
 def test_fold_check_agrees_with_preprocess_genomics(tmp_path: Path) -> None:
     """check_config's fold check is exact: it passes where the real stage succeeds and fails where it fails."""
     from ghanet_pipeline.demo.cohort import make_cohort, write_cohort_tables
-    from ghanet_pipeline.genomics.pipeline import GenomicsConfig, preprocess_genomics
+    from ghanet_pipeline.genomics.config import GenomicsConfig
+    from ghanet_pipeline.genomics.pipeline import preprocess_genomics
 
     seen = set()
     for n, folds, seed in ((8, 2, 0), (11, 2, 0), (10, 3, 0), (9, 3, 0), (10, 2, 1), (11, 2, 1)):

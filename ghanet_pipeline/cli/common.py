@@ -115,6 +115,24 @@ def device_option(f: F) -> F:
                         help="auto | cpu | cuda | cuda:N")(f)
 
 
+def engine_option(f: F) -> F:
+    return click.option("--engine", type=click.Choice(["auto", "torch", "openvino"]), default="auto", show_default=True,
+                        help="What runs the encoder: auto = OpenVINO on the CPU when installed (pip install "
+                             "'ghanet[openvino]'), PyTorch on CUDA; an encoder that does not convert falls back to "
+                             "PyTorch (logged). Converted models are cached in <out>/engines/ (or $GHANET_ENGINE_CACHE).")(f)
+
+
+def int8_options(f: F) -> F:
+    f = click.option("--int8-seed", type=int, default=0, show_default=True,
+                     help="Seed of the int8 calibration sample.")(f)
+    f = click.option("--int8-cohort", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     metavar="MANIFEST", help="The slides the int8 calibration sample is drawn from [default: all "
+                     "slides given, before --shard]; the workflow passes its manifest so per-slide jobs share one model.")(f)
+    return click.option("--int8-patches", type=click.IntRange(min=8), default=512, show_default=True,
+                        help="int8 calibration sample: patches drawn (seeded, an equal share per slide) from the "
+                             "cohort's patch grids; 64 of them are held out to check fidelity.")(f)
+
+
 def batch_size_option(default: int) -> Callable[[F], F]:
     def deco(f: F) -> F:
         return click.option("--batch-size", type=click.IntRange(min=1), default=default, show_default=True,

@@ -37,8 +37,9 @@ def demo(out: Path, cases: int, holdout: int, folds: int, epochs: int, slide_px:
     from rich.console import Console
 
     from ..core.errors import ConfigError, OptionValueError
+    from ..demo.config import DemoConfig
     from ..demo.limits import check_config
-    from ..demo.run import DemoConfig, run_demo
+    from ..demo.run import run_demo
 
     model_list = tuple(m.strip() for m in models.split(",") if m.strip())
     if not model_list:

@@ -12,6 +12,7 @@ from .common import (
     batch_size_option,
     default_of,
     device_option,
+    engine_option,
     manifest_option,
     no_progress_option,
     num_workers_option,
@@ -40,6 +41,7 @@ from .common import (
 @click.option("--heatmaps", is_flag=True,
               help="Write attention/association heatmaps and top patches under <out>/predict/heatmaps/<case>/.")
 @device_option
+@engine_option
 @click.option("--weights", default=None, metavar="PATH|random[:seed]",
               help="Encoder weights; must be the ones the model was trained with (default: torch hub cache).")
 @batch_size_option(default_of(PredictConfig, "batch_size"))
@@ -50,7 +52,7 @@ from .common import (
 def predict(slides: tuple[str, ...], recursive: bool, mpp: float | None, case_id_from: str | None,
             model_dir: Path | None,
             manifest: Path | None, out: Path, folds: str | None, features_dir: Path | None, assume_encoder: bool,
-            heatmaps: bool, device: str, weights: str | None, batch_size: int, num_workers: int, overwrite: bool,
+            heatmaps: bool, device: str, engine: str, weights: str | None, batch_size: int, num_workers: int, overwrite: bool,
             no_progress: bool, shard: str | None) -> None:
     """Predict a risk score per case from SLIDE files (slides of one manifest case_id are pooled).
 
@@ -75,7 +77,7 @@ def predict(slides: tuple[str, ...], recursive: bool, mpp: float | None, case_id
              if (slides or manifest is not None or features_dir is None) else [])
     config = PredictConfig(out=out, folds=fold_list, features_dir=features_dir, assume_encoder=assume_encoder,
                            heatmaps=heatmaps, device=device, weights=weights, batch_size=batch_size,
-                           num_workers=num_workers, overwrite=overwrite, shard=shard_ij)
+                           num_workers=num_workers, overwrite=overwrite, shard=shard_ij, engine=engine)
     n_cases = len({s.case_id for s in specs}) if specs else 0
     if shard_ij is not None and n_cases:
         n_cases = len(range(shard_ij[0], n_cases, shard_ij[1]))

@@ -76,6 +76,9 @@ from .common import (
                                             "are always skipped when the options match).")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
               help="CPU threads for torch (0 = torch's default). Small bags on a busy machine train faster with 1.")
+@click.option("--allow-mixed-precision", is_flag=True,
+              help="Train on int8 bags together with fp32/bf16 bags (refused by default: int8 features differ "
+                   "from fp32 ones by more than round-off).")
 @overwrite_option
 @no_progress_option
 def train(features: Path, genomics: Path | None, out: Path, model: str, run_name: str | None, folds_text: str | None,
@@ -83,8 +86,8 @@ def train(features: Path, genomics: Path | None, out: Path, model: str, run_name
           alpha: float, topk: float | None, topk_rule: str | None, accumulation: str | None, alpha_surv: float,
           dim: int, dropout: float, max_patches: int | None,
           seed: int, select: str | None, device: str,
-          manifest: Path | None, case_id_from: str | None, resume: bool, threads: int, overwrite: bool,
-          no_progress: bool) -> None:
+          manifest: Path | None, case_id_from: str | None, resume: bool, threads: int, allow_mixed_precision: bool,
+          overwrite: bool, no_progress: bool) -> None:
     """Train G-HANet (or ABMIL) with the folds of preprocess-genomics; write checkpoints and reports.
 
     Outputs in <out>/train/<run>/: config.json, fold_<k>/ (model.safetensors, model.json, history.json),
@@ -109,7 +112,8 @@ def train(features: Path, genomics: Path | None, out: Path, model: str, run_name
                          topk=None if topk is None else topk / 100.0, alpha_surv=alpha_surv, dim=dim,
                          dropout=dropout, max_patches=max_patches, seed=seed, folds=parse_folds(folds_text),
                          select=select, device=device, case_id_from=case_id_from, protocol=protocol,
-                         preset=preset, topk_rule=topk_rule, accumulation=accumulation)
+                         preset=preset, topk_rule=topk_rule, accumulation=accumulation,
+                         allow_mixed_precision=allow_mixed_precision)
     log = logging.getLogger("ghanet_pipeline")
     with StepBars(disable=no_progress) as bars:
         def progress(kind: str, **info: Any) -> None:

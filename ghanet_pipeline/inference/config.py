@@ -13,6 +13,8 @@ class PredictConfig:
     ``features_dir``: folder of existing bags (``<slide_id>.h5``/``.pt``); segmentation and extraction
     are skipped. ``assume_encoder``: accept bags without encoder attributes (CLAM/TRIDENT) as made with
     the model's encoder. ``weights``: encoder weights (file, ``random[:seed]``, None = torch hub cache).
+    ``engine``: what runs the encoder for float models (``auto`` | ``torch`` | ``openvino``); a model trained
+    on int8 bags always runs its recorded int8 model (OpenVINO).
     """
 
     out: Path = Path("ghanet-out")
@@ -26,3 +28,4 @@ class PredictConfig:
     num_workers: int = 0
     overwrite: bool = False
     shard: tuple[int, int] | None = None
+    engine: str = "auto"

@@ -58,6 +58,7 @@ class TrainConfig:
     topk_rule: str | None = None  # "ceil" | "floor"
     accumulation: str | None = None  # "epoch" | "carry-over"
     option_sources: dict = field(default_factory=dict)
+    allow_mixed_precision: bool = False  # train on int8 bags together with float bags (or another int8 model's)
 
     def __post_init__(self) -> None:
         apply_protocol(self, TRAIN_FIELDS + TRAIN_PRESET_FIELDS)

@@ -197,7 +197,7 @@ def read_train_inputs(features_dir: Path, genomics_dir: Path, config: TrainConfi
                         f"{', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
     for msg in warnings:
         log.warning("%s", msg)
-    bags = CaseBags(case_paths, cache_gb=config.cache_gb)
+    bags = CaseBags(case_paths, cache_gb=config.cache_gb, allow_mixed_precision=config.allow_mixed_precision)
     warnings.extend(bags.warnings)
     mapping = (f"manifest {Path(manifest).name}" if manifest else "TCGA case ids" if config.case_id_from == "tcga"
                else "genomics cases.csv")

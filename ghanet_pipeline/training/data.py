@@ -83,9 +83,11 @@ class CaseBags:
     Empty slide bags (0 patches) are dropped with a warning; a case left without patches is "missing".
     """
 
-    def __init__(self, case_paths: Mapping[str, Sequence[Path]], cache_gb: float = 4.0) -> None:
+    def __init__(self, case_paths: Mapping[str, Sequence[Path]], cache_gb: float = 4.0,
+                 allow_mixed_precision: bool = False) -> None:
         from ..features.bags import read_bag
         from ..features.compatibility import check_compatible
+        from ..features.engines import check_precision_mix
 
         self._read_bag = read_bag
         self.paths: dict[str, list[Path]] = {}
@@ -132,6 +134,7 @@ class CaseBags:
             log.warning("%s", msg)
         if attrs_list:
             check_compatible(attrs_list)  # encoder, weights, input size, geometry, feature dim
+            check_precision_mix(attrs_list, allow=allow_mixed_precision)  # int8 bags are not mixed with others
         self.dim = next(iter(dims)) if dims else 0
         self.encoder = _encoder_info(attrs_list)
         self.segment_params = _segment_info(attrs_list)
@@ -156,10 +159,12 @@ def _segment_info(attrs_list: Sequence[Mapping[str, Any]]) -> dict[str, Any] | N
 
 
 def _encoder_info(attrs_list: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Encoder fields for checkpoints (``compatibility.encoder_meta`` of the first bag; "unknown" where absent)."""
+    """Encoder fields for checkpoints (``compatibility.encoder_meta`` of the first bag; "unknown" where absent),
+    plus ``precision`` and the int8 model's key and hash when the bags are int8 (predict then uses that model)."""
     from ..features.compatibility import encoder_meta
+    from ..features.engines import int8_record
 
-    return encoder_meta(attrs_list[0]) if attrs_list else {}
+    return {**encoder_meta(attrs_list[0]), **int8_record(attrs_list[0])} if attrs_list else {}
 
 
 def balanced_order(bins: np.ndarray, censorship: np.ndarray, seed: int, fold: int, epoch: int) -> np.ndarray:
