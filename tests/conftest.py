@@ -160,6 +160,22 @@ def check_workflow_outputs(cohort: Path, out: Path, folds: int = 3, run: str = "
     assert pred.risk.notna().all()
 
 
+@pytest.fixture(scope="session")
+def report_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A small real run (train G-HANet + ABMIL, predict two slides, a planted attention patch) and its
+    report, built once per session (tests/reportkit.py)."""
+    import torch
+
+    from reportkit import build_small_run
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return build_small_run(tmp_path_factory.mktemp("report-run"))
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a module's tests: on 2 cores shared with other processes it is the fastest
