@@ -165,7 +165,6 @@ def report_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A small real run (train G-HANet + ABMIL, predict two slides, a planted attention patch) and its
     report, built once per session (tests/reportkit.py)."""
     import torch
-
     from reportkit import build_small_run
 
     before = torch.get_num_threads()

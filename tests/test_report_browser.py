@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from reportkit import CHROMIUM_ARGS, PLANTED_SLIDE, chromium_path, static_server
 
 pytestmark = pytest.mark.skipif(chromium_path() is None,

@@ -121,6 +121,9 @@ def demo(out: Path, cases: int, holdout: int, folds: int, epochs: int, slide_px:
         for d in case_dirs:
             morph = sorted(d.glob("*morphology*.png"))
             console.print(f"    {d}/" + (f"  e.g. {morph[0].name}" if morph else ""))
+    if "report" in result.outputs:
+        console.print(f"[bold]report:[/] open {result.outputs['report'].resolve()} in a web browser (no server, no "
+                      f"internet needed): results, Kaplan-Meier curves and a deep-zoom page per held-out slide")
     console.print(f"demo finished in {result.seconds:.0f} s" + ("" if result.ok else " [red]with failures[/]"))
     sys.exit(0 if result.ok else 1)
 

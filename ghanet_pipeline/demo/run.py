@@ -12,7 +12,8 @@ It builds a small cohort with a known answer and then runs the *same commands a 
    per-channel standardisation re-estimated on patches of the cohort, saved as a weights file: no
    download) -> ``ghanet extract-features --weights <that file>`` -> ``ghanet preprocess-genomics``
    -> ``ghanet train`` (k folds, G-HANet, then ABMIL for comparison) -> ``ghanet predict`` on the
-   held-out slides with heatmaps (PNG + QuPath GeoJSON).
+   held-out slides with heatmaps (PNG + QuPath GeoJSON) -> ``ghanet report`` (``<out>/report/index.html``:
+   results and a deep-zoom page per held-out slide; train and predict run with ``--no-report``).
 
 Then it reads back what a new user should see (``demo/report.py``): the mean pairwise cosine of
 the bags' patch features, the span of the held-out risks and their rank correlation with the hidden
@@ -53,6 +54,7 @@ STAGE_MODULES: dict[str, str] = {
     "train": "train",
     "evaluate": "evaluate",
     "predict": "predict",
+    "report": "report",
 }
 
 
@@ -368,7 +370,7 @@ def run_demo(out: Path | str, config: DemoConfig | None = None, stream: IO[str] 
         ok = stage(f"train {model}", _ghanet("train", "--features", features, "--genomics", out / "genomics",
                                              "--model", model, "--run-name", model, "--epochs", config.epochs,
                                              *config.train_args, "--device", config.device, *common,
-                                             *([] if config.overwrite else ["--resume"])))
+                                             "--no-report", *([] if config.overwrite else ["--resume"])))
         if not ok:
             if model == config.models[0]:
                 return _finish(result, t_start)
@@ -389,7 +391,7 @@ def run_demo(out: Path | str, config: DemoConfig | None = None, stream: IO[str] 
     if not stage_available("predict") or main_model not in run_dirs or "holdout_manifest" not in paths:
         return _finish(result, t_start)
     cmd = _ghanet("predict", "--manifest", paths["holdout_manifest"], "--model", run_dirs[main_model],
-                  "--weights", weights, "--device", config.device, *common)
+                  "--weights", weights, "--device", config.device, "--no-report", *common)
     if config.heatmaps:
         cmd.append("--heatmaps")
     if not stage("predict", cmd):
@@ -400,6 +402,8 @@ def run_demo(out: Path | str, config: DemoConfig | None = None, stream: IO[str] 
         result.risks = report.collect_predictions(pred_dir / "predictions.csv", paths["holdout_manifest"])
         result.risk_summary = report.risk_summary(result.risks)
     result.heatmaps = sorted(pred_dir.rglob("*.png"))
+    if stage_available("report") and stage("report", _ghanet("report", out, "--no-progress")):
+        result.outputs["report"] = out / "report" / "index.html"
     return _finish(result, t_start)
 
 

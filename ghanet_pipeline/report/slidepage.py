@@ -34,7 +34,8 @@ TOP_PX = 150
 
 @dataclass
 class SlidePage:
-    """What happened to one slide's page. ``status``: ``done``, ``failed`` or ``no slide file``."""
+    """What happened to one slide's page. ``status``: ``done``, ``failed`` (``message`` says why) or ``no
+    slide file`` (predicted from a bag alone: no page, not an error)."""
 
     slide_id: str
     case_id: str
@@ -119,11 +120,14 @@ def slide_page(report: Path, src: SlideSource, scores: SlideScores, case: Mappin
     """Build the page of one slide (see module docstring); raises on unreadable inputs."""
     t0 = time.perf_counter()
     page = SlidePage(slide_id=src.slide_id, case_id=src.case_id, status="done", n_patches=len(scores.coords))
-    if src.path is None or not Path(src.path).exists():
+    if src.path is None:  # predicted from a bag alone (predict --features): nothing to show
         page.status = "no slide file"
-        page.message = ("the slide file is not recorded in the case's prediction" if src.path is None
-                        else f"{src.path} not found") + "; pass its location with `ghanet report --manifest`"
+        page.message = ("the prediction names no slide file (made from a bag); `ghanet report --manifest` "
+                        "can say where the slide is")
         return page
+    if not Path(src.path).exists():
+        raise SlideError(f"slide {src.slide_id}: file {src.path} not found; if it moved, pass its new location "
+                         f"with `ghanet report --manifest` (slide_id,path)")
     mpp = _level0_mpp(src)
     sid = src.slide_id
     pyr = build_pyramid(Path(src.path), report / "pyramids" / sid, settings, mpp=mpp, workers=workers)
