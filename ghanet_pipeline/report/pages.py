@@ -1,4 +1,4 @@
-"""HTML of the report: the index page and one page per slide (Jinja2 templates in ``templates/``).
+"""HTML of the report: the index page and one page per slide (Jinja2 templates in ``report-files/templates/``).
 
 Pages get everything they show as template values; a slide page's numbers (patch grid, scores,
 tissue outline, the inline DZI tile source) go to ``slides/<slide>/data.js`` as one
@@ -73,7 +73,7 @@ def _p(value: Any) -> str:
 def _env() -> Any:
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "report-files" / "templates")),
                              autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = _num
     env.filters["p"] = _p

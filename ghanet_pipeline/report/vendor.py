@@ -1,7 +1,7 @@
 """The viewer library shipped with ghanet: an unmodified OpenSeadragon release, and the report's own assets.
 
-``vendor/openseadragon/`` holds files taken as they are from the npm package ``openseadragon`` (the
-tarball made by ``npm pack openseadragon@<version>``); ``vendor/openseadragon.json`` records the
+``report-files/openseadragon/`` holds files taken as they are from the npm package ``openseadragon`` (the
+tarball made by ``npm pack openseadragon@<version>``); ``report-files/openseadragon.json`` records the
 version, the tarball's hashes as the npm registry publishes them, which file came from where, and the
 sha256 of every shipped file. :func:`install` checks those hashes before it copies the files into a
 report, so a modified copy is never shipped. See docs/report.md for how to update the pin.
@@ -19,10 +19,11 @@ from typing import Any
 from ..errors import GhanetError
 from ..ioutils import atomic_path
 
-HERE = Path(__file__).parent
-VENDOR_DIR = HERE / "vendor" / "openseadragon"
-RECORD = HERE / "vendor" / "openseadragon.json"
-STATIC_DIR = HERE / "static"
+#: the report's non-Python files (a folder name that is not a Python identifier: plain package data)
+FILES = Path(__file__).parent / "report-files"
+VENDOR_DIR = FILES / "openseadragon"
+RECORD = FILES / "openseadragon.json"
+STATIC_DIR = FILES / "static"
 
 
 @lru_cache(maxsize=1)
