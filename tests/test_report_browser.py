@@ -159,7 +159,7 @@ def test_slide_viewer_pixels_zoom_overlay_alignment(browser: Any, base_url: str,
     p.page.mouse.click(cx, cy)
     p.page.wait_for_function(f"window.ghanetState.clicked && window.ghanetState.clicked.index === {planted['index']}")
     info = p.page.inner_text("#patch-info")
-    assert f"{planted['x']}, {planted['y']} px" in info and "morphology attention" in info
+    assert f"({planted['x']}, {planted['y']}) px" in info and "morphology attention" in info
     p.check_offline(base_url)
 
 
@@ -178,5 +178,5 @@ def test_gallery_jumps_to_the_top_patch(browser: Any, base_url: str, report_run:
     assert abs(top + side / 2 - (box["y"] + box["height"] / 2)) < 3
     assert side == pytest.approx(min(box["width"], box["height"]) / 5, rel=0.05)
     assert p.state()["clicked"]["index"] == planted["index"]
-    assert f"{planted['x']}, {planted['y']} px" in p.page.inner_text("#patch-info")
+    assert f"({planted['x']}, {planted['y']}) px" in p.page.inner_text("#patch-info")
     p.check_offline(base_url)

@@ -92,15 +92,15 @@ def _remove_temps(report: Path) -> None:
         remove_stale_temps(d)
 
 
-def _families(record: Mapping[str, Any]) -> list[str]:
-    """Gene family names of the model a case was predicted with (its fold checkpoints' model.json)."""
+def _model_meta(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The first readable fold ``model.json`` of the run a case was predicted with ({} when none)."""
     run = Path(str(record.get("model", "")).split("#")[0])
     for meta in sorted(run.glob("fold_*/model.json")):
         try:
-            return list(json.loads(meta.read_text(encoding="utf-8")).get("families") or [])
-        except (OSError, ValueError):
+            return dict(json.loads(meta.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
             continue
-    return []
+    return {}
 
 
 def _scores(folder: RunFolder) -> list[tuple[Any, SlideScores | None, str]]:
@@ -111,7 +111,7 @@ def _scores(folder: RunFolder) -> list[tuple[Any, SlideScores | None, str]]:
     items: list[tuple[Any, SlideScores | None, str]] = []
     for case_id in dict.fromkeys(s.case_id for s in folder.slides):
         rec = by_case[case_id]
-        fams, n = _families(rec), int(rec.get("n_patches") or 0) or 1
+        fams, n = list(_model_meta(rec).get("families") or []), int(rec.get("n_patches") or 0) or 1
         case_items = []
         for src in (s for s in folder.slides if s.case_id == case_id):
             try:
@@ -184,7 +184,6 @@ def build_report(out: Path | str, config: ReportConfig | None = None,
 
 
 def _topk_text(folder: RunFolder) -> str:
-    """The top-k share of the run the predictions came from (for the legend), e.g. ``20 %``."""
-    run = next((r for r in folder.runs if r.name == folder.predict_run), None)
-    topk = (run.config.get("topk") if run else None)
+    """The top-k share of the model the predictions came from (for the legend), e.g. ``20 %``."""
+    topk = next(((_model_meta(r).get("model_config") or {}).get("topk") for r in folder.cases), None)
     return f"{float(topk) * 100:g} %" if topk else "k %"

@@ -174,17 +174,18 @@
     }
     var x = P.x[i], y = P.y[i];
     state.clicked = { index: i, x: x, y: y, size: grid.step, values: {} };
-    var rows = ["<tr><th>patch</th><td>#" + i + "</td></tr>",
-      "<tr><th>level-0 x, y</th><td>" + x + ", " + y + " px</td></tr>",
-      "<tr><th>side</th><td>" + grid.step + " px (" + fmt(grid.step * D.slide.mpp) + " &micro;m)</td></tr>"];
+    var head = "<p>#" + i + " at level-0 (" + x + ", " + y + ") px, side " + grid.step + " px (" +
+               fmt(grid.step * D.slide.mpp) + " &micro;m)</p>";
+    var rows = [];
     D.layers.forEach(function (layer) {
       var v = layer.values[i];
       state.clicked.values[layer.key] = v;
-      var txt = (layer.masked && v !== null && v <= 0) ? "0 (outside the top k)" : fmt(v);
-      rows.push("<tr><th>" + escapeHtml(layer.name) + "</th><td>" + txt + " <span class='muted'>" +
-                escapeHtml(layer.unit) + "</span></td></tr>");
+      var txt = (layer.masked && v !== null && v <= 0) ? "0 (not in the top k)" : fmt(v);
+      rows.push("<tr title='" + escapeHtml(layer.unit) + "'><th>" + escapeHtml(layer.name) + "</th><td class='num'>" +
+                txt + "</td></tr>");
     });
-    box.innerHTML = "<table class='kv'>" + rows.join("") + "</table>";
+    box.innerHTML = head + (rows.length ? "<table class='kv'>" + rows.join("") + "</table>" +
+                                          "<p class='muted'>values x N (1 = uniform attention)</p>" : "");
     drawOverlay();
   }
 
