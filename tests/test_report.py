@@ -260,5 +260,12 @@ def test_report_rerun_reuses_pyramids_and_prunes_gone_slides(report_run, tmp_pat
     r = CliRunner().invoke(cli, ["report", str(out), "--workers", "1"])
     assert r.exit_code == 1 and "not found" in r.output and "--manifest" in r.output
     assert "not found" in (out / "report" / "index.html").read_text()
+    # predicted from a bag alone (no slide file recorded): no page, not an error
+    rec["slide_paths"] = {}
+    (out / "predict" / "NEW-A.json").write_text(json.dumps(rec))
+    r = CliRunner().invoke(cli, ["report", str(out), "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    assert "no slide file" in (out / "report" / "index.html").read_text()
+    assert not list((out / "report" / "slides").glob("*.html"))
     r = CliRunner().invoke(cli, ["report", str(tmp_path / "nowhere")])
     assert r.exit_code == 2 and "not a folder" in r.output

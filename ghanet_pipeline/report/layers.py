@@ -145,8 +145,8 @@ def slide_layers(slide_id: str, scores: Path | None, coords_h5: Path | None, tis
     elif coords_h5 is not None:
         coords, attrs = load_coords(coords_h5)
         side, meas = int(attrs["patch_size_level0"]), {}
-    else:
-        raise InputError(f"slide {slide_id}: neither patch scores nor a coords file found")
+    else:  # bags made elsewhere, no --heatmaps: the slide alone
+        coords, side, meas = np.zeros((0, 2), dtype=np.int64), 1, {}
     out = SlideScores(slide_id=slide_id, coords=coords, size0=side, tissue=read_tissue(tissue))
     if "attention" in meas:
         out.layers.append(Layer("attention", "morphology attention", "attention x N (1 = uniform)",
@@ -156,7 +156,9 @@ def slide_layers(slide_id: str, scores: Path | None, coords_h5: Path | None, tis
                                 masked=True))
     if scores is None:
         out.notes.append("no patch scores for this slide (predict ran without --heatmaps): only the tissue "
-                         "outline and the patch grid are shown")
+                         "outline and the patch grid are shown" if len(coords) else
+                         "no patch scores and no patch grid for this slide (predict ran without --heatmaps on "
+                         "bags made elsewhere): the slide alone is shown")
     return out
 
 

@@ -120,12 +120,7 @@ def slide_page(report: Path, src: SlideSource, scores: SlideScores, case: Mappin
     """Build the page of one slide (see module docstring); raises on unreadable inputs."""
     t0 = time.perf_counter()
     page = SlidePage(slide_id=src.slide_id, case_id=src.case_id, status="done", n_patches=len(scores.coords))
-    if src.path is None:  # predicted from a bag alone (predict --features): nothing to show
-        page.status = "no slide file"
-        page.message = ("the prediction names no slide file (made from a bag); `ghanet report --manifest` "
-                        "can say where the slide is")
-        return page
-    if not Path(src.path).exists():
+    if src.path is None or not Path(src.path).exists():
         raise SlideError(f"slide {src.slide_id}: file {src.path} not found; if it moved, pass its new location "
                          f"with `ghanet report --manifest` (slide_id,path)")
     mpp = _level0_mpp(src)
@@ -168,9 +163,14 @@ def build_pages(report: Path, slides: Sequence[tuple[SlideSource, SlideScores | 
     for src, scores, error in slides:
         t0 = time.perf_counter()
         try:
-            if scores is None:
+            if src.path is None:  # predicted from a bag alone (predict --features): nothing to show
+                page = SlidePage(slide_id=src.slide_id, case_id=src.case_id, status="no slide file",
+                                 message="the prediction names no slide file (made from a bag); `ghanet report "
+                                         "--manifest` can say where the slide is")
+            elif scores is None:
                 raise InputError(error)
-            page = slide_page(report, src, scores, cases.get(src.case_id, {}), settings, workers, topk)
+            else:
+                page = slide_page(report, src, scores, cases.get(src.case_id, {}), settings, workers, topk)
         except (GhanetError, SlideError, OSError, ValueError) as exc:
             page = SlidePage(slide_id=src.slide_id, case_id=src.case_id, status="failed", message=str(exc),
                              seconds=round(time.perf_counter() - t0, 3))
