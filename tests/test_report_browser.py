@@ -55,6 +55,8 @@ class Page:
 
     def wait_loaded(self) -> None:
         """Until the viewer is open, every visible tile is loaded and no animation is running."""
+        # two frames first: OpenSeadragon notices new tiles to load in its next update
+        self.page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
         self.page.wait_for_function("window.ghanetState && window.ghanetState.ready && window.ghanetState.fullyLoaded"
                                     " && Math.abs(window.ghanetViewer.viewport.getZoom(true) -"
                                     " window.ghanetViewer.viewport.getZoom(false)) < 1e-9", timeout=20_000)
@@ -124,6 +126,7 @@ def test_slide_viewer_pixels_zoom_overlay_alignment(browser: Any, base_url: str,
         v.viewport.panTo(new OpenSeadragon.Point((x + s / 2) / ds / W, (y + s / 2) / ds / W), true);
         v.viewport.zoomTo(v.viewport.getMaxZoom(), null, true);
     }""", [planted["x"], planted["y"], planted["size"]])
+    p.page.wait_for_function("window.ghanetState.maxLevelLoaded === window.ghanetState.maxLevel", timeout=20_000)
     p.wait_loaded()
     st = p.state()
     assert st["maxLevelLoaded"] == st["maxLevel"] and st["tilesFailed"] == 0, st
