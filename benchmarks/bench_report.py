@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -35,17 +34,12 @@ FAMILIES = ["Tumor Suppression", "Oncogenesis", "Protein Kinases", "Cellular Dif
 
 
 def cpu() -> str:
-    model, flags = platform.processor() or "?", ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("?", "x86_64", ""):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                have = set(line.split(":", 1)[1].split())
-                flags = " ".join(f for f in ("avx2", "avx512f", "amx_tile") if f in have)
-    except OSError:
-        pass
-    return f"{model} ({os.cpu_count()} cores; {flags or 'no avx2/avx512/amx'})"
+    """The CPU model (as ``ghanet doctor`` reads it), core count and the vector extensions that matter."""
+    from ghanet_pipeline.features.runtime import cpu_info
+
+    info = cpu_info()
+    flags = " ".join(f for f in ("avx2", "avx512f", "amx_tile") if f in info.flags)
+    return f"{info.model} ({os.cpu_count()} cores; {flags or 'no avx2/avx512/amx'})"
 
 
 def prepare(cache: Path, size: int) -> dict:

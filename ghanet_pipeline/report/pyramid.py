@@ -44,6 +44,8 @@ JPEG_QUALITY = 80
 DEFAULT_MAX_MPP = 1.0
 #: tiles per work unit handed to a worker process
 CHUNK_TILES = 96
+#: tile columns of a work unit (narrow blocks keep the slide tiles they share in OpenSlide's cache)
+CHUNK_COLS = 8
 #: ending of the temporary folders a build leaves when killed (removed by the next build, under its lock)
 TEMP_SUFFIX = ".building.tmp"
 #: levels whose finer neighbour has at most this many pixels are made from it in memory (~100 MB of RGB)
@@ -199,12 +201,17 @@ def _worker_tiles(files_dir: str, level: int, addresses: list[tuple[int, int]], 
 
 
 def _chunks(gen: Any, levels: range) -> Iterator[tuple[int, list[tuple[int, int]]]]:
-    """``(level, tile addresses)`` work units of ``levels``, finest level first (the bulk of the work)."""
+    """``(level, tile addresses)`` work units of ``levels``, finest level first (the bulk of the work).
+
+    A unit is a block of ``CHUNK_COLS`` tile columns (rows in order inside it): the slide tiles that
+    neighbouring deep-zoom tiles share stay in OpenSlide's tile cache instead of being decoded again."""
     for level in sorted(levels, reverse=True):
         cols, rows = gen.level_tiles[level]
-        addrs = [(c, r) for r in range(rows) for c in range(cols)]
-        for i in range(0, len(addrs), CHUNK_TILES):
-            yield level, addrs[i:i + CHUNK_TILES]
+        per = max(1, CHUNK_TILES // CHUNK_COLS)
+        for c0 in range(0, cols, CHUNK_COLS):
+            for r0 in range(0, rows, per):
+                yield level, [(c, r) for r in range(r0, min(rows, r0 + per))
+                              for c in range(c0, min(cols, c0 + CHUNK_COLS))]
 
 
 def split_level(gen: Any, max_level: int) -> int:
