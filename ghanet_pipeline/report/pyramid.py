@@ -168,22 +168,49 @@ class _OpenSlideView:
         return Image.fromarray(np.concatenate([rgb, alpha], axis=2), "RGBA")
 
 
+#: OpenSlide tile cache per open slide while cutting tiles (neighbouring deep-zoom tiles share slide tiles)
+CACHE_BYTES = 128 * 2**20
+
+
+class _Source:
+    """A slide opened for tiling: ``slide`` (our reader: um/px, DICOM folders, errors in our words) and
+    ``generator``, the deep-zoom generator reading OpenSlide directly for plain slide files (fastest:
+    no conversion per tile), else through :class:`_OpenSlideView`."""
+
+    def __init__(self, path: str, mpp: float | None, settings: PyramidSettings) -> None:
+        import openslide
+        from openslide.deepzoom import DeepZoomGenerator
+
+        from ..wsi import dicom
+        from ..wsi.slide import Slide
+
+        self.slide = Slide(path, mpp=mpp)
+        self.native = None
+        p = Path(path)
+        try:
+            if self.slide.reader == "openslide" and p.is_file() and not dicom.is_dicom_file(p):
+                self.native = openslide.OpenSlide(str(p))
+                if hasattr(openslide, "OpenSlideCache"):  # openslide-python >= 1.3 with OpenSlide >= 4
+                    self.native.set_cache(openslide.OpenSlideCache(CACHE_BYTES))
+            reader = self.native if self.native is not None else _OpenSlideView(self.slide)
+            self.generator = DeepZoomGenerator(reader, tile_size=settings.tile_size, overlap=settings.overlap,
+                                               limit_bounds=False)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.native is not None:
+            self.native.close()
+            self.native = None
+        self.slide.close()
+
+
 _WORKER: dict[str, Any] = {}
 
 
-def _open_generator(path: str, mpp: float | None, settings: PyramidSettings) -> tuple[Any, Any]:
-    from openslide.deepzoom import DeepZoomGenerator
-
-    from ..wsi.slide import Slide
-
-    slide = Slide(path, mpp=mpp)
-    gen = DeepZoomGenerator(_OpenSlideView(slide), tile_size=settings.tile_size, overlap=settings.overlap,
-                            limit_bounds=False)
-    return slide, gen
-
-
 def _init_worker(path: str, mpp: float | None, settings: PyramidSettings) -> None:
-    _WORKER["slide"], _WORKER["gen"] = _open_generator(path, mpp, settings)
+    _WORKER["source"] = _Source(path, mpp, settings)
 
 
 def _write_tiles(gen: Any, files_dir: str, level: int, addresses: list[tuple[int, int]], quality: int) -> int:
@@ -197,7 +224,7 @@ def _write_tiles(gen: Any, files_dir: str, level: int, addresses: list[tuple[int
 
 
 def _worker_tiles(files_dir: str, level: int, addresses: list[tuple[int, int]], quality: int) -> int:
-    return _write_tiles(_WORKER["gen"], files_dir, level, addresses, quality)
+    return _write_tiles(_WORKER["source"].generator, files_dir, level, addresses, quality)
 
 
 def _chunks(gen: Any, levels: range) -> Iterator[tuple[int, list[tuple[int, int]]]]:
@@ -278,7 +305,8 @@ def build_pyramid(slide_path: Path, dest: Path, settings: PyramidSettings = Pyra
     t0 = time.perf_counter()
     dest = Path(dest)
     source = source_signature(slide_path)
-    slide, gen = _open_generator(str(slide_path), mpp, settings)
+    opened = _Source(str(slide_path), mpp, settings)
+    slide, gen = opened.slide, opened.generator
     try:
         level0_mpp = float(slide.mpp)
         width, height = slide.dimensions
@@ -311,7 +339,7 @@ def build_pyramid(slide_path: Path, dest: Path, settings: PyramidSettings = Pyra
             raise
         return pyr
     finally:
-        slide.close()
+        opened.close()
 
 
 def _run_chunks(work: list[tuple[int, list[tuple[int, int]]]], gen: Any, files_dir: str, path: str,
