@@ -402,7 +402,8 @@ def run_demo(out: Path | str, config: DemoConfig | None = None, stream: IO[str] 
         result.risks = report.collect_predictions(pred_dir / "predictions.csv", paths["holdout_manifest"])
         result.risk_summary = report.risk_summary(result.risks)
     result.heatmaps = sorted(pred_dir.rglob("*.png"))
-    if stage_available("report") and stage("report", _ghanet("report", out, "--no-progress")):
+    if stage_available("report") and stage("report", _ghanet("report", out, "--manifest", paths["holdout_manifest"],
+                                                             "--no-progress")):
         result.outputs["report"] = out / "report" / "index.html"
     return _finish(result, t_start)
 

@@ -165,8 +165,8 @@ def build_pages(report: Path, slides: Sequence[tuple[SlideSource, SlideScores | 
         try:
             if src.path is None:  # predicted from a bag alone (predict --features): nothing to show
                 page = SlidePage(slide_id=src.slide_id, case_id=src.case_id, status="no slide file",
-                                 message="the prediction names no slide file (made from a bag); `ghanet report "
-                                         "--manifest` can say where the slide is")
+                                 message="the prediction record names no slide file (made from a bag, or by an "
+                                         "older ghanet); `ghanet report --manifest` can say where the slide is")
             elif scores is None:
                 raise InputError(error)
             else:
