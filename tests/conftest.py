@@ -182,6 +182,19 @@ def restored_registries():
 
     with ENCODERS.restoring(), MODELS.restoring():
         yield
+@pytest.fixture(scope="session")
+def report_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A small real run (train G-HANet + ABMIL, predict two slides, a planted attention patch) and its
+    report, built once per session (tests/reportkit.py)."""
+    import torch
+    from reportkit import build_small_run
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return build_small_run(tmp_path_factory.mktemp("report-run"))
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -163,6 +163,10 @@ def test_smallest_accepted_demo_runs_end_to_end(tmp_path: Path) -> None:
     pred = pd.read_csv(out / "predict" / "predictions.csv")
     assert set(pred.case_id) == {"NEW-0001"} and np.isfinite(pred.risk).all() and (pred.patches > 0).all()
     assert any((out / "predict" / "heatmaps").rglob("*morphology*.png"))
+    # the demo ends with the report and says where it is; the held-out slide has its page
+    index = (out / "report" / "index.html").resolve()
+    assert index.is_file() and str(index) in text.replace("\n", "")
+    assert (out / "report" / "slides" / "NEW-0001-01.html").is_file()
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train:train", "Train G-HANet (or ABMIL) with k-fold cross-validation."),
     "evaluate": ("evaluate:evaluate", "C-index, Kaplan-Meier and log-rank for a predictions table."),
     "predict": ("predict:predict", "Risk score, survival curve and heatmaps from slides alone."),
+    "report": ("report:report", "Write <out>/report/: results, survival curves and a deep-zoom slide viewer (static HTML)."),
     "synth": ("synth:synth", "Write synthetic slides / a synthetic cohort (tests, demos)."),
     "demo": ("demo:demo", "Run every stage on a small synthetic cohort."),
 }

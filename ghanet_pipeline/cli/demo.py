@@ -64,6 +64,9 @@ def demo(out: Path, cases: int, holdout: int, folds: int, epochs: int, slide_px:
     _print_cindex(console, result)
     _print_risks(console, result)
     _print_outputs(console, result)
+    if "report" in result.outputs:
+        console.print(f"[bold]report:[/] open {result.outputs['report'].resolve()} in a web browser (no server, no "
+                      f"internet needed): results, Kaplan-Meier curves and a deep-zoom page per held-out slide")
     console.print(f"demo finished in {result.seconds:.0f} s" + ("" if result.ok else " [red]with failures[/]"))
     sys.exit(0 if result.ok else 1)
 

@@ -22,6 +22,7 @@ from .common import (
     shard_option,
     slides_argument,
 )
+from .report import after_stage, no_report_option
 
 
 @click.command("predict")
@@ -49,18 +50,20 @@ from .common import (
 @overwrite_option
 @no_progress_option
 @shard_option
+@no_report_option
 def predict(slides: tuple[str, ...], recursive: bool, mpp: float | None, case_id_from: str | None,
             model_dir: Path | None,
             manifest: Path | None, out: Path, folds: str | None, features_dir: Path | None, assume_encoder: bool,
-            heatmaps: bool, device: str, engine: str, weights: str | None, batch_size: int, num_workers: int, overwrite: bool,
-            no_progress: bool, shard: str | None) -> None:
+            heatmaps: bool, device: str, engine: str, weights: str | None, batch_size: int, num_workers: int,
+            overwrite: bool, no_progress: bool, shard: str | None, no_report: bool) -> None:
     """Predict a risk score per case from SLIDE files (slides of one manifest case_id are pooled).
 
     Writes <out>/predict/<case_id>.json as each case finishes (reused by a rerun with the same model
     and input files), then rebuilds <out>/predict/predictions.csv from every case's JSON; with
-    --heatmaps also <out>/predict/heatmaps/<case_id>/. Several processes (--shard i/n, two terminals)
-    may write into one --out. Exit 0 when every case got a score or had no tissue, 1 when a case failed
-    (the others still run), 2 on a usage error.
+    --heatmaps also <out>/predict/heatmaps/<case_id>/, then the report <out>/report/ (`ghanet report`; a
+    deep-zoom page per slide, with the attention layers when --heatmaps). Several processes (--shard i/n,
+    two terminals) may write into one --out. Exit 0 when every case got a score or had no tissue, 1 when
+    a case or a report page failed (the others still run), 2 on a usage error.
     """
     from ..inference.loading import default_model
     from ..inference.predict import predict_cases
@@ -84,7 +87,10 @@ def predict(slides: tuple[str, ...], recursive: bool, mpp: float | None, case_id
     with Progress(max(n_cases, 1), "predict", disable=no_progress) as bar:
         run = predict_cases(specs, model_dir, config, on_case=lambda p: bar.advance(1, p.case_id))
     _render(run)
-    sys.exit(0 if all(c.ok for c in run.cases) else 1)
+    slide_files = [s for s in specs if Path(s.path).suffix.lower() not in (".h5", ".pt")]
+    report_ok = after_stage(out, no_report, slide_paths={s.slide_id: Path(s.path) for s in slide_files},
+                            slide_mpp={s.slide_id: float(s.mpp) for s in slide_files if s.mpp is not None})
+    sys.exit(0 if all(c.ok for c in run.cases) and report_ok else 1)
 
 
 def _render(run) -> None:  # noqa: ANN001 - PredictionRun

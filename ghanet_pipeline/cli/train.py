@@ -22,6 +22,7 @@ from .common import (
     preset_option,
     protocol_option,
 )
+from .report import after_stage, no_report_option
 
 
 @click.command("train")
@@ -81,17 +82,19 @@ from .common import (
                    "from fp32 ones by more than round-off).")
 @overwrite_option
 @no_progress_option
+@no_report_option
 def train(features: Path, genomics: Path | None, out: Path, model: str, run_name: str | None, folds_text: str | None,
           protocol: str, preset: str | None, epochs: int, lr: float | None, weight_decay: float, accum: int,
           alpha: float, topk: float | None, topk_rule: str | None, accumulation: str | None, alpha_surv: float,
           dim: int, dropout: float, max_patches: int | None,
           seed: int, select: str | None, device: str,
           manifest: Path | None, case_id_from: str | None, resume: bool, threads: int, allow_mixed_precision: bool,
-          overwrite: bool, no_progress: bool) -> None:
+          overwrite: bool, no_progress: bool, no_report: bool) -> None:
     """Train G-HANet (or ABMIL) with the folds of preprocess-genomics; write checkpoints and reports.
 
     Outputs in <out>/train/<run>/: config.json, fold_<k>/ (model.safetensors, model.json, history.json),
-    predictions.csv, metrics.json, km.png, spearman.png, learning_curves.png.
+    predictions.csv, metrics.json, km.png, spearman.png, learning_curves.png; then the report
+    <out>/report/ (`ghanet report`) unless --no-report.
     """
     import logging
 
@@ -135,7 +138,8 @@ def train(features: Path, genomics: Path | None, out: Path, model: str, run_name
     _print_table(result)
     from ..core.runs import exit_code
 
-    sys.exit(exit_code(result.folds))
+    report_ok = after_stage(out, no_report)
+    sys.exit(exit_code(result.folds) or (0 if report_ok else 1))
 
 
 def _fmt(v: Any, spec: str = ".3f") -> str:

@@ -12,7 +12,8 @@ It builds a small cohort with a known answer and then runs the *same commands a 
    per-channel standardisation re-estimated on patches of the cohort, saved as a weights file: no
    download) -> ``ghanet extract-features --weights <that file>`` -> ``ghanet preprocess-genomics``
    -> ``ghanet train`` (k folds, G-HANet, then ABMIL for comparison) -> ``ghanet predict`` on the
-   held-out slides with heatmaps (PNG + QuPath GeoJSON).
+   held-out slides with heatmaps (PNG + QuPath GeoJSON) -> ``ghanet report`` (``<out>/report/index.html``:
+   results and a deep-zoom page per held-out slide; train and predict run with ``--no-report``).
 
 Then it reads back what a new user should see (``demo/report.py``): the mean pairwise cosine of
 the bags' patch features, the span of the held-out risks and their rank correlation with the hidden
@@ -311,7 +312,7 @@ class _DemoRun:
             if not self.stage(f"train {model}", _ghanet(
                     "train", "--features", res.outputs["features"], "--genomics", self.out / "genomics", "--model",
                     model, "--run-name", model, "--epochs", cfg.epochs, *cfg.train_args, "--device", cfg.device,
-                    *self.common, *([] if cfg.overwrite else ["--resume"]))):
+                    *self.common, "--no-report", *([] if cfg.overwrite else ["--resume"]))):
                 if model == cfg.models[0]:
                     return False
                 continue
@@ -332,7 +333,7 @@ class _DemoRun:
         if cfg.models[0] not in self.run_dirs or "holdout_manifest" not in self.paths:
             return True
         cmd = _ghanet("predict", "--manifest", self.paths["holdout_manifest"], "--model", self.run_dirs[cfg.models[0]],
-                      "--weights", self.weights, "--device", cfg.device, *self.common)
+                      "--weights", self.weights, "--device", cfg.device, "--no-report", *self.common)
         if not self.stage("predict", cmd + (["--heatmaps"] if cfg.heatmaps else [])):
             return False
         pred_dir = self.out / "predict"
@@ -342,6 +343,16 @@ class _DemoRun:
             res.risk_summary = report.risk_summary(res.risks)
         res.heatmaps = sorted(pred_dir.rglob("*.png"))
         return True
+
+    def report(self) -> bool:
+        """The run report (``ghanet report``): results and a deep-zoom page per held-out slide."""
+        if "predict" not in self.result.outputs:
+            return True
+        ok = self.stage("report", _ghanet("report", self.out, "--manifest", self.paths["holdout_manifest"],
+                                          "--no-progress"))
+        if ok:
+            self.result.outputs["report"] = self.out / "report" / "index.html"
+        return ok
 
 
 def run_demo(out: Path | str, config: DemoConfig | None = None, stream: IO[str] | None = None,
@@ -359,7 +370,8 @@ def run_demo(out: Path | str, config: DemoConfig | None = None, stream: IO[str] 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     run = _DemoRun(out, config, stream, on_stage)
-    for step in (run.cohort, run.segment, run.calibrate, run.extract, run.genomics, run.train, run.predict):
+    for step in (run.cohort, run.segment, run.calibrate, run.extract, run.genomics, run.train, run.predict,
+                 run.report):
         if not step():
             break
     return _finish(run.result, t_start)

@@ -139,7 +139,9 @@ def predict_case(case_id: str, specs: Sequence[SlideSpec], ens: Ensemble, config
                  embedder: Embedder | None, out_dir: Path) -> CasePrediction:
     """Predict one case (all its slides pooled). Raises on a failing slide (the caller records it)."""
     t0 = time.perf_counter()
-    pred = CasePrediction(case_id=case_id, slide_ids=[s.slide_id for s in specs])
+    pred = CasePrediction(case_id=case_id, slide_ids=[s.slide_id for s in specs],
+                          slide_paths={s.slide_id: str(Path(s.path).resolve()) for s in specs
+                                       if Path(s.path).suffix.lower() not in (".h5", ".pt")})
     seconds = {"segment": 0.0, "extract": 0.0, "model": 0.0, "heatmaps": 0.0}
     slide_bags = _case_bags(case_id, specs, ens, config, embedder, pred, seconds)
     if not slide_bags:

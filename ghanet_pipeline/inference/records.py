@@ -57,6 +57,8 @@ class CasePrediction:
     encoder_check: str = ""
     heatmaps: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: slide_id -> absolute path of the slide file read (the report's viewer shows it); not for bags
+    slide_paths: dict[str, str] = field(default_factory=dict)
     #: taken from an earlier run's JSON (not written to the record)
     reused: bool = field(default=False, repr=False, compare=False)
 
