@@ -1,7 +1,7 @@
 """Benchmark: build time and size of one report slide page (deep-zoom pyramid + layers + gallery + HTML).
 
 Usage:
-    python benchmarks/bench_report.py [--size 60672] [--repeats 3] [--workers 1,2] [--max-mpp 1.0]
+    python -m benchmarks.bench_report [--size 60672] [--repeats 3] [--workers 1,2] [--max-mpp 1.0]
                                       [--cache /tmp/ghanet-bench-report]
 
 A synthetic Aperio-like 20x slide (``--size`` x ``--size`` level-0 px at 0.5 um/px, pyramid levels 1, 4, 16,
@@ -10,36 +10,23 @@ patches of 256 px) and a patch-score GeoJSON as ``predict --heatmaps`` writes it
 six families, random values: the build does not depend on them). Each measurement is a whole process
 that builds the slide's page from scratch (``report.slidepage.slide_page``: pyramid down to ``--max-mpp``,
 layer data, top-patch gallery, page), and one that rebuilds it with the finished pyramid reused.
-Configurations are interleaved over the repeats. Prints the CPU, the load average before and after, and
-a markdown table of min / median seconds and the page's size on disk.
+Configurations are interleaved over the repeats. Record: bench ``report`` (min / median seconds, pyramid
+seconds, tiles and the page's size on disk).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks.harness import Bench, add_record_args, call_worker, emit, interleave, stats
 
+MODULE = "benchmarks.bench_report"
 FAMILIES = ["Tumor Suppression", "Oncogenesis", "Protein Kinases", "Cellular Differentiation", "Transcription",
             "Cytokines and Growth"]
-
-
-def cpu() -> str:
-    """The CPU model (as ``ghanet doctor`` reads it), core count and the vector extensions that matter."""
-    from ghanet_pipeline.env.runtime import cpu_info
-
-    info = cpu_info()
-    flags = " ".join(f for f in ("avx2", "avx512f", "amx_tile") if f in info.flags)
-    return f"{info.model} ({os.cpu_count()} cores; {flags or 'no avx2/avx512/amx'})"
 
 
 def prepare(cache: Path, size: int) -> dict:
@@ -103,17 +90,17 @@ def measure(info: dict, out: Path, workers: int, max_mpp: float) -> dict:
 
 
 def run_one(args: argparse.Namespace, info: dict, workers: int, fresh: bool) -> dict:
-    out = Path(args.cache) / f"report-w{workers}"
+    """One whole process building the page (``fresh``: into an empty report folder)."""
+    out = Path(args.cache).resolve() / f"report-w{workers}"
     if fresh:
         shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, __file__, "--measure", json.dumps(info), "--out", str(out), "--workers", str(workers),
-           "--max-mpp", str(args.max_mpp)]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    result, _ = call_worker(MODULE, "--measure", json.dumps(info), "--out", out, "--workers", str(workers),
+                            "--max-mpp", str(args.max_mpp))
+    return result
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=60672)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", default="1,2")
@@ -121,28 +108,26 @@ def main() -> None:
     ap.add_argument("--cache", default="/tmp/ghanet-bench-report")
     ap.add_argument("--measure", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    add_record_args(ap)
+    args = ap.parse_args(argv)
     if args.measure:
-        print(json.dumps(measure(json.loads(args.measure), Path(args.out), int(args.workers), args.max_mpp)))
+        emit(measure(json.loads(args.measure), Path(args.out), int(args.workers), args.max_mpp))
         return
-    info = prepare(Path(args.cache), args.size)
-    workers = [int(w) for w in args.workers.split(",")]
-    print(f"CPU: {cpu()}\nload before: {os.getloadavg()}")
-    print(f"slide: {args.size} x {args.size} px at 0.5 um/px, {info['n_patches']} patches; viewer to {args.max_mpp} um/px")
-    runs: dict[str, list[dict]] = {}
-    for _ in range(args.repeats):  # interleaved: every configuration once per round
-        for w in workers:
-            runs.setdefault(f"build, {w} worker(s)", []).append(run_one(args, info, w, fresh=True))
-            runs.setdefault(f"rebuild, pyramid reused, {w} worker(s)", []).append(run_one(args, info, w, fresh=False))
-    print(f"load after: {os.getloadavg()}\n")
-    print("| page build | min s | median s | pyramid s (median) | tiles | pyramid MB | data.js MB | gallery kB |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, rs in runs.items():
-        secs = [r["seconds"] for r in rs]
-        r0 = rs[0]
-        print(f"| {name} | {min(secs):.1f} | {statistics.median(secs):.1f} | "
-              f"{statistics.median(r['pyramid_s'] for r in rs):.1f} | {r0['tiles']} | {r0['pyramid_bytes'] / 1e6:.1f} | "
-              f"{r0['data_js_bytes'] / 1e6:.2f} | {r0['gallery_bytes'] / 1e3:.0f} |")
+    info = prepare(Path(args.cache).resolve(), args.size)
+    configs = [(w, fresh) for w in (int(x) for x in args.workers.split(",")) for fresh in (True, False)]
+    with Bench("report", f"One report slide page: {args.size} x {args.size} px at 0.5 um/px, {info['n_patches']} "
+               f"patches, viewer to {args.max_mpp} um/px; whole processes, configurations interleaved", args,
+               units={"seconds": "s", "pyramid_s": "s", "tiles": "tiles", "pyramid_mb": "MB", "data_js_mb": "MB",
+                      "gallery_kb": "kB"}
+               ) as bench:
+        rounds = interleave(configs, args.repeats, lambda c, r: run_one(args, info, c[0], c[1]))
+        for (w, fresh), rs in rounds.results.items():
+            r0 = rs[0]
+            bench.row(build=f"{'build' if fresh else 'rebuild, pyramid reused'}, {w} worker(s)",
+                      seconds=stats([r["seconds"] for r in rs]), pyramid_s=stats([r["pyramid_s"] for r in rs]),
+                      tiles=r0["tiles"], pyramid_mb=round(r0["pyramid_bytes"] / 1e6, 1),
+                      data_js_mb=round(r0["data_js_bytes"] / 1e6, 2), gallery_kb=round(r0["gallery_bytes"] / 1e3))
+        bench.note(f"{rounds.complete} interleaved rounds{' (interrupted)' if rounds.interrupted else ''}")
 
 
 if __name__ == "__main__":

@@ -96,6 +96,9 @@ SUITE: tuple[Entry, ...] = (
     Entry("compare_models", P + "compare_models", ("--splits", "3", "--seeds", "1", "--control-model", "abmil"),
           ("--splits", "1", "--seeds", "1", "--folds", "2", "--epochs", "1", "--control-model", "abmil",
            "--work", str(Path(tempfile.gettempdir()) / "ghanet-compare-smoke")), _has_demo),
+    Entry("report", P + "bench_report", ("--repeats", "3", "--workers", "1,2"),
+          ("--size", "4096", "--repeats", "1", "--workers", "1", "--cache", str(Path(tempfile.gettempdir())
+                                                                                  / "ghanet-bench-report-smoke"))),
     Entry("gpu_check", "benchmarks/gpu_check.sh", (), ()),
 )
 
