@@ -33,8 +33,10 @@ from .common import (
               help="Encoder weights: a torchvision state dict (.pth/.safetensors). Default: the torch hub cache "
                    "($TORCH_HOME/hub/checkpoints/resnet50-*.pth). 'random' = untrained (tests/demos only).")
 @click.option("--resize", "input_size", type=click.IntRange(min=16), default=None, metavar="PX",
-              help="Side in px given to the encoder (area resize); default = the segment patch size (256). "
-                   "224 reproduces later CLAM versions. Recorded as input_size.")
+              help="Side in px given to the encoder (area resize); default = the encoder's own input size "
+                   "(224 for most foundation models, see `ghanet encoders`), else the segment patch size (256). "
+                   "224 with resnet50_trunc reproduces later CLAM versions. Recorded as input_size; it names "
+                   "the bag folder <encoder>_<input size>.")
 @device_option
 @click.option("--devices", default=None, metavar="DEV,DEV,...",
               help="One process per device pulling slides from a shared queue, e.g. cuda:0,cuda:1.")
