@@ -57,6 +57,7 @@ from .common import (
 @no_progress_option
 @shard_option
 def extract_features(slides: tuple[str, ...], recursive: bool, mpp: float | None, case_id_from: str | None,
+                     gdc_manifest: Path | None, slide_types: str | None,
                      manifest: Path | None, out: Path, encoder: str, weights: str | None, input_size: int | None,
                      device: str, devices: str | None, batch_size: int | None, num_workers: int | None,
                      precision: str, dtype: str, threads: int | None, overwrite: bool, no_progress: bool,
@@ -69,10 +70,12 @@ def extract_features(slides: tuple[str, ...], recursive: bool, mpp: float | None
     from ..env.device import resolve_device
     from ..env.runtime import resolve_precision
     from ..features.extract import extract_slides
-    from ..wsi.inputs import collect_slides, parse_shard, take_shard
+    from ..wsi.gather import gather_slides
+    from ..wsi.inputs import parse_shard
     from .common import Progress, print_summary
 
-    specs = take_shard(collect_slides(slides, manifest, recursive, case_id_from, mpp), parse_shard(shard))
+    specs = gather_slides(slides, manifest, recursive, case_id_from, mpp, out=out, gdc_manifest=gdc_manifest,
+                          slide_types=slide_types, shard=parse_shard(shard))
     dev_list = [d.strip() for d in devices.split(",") if d.strip()] if devices else [device]
     if not dev_list:
         raise ConfigError("--devices is empty; give e.g. cuda:0,cuda:1")
@@ -91,7 +94,8 @@ def extract_features(slides: tuple[str, ...], recursive: bool, mpp: float | None
             bar.advance(1, f"{res.item}: {res.status} {res.metrics.get('patches', '')} patches")
 
         results = extract_slides(specs, out, params, devices=dev_list if len(dev_list) > 1 else None,
-                                 overwrite=overwrite, on_done=on_done, log_config={"shard": shard})
+                                 overwrite=overwrite, on_done=on_done,
+                                 log_config={"shard": shard, "gdc_manifest": gdc_manifest, "slide_types": slide_types})
     print_summary("extract-features", results, [("patches", "patches"), ("patches_per_s", "patches/s"),
                                                 ("precision", "precision")])
     from ..core.runs import exit_code
