@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo-out
 # glibc malloc: keep freed memory instead of returning it to the OS after every batch
-# (measured ~1.6x faster CPU inference on the 2-core dev machine, see README benchmarks).
+# (measured: 1.32x the encoder's CPU patches/s, median; docs/benchmarks.md, "glibc malloc").
 export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 17179869184
 

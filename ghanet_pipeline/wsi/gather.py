@@ -4,8 +4,9 @@
 
 1. slide files, folders (``--recursive``), globs and a manifest CSV -> :class:`SlideSpec` (``inputs``; a
    gdc-client download's ``logs/``, ``*.parcel``, ``MANIFEST.txt`` and ``annotations.txt`` are never slides);
-2. a GDC manifest (``--gdc-manifest FILE``, or ``MANIFEST.txt`` at the top of a given folder): each listed
-   slide file that is absent on disk becomes a slide of its own that fails, named with its file;
+2. a GDC manifest (``--gdc-manifest FILE``, or ``MANIFEST.txt`` at the top of a given folder): rows meet
+   files by ``<file uuid folder>/<file name>``, wherever the download lies; when a folder was given, each
+   listed slide file it lacks becomes a slide of its own that fails, named with its file;
 3. ``--slide-types`` (``wsi.tcga.filter_slide_types``) keeps e.g. only the diagnostic (``DX``) slides;
 4. ``--shard i/n``;
 5. the GDC check (``wsi.gdc.verify_downloads``: size, then MD5, remembered in ``<out>/cache/gdc-md5.json``):
@@ -17,10 +18,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from ..core.slideids import slide_id_from_name
-from .gdc import find_gdc_manifest, read_gdc_manifest, verify_downloads
+from .gdc import GdcEntry, find_gdc_manifest, read_gdc_manifest, verify_downloads
 from .inputs import SLIDE_EXTENSIONS, SlideSpec, case_id_for, collect_slides, sanitise_specs, take_shard
 from .tcga import filter_slide_types, parse_slide_types
 
@@ -42,28 +44,42 @@ def gather_slides(inputs: Sequence[str | Path] = (), manifest: Path | str | None
     entries = []
     if gm is not None:
         entries = [e for e in read_gdc_manifest(gm) if Path(e.filename).suffix.lower() in SLIDE_EXTENSIONS]
-        given_dirs = {Path(i).resolve() for i in inputs if Path(i).is_dir()}
-        have = {s.path.resolve() for s in specs}
-        if gm.parent.resolve() in given_dirs:  # the whole download was given: absent files are failed slides
-            absent = [e for e in entries if e.path.resolve() not in have and not e.path.exists()]
-            specs = specs + [SlideSpec(slide_id=slide_id_from_name(e.filename), path=e.path, mpp=mpp,
-                                       case_id=case_id_for(slide_id_from_name(e.filename), None, case_id_from),
-                                       raw_slide_id=slide_id_from_name(e.filename)) for e in absent]
-            specs = sanitise_specs(specs)
+        dirs = [Path(i) for i in inputs if Path(i).is_dir()]
+        have = {_key(s.path) for s in specs}
+        if dirs:  # a download folder was given: each listed file it lacks is a slide that fails
+            specs = sanitise_specs(specs + [_absent(e, dirs[0], case_id_from, mpp) for e in entries
+                                            if (e.file_id, e.filename) not in have])
         log.info("GDC manifest %s: %d slide file(s) listed; checking size and MD5 of those given", gm, len(entries))
     specs, _ = filter_slide_types(specs, kinds, lambda s: s.slide_id, lambda s: s.case_id)
     specs = take_shard(specs, shard)
     if entries:
-        by_path = {e.path.resolve(): e for e in entries}
-        mine = [by_path[s.path.resolve()] for s in specs if s.path.resolve() in by_path]
-        cache = Path(out) / GDC_CACHE if out is not None else None
-        problems = {p.resolve(): msg for p, msg in verify_downloads(mine, cache, verify_workers).items()}
-        for s in specs:
-            s.problem = problems.get(s.path.resolve(), s.problem)
-        if problems:
-            log.warning("GDC check: %d of %d slide file(s) are missing or damaged and fail; the others go on",
-                        len(problems), len(mine))
-        not_listed = sum(s.path.resolve() not in by_path for s in specs)
-        if not_listed:
-            log.info("GDC check: %d slide(s) are not in %s and were not checked", not_listed, gm)
+        _check(specs, entries, out, verify_workers, gm)
     return specs
+
+
+def _key(path: Path) -> tuple[str, str]:
+    """(file uuid folder, file name): how a manifest row and a file on disk are matched, wherever the
+    download folder is."""
+    return path.parent.name, path.name
+
+
+def _absent(e: GdcEntry, root: Path, case_id_from: str | None, mpp: float | None) -> SlideSpec:
+    sid = slide_id_from_name(e.filename)
+    return SlideSpec(slide_id=sid, path=root / e.file_id / e.filename, case_id=case_id_for(sid, None, case_id_from),
+                     mpp=mpp, raw_slide_id=sid)
+
+
+def _check(specs: list[SlideSpec], entries: list[GdcEntry], out: Path | str | None, workers: int | None,
+           gm: Path) -> None:
+    """Give each spec whose file fails the GDC check its ``problem`` (the files checked are the specs' own)."""
+    by_key = {(e.file_id, e.filename): e for e in entries}
+    mine = {s.path: replace(by_key[_key(s.path)], path=s.path) for s in specs if _key(s.path) in by_key}
+    cache = Path(out) / GDC_CACHE if out is not None else None
+    problems = verify_downloads(mine.values(), cache, workers)
+    for s in specs:
+        s.problem = problems.get(s.path, s.problem)
+    if problems:
+        log.warning("GDC check: %d of %d slide file(s) are missing or damaged and fail; the others go on",
+                    len(problems), len(mine))
+    if len(mine) < len(specs):
+        log.info("GDC check: %d slide(s) are not in %s and were not checked", len(specs) - len(mine), gm)
