@@ -19,10 +19,11 @@ The projection scales the measured rates to ``--project-slides`` slides x ``--pa
 ``--project-epochs`` epochs (default: TCGA-BLCA, 437 slides, 20 epochs, 5 folds), on this CPU and, given
 ``--gpu-log`` (the saved output of ``bash benchmarks/gpu_check.sh``), extraction on one GPU.
 
-Usage (a quick look; the full-size command is in docs/benchmarks.md):
-  python benchmarks/rehearsal.py --table ../shared/data/mcat/tcga_luad_all_clean.csv.zip \\
-      --families ../shared/data/mcat/signatures.csv --splits ../shared/data/mcat/splits_tcga_luad \\
-      --work /tmp/rehearsal --cases 20
+Usage (a quick look; the full-size command is in docs/benchmarks.md), with MCAT's LUAD files
+(``datasets_csv_sig/tcga_luad_all_clean.csv.zip``, ``datasets_csv_sig/signatures.csv``,
+``splits/5foldcv/tcga_luad/``):
+  python benchmarks/rehearsal.py --table tcga_luad_all_clean.csv.zip --families signatures.csv \\
+      --splits tcga_luad_splits --work /scratch/rehearsal --cases 20
 """
 
 from __future__ import annotations

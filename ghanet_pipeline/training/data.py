@@ -48,13 +48,15 @@ class BagMapping:
 
 def map_cases(case_ids: Sequence[str], bags: Mapping[str, Path], case_slides: Mapping[str, Sequence[str]],
               manifest: Path | str | None = None, case_id_from: str | None = None,
-              slide_types: Sequence[str] | None = None, table: str = "cases.csv") -> BagMapping:
+              slide_types: Sequence[str] | None = None, table: str = "cases.csv",
+              where: str | None = None) -> BagMapping:
     """Find each case's bags; every slide id goes through the slide-id rule (``slideids``).
 
     Priority: ``manifest`` (slide_id -> case_id) > ``case_id_from="tcga"`` (first 12 characters of the
     bag name) > ``case_slides`` (the genomics ``cases.csv`` slide ids, e.g. an MCAT table's GDC file names)
     > for a case without slide ids: a bag named like the case, or, for a TCGA patient barcode, the bags of
     that patient. ``slide_types`` (``--slide-types``) drops bags of other TCGA slide types first.
+    ``where`` names the table in the warning (default: the mapping's source, ``genomics cases.csv``).
     """
     bags, types = _typed_bags(bags, slide_types)
     wanted = list(dict.fromkeys(case_ids))
@@ -84,7 +86,7 @@ def map_cases(case_ids: Sequence[str], bags: Mapping[str, Path], case_slides: Ma
     match.cases_without = missing
     match.unclaimed = [b for b in match.unclaimed if all(bags[b] not in p for p in found.values())]
     return BagMapping({c: found[c] for c in wanted if c in found}, missing, source,
-                      match.warning(source, "the bags", len(wanted), "bag"), types)
+                      match.warning(where or source, "the bags", len(wanted), "bag"), types)
 
 
 def map_cases_to_bags(case_ids: Sequence[str], bags: Mapping[str, Path], case_slides: Mapping[str, Sequence[str]],
@@ -127,7 +129,8 @@ def training_cases(genomics_dir: Path, features_dir: Path, case_ids: Sequence[st
         if "slide_ids" in cdf.columns:
             case_slides = {r.case_id: [s for s in r.slide_ids.split(";") if s] for r in cdf.itertuples()}
     bag_files = list_bags(features_dir)
-    m = map_cases(case_ids, bag_files, case_slides, manifest, case_id_from, slide_types)
+    where = None if manifest or case_id_from else f"{cases_csv} (column slide_ids)"
+    m = map_cases(case_ids, bag_files, case_slides, manifest, case_id_from, slide_types, where=where)
     table_ex = [s for c in case_ids for s in case_slides.get(c, ())][:3] or list(case_ids)[:3]
     if not m.found:
         raise IdMismatchError(
