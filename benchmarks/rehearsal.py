@@ -11,12 +11,12 @@ What it builds under ``--work`` (check ``df`` first: the bags need ~41 MB per sl
 
 Stages, each a whole ``ghanet`` process (wall time, peak RSS of its largest process): segment and extract
 (``--recursive --slide-types DX`` over the download: the GDC check reads every file's MD5 once), extract
-rate (one 4096 px slide alone: patches/s of this CPU), genomics (the table, its MCAT splits when given),
+rate (one 6144 px slide alone: patches/s of this CPU), genomics (the table, its MCAT splits when given),
 train (``--folds`` x ``--epochs`` on the real-size bags, ``--cache-gb`` of them in memory, the rest re-read
 from disk every step), a disk-vs-cache probe (fold 0, one epoch, on ``--probe-cases`` cases, with
 ``--cache-gb 0`` and with every bag cached), predict (``--predict-cases`` cases from their bags).
 The projection scales the measured rates to ``--project-slides`` slides x ``--patches`` patches and
-``--project-epochs`` epochs (default: TCGA-BLCA, 437 slides, 20 epochs, 5 folds), on this CPU and, given
+``--project-epochs`` epochs x ``--project-folds`` folds (default: TCGA-BLCA, 437 slides, 20 epochs, 5 folds), on this CPU and, given
 ``--gpu-log`` (the saved output of ``bash benchmarks/gpu_check.sh``), extraction on one GPU.
 
 Usage (a quick look; the full-size command is in docs/benchmarks.md), with MCAT's LUAD files
@@ -147,15 +147,15 @@ def gpu_rate(path: Path | None) -> float | None:
 
 
 def extract_rate(work: Path, out: str) -> tuple[Stage, float]:
-    """patches/s of `extract-features` on one 4096 px slide alone (this CPU, random weights)."""
+    """patches/s of `extract-features` on one 6144 px slide alone (this CPU, random weights)."""
     from ghanet_pipeline.wsi.synthetic import write_synthetic_slide
 
-    slide = work / "rate" / "rate_4096.svs"
+    slide = work / "rate" / "rate_6144.svs"
     if not slide.exists():
         slide.parent.mkdir(parents=True, exist_ok=True)
-        write_synthetic_slide(slide, 4096, 4096, phenotype=0.3, seed=7)
+        write_synthetic_slide(slide, 6144, 6144, phenotype=0.3, seed=7)
     run("rate-segment", ["segment", str(slide), "--out", f"{out}-rate", "--no-progress"], work)
-    st = run("extract rate (4096 px slide)", ["extract-features", str(slide), "--out", f"{out}-rate", "--weights",
+    st = run("extract rate (6144 px slide)", ["extract-features", str(slide), "--out", f"{out}-rate", "--weights",
                                               "random", "--device", "cpu", "--no-progress", "--overwrite"], work)
     log = json.loads(sorted((work / f"{out}-rate" / "logs").glob("extract-features-*.json"))[-1].read_text())
     item = log["items"][0]
@@ -187,7 +187,7 @@ def probe(rows, work: Path, out: str, families: str, n_cases: int) -> list[Stage
 
 def projection(m: dict, args: argparse.Namespace) -> list[tuple[str, str]]:
     """The measured rates scaled to the projected cohort (lines of the report)."""
-    n, p, e, k = args.project_slides, args.patches, args.project_epochs, args.folds
+    n, p, e, k = args.project_slides, args.patches, args.project_epochs, args.project_folds
     bag = m["bag_bytes_mean"] * 10_000 / args.patches
     rows = [("bag size per 10,000 patches (1024 float32 features)", f"{bag / 1e6:.1f} MB"),
             (f"bags of {n} slides x {p:,} patches", f"{n * m['bag_bytes_mean'] / 1e9:.1f} GB")]
@@ -217,7 +217,7 @@ def report(stages: list[Stage], proj: list[tuple[str, str]], m: dict, args: argp
         lines.append(f"| {s.name} | {s.seconds:,.1f} | {rss} | {s.note} |")
     lines += ["", f"disk: {m['bag_bytes_mean'] / 1e6:.1f} MB per bag, {m['bags_bytes_total'] / 1e9:.2f} GB of bags, "
               f"{m['work_bytes_total'] / 1e9:.2f} GB under {args.work} in all", "",
-              f"projection: {args.project_slides} slides x {args.patches:,} patches, {args.folds} folds x "
+              f"projection: {args.project_slides} slides x {args.patches:,} patches, {args.project_folds} folds x "
               f"{args.project_epochs} epochs", "", "| what | projected |", "|---|---|"]
     lines += [f"| {a} | {b} |" for a, b in proj]
     return "\n".join(lines)
@@ -245,6 +245,7 @@ def main() -> None:
     ap.add_argument("--gpu-log", type=Path, default=None, help="saved output of bash benchmarks/gpu_check.sh")
     ap.add_argument("--project-slides", type=int, default=437)
     ap.add_argument("--project-epochs", type=int, default=20)
+    ap.add_argument("--project-folds", type=int, default=5)
     ap.add_argument("--no-disk-check", action="store_true")
     args = ap.parse_args()
     run_rehearsal(args)
@@ -273,7 +274,9 @@ def run_rehearsal(args: argparse.Namespace) -> None:
     stages.append(run("extract-features (small slides)", ["extract-features", *dl, "--weights", "random",
                                                           "--device", "cpu"], work))
     st_rate, rate = extract_rate(work, out)
-    splits = ["--splits", str(Path(args.splits).resolve())] if args.splits and args.cases is None else ["--folds", str(args.folds)]
+    # a subset (--cases) has too few deaths per fold for differential selection: keep every gene there
+    splits = (["--splits", str(Path(args.splits).resolve())] if args.splits and args.cases is None
+              else ["--folds", str(args.folds)] + (["--de-method", "none"] if args.cases is not None else []))
     stages += [st_rate, run("preprocess-genomics", ["preprocess-genomics", "--table", str(table), "--families", families,
                                                     *splits, "--out", out, "--no-progress"], work)]
     st = run("train", ["train", "--features", f"{out}/features/{BAG_DIR}", "--genomics", f"{out}/genomics", "--out", out,

@@ -40,7 +40,7 @@ def test_gpu_rate_is_the_best_extract_line_of_gpu_check_output(reh, tmp_path: Pa
 
 
 def test_projection_scales_the_measured_rates(reh) -> None:
-    args = argparse.Namespace(project_slides=437, project_epochs=20, folds=5, patches=10_000)
+    args = argparse.Namespace(project_slides=437, project_epochs=20, project_folds=5, patches=10_000)
     m = {"bag_bytes_mean": 41.2e6, "extract_rate": 25.0, "gpu_rate": 2000.0, "train_s_per_slide_epoch": 0.5,
          "segment_s_per_slide": 1.0}
     rows = dict(reh.projection(m, args))
