@@ -6,13 +6,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo-out
 # glibc malloc: keep freed memory instead of returning it to the OS after every batch
-# (measured ~1.6x faster CPU inference on the 2-core dev machine, see README benchmarks).
+# (measured: 1.32x the encoder's CPU patches/s, median; docs/benchmarks.md, "glibc malloc").
 export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 17179869184
 
 .PHONY: setup demo lint test test-fast test-slurm docker-check bench bench-docs bench-smoke clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
+	@$(PYTHON) -c "import sys; sys.exit(0 if sys.version_info >= (3, 11) else 'ghanet needs python3 >= 3.11 (the pinned constraints do); this is ' + sys.version.split()[0] + ': make PYTHON=python3.11 ...')"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,openvino]'

@@ -78,6 +78,27 @@ def synthetic_slide_40x(make_synthetic_slide) -> Path:
     return make_synthetic_slide("synth40x.svs", px, px, mpp=0.25, phenotype=0.3, seed=SYNTH_SEED)
 
 
+#: the real MCAT-format TCGA-LUAD table, its gene families and 5-fold splits (beside the checkout)
+LUAD_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/mcat"
+
+
+@pytest.fixture(scope="session")
+def luad() -> Path:
+    """Folder of the real LUAD MCAT table (tcga_luad_all_clean.csv.zip, signatures.csv, splits_tcga_luad/);
+    skips the test when it is absent."""
+    if not (LUAD_DIR / "tcga_luad_all_clean.csv.zip").is_file():
+        pytest.skip(f"the real LUAD MCAT table was not found in {LUAD_DIR}")
+    return LUAD_DIR
+
+
+@pytest.fixture(scope="session")
+def luad_rows(luad: Path):
+    """The LUAD table's rows, every column as text (``demo.gdcdownload.read_mcat_rows``)."""
+    from ghanet_pipeline.demo.gdcdownload import read_mcat_rows
+
+    return read_mcat_rows(luad / "tcga_luad_all_clean.csv.zip")
+
+
 @pytest.fixture(scope="session")
 def real_slide() -> Path:
     """Path of the real CMU-1-Small-Region.svs; skips the test when it is absent."""

@@ -119,7 +119,7 @@ class Bench:
         self.notes.append({"table": table, "text": text})
 
     def __enter__(self) -> Bench:
-        self.started = dt.datetime.now(dt.timezone.utc)
+        self.started = dt.datetime.now(dt.UTC)
         self.load_before = load_average()
         self.t0 = time.perf_counter()
         return self

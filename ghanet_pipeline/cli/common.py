@@ -48,11 +48,20 @@ def manifest_option(f: F) -> F:
 
 
 def slides_argument(f: F) -> F:
-    """Positional slides + --recursive, --mpp, --case-id-from."""
+    """Positional slides + --recursive, --mpp, --case-id-from, --gdc-manifest, --slide-types."""
+    f = click.option("--slide-types", default=None, metavar="DX[,TS,BS,MS]",
+                     help="Keep only TCGA slides of these types (the barcode's slide field): DX = diagnostic "
+                          "FFPE slides (what MCAT and the paper use), TS/BS/MS = frozen sections. Ids that are "
+                          "not TCGA barcodes are kept. Default: every slide.")(f)
+    f = click.option("--gdc-manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="GDC manifest (MANIFEST.txt of gdc-client) whose slide files are checked first (size, "
+                          "MD5; remembered in <out>/cache/): a missing or damaged file fails, the others go on. "
+                          "Default: MANIFEST.txt at the top of a given folder, when there is one.")(f)
     f = click.option("--case-id-from", type=click.Choice(["slide_id", "tcga"]), default=None,
                      help="Derive case_id from the slide id (tcga: first 12 characters).")(f)
     f = click.option("--mpp", type=click.FloatRange(min=0, min_open=True), default=None,
-                     help="Level-0 um/px for slides whose metadata lacks it (manifest column mpp wins).")(f)
+                     help="Level-0 um/px of every slide, overriding what its file says, except slides whose "
+                          "manifest row has an mpp value.")(f)
     f = click.option("--recursive", is_flag=True, help="Look for slides (and DICOM WSI folders) in sub-folders of given directories.")(f)
     return click.argument("slides", nargs=-1, type=str)(f)
 

@@ -35,8 +35,10 @@ from .common import (
               help="Encoder weights: a torchvision state dict (.pth/.safetensors). Default: the torch hub cache "
                    "($TORCH_HOME/hub/checkpoints/resnet50-*.pth). 'random' = untrained (tests/demos only).")
 @click.option("--resize", "input_size", type=click.IntRange(min=16), default=None, metavar="PX",
-              help="Side in px given to the encoder (area resize); default = the segment patch size (256). "
-                   "224 reproduces later CLAM versions. Recorded as input_size.")
+              help="Side in px given to the encoder (area resize); default = the encoder's own input size "
+                   "(224 for most foundation models, see `ghanet encoders`), else the segment patch size (256). "
+                   "224 with resnet50_trunc reproduces later CLAM versions. Recorded as input_size; it names "
+                   "the bag folder <encoder>_<input size>.")
 @device_option
 @click.option("--devices", default=None, metavar="DEV,DEV,...",
               help="One process per device pulling slides from a shared queue, e.g. cuda:0,cuda:1.")
@@ -62,6 +64,7 @@ from .common import (
 @no_progress_option
 @shard_option
 def extract_features(slides: tuple[str, ...], recursive: bool, mpp: float | None, case_id_from: str | None,
+                     gdc_manifest: Path | None, slide_types: str | None,
                      manifest: Path | None, out: Path, encoder: str, weights: str | None, input_size: int | None,
                      device: str, devices: str | None, batch_size: int | None, num_workers: int | None,
                      engine: str, precision: str, int8_patches: int, int8_seed: int, int8_cohort: Path | None,
@@ -75,13 +78,16 @@ def extract_features(slides: tuple[str, ...], recursive: bool, mpp: float | None
     from ..env.device import resolve_device
     from ..features.engines.choice import resolve_engine
     from ..features.extract import extract_slides
-    from ..wsi.inputs import collect_slides, parse_shard, take_shard
+    from ..wsi.gather import cohort_slides, gather_slides
+    from ..wsi.inputs import parse_shard
     from .common import Progress, print_summary
 
-    cohort = collect_slides(slides, manifest, recursive, case_id_from, mpp)
-    specs = take_shard(cohort, parse_shard(shard))
+    specs = gather_slides(slides, manifest, recursive, case_id_from, mpp, out=out, gdc_manifest=gdc_manifest,
+                          slide_types=slide_types, shard=parse_shard(shard))
     if int8_cohort is not None:
-        cohort = collect_slides((), int8_cohort, False, case_id_from, mpp)
+        cohort = cohort_slides((), int8_cohort, False, case_id_from, mpp)
+    else:
+        cohort = cohort_slides(slides, manifest, recursive, case_id_from, mpp, slide_types) if shard else None
     dev_list = [d.strip() for d in devices.split(",") if d.strip()] if devices else [device]
     if not dev_list:
         raise ConfigError("--devices is empty; give e.g. cuda:0,cuda:1")
@@ -100,7 +106,8 @@ def extract_features(slides: tuple[str, ...], recursive: bool, mpp: float | None
             bar.advance(1, f"{res.item}: {res.status} {res.metrics.get('patches', '')} patches")
 
         results = extract_slides(specs, out, params, devices=dev_list if len(dev_list) > 1 else None,
-                                 overwrite=overwrite, on_done=on_done, log_config={"shard": shard}, cohort=cohort)
+                                 overwrite=overwrite, on_done=on_done, cohort=cohort,
+                                 log_config={"shard": shard, "gdc_manifest": gdc_manifest, "slide_types": slide_types})
     print_summary("extract-features", results, [("patches", "patches"), ("patches_per_s", "patches/s"),
                                                 ("engine", "engine"), ("precision", "precision")])
     from ..core.runs import exit_code

@@ -52,7 +52,7 @@ from .report import after_stage, no_report_option
 @shard_option
 @no_report_option
 def predict(slides: tuple[str, ...], recursive: bool, mpp: float | None, case_id_from: str | None,
-            model_dir: Path | None,
+            gdc_manifest: Path | None, slide_types: str | None, model_dir: Path | None,
             manifest: Path | None, out: Path, folds: str | None, features_dir: Path | None, assume_encoder: bool,
             heatmaps: bool, device: str, engine: str, weights: str | None, batch_size: int, num_workers: int,
             overwrite: bool, no_progress: bool, shard: str | None, no_report: bool) -> None:
@@ -67,7 +67,8 @@ def predict(slides: tuple[str, ...], recursive: bool, mpp: float | None, case_id
     """
     from ..inference.loading import default_model
     from ..inference.predict import predict_cases
-    from ..wsi.inputs import collect_slides, parse_shard
+    from ..wsi.gather import gather_slides
+    from ..wsi.inputs import parse_shard
     from .common import Progress
 
     fold_list = parse_folds(folds)
@@ -76,7 +77,8 @@ def predict(slides: tuple[str, ...], recursive: bool, mpp: float | None, case_id
         model_dir = default_model(out)
         click.echo(f"using model {model_dir} (the only training run under {out / 'train'}; --model picks another)",
                    err=True)
-    specs = (collect_slides(slides, manifest, recursive, case_id_from, mpp)
+    specs = (gather_slides(slides, manifest, recursive, case_id_from, mpp, out=out, gdc_manifest=gdc_manifest,
+                           slide_types=slide_types)
              if (slides or manifest is not None or features_dir is None) else [])
     config = PredictConfig(out=out, folds=fold_list, features_dir=features_dir, assume_encoder=assume_encoder,
                            heatmaps=heatmaps, device=device, weights=weights, batch_size=batch_size,

@@ -45,7 +45,8 @@ from .common import (
 @no_progress_option
 @shard_option
 def segment(slides: tuple[str, ...], manifest: Path | None, recursive: bool, mpp: float | None,
-            case_id_from: str | None, out: Path, target_mpp: float, patch_size: int, sat_threshold: int,
+            case_id_from: str | None, gdc_manifest: Path | None, slide_types: str | None,
+            out: Path, target_mpp: float, patch_size: int, sat_threshold: int,
             min_tissue: float, thumbnail_downsample: float, min_tissue_area: float, min_hole_area: float,
             overwrite: bool, no_progress: bool, shard: str | None) -> None:
     """Find tissue and lay the non-overlapping patch grid (256 px at 0.5 um/px by default).
@@ -54,15 +55,19 @@ def segment(slides: tuple[str, ...], manifest: Path | None, recursive: bool, mpp
     glob patterns (or use --manifest). Writes
     <out>/segment/<slide_id>.geojson, .coords.h5 and .png, and a run log in <out>/logs/.
     """
-    from ..wsi.inputs import collect_slides, parse_shard, take_shard
+    from ..wsi.gather import gather_slides
+    from ..wsi.inputs import parse_shard
     from ..wsi.segment import segment_slides
 
-    specs = take_shard(collect_slides(slides, manifest, recursive, case_id_from, mpp), parse_shard(shard))
+    specs = gather_slides(slides, manifest, recursive, case_id_from, mpp, out=out, gdc_manifest=gdc_manifest,
+                          slide_types=slide_types, shard=parse_shard(shard))
     params = SegmentParams(target_mpp=target_mpp, patch_size=patch_size, sat_threshold=sat_threshold,
                            min_tissue=min_tissue, thumbnail_downsample=thumbnail_downsample,
                            min_tissue_area_um2=min_tissue_area, min_hole_area_um2=min_hole_area)
     with Progress(len(specs), "segment", disable=no_progress) as progress:
-        results = segment_slides(specs, out, params, overwrite, log_config={"manifest": manifest, "mpp": mpp, "shard": shard},
+        log_config = {"manifest": manifest, "mpp": mpp, "shard": shard, "gdc_manifest": gdc_manifest,
+                      "slide_types": slide_types}
+        results = segment_slides(specs, out, params, overwrite, log_config=log_config,
                                  on_done=lambda r: progress.advance(1, f"{r.item}: {r.status}"))
     for r in results:
         if "mpp" in r.metrics:

@@ -72,7 +72,13 @@ from .report import after_stage, no_report_option
 @device_option
 @manifest_option
 @click.option("--case-id-from", type=click.Choice(["tcga"]), default=None,
-              help="Case id = first 12 characters of the bag name (TCGA barcodes).")
+              help="Case id = first 12 characters of the bag name (TCGA barcodes). Not needed with an MCAT table: "
+                   "its case_id and slide_id columns map the bags (a slide's id is its file name up to the first dot).")
+@click.option("--slide-types", default=None, metavar="DX[,TS,BS,MS]",
+              help="Use only bags of these TCGA slide types (DX = diagnostic FFPE slides; TS/BS/MS = frozen "
+                   "sections). Default: every bag.")
+@click.option("--cache-gb", type=click.FloatRange(min=0), default=default_of(TrainConfig, "cache_gb"), show_default=True,
+              help="Keep bags in memory up to this many GiB (float32); the rest are re-read from disk each step.")
 @click.option("--resume", is_flag=True, help="Continue interrupted folds from their last saved epoch (finished folds "
                                             "are always skipped when the options match).")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
@@ -88,8 +94,8 @@ def train(features: Path, genomics: Path | None, out: Path, model: str, run_name
           alpha: float, topk: float | None, topk_rule: str | None, accumulation: str | None, alpha_surv: float,
           dim: int, dropout: float, max_patches: int | None,
           seed: int, select: str | None, device: str,
-          manifest: Path | None, case_id_from: str | None, resume: bool, threads: int, allow_mixed_precision: bool,
-          overwrite: bool, no_progress: bool, no_report: bool) -> None:
+          manifest: Path | None, case_id_from: str | None, slide_types: str | None, cache_gb: float, resume: bool,
+          threads: int, allow_mixed_precision: bool, overwrite: bool, no_progress: bool, no_report: bool) -> None:
     """Train G-HANet (or ABMIL) with the folds of preprocess-genomics; write checkpoints and reports.
 
     Outputs in <out>/train/<run>/: config.json, fold_<k>/ (model.safetensors, model.json, history.json),
@@ -100,6 +106,7 @@ def train(features: Path, genomics: Path | None, out: Path, model: str, run_name
 
     from ..core.errors import ConfigError
     from ..training.cv import train_cv
+    from ..wsi.tcga import parse_slide_types
     from .common import StepBars
 
     if threads:
@@ -115,8 +122,8 @@ def train(features: Path, genomics: Path | None, out: Path, model: str, run_name
                          topk=None if topk is None else topk / 100.0, alpha_surv=alpha_surv, dim=dim,
                          dropout=dropout, max_patches=max_patches, seed=seed, folds=parse_folds(folds_text),
                          select=select, device=device, case_id_from=case_id_from, protocol=protocol,
-                         preset=preset, topk_rule=topk_rule, accumulation=accumulation,
-                         allow_mixed_precision=allow_mixed_precision)
+                         preset=preset, topk_rule=topk_rule, accumulation=accumulation, cache_gb=cache_gb,
+                         slide_types=parse_slide_types(slide_types), allow_mixed_precision=allow_mixed_precision)
     log = logging.getLogger("ghanet_pipeline")
     with StepBars(disable=no_progress) as bars:
         def progress(kind: str, **info: Any) -> None:

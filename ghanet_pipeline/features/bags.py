@@ -60,17 +60,20 @@ class Bag:
         return int(self.features.shape[1])
 
 
-def encoder_tag(encoder: str, input_size: int, weights_id: str) -> str:
+def encoder_tag(encoder: str, input_size: int, weights_id: str, int8: bool = False) -> str:
     """Folder name under ``<out>/features/`` for bags of one encoder set-up.
 
     ``resnet50_trunc_256`` for real weights at 256 px input; ``resnet50_trunc_224_random0`` for
-    ``--weights random`` (seed 0). Different real weight files share a folder name, so their bags are
-    told apart by ``weights_sha256`` (a mismatch is an error, never a silent reuse).
+    ``--weights random`` (seed 0); ``_int8`` appended for bags of an int8-quantized encoder. Different real
+    weight files share a folder name, so their bags are told apart by ``weights_sha256`` (a mismatch is an
+    error, never a silent reuse).
     """
     tag = f"{encoder}_{int(input_size)}"
     if str(weights_id).startswith("random"):
         seed = str(weights_id).partition(":")[2] or "0"
         tag += f"_random{seed}"
+    if int8:
+        tag += "_int8"
     return re.sub(r"[^A-Za-z0-9_.-]", "_", tag)
 
 

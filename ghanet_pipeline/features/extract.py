@@ -151,11 +151,14 @@ class Extractor:
 
     # -- paths ----------------------------------------------------------------------------------------
     def input_size(self, patch_size: int) -> int:
-        return int(self.params.input_size or self.encoder.spec.default_input_size or patch_size)
+        from .encoders import encoder_input_size
+
+        return encoder_input_size(self.encoder.name, patch_size, self.params.input_size)
 
     def bag_dir(self, out: Path, patch_size: int) -> Path:
-        tag = encoder_tag(self.encoder.name, self.input_size(patch_size), self.encoder.weights_id)
-        return safe_child(out, "features", tag + ("_int8" if self.engine.precision == "int8" else ""))
+        tag = encoder_tag(self.encoder.name, self.input_size(patch_size), self.encoder.weights_id,
+                          int8=self.engine.precision == "int8")
+        return safe_child(out, "features", tag)
 
     # -- one slide ------------------------------------------------------------------------------------
     def extract(self, spec: SlideSpec, out: Path, overwrite: bool = False,

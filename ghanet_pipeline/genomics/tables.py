@@ -18,8 +18,9 @@ import pandas as pd
 
 from ..core.errors import InputError
 from ..core.labels import censorship_from_event
-from ..core.tables import NA_TEXT, read_table_file
-from ..wsi.inputs import tcga_case_id
+from ..core.slideids import slide_id_from_name
+from ..core.tables import NA_TEXT, decimal_comma_hint, read_table_file
+from ..wsi.tcga import tcga_case_id
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def to_numeric_frame(df: pd.DataFrame, path: Path | str, allow_nan: bool, what: 
         n_bad = int(bad.sum())
         raise InputError(f"{path}: row {_row_desc(r, row_labels)}, column {df.columns[c]!r}: "
                          f"{what} {df.iat[r, c]!r} is not a number ({n_bad} such cell(s) in all); "
-                         f"fix or remove these values")
+                         f"fix or remove these values" + decimal_comma_hint(df.iat[r, c], df.attrs.get("separator", ",")))
     if not allow_nan and na.any():
         r, c = np.argwhere(na)[0]
         n_na = int(na.sum())
@@ -164,8 +165,25 @@ def read_survival(df: pd.DataFrame, path: Path | str, notes: list[str]) -> pd.Da
     out = pd.DataFrame({"case_id": case_ids.to_numpy(), "survival_months": times.to_numpy(),
                         "censorship": censorship.to_numpy()})
     scol = _find_col(df, ("slide_id",))
-    out["slide_id"] = df[scol].astype(str).str.strip().to_numpy() if scol is not None else ""
+    out["slide_id"] = "" if scol is None else [slide_id_from_name(v) for v in df[scol].astype(str)]
+    if scol is not None:
+        _check_slide_owners(out, path, scol)
     return out
+
+
+def _check_slide_owners(surv: pd.DataFrame, path: Path | str, scol: str) -> None:
+    """A slide id (after the slide-id rule) must belong to one case: else an error naming both rows."""
+    has = surv[surv["slide_id"] != ""]
+    owners = has.groupby("slide_id", sort=False)["case_id"].nunique()
+    shared = owners[owners > 1]
+    if shared.empty:
+        return
+    sid = str(shared.index[0])
+    first = has[has["slide_id"] == sid].drop_duplicates("case_id").head(2)
+    where = " and ".join(f"case {r.case_id!r} (row {int(i) + 1})" for i, r in first.iterrows())
+    raise InputError(f"{path}: column {scol!r}: slide {sid!r} is claimed by {where} ({len(shared)} such slide(s) in "
+                     f"all; a slide's id is its file name up to the first dot); a slide belongs to one patient: "
+                     f"fix the case_id or the slide_id of one of these rows")
 
 
 def _dedupe_cases(surv: pd.DataFrame, feats: pd.DataFrame | None, path: Path | str) -> tuple[pd.DataFrame, pd.DataFrame | None]:

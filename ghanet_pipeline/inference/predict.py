@@ -242,6 +242,9 @@ class _CaseRun:
 
     def work(self, item: tuple[str, list[SlideSpec]]) -> ItemResult:
         raw, slides = item
+        bad = [s.problem for s in slides if s.problem]  # e.g. a GDC download that failed its check
+        if bad:
+            raise SlideError(f"case {self.safe[raw]}: " + "; ".join(bad))
         if raw in self.by_id:
             return self.by_id[raw].item_result()
         pred = predict_case(self.safe[raw], slides, self.ens, self.config, self.embedder, self.out_dir)

@@ -53,6 +53,7 @@ class TrainConfig:
     device: str = "auto"
     case_id_from: str | None = None  # None | "tcga" (case id = first 12 characters of the bag name)
     cache_gb: float = 4.0  # keep bags in memory up to this many GiB (float32), else re-read each step
+    slide_types: tuple[str, ...] | None = None  # TCGA slide types to use (e.g. ("DX",)); None = every bag
     protocol: str = "ghanet"  # "ghanet" | "official"
     preset: str | None = None  # protocols.PRESETS
     topk_rule: str | None = None  # "ceil" | "floor"

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..core.errors import BusyError, ConfigError, InputError, MismatchError
+from ..core.errors import BusyError, ConfigError, InputError
 from ..core.files import atomic_path, remove_stale_temps, write_json_atomic
 from ..core.fingerprints import fingerprint_digest, to_json
 from ..core.ids import safe_child, sanitize_id
@@ -54,7 +54,7 @@ from ..core.runs import ItemResult, run_items, write_run_log
 from ..env.device import resolve_device
 from ..genomics import FoldData, list_folds, load_fold
 from .config import ProgressFn, TrainConfig, TrainResult, config_hash, noop_progress
-from .data import CaseBags, list_bags, map_cases_to_bags
+from .data import CaseBags, training_cases
 from .fingerprint import training_fingerprint
 from .loop import train_fold
 from .provenance_check import check_run_folder
@@ -159,49 +159,23 @@ def _select_folds(genomics_dir: Path, config: TrainConfig) -> tuple[list[int], l
     return all_folds, folds
 
 
-def _case_slides(genomics_dir: Path) -> dict[str, list[str]]:
-    """case_id -> slide ids, from the genomics folder's ``cases.csv`` (empty when it has none)."""
-    import pandas as pd
-
-    cases_csv = genomics_dir / "cases.csv"
-    if not cases_csv.is_file():
-        return {}
-    cdf = pd.read_csv(cases_csv, dtype=str, keep_default_na=False)
-    if "slide_ids" not in cdf.columns:
-        return {}
-    return {r.case_id: [s for s in r.slide_ids.split(";") if s] for r in cdf.itertuples()}
-
-
 def read_train_inputs(features_dir: Path, genomics_dir: Path, config: TrainConfig,
                       manifest: Path | str | None) -> TrainInputs:
-    """The folds, the case -> bag mapping and the bags; warnings for what is skipped."""
+    """The folds, the case -> bag mapping (``data.training_cases``) and the bags; warnings for what is skipped."""
     all_folds, folds = _select_folds(genomics_dir, config)
     fold_data = {k: load_fold(genomics_dir, k) for k in all_folds}
     genomics_protocol = _genomics_protocol(genomics_dir)
     all_cases = list(dict.fromkeys(c for fd in fold_data.values() for c in list(fd.train_ids) + list(fd.val_ids)))
-    bag_files = list_bags(features_dir)
-    case_paths, missing = map_cases_to_bags(all_cases, bag_files, _case_slides(genomics_dir), manifest,
-                                            config.case_id_from)
-    if not case_paths:
-        raise MismatchError(
-            f"none of the {len(all_cases)} cases in {genomics_dir} has a bag in {features_dir}: the genomics "
-            f"and the bags are for different case sets (cases e.g. {', '.join(all_cases[:3])}; bags e.g. "
-            f"{', '.join(list(bag_files)[:3])}). Map slides to cases with --manifest (slide_id,case_id) or "
-            f"--case-id-from tcga, or check the cases.csv slide_ids column")
-    warnings: list[str] = []
+    mapped, warnings = training_cases(genomics_dir, features_dir, all_cases, manifest, config.case_id_from,
+                                      config.slide_types)
     if genomics_protocol not in (None, config.protocol):
-        warnings.append(f"the genomics folder was made with --protocol {genomics_protocol} but training uses "
-                        f"--protocol {config.protocol}: bins and gene selection follow the genomics protocol")
-    if missing:
-        warnings.append(f"{len(missing)} of {len(all_cases)} case(s) have no bag and are skipped: "
-                        f"{', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
-    for msg in warnings:
+        msg = (f"the genomics folder was made with --protocol {genomics_protocol} but training uses "
+               f"--protocol {config.protocol}: bins and gene selection follow the genomics protocol")
+        warnings.append(msg)
         log.warning("%s", msg)
-    bags = CaseBags(case_paths, cache_gb=config.cache_gb, allow_mixed_precision=config.allow_mixed_precision)
+    bags = CaseBags(mapped.found, cache_gb=config.cache_gb, allow_mixed_precision=config.allow_mixed_precision)
     warnings.extend(bags.warnings)
-    mapping = (f"manifest {Path(manifest).name}" if manifest else "TCGA case ids" if config.case_id_from == "tcga"
-               else "genomics cases.csv")
-    return TrainInputs(all_folds, folds, fold_data, bags, case_paths, genomics_protocol, mapping, warnings)
+    return TrainInputs(all_folds, folds, fold_data, bags, mapped.found, genomics_protocol, mapped.source, warnings)
 
 
 def _effective_config(features_dir: Path, genomics_dir: Path, manifest: Path | str | None, run: str,

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import SlideError
+from ..core.slideids import slide_id_from_name
 from . import dicom
 from .backend import SlideBackend, open_backend
 from .rawtiles import RawTileReader
@@ -125,12 +126,16 @@ class Slide:
         self._raw: dict[tuple[int, int], RawTileReader | None] = {}  # (level, read_size) -> RawTileReader | None
 
         self.path = Path(path)
-        self.slide_id = slide_id or self.path.name.split(".")[0] or self.path.stem
+        self.slide_id = slide_id or slide_id_from_name(self.path.name)
         name = f"slide {self.slide_id!r} ({self.path})"
         self._name = name
         if not self.path.exists():
             raise SlideError(f"{name}: file not found; check the path (relative paths in a manifest are "
                              f"relative to the manifest's folder)")
+        if self.path.is_file() and self.path.stat().st_size == 0:
+            raise SlideError(f"{name}: the file is empty (0 bytes): a download or copy that failed or was "
+                             f"interrupted; fetch it again (GDC: gdc-client download -m MANIFEST.txt, then pass "
+                             f"--gdc-manifest MANIFEST.txt to check every file's size and MD5)")
         if self.path.is_dir() and not dicom.is_dicom_folder(self.path) and self.path.suffix.lower() != ".mrxs":
             raise SlideError(f"{name}: is a directory without DICOM files, not a slide (a DICOM WSI is a folder "
                              f"of .dcm instances; other formats are single files)")
