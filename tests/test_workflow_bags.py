@@ -73,3 +73,21 @@ def test_dry_run_takes_resize_over_the_encoders_own_input_size(tmp_path: Path) -
     planned = _planned_bag_dirs(tmp_path, {"encoder": "uni", "resize": 256, "weights": str(tmp_path / "w.pth")})
     assert planned == {_extractor_bag_dir(tmp_path / "out", "uni", FILE_SHA, input_size=256)}
     assert {p.name for p in planned} == {"uni_256"}  # not uni_224, the encoder's default
+
+
+def test_dry_run_puts_int8_bags_in_their_own_folder(tmp_path: Path) -> None:
+    """``extract.precision: int8``: the workflow expects the ``_int8`` folder the Extractor writes."""
+    pytest.importorskip("nncf")
+    from torch import nn
+
+    from ghanet_pipeline.features.extract import Extractor, ExtractParams
+
+    _cohort(tmp_path)
+    planned = _planned_bag_dirs(tmp_path, {"weights": "random:3", "precision": "int8", "device": "cpu"})
+    loaded = LoadedEncoder(spec=get_encoder_spec("resnet50_trunc"), model=nn.Identity(), weights_id="random:3")
+    params = ExtractParams(encoder="resnet50_trunc", device="cpu", num_workers=0, torch_threads=1, precision="int8",
+                           engine="openvino", engine_model="prepared")  # as after prepare() made the model
+    expected = Extractor(params, encoder=loaded).bag_dir(tmp_path / "out", patch_size=256)
+    assert planned == {expected}
+    assert expected.name == "resnet50_trunc_256_random3_int8" == bag_folder_name("resnet50_trunc", 256, None,
+                                                                                 "random:3", "int8")
