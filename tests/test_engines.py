@@ -339,6 +339,7 @@ def test_check_precision_cli_reports_each_engine_against_torch(slides, tmp_path)
             "--resize", str(SIZE), "--int8-patches", "8", "--patches", "4", "--no-bf16", "--threads", "1",
             "--json", str(tmp_path / "c.json")]
     r = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert (tmp_path / "c.json").is_file(), r.output
     report = json.loads((tmp_path / "c.json").read_text())
     assert r.exit_code == (0 if report["rows"]["openvino int8"]["passes_gate"] else 1), r.output
     assert set(report["rows"]) == {"openvino fp32", "openvino int8"} and report["patches"] == 4

@@ -29,7 +29,8 @@ from .common import int8_options, manifest_option, out_option, slides_argument
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the figures as JSON [default: <out>/logs/check-precision-<time>.json].")
 def check_precision(slides: tuple[str, ...], recursive: bool, mpp: float | None, case_id_from: str | None,
-                    manifest: Path | None, out: Path, encoder: str, weights: str | None, input_size: int | None,
+                    gdc_manifest: Path | None, slide_types: str | None, manifest: Path | None, out: Path,
+                    encoder: str, weights: str | None, input_size: int | None,
                     patches: int, seed: int, int8_patches: int, int8_seed: int, int8_cohort: Path | None,
                     bf16: bool | None,
                     threads: int | None, json_path: Path | None) -> None:
@@ -38,6 +39,7 @@ def check_precision(slides: tuple[str, ...], recursive: bool, mpp: float | None,
     and the rank correlation of pairwise patch distances. The int8 model is the one extract-features
     --precision int8 makes for these slides (cached in <out>/engines/ and reused by it). Exit 0 when int8
     passes the fidelity gate, 1 when it does not."""
+    import logging
     import time
 
     from rich.console import Console
@@ -46,10 +48,14 @@ def check_precision(slides: tuple[str, ...], recursive: bool, mpp: float | None,
     from ..core.files import write_json_atomic
     from ..core.ids import safe_child
     from ..features.engines.check import check_precision as run
-    from ..wsi.inputs import collect_slides
+    from ..wsi.gather import cohort_slides, gather_slides
 
-    specs = collect_slides(slides, manifest, recursive, case_id_from, mpp)
-    cohort = collect_slides((), int8_cohort, False, case_id_from, mpp) if int8_cohort is not None else None
+    specs = gather_slides(slides, manifest, recursive, case_id_from, mpp, out=out, gdc_manifest=gdc_manifest,
+                          slide_types=slide_types)
+    for bad in (s for s in specs if s.problem):
+        logging.getLogger("ghanet_pipeline").warning("check-precision: %s left out: %s", bad.path, bad.problem)
+    specs = [s for s in specs if not s.problem]
+    cohort = cohort_slides((), int8_cohort, False, case_id_from, mpp) if int8_cohort is not None else None
     res = run(specs, out, cohort=cohort, encoder=encoder, weights=weights, patches=patches, seed=seed, int8_patches=int8_patches,
               int8_seed=int8_seed, input_size=input_size, bf16=bf16, threads=threads)
     table = Table(title=f"check-precision: {res.patches} patches of {res.slides} slide(s) vs PyTorch fp32")
