@@ -38,3 +38,36 @@ def test_default_of_reads_plain_and_factory_defaults():
         b: list = dataclasses.field(default_factory=lambda: [1])
 
     assert default_of(Opts, "a") == 3 and default_of(Opts, "b") == [1]
+
+
+def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
+    """Every command under ``group`` (a lazy group loads each one), with its full name."""
+    ctx = click.Context(group)
+    out = []
+    for name in group.list_commands(ctx):
+        cmd = group.get_command(ctx, name)
+        out.append((prefix + name, cmd))
+        if isinstance(cmd, click.Group):
+            out += _commands(cmd, prefix + name + " ")
+    return out
+
+
+def test_every_command_takes_exactly_the_options_it_declares():
+    """A shared option factory that gains an option (e.g. --gdc-manifest on every slide stage) must reach each
+    command's function: click would only fail with a TypeError when the command runs."""
+    import inspect
+
+    from ghanet_pipeline.cli import cli
+
+    checked = 0
+    for name, cmd in _commands(cli):
+        if cmd.callback is None or isinstance(cmd, click.Group):
+            continue
+        fn = inspect.unwrap(cmd.callback)
+        declared = {p.name for p in cmd.params if p.expose_value}
+        takes = {n for n, p in inspect.signature(fn).parameters.items()
+                 if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        assert declared == takes, f"ghanet {name}: options without a parameter {sorted(declared - takes)}, " \
+                                  f"parameters without an option {sorted(takes - declared)}"
+        checked += 1
+    assert checked >= 10
