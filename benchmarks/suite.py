@@ -6,7 +6,7 @@ or each at its smallest size (``--smoke``: checks that it runs and writes a vali
 
 Each entry runs as its own process from the repository root, one after another, without the caller's
 ``MALLOC_*`` variables (each benchmark sets glibc malloc itself, see its ``--malloc`` / ``--malloc-compare``);
-entries whose needs are missing (a demo run for ``compare_models``, an AVX512-BF16 CPU for the instruction-set
+entries whose needs are missing (a demo run for ``compare_models`` and ``compare_precisions``, an AVX512-BF16 CPU for the instruction-set
 runs) are skipped with the reason. Exit 1 if an entry failed or (``--smoke``) did not write the record it should.
 """
 
@@ -41,7 +41,7 @@ class Entry:
         args = list(self.smoke if ctx.smoke else self.args)
         if ctx.real_slide and self.bench in ("segment", "extract_reader"):
             args += ["--real-slide", str(ctx.real_slide)]
-        if self.bench == "compare_models":
+        if self.bench in DEMO_BENCHES:
             args += ["--demo-out", str(ctx.demo_out)]
         if self.module.endswith(".sh"):
             return ["bash", self.module, *args]
@@ -60,6 +60,8 @@ def _has_demo(ctx: argparse.Namespace) -> str | None:
 
 
 P = "benchmarks."
+#: entries that read a finished demo run (the suite's --demo-out)
+DEMO_BENCHES = ("compare_models", "compare_precisions")
 SUITE: tuple[Entry, ...] = (
     Entry("genomics", P + "bench_genomics", (), ("--quick",)),
     Entry("segment", P + "bench_segment", ("--size", "40000", "--repeats", "3"), ("--size", "2048", "--repeats", "1")),
@@ -96,6 +98,9 @@ SUITE: tuple[Entry, ...] = (
     Entry("compare_models", P + "compare_models", ("--splits", "3", "--seeds", "1", "--control-model", "abmil"),
           ("--splits", "1", "--seeds", "1", "--folds", "2", "--epochs", "1", "--control-model", "abmil",
            "--work", str(Path(tempfile.gettempdir()) / "ghanet-compare-smoke")), _has_demo),
+    Entry("compare_precisions", P + "compare_precisions", ("--splits", "3", "--seeds", "1"),
+          ("--splits", "1", "--seeds", "1", "--folds", "2", "--epochs", "1",
+           "--work", str(Path(tempfile.gettempdir()) / "ghanet-compare-precisions-smoke")), _has_demo),
     Entry("report", P + "bench_report", ("--repeats", "3", "--workers", "1,2"),
           ("--size", "4096", "--repeats", "1", "--workers", "1", "--cache", str(Path(tempfile.gettempdir())
                                                                                   / "ghanet-bench-report-smoke"))),
