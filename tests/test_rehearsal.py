@@ -4,24 +4,18 @@ the projection it prints, and the refusal to start without the disk the bags nee
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shutil
-import sys
 from collections import namedtuple
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "rehearsal.py"
-
 
 @pytest.fixture(scope="module")
 def reh():
-    spec = importlib.util.spec_from_file_location("rehearsal", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["rehearsal"] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    from benchmarks import rehearsal
+
+    return rehearsal
 
 
 def test_disk_needed_is_the_bags_float32_features_and_coords(reh) -> None:
