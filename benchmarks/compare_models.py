@@ -24,17 +24,7 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks.cv_replicates import (
-    add_replicate_args,
-    ci_text,
-    cross_validate,
-    demo_bag_folders,
-    fold_assignment,
-    paired_differences,
-    single_threaded,
-    t_interval,
-    train_overrides,
-)
+from benchmarks import cv_replicates as cv
 from benchmarks.harness import Bench
 
 
@@ -66,18 +56,18 @@ def summarise(rows: list[dict]) -> dict[str, dict]:
     print("|---|---:|---:|---:|---|---|")
     for label, sub in df.groupby("model", sort=False):
         folds = [v for d in sub["per_fold"] for v in d.values() if v is not None]
-        m, lo, hi = t_interval(folds)
-        _, rlo, rhi = t_interval(sub["mean"].tolist())
+        m, lo, hi = cv.t_interval(folds)
+        _, rlo, rhi = cv.t_interval(sub["mean"].tolist())
         summary[label] = {"mean": m, "ci95_folds": [lo, hi], "ci95_replicates": [rlo, rhi],
                           "n_replicates": len(sub), "n_folds": len(folds)}
         print(f"| {label} | {len(sub)} | {len(folds)} | {m:.3f} | [{lo:.3f}, {hi:.3f}] | [{rlo:.3f}, {rhi:.3f}] |")
     # paired by (fold assignment, seed, fold): the same validation cases
-    diff = paired_differences(rows, "model", "G-HANet", "ABMIL")
-    m, lo, hi = t_interval(diff)
+    diff = cv.paired_differences(rows, "model", "G-HANet", "ABMIL")
+    m, lo, hi = cv.t_interval(diff)
     gr = df[df.model == "G-HANet"].set_index(["split", "seed"])["mean"]
     ar = df[df.model == "ABMIL"].set_index(["split", "seed"])["mean"]
     rdiff = (gr - ar).dropna().tolist()
-    _, rlo, rhi = t_interval(rdiff)
+    _, rlo, rhi = cv.t_interval(rdiff)
     wins, ties = int(sum(d > 0 for d in diff)), int(sum(d == 0 for d in diff))
     summary["G-HANet - ABMIL"] = {"mean": m, "ci95_folds": [lo, hi], "ci95_replicates": [rlo, rhi],
                                   "n_pairs": len(diff), "ghanet_higher": wins, "ties": ties}
@@ -92,7 +82,7 @@ def replicate(label: str, model: str, root: Path, features: Path, t: int, args: 
     """Train one 5-fold replicate (resumable) and return its per-fold c-index row."""
     import numpy as np
 
-    per_fold, _, secs = cross_validate(features, root, model, t, args, over, run_name=f"{model}_seed{t}")
+    per_fold, _, secs = cv.cross_validate(features, root, model, t, args, over, run_name=f"{model}_seed{t}")
     vals = [v for v in per_fold.values() if v is not None]
     row = {"model": label, "split": s, "seed": t, "per_fold": per_fold,
            "mean": float(np.mean(vals)) if vals else float("nan"), "seconds": secs}
@@ -107,7 +97,7 @@ def fill_record(bench: Bench, summary: dict[str, dict], rows: list[dict]) -> Non
         sign = "+" if paired else ""
         bench.row(model=f"{label} (paired, same validation folds)" if paired else label,
                   replicates=sm.get("n_replicates"), pairs=sm.get("n_folds", sm.get("n_pairs")), c_index=sm["mean"],
-                  ci95_pairs=ci_text(sm["ci95_folds"], sign), ci95_replicates=ci_text(sm["ci95_replicates"], sign))
+                  ci95_pairs=cv.ci_text(sm["ci95_folds"], sign), ci95_replicates=cv.ci_text(sm["ci95_replicates"], sign))
     d = summary["G-HANet - ABMIL"]
     bench.note(f"G-HANet higher in {d['ghanet_higher']} of {d['n_pairs']} seed x fold pairs, ties {d['ties']}")
     means: dict[str, list[str]] = {}
@@ -119,17 +109,17 @@ def fill_record(bench: Bench, summary: dict[str, dict], rows: list[dict]) -> Non
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_replicate_args(ap, work="/tmp/ghanet-compare", seeds=2)
+    cv.add_replicate_args(ap, work="/tmp/ghanet-compare", seeds=2)
     ap.add_argument("--control-model", default="ghanet", choices=["ghanet", "abmil"],
                     help="model trained on the shuffled survival (abmil: ~5x cheaper on CPU)")
     args = ap.parse_args(argv)
-    single_threaded()
-    feats = demo_bag_folders(args.demo_out)
+    cv.single_threaded()
+    feats = cv.demo_bag_folders(args.demo_out)
     if not feats:
         print(f"no demo outputs under {args.demo_out}: run `ghanet demo --out {args.demo_out}` first", file=sys.stderr)
         return 2
     features, data = feats[-1], args.demo_out / "demo-data"
-    over = train_overrides(args.train_args)
+    over = cv.train_overrides(args.train_args)
     print(f"features {features}; {args.splits} fold assignments x {args.seeds} seeds, {args.folds} folds, "
           f"{args.epochs} epochs, {over}", flush=True)
 
@@ -140,9 +130,9 @@ def main(argv: list[str] | None = None) -> int:
                labels={"pairs": "seed x fold pairs", "c_index": "mean c-index", "ci95_pairs": "95 % CI (t, seed x fold)",
                        "ci95_replicates": "95 % CI (t, replicates)"}) as bench:
         for s in range(args.splits):
-            gdir = fold_assignment(args.demo_out, args.work / f"split{s}", args.folds, s)
+            gdir = cv.fold_assignment(args.demo_out, args.work / f"split{s}", args.folds, s)
             shuf = shuffled_table(data / "genomics_table.csv", args.work / f"shuffled_{s}.csv", seed=1000 + s)
-            cdir = fold_assignment(args.demo_out, args.work / f"split{s}_shuffled", args.folds, s, table=shuf)
+            cdir = cv.fold_assignment(args.demo_out, args.work / f"split{s}_shuffled", args.folds, s, table=shuf)
             for t in range(args.seeds):
                 for label, model, root in (("G-HANet", "ghanet", gdir), ("ABMIL", "abmil", gdir),
                                            (f"shuffled-survival control ({names[args.control_model]})",

@@ -27,17 +27,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.cv_replicates import (
-    add_replicate_args,
-    ci_text,
-    cross_validate,
-    demo_bag_folders,
-    fold_assignment,
-    paired_differences,
-    single_threaded,
-    t_interval,
-    train_overrides,
-)
+from benchmarks import cv_replicates as cv
 from benchmarks.harness import Bench
 
 SPEARMAN_GATE = 0.99
@@ -69,7 +59,7 @@ def replicate(bags: dict[str, Path], gdir: Path, s: int, t: int, args: argparse.
 
     rows, risks = [], {}
     for label, feats in bags.items():
-        per_fold, res, secs = cross_validate(feats, gdir, "ghanet", t, args, over, run_name=f"{label}_seed{t}")
+        per_fold, res, secs = cv.cross_validate(feats, gdir, "ghanet", t, args, over, run_name=f"{label}_seed{t}")
         rows.append({"bags": label, "split": s, "seed": t, "per_fold": per_fold, "seconds": secs})
         risks[label] = pd.read_csv(res.run_dir / "predictions.csv").set_index("case_id")["risk"]
     both = pd.concat(risks, axis=1).dropna()
@@ -85,10 +75,10 @@ def summarise(rows: list[dict], rhos: list[dict]) -> dict[str, dict]:
     summary: dict[str, dict] = {}
     for label in ("fp32", "int8"):
         vals = [v for r in rows if r["bags"] == label for v in r["per_fold"].values() if v is not None]
-        m, lo, hi = t_interval(vals)
+        m, lo, hi = cv.t_interval(vals)
         summary[label] = {"mean": m, "ci95": [lo, hi], "n": len(vals)}
-    diff = paired_differences(rows, "bags", "int8", "fp32")
-    m, lo, hi = t_interval(diff)
+    diff = cv.paired_differences(rows, "bags", "int8", "fp32")
+    m, lo, hi = cv.t_interval(diff)
     summary["int8 - fp32"] = {"mean": m, "ci95": [lo, hi], "n": len(diff)}
     per = [r["spearman"] for r in rhos]
     summary["spearman_oof_risks"] = {"min": min(per), "median": float(np.median(per)), "per_replicate": per}
@@ -100,7 +90,7 @@ def fill_record(bench: Bench, summary: dict[str, dict], rows: list[dict], rhos: 
     for label in ("fp32", "int8", "int8 - fp32"):
         sm, paired = summary[label], label == "int8 - fp32"
         bench.row(bags=f"{label} (paired, same validation folds)" if paired else label, pairs=sm["n"],
-                  c_index=sm["mean"], ci95=ci_text(sm["ci95"], "+" if paired else ""))
+                  c_index=sm["mean"], ci95=cv.ci_text(sm["ci95"], "+" if paired else ""))
     sp = summary["spearman_oof_risks"]
     ok = all(r >= SPEARMAN_GATE for r in sp["per_replicate"])
     bench.note(f"Spearman of out-of-fold risks int8 vs fp32: min {sp['min']:.4f}, median {sp['median']:.4f} over "
@@ -112,14 +102,14 @@ def fill_record(bench: Bench, summary: dict[str, dict], rows: list[dict], rhos: 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_replicate_args(ap, work="/tmp/ghanet-compare-precisions", seeds=1)
+    cv.add_replicate_args(ap, work="/tmp/ghanet-compare-precisions", seeds=1)
     args = ap.parse_args(argv)
-    single_threaded()
-    feats = [d for d in demo_bag_folders(args.demo_out) if not d.name.endswith("_int8")]
+    cv.single_threaded()
+    feats = [d for d in cv.demo_bag_folders(args.demo_out) if not d.name.endswith("_int8")]
     if not feats:
         print(f"no demo outputs under {args.demo_out}: run `ghanet demo --out {args.demo_out}` first", file=sys.stderr)
         return 2
-    over = train_overrides(args.train_args)
+    over = cv.train_overrides(args.train_args)
     units = {"pairs": "", "c_index": "", "split": "", "seed": "", "cases": "", "spearman": ""}
     labels = {"pairs": "seed x fold pairs", "c_index": "mean c-index", "ci95": "95 % CI (t, seed x fold)",
               "split": "fold assignment", "spearman": "Spearman of out-of-fold risks"}
@@ -131,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         rows: list[dict] = []
         rhos: list[dict] = []
         for s in range(args.splits):
-            gdir = fold_assignment(args.demo_out, args.work / f"split{s}", args.folds, s)
+            gdir = cv.fold_assignment(args.demo_out, args.work / f"split{s}", args.folds, s)
             for t in range(args.seeds):
                 got, rho = replicate(bags, gdir, s, t, args, over)
                 rows += got
