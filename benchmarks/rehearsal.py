@@ -266,7 +266,8 @@ def ghanet_stages(args: argparse.Namespace, rows, work: Path, out: str,  # noqa:
 
 
 def predict_stage(rows, work: Path, out: str, n_cases: int) -> Stage:  # noqa: ANN001
-    """``ghanet predict`` of the first ``n_cases`` cases from their real-size bags."""
+    """``ghanet predict`` of the first ``n_cases`` cases from their real-size bags (``--no-report``: the slide files
+    of the manifest are placeholders, and the report is not what this stage measures)."""
     from ghanet_pipeline.core.slideids import slide_id_from_name
 
     pred = rows.drop_duplicates("case_id").head(n_cases)
@@ -274,7 +275,7 @@ def predict_stage(rows, work: Path, out: str, n_cases: int) -> Stage:  # noqa: A
     man.write_text("slide_id,path,case_id\n" + "".join(f"{slide_id_from_name(r.slide_id)},x.svs,{r.case_id}\n"
                                                        for r in rows[rows["case_id"].isin(pred["case_id"])].itertuples()))
     st = run("predict", ["predict", "--manifest", man.name, "--features", f"{out}/features/{BAG_DIR}", "--model",
-                         f"{out}/train/ghanet", "--out", out, "--no-progress", "--overwrite"], work)
+                         f"{out}/train/ghanet", "--out", out, "--no-progress", "--overwrite", "--no-report"], work)
     st.note = f"{len(pred)} cases from their bags, {st.seconds / len(pred):.2f} s per case"
     return st
 
