@@ -173,7 +173,7 @@ def probe(rows, work: Path, out: str, families: str, n_cases: int) -> list[Stage
         run_name = "probe_disk" if cache == "0" else "probe_cache"
         st = run(name, ["train", "--features", f"{out}/features/{BAG_DIR}", "--genomics", gdir, "--out", f"{out}-probe",
                         "--folds", "0", "--epochs", "1", "--cache-gb", cache, "--run-name", run_name, "--overwrite",
-                        "--no-progress"], work)
+                        "--no-progress", "--no-report"], work)
         secs = epoch_seconds(work / f"{out}-probe" / "train" / run_name)
         st.note = f"epoch {secs[0]:.1f} s for {len(sub)} slides ({secs[0] / len(sub):.3f} s per slide)"
         stages.append(st)
@@ -256,7 +256,7 @@ def ghanet_stages(args: argparse.Namespace, rows, work: Path, out: str,  # noqa:
     stages += [st_rate, run("preprocess-genomics", ["preprocess-genomics", "--table", str(table), "--families", families,
                                                     *splits, "--out", out, "--no-progress"], work)]
     st = run("train", ["train", "--features", f"{out}/features/{BAG_DIR}", "--genomics", f"{out}/genomics", "--out", out,
-                       "--epochs", str(args.epochs), "--cache-gb", str(args.cache_gb), "--no-progress"], work)
+                       "--epochs", str(args.epochs), "--cache-gb", str(args.cache_gb), "--no-progress", "--no-report"], work)
     secs = epoch_seconds(work / out / "train" / "ghanet")
     st.note = f"{len(secs)} fold-epochs, {np.mean(secs):.1f} s each (mean), --cache-gb {args.cache_gb}"
     stages.append(st)
@@ -266,8 +266,8 @@ def ghanet_stages(args: argparse.Namespace, rows, work: Path, out: str,  # noqa:
 
 
 def predict_stage(rows, work: Path, out: str, n_cases: int) -> Stage:  # noqa: ANN001
-    """``ghanet predict`` of the first ``n_cases`` cases from their real-size bags (``--no-report``: the slide files
-    of the manifest are placeholders, and the report is not what this stage measures)."""
+    """``ghanet predict`` of the first ``n_cases`` cases from their real-size bags (``--no-report`` here and in
+    train: the predict manifest names placeholder slide files, and the report is not what the stages measure)."""
     from ghanet_pipeline.core.slideids import slide_id_from_name
 
     pred = rows.drop_duplicates("case_id").head(n_cases)
