@@ -14,23 +14,24 @@ three patch sets of the slide:
   neighbours differ little, so the spread across patches is small).
 
 Recipes whose name ends in ``_dense`` calibrate on 128 dense patches of another stride offset (more
-calibration patches than the one-slide grid has). Prints one markdown row per recipe and set.
-Usage: ``python benchmarks/bench_int8_fidelity.py --slide CMU-1-Small-Region.svs [--recipes a,b] [--work DIR]``.
+calibration patches than the one-slide grid has). Records (bench ``int8_fidelity``) one row per recipe and
+set: error / spread and distance-rank correlation (``engines.agreement``), the 1st percentile and median of the
+per-patch cosine, and the seconds the quantization took; ``<work>/int8_fidelity.json`` keeps every figure.
+
+    python -m benchmarks.bench_int8_fidelity --slide CMU-1-Small-Region.svs [--recipes a,b] [--dense N] [--work DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.harness import Bench, add_record_args
 
 BASE = {"preset": "performance", "bias_correction": "fast", "fp32_convs": ()}  # plain NNCF defaults
 RECIPES: dict[str, dict] = {
@@ -70,47 +71,42 @@ def patch_sets(slide: Path, coords: np.ndarray, n_dense: int) -> dict[str, np.nd
     return sets
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--slide", required=True)
-    ap.add_argument("--recipes", default=",".join(RECIPES))
-    ap.add_argument("--dense", type=int, default=256, help="dense tissue patches compared")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "ghanet-bench-int8-fidelity"))
-    args = ap.parse_args()
-
-    import openvino as ov
+def reference(slide: Path, work: Path, n_dense: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], object]:
+    """Segment and calibrate as the demo does; the patch sets, their PyTorch fp32 features (every set but the
+    dense calibration set) and the calibrated encoder's OpenVINO fp32 IR."""
     import torch
 
     from ghanet_pipeline.features.calibrate import calibrate_encoder
     from ghanet_pipeline.features.encoders import load_encoder, preprocess
-    from ghanet_pipeline.features.engines.agreement import agreement
-    from ghanet_pipeline.features.engines.int8 import Recipe, quantize
-    from ghanet_pipeline.features.engines.openvino_runner import convert, run_compiled
+    from ghanet_pipeline.features.engines.openvino_runner import convert
     from ghanet_pipeline.wsi.inputs import SlideSpec
     from ghanet_pipeline.wsi.segment import SegmentParams, load_coords, segment_paths, segment_slide
 
-    torch.set_num_threads(args.threads)
-    work = Path(args.work)
-    slide = Path(args.slide)
     spec = SlideSpec(slide.stem, slide, slide.stem)
     segment_slide(spec, work, SegmentParams())
     coords, _ = load_coords(segment_paths(work, spec.slide_id)["coords"])
     weights = calibrate_encoder([spec], work, weights="random:0", n_patches=128).path
     enc = load_encoder("resnet50_trunc", str(weights))
-    sets = patch_sets(slide, coords, args.dense)
+    sets = patch_sets(slide, coords, n_dense)
     with torch.inference_mode():
         ref = {k: torch.cat([enc.model(preprocess(torch.from_numpy(v[i:i + 32]), enc.spec))
                              for i in range(0, len(v), 32)]).numpy() for k, v in sets.items() if k != "dense_calib"}
-    fp32 = convert(enc, 256)
+    return sets, ref, convert(enc, 256)
+
+
+def measure(bench: Bench, recipes: list[str], sets: dict[str, np.ndarray], ref: dict[str, np.ndarray], fp32,  # noqa: ANN001
+            threads: int) -> dict[str, dict]:
+    """Quantize the IR with each recipe and compare its features with the reference on every set (one row each)."""
+    import openvino as ov
+
+    from ghanet_pipeline.features.engines.agreement import agreement
+    from ghanet_pipeline.features.engines.int8 import Recipe, quantize
+    from ghanet_pipeline.features.engines.openvino_runner import run_compiled
+
     core = ov.Core()
-    cfg = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": args.threads, "INFERENCE_PRECISION_HINT": "f32"}
-    print(f"\n{slide.name}: bag {len(sets['bag'])} patches, grid88 {len(sets['grid88'])}, dense {len(sets['dense'])}; "
-          f"encoder calibrated on 128 patches (random:0); reference PyTorch fp32\n")
-    print("| recipe | calibration patches | set | error / spread | distance rank | cosine p1 | cosine median | s |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    cfg = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
     results = {}
-    for name in [r.strip() for r in args.recipes.split(",") if r.strip()]:
+    for name in recipes:
         calib = sets["dense_calib"] if name.endswith("_dense") else sets["bag"]
         t = time.perf_counter()
         q = quantize(fp32, calib, Recipe(**RECIPES[name]))
@@ -119,8 +115,41 @@ def main() -> None:
         for set_name, feats in ref.items():
             a = agreement(feats, run_compiled(compiled, sets[set_name]))
             results[f"{name}/{set_name}"] = a
-            print(f"| {name} | {len(calib)} | {set_name} | {a['error_spread']:.3f} | {a['distance_rank']:.4f} | "
-                  f"{a['cosine']['p1']:.4f} | {a['cosine']['p50']:.5f} | {secs:.0f} |", flush=True)
+            bench.row(recipe=name, calibration_patches=len(calib), set=set_name, error_spread=float(a["error_spread"]),
+                      distance_rank=float(a["distance_rank"]), cosine_p1=float(a["cosine"]["p1"]),
+                      cosine_median=float(a["cosine"]["p50"]), quantize_seconds=round(secs, 1))
+            print(f"{name} / {set_name}: error / spread {a['error_spread']:.3f}, distance rank "
+                  f"{a['distance_rank']:.4f}", flush=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--slide", required=True, type=Path)
+    ap.add_argument("--recipes", default=",".join(RECIPES))
+    ap.add_argument("--dense", type=int, default=256, help="dense tissue patches compared")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "ghanet-bench-int8-fidelity"))
+    add_record_args(ap)
+    args = ap.parse_args(argv)
+    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    if unknown := sorted(set(recipes) - set(RECIPES)):
+        ap.error(f"unknown recipe(s) {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    units = {"calibration_patches": "", "error_spread": "", "distance_rank": "", "cosine_p1": "", "cosine_median": "",
+             "quantize_seconds": "s"}
+    labels = {"error_spread": "error / spread", "distance_rank": "distance rank", "cosine_p1": "cosine p1",
+              "quantize_seconds": "quantization"}
+    with Bench("int8_fidelity", f"int8 vs PyTorch fp32 features of {args.slide.name} per quantization recipe", args,
+               units=units, labels=labels) as bench:
+        sets, ref, fp32 = reference(args.slide, work, args.dense)
+        bench.note(f"{args.slide.name}: bag {len(sets['bag'])} patches, grid88 {len(sets['grid88'])}, dense "
+                   f"{len(sets['dense'])}; encoder calibrated on 128 patches (random:0); reference PyTorch fp32")
+        results = measure(bench, recipes, sets, ref, fp32, args.threads)
     (work / "int8_fidelity.json").write_text(json.dumps(results, indent=1))
 
 

@@ -1,5 +1,7 @@
 """``ghanet predict`` of one slide of ``--patches`` patches (default 10,000), end to end, per encoder engine.
 
+    python -m benchmarks.bench_predict_engines [--patches 10000] [--repeats 2] [--threads 2] [--systems ...]
+
 Each measurement is a fresh ``python -m ghanet_pipeline predict`` process timed from start to exit
 (imports, loading 5 full-size G-HANet fold models, segmentation reused from a prepared coords file of
 exactly ``--patches`` patches, reading, the encoder, the ensemble, the outputs), into a fresh ``--out``
@@ -9,27 +11,27 @@ that shares one engine cache (``GHANET_ENGINE_CACHE``). Systems, interleaved ove
 * ``openvino-fp32``: the same model, ``--engine openvino``;
 * ``openvino-int8``: a model trained on int8 bags: predict runs the int8 model those bags recorded.
   The int8 model is made once before the rounds (``extract-features --precision int8`` on the same
-  slide as the cohort; its time is printed as the one-off cost), as is the fp32 conversion.
+  slide as the cohort; its time is noted as the one-off cost), as is the fp32 conversion.
 
-Prints min / median seconds and patches/s, int8 / torch-fp32 speed-up (medians), the CPU line and the
-load average before and after. Usage:
-``python benchmarks/bench_predict_engines.py [--patches 10000] [--repeats 2] [--threads 2]``.
+Records (bench ``predict_engines``) min / median seconds and patches/s per engine, the speed-up over
+torch-fp32 (ratio of medians) and peak RSS; the harness adds the CPU, its instruction sets and the load.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
+import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks.bench_extract_process import MALLOC_ENV, prepare
+from benchmarks.harness import ROOT, Bench, add_record_args, interleave, run_process, stats
+
 SYSTEMS = ("torch-fp32", "openvino-fp32", "openvino-int8")
+FP32_ENCODER = {"encoder": "resnet50_trunc", "weights_sha256": "random:0", "input_size": 256, "target_mpp": 0.5,
+                "patch_size": 256}
 
 
 def make_run(run_dir: Path, encoder: dict) -> Path:
@@ -63,85 +65,86 @@ def copy_segment(paths: dict[str, Path], out: Path) -> None:
 def int8_encoder(paths: dict[str, Path], cache: Path, env: dict[str, str], threads: int) -> tuple[dict, float]:
     """Make the slide's int8 model (extract-features --precision int8, one process) and return the bag's
     encoder record (what train writes into checkpoints) and the seconds it took."""
-    import subprocess
-
     import h5py
 
     out = cache / "int8-cohort"
     copy_segment(paths, out)
-    t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "ghanet_pipeline", "extract-features", str(paths["slide"]), "--out", str(out),
-                    "--weights", "random", "--precision", "int8", "--device", "cpu", "--no-progress", "--threads",
-                    str(threads)], env=env, check=True, cwd=str(ROOT), stdout=subprocess.DEVNULL)
-    secs = time.perf_counter() - t
+    proc = run_process([sys.executable, "-m", "ghanet_pipeline", "extract-features", str(paths["slide"]), "--out",
+                        str(out), "--weights", "random", "--precision", "int8", "--device", "cpu", "--no-progress",
+                        "--threads", str(threads)], env=env, cwd=ROOT)
     bag = next((out / "features").glob("*_int8/*.h5"))
     with h5py.File(bag) as f:
         keys = ("encoder", "weights_sha256", "input_size", "target_mpp", "patch_size", "precision", "engine_model",
                 "engine_model_sha256")
-        return {k: (f.attrs[k].item() if hasattr(f.attrs[k], "item") else f.attrs[k]) for k in keys}, secs
+        return {k: (f.attrs[k].item() if hasattr(f.attrs[k], "item") else f.attrs[k]) for k in keys}, proc.seconds
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def predict_command(system: str, slide: Path, runs: dict[str, Path], out: Path) -> list[str]:
+    """The ``predict`` process of one system (``<engine>-<precision of the bags the model was trained on>``)."""
+    engine, prec = system.split("-")
+    return [sys.executable, "-m", "ghanet_pipeline", "predict", str(slide), "--model", str(runs[prec]), "--out", str(out),
+            "--weights", "random", "--device", "cpu", "--engine", engine, "--batch-size", "32", "--no-progress"]
+
+
+def fresh_out(paths: dict[str, Path], cache: Path, tag: str) -> Path:
+    """An empty predict ``--out`` holding only the prepared segmentation."""
+    out = cache / "predict" / tag
+    if out.exists():
+        shutil.rmtree(out)
+    copy_segment(paths, out)
+    return out
+
+
+def engine_rows(bench: Bench, times: dict[str, list[float]], rss: dict[str, float], patches: int) -> None:
+    """One row per engine: seconds, patches/s, speed-up over torch-fp32 (medians), peak RSS."""
+    med = {s: stats(v).median for s, v in times.items()}
+    for s, v in times.items():
+        secs = stats(v)
+        bench.row(engine=s, seconds=secs, patches_per_s=secs.rate(patches),
+                  vs_torch=med["torch-fp32"] / med[s] if "torch-fp32" in med else None, peak_rss_gib=rss[s])
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--patches", type=int, default=10_000)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "ghanet-bench-predict-engines"))
-    args = ap.parse_args()
-
-    from bench_extract_process import MALLOC_ENV, header, prepare, run_timed
-
-    cache = Path(args.cache)
-    paths = prepare(cache, args.patches)  # slide + a coords file of exactly --patches patches
-    engines = cache / "engines"
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}, **MALLOC_ENV,
-           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), "GHANET_ENGINE_CACHE": str(engines)}
-    fp32_enc = {"encoder": "resnet50_trunc", "weights_sha256": "random:0", "input_size": 256, "target_mpp": 0.5,
-                "patch_size": 256}
-    int8_enc, int8_secs = int8_encoder(paths, cache, env, args.threads)
-    print(f"one-off: int8 model {int8_enc['engine_model']} made in {int8_secs:.1f} s (sample, quantization, "
-          f"held-out check, and that process's extraction of the slide)", file=sys.stderr, flush=True)
-    runs = {"fp32": make_run(cache / "run-fp32", fp32_enc), "int8": make_run(cache / "run-int8", int8_enc)}
+    add_record_args(ap)
+    args = ap.parse_args(argv)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if unknown := sorted(set(systems) - set(SYSTEMS)):
+        ap.error(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
+    cache = Path(args.cache).resolve()
+    paths = prepare(cache, args.patches)  # slide + a coords file of exactly --patches patches
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}, **MALLOC_ENV,
+           "GHANET_ENGINE_CACHE": str(cache / "engines")}
+    timed_env = {**env, "OMP_NUM_THREADS": str(args.threads)}
+    rss = {s: 0.0 for s in systems}
 
-    def command(system: str, out: Path) -> list[str]:
-        engine, prec = system.split("-")
-        return [sys.executable, "-m", "ghanet_pipeline", "predict", str(paths["slide"]), "--model", str(runs[prec]),
-                "--out", str(out), "--weights", "random", "--device", "cpu", "--engine", engine, "--batch-size", "32",
-                "--no-progress"]
+    def run_one(system: str, r: int) -> float:
+        out = fresh_out(paths, cache, f"{system}-{r}")
+        proc = run_process(predict_command(system, paths["slide"], runs, out), env=timed_env, cwd=ROOT)
+        rss[system] = max(rss[system], proc.peak_rss_gib)
+        print(f"round {r + 1} {system}: {proc.seconds:.1f} s ({args.patches / proc.seconds:.2f} patches/s)",
+              file=sys.stderr, flush=True)
+        return proc.seconds
 
-    def fresh_out(tag: str) -> Path:
-        out = cache / "predict" / tag
-        if out.exists():
-            import shutil
-
-            shutil.rmtree(out)
-        (out / "segment").mkdir(parents=True)
-        copy_segment(paths, out)
-        return out
-
-    secs, _ = run_timed(command("openvino-fp32", fresh_out("warm")), env)  # converts the fp32 model once
-    print(f"one-off: fp32 conversion + one predict: {secs:.1f} s", file=sys.stderr, flush=True)
-    torch_threads = {"OMP_NUM_THREADS": str(args.threads)}
-    load0 = os.getloadavg()
-    times: dict[str, list[float]] = {s: [] for s in systems}
-    for r in range(args.repeats):
-        for s in systems:
-            t, _ = run_timed(command(s, fresh_out(f"{s}-{r}")), {**env, **torch_threads})
-            times[s].append(t)
-            print(f"round {r + 1} {s}: {t:.1f} s ({args.patches / t:.2f} patches/s)", file=sys.stderr, flush=True)
-    load1 = os.getloadavg()
-    print(f"\n`ghanet predict` of one synthetic slide, {args.patches} patches of 256 px, 5 full-size G-HANet fold models, "
-          f"whole processes, {args.repeats} interleaved rounds, {args.threads} threads.\n{header()}\n"
-          f"load average before {load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f}, after {load1[0]:.1f}/{load1[1]:.1f}/"
-          f"{load1[2]:.1f}\n")
-    print("| engine | s (min / median) | patches/s (median) | vs torch fp32 (medians) |")
-    print("|---|---:|---:|---:|")
-    med = {s: statistics.median(v) for s, v in times.items()}
-    for s in systems:
-        ratio = f"{med['torch-fp32'] / med[s]:.2f}x" if "torch-fp32" in med else ""
-        print(f"| {s} | {min(times[s]):.1f} / {med[s]:.1f} | {args.patches / med[s]:.2f} | {ratio} |")
+    with Bench("predict_engines", f"`ghanet predict` of one synthetic slide, {args.patches} patches of 256 px, 5 "
+               f"full-size G-HANet fold models, whole processes, {args.threads} threads", args,
+               units={"seconds": "s", "patches_per_s": "patches/s", "vs_torch": "x", "peak_rss_gib": "GiB"},
+               labels={"vs_torch": "vs torch fp32 (medians)"}) as bench:
+        int8_enc, int8_secs = int8_encoder(paths, cache, env, args.threads)
+        bench.note(f"one-off: int8 model made in {int8_secs:.1f} s (sample, quantization, held-out check, and that "
+                   "process's extraction of the slide)")
+        runs = {"fp32": make_run(cache / "run-fp32", FP32_ENCODER), "int8": make_run(cache / "run-int8", int8_enc)}
+        warm = run_process(predict_command("openvino-fp32", paths["slide"], runs, fresh_out(paths, cache, "warm")),
+                           env=env, cwd=ROOT)  # converts the fp32 model once
+        bench.note(f"one-off: fp32 conversion + one predict: {warm.seconds:.1f} s")
+        rounds = interleave(systems, args.repeats, run_one)
+        engine_rows(bench, rounds.results, rss, args.patches)
+        bench.note(f"{rounds.complete} interleaved rounds{' (interrupted)' if rounds.interrupted else ''}")
 
 
 if __name__ == "__main__":

@@ -21,25 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import time
 from pathlib import Path
 
-from benchmarks.harness import Bench, add_record_args
-
-
-def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and two-sided t confidence interval (NaN bounds for fewer than 2 values)."""
-    import numpy as np
-    from scipy import stats
-
-    x = np.asarray(values, dtype=float)
-    m = float(x.mean())
-    if len(x) < 2:
-        return m, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
-    return m, m - half, m + half
+from benchmarks import cv_replicates as cv
+from benchmarks.harness import Bench
 
 
 def shuffled_table(table: Path, dest: Path, seed: int) -> Path:
@@ -70,23 +56,18 @@ def summarise(rows: list[dict]) -> dict[str, dict]:
     print("|---|---:|---:|---:|---|---|")
     for label, sub in df.groupby("model", sort=False):
         folds = [v for d in sub["per_fold"] for v in d.values() if v is not None]
-        m, lo, hi = t_interval(folds)
-        _, rlo, rhi = t_interval(sub["mean"].tolist())
+        m, lo, hi = cv.t_interval(folds)
+        _, rlo, rhi = cv.t_interval(sub["mean"].tolist())
         summary[label] = {"mean": m, "ci95_folds": [lo, hi], "ci95_replicates": [rlo, rhi],
                           "n_replicates": len(sub), "n_folds": len(folds)}
         print(f"| {label} | {len(sub)} | {len(folds)} | {m:.3f} | [{lo:.3f}, {hi:.3f}] | [{rlo:.3f}, {rhi:.3f}] |")
     # paired by (fold assignment, seed, fold): the same validation cases
-    def per_fold(label: str) -> dict[tuple[int, int, int], float]:
-        return {(r["split"], r["seed"], k): v for r in rows if r["model"] == label
-                for k, v in r["per_fold"].items() if v is not None}
-
-    g, a = per_fold("G-HANet"), per_fold("ABMIL")
-    diff = [g[k] - a[k] for k in sorted(set(g) & set(a))]
-    m, lo, hi = t_interval(diff)
+    diff = cv.paired_differences(rows, "model", "G-HANet", "ABMIL")
+    m, lo, hi = cv.t_interval(diff)
     gr = df[df.model == "G-HANet"].set_index(["split", "seed"])["mean"]
     ar = df[df.model == "ABMIL"].set_index(["split", "seed"])["mean"]
     rdiff = (gr - ar).dropna().tolist()
-    _, rlo, rhi = t_interval(rdiff)
+    _, rlo, rhi = cv.t_interval(rdiff)
     wins, ties = int(sum(d > 0 for d in diff)), int(sum(d == 0 for d in diff))
     summary["G-HANet - ABMIL"] = {"mean": m, "ci95_folds": [lo, hi], "ci95_replicates": [rlo, rhi],
                                   "n_pairs": len(diff), "ghanet_higher": wins, "ties": ties}
@@ -101,31 +82,22 @@ def replicate(label: str, model: str, root: Path, features: Path, t: int, args: 
     """Train one 5-fold replicate (resumable) and return its per-fold c-index row."""
     import numpy as np
 
-    from ghanet_pipeline.training.config import TrainConfig
-    from ghanet_pipeline.training.cv import train_cv
-
-    t0 = time.perf_counter()
-    cfg = TrainConfig(model=model, epochs=args.epochs, seed=t, device="cpu", **over)
-    res = train_cv(features, root / "genomics", root, cfg, run_name=f"{model}_seed{t}", resume=True)
-    per_fold = {int(k): v for k, v in (res.metrics or {}).get("c_index_per_fold", {}).items()}
+    per_fold, _, secs = cv.cross_validate(features, root, model, t, args, over, run_name=f"{model}_seed{t}")
     vals = [v for v in per_fold.values() if v is not None]
     row = {"model": label, "split": s, "seed": t, "per_fold": per_fold,
-           "mean": float(np.mean(vals)) if vals else float("nan"), "seconds": round(time.perf_counter() - t0, 1)}
+           "mean": float(np.mean(vals)) if vals else float("nan"), "seconds": secs}
     print(f"  split {s} seed {t} {label}: mean c-index {row['mean']:.3f} ({row['seconds']:.0f} s)", flush=True)
     return row
 
 
 def fill_record(bench: Bench, summary: dict[str, dict], rows: list[dict]) -> None:
     """Rows per model and for the paired difference; every replicate's per-fold c-index in the record's data."""
-    def ci(bounds: list[float], sign: str) -> str:
-        return "n/a" if any(b != b for b in bounds) else "[{:{s}.3f}, {:{s}.3f}]".format(*bounds, s=sign)
-
     for label, sm in summary.items():
         paired = label == "G-HANet - ABMIL"
         sign = "+" if paired else ""
         bench.row(model=f"{label} (paired, same validation folds)" if paired else label,
                   replicates=sm.get("n_replicates"), pairs=sm.get("n_folds", sm.get("n_pairs")), c_index=sm["mean"],
-                  ci95_pairs=ci(sm["ci95_folds"], sign), ci95_replicates=ci(sm["ci95_replicates"], sign))
+                  ci95_pairs=cv.ci_text(sm["ci95_folds"], sign), ci95_replicates=cv.ci_text(sm["ci95_replicates"], sign))
     d = summary["G-HANet - ABMIL"]
     bench.note(f"G-HANet higher in {d['ghanet_higher']} of {d['n_pairs']} seed x fold pairs, ties {d['ties']}")
     means: dict[str, list[str]] = {}
@@ -136,37 +108,18 @@ def fill_record(bench: Bench, summary: dict[str, dict], rows: list[dict]) -> Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny bags: one thread per step is fastest (see demo)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--demo-out", type=Path, default=Path("demo-out"))
-    ap.add_argument("--work", type=Path, default=Path("/tmp/ghanet-compare"))
-    ap.add_argument("--splits", type=int, default=3, help="fold assignments (preprocess-genomics seeds 0..n-1)")
-    ap.add_argument("--seeds", type=int, default=2, help="training seeds per fold assignment")
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--epochs", type=int, default=20)
+    cv.add_replicate_args(ap, work="/tmp/ghanet-compare", seeds=2)
     ap.add_argument("--control-model", default="ghanet", choices=["ghanet", "abmil"],
                     help="model trained on the shuffled survival (abmil: ~5x cheaper on CPU)")
-    ap.add_argument("--train-args", default="accum=4,lr=5e-4,dim=128", help="TrainConfig overrides (the demo's)")
-    add_record_args(ap)
     args = ap.parse_args(argv)
-
-    import torch
-
-    from ghanet_pipeline.genomics.config import GenomicsConfig
-    from ghanet_pipeline.genomics.pipeline import preprocess_genomics
-
-    torch.set_num_threads(1)
-    data = args.demo_out / "demo-data"
-    feats = sorted(d for d in (args.demo_out / "features").iterdir() if d.is_dir() and any(d.glob("*.h5"))) \
-        if (args.demo_out / "features").is_dir() else []
-    if not feats or not (data / "genomics_table.csv").is_file():
+    cv.single_threaded()
+    feats = cv.demo_bag_folders(args.demo_out)
+    if not feats:
         print(f"no demo outputs under {args.demo_out}: run `ghanet demo --out {args.demo_out}` first", file=sys.stderr)
         return 2
-    features = feats[-1]
-    over: dict[str, float | int] = {}
-    for kv in args.train_args.split(","):
-        k, v = kv.split("=")
-        over[k] = int(v) if v.isdigit() else float(v)
+    features, data = feats[-1], args.demo_out / "demo-data"
+    over = cv.train_overrides(args.train_args)
     print(f"features {features}; {args.splits} fold assignments x {args.seeds} seeds, {args.folds} folds, "
           f"{args.epochs} epochs, {over}", flush=True)
 
@@ -177,12 +130,9 @@ def main(argv: list[str] | None = None) -> int:
                labels={"pairs": "seed x fold pairs", "c_index": "mean c-index", "ci95_pairs": "95 % CI (t, seed x fold)",
                        "ci95_replicates": "95 % CI (t, replicates)"}) as bench:
         for s in range(args.splits):
-            gdir, cdir = args.work / f"split{s}", args.work / f"split{s}_shuffled"
-            preprocess_genomics(GenomicsConfig(table=str(data / "genomics_table.csv"),
-                                               families=str(data / "families.csv"), folds=args.folds, seed=s), gdir)
+            gdir = cv.fold_assignment(args.demo_out, args.work / f"split{s}", args.folds, s)
             shuf = shuffled_table(data / "genomics_table.csv", args.work / f"shuffled_{s}.csv", seed=1000 + s)
-            preprocess_genomics(GenomicsConfig(table=str(shuf), families=str(data / "families.csv"),
-                                               folds=args.folds, seed=s), cdir)
+            cdir = cv.fold_assignment(args.demo_out, args.work / f"split{s}_shuffled", args.folds, s, table=shuf)
             for t in range(args.seeds):
                 for label, model, root in (("G-HANet", "ghanet", gdir), ("ABMIL", "abmil", gdir),
                                            (f"shuffled-survival control ({names[args.control_model]})",

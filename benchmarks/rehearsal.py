@@ -19,10 +19,14 @@ The projection scales the measured rates to ``--project-slides`` slides x ``--pa
 ``--project-epochs`` epochs x ``--project-folds`` folds (default: TCGA-BLCA, 437 slides, 20 epochs, 5 folds), on this CPU and, given
 ``--gpu-log`` (the saved output of ``bash benchmarks/gpu_check.sh``), extraction on one GPU.
 
+Prints the stage and projection tables and writes them to ``<work>/rehearsal.md`` and ``.json``; the record
+(bench ``rehearsal``: table ``main`` the stages, table ``projection``; the measured rates in its ``data``) goes
+where every benchmark's goes.
+
 Usage (a quick look; the full-size command is in docs/benchmarks.md), with MCAT's LUAD files
 (``datasets_csv_sig/tcga_luad_all_clean.csv.zip``, ``datasets_csv_sig/signatures.csv``,
 ``splits/5foldcv/tcga_luad/``):
-  python benchmarks/rehearsal.py --table tcga_luad_all_clean.csv.zip --families signatures.csv \\
+  python -m benchmarks.rehearsal --table tcga_luad_all_clean.csv.zip --families signatures.csv \\
       --splits tcga_luad_splits --work /scratch/rehearsal --cases 20
 """
 
@@ -33,7 +37,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -42,14 +45,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.harness import Bench, add_record_args, load_average, machine_facts, run_process
+
 BAG_DIR = "rehearsal_real_size"
-#: runs a command and records its exit code and the peak RSS of its largest process (KiB, Linux)
-_LAUNCH = ("import json, resource, subprocess, sys\n"
-           "rc = subprocess.run(sys.argv[2:]).returncode\n"
-           "json.dump({'rc': rc, 'maxrss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss},"
-           " open(sys.argv[1], 'w'))\n")
 
 
 @dataclass
@@ -68,19 +66,16 @@ def ghanet() -> list[str]:
 
 
 def run(name: str, args: list[str], work: Path, ok: tuple[int, ...] = (0,)) -> Stage:
-    """One stage as a whole process; its output goes to ``<work>/logs/<name>.log``."""
+    """One stage as a whole process (the harness's ``run_process``: wall seconds, peak RSS of its largest
+    process); its output goes to ``<work>/logs/<name>.log``."""
     (work / "logs").mkdir(parents=True, exist_ok=True)
-    side = work / "logs" / f"{name}.rss.json"
     print(f"[{time.strftime('%H:%M:%S')}] {name}: ghanet {' '.join(args)}", flush=True)
-    t = time.perf_counter()
-    with open(work / "logs" / f"{name}.log", "w") as log:
-        subprocess.run([sys.executable, "-c", _LAUNCH, str(side), *ghanet(), *args], cwd=work, stdout=log,
-                       stderr=subprocess.STDOUT, check=False, env={**os.environ, "COLUMNS": "200"})
-    secs = time.perf_counter() - t
-    rec = json.loads(side.read_text())
-    if rec["rc"] not in ok:
-        raise SystemExit(f"stage {name} exited {rec['rc']}; see {work / 'logs' / f'{name}.log'}")
-    return Stage(name, round(secs, 1), round(rec["maxrss_kb"] / 1024, 1), rec["rc"])
+    proc = run_process([*ghanet(), *args], cwd=work, env={**os.environ, "COLUMNS": "200"}, check=False)
+    log = work / "logs" / f"{name}.log"
+    log.write_text(proc.stdout + proc.stderr)
+    if proc.returncode not in ok:
+        raise SystemExit(f"stage {name} exited {proc.returncode}; see {log}")
+    return Stage(name, round(proc.seconds, 1), round(proc.peak_rss_gib * 1024, 1), proc.returncode)
 
 
 def _slide(args: tuple[str, int, int]) -> None:
@@ -146,17 +141,17 @@ def gpu_rate(path: Path | None) -> float | None:
     return max(rates) if rates else None
 
 
-def extract_rate(work: Path, out: str) -> tuple[Stage, float]:
-    """patches/s of `extract-features` on one 6144 px slide alone (this CPU, random weights)."""
+def extract_rate(work: Path, out: str, side: int = 6144) -> tuple[Stage, float]:
+    """patches/s of `extract-features` on one ``side`` px slide alone (this CPU, random weights)."""
     from ghanet_pipeline.wsi.synthetic import write_synthetic_slide
 
-    slide = work / "rate" / "rate_6144.svs"
+    slide = work / "rate" / f"rate_{side}.svs"
     if not slide.exists():
         slide.parent.mkdir(parents=True, exist_ok=True)
-        write_synthetic_slide(slide, 6144, 6144, phenotype=0.3, seed=7)
+        write_synthetic_slide(slide, side, side, phenotype=0.3, seed=7)
     run("rate-segment", ["segment", str(slide), "--out", f"{out}-rate", "--no-progress"], work)
-    st = run("extract rate (6144 px slide)", ["extract-features", str(slide), "--out", f"{out}-rate", "--weights",
-                                              "random", "--device", "cpu", "--no-progress", "--overwrite"], work)
+    st = run(f"extract rate ({side} px slide)", ["extract-features", str(slide), "--out", f"{out}-rate", "--weights",
+                                                 "random", "--device", "cpu", "--no-progress", "--overwrite"], work)
     log = json.loads(sorted((work / f"{out}-rate" / "logs").glob("extract-features-*.json"))[-1].read_text())
     item = log["items"][0]
     rate = float(item["metrics"]["patches"]) / max(float(item["seconds"]), 1e-9)
@@ -178,7 +173,7 @@ def probe(rows, work: Path, out: str, families: str, n_cases: int) -> list[Stage
         run_name = "probe_disk" if cache == "0" else "probe_cache"
         st = run(name, ["train", "--features", f"{out}/features/{BAG_DIR}", "--genomics", gdir, "--out", f"{out}-probe",
                         "--folds", "0", "--epochs", "1", "--cache-gb", cache, "--run-name", run_name, "--overwrite",
-                        "--no-progress"], work)
+                        "--no-progress", "--no-report"], work)
         secs = epoch_seconds(work / f"{out}-probe" / "train" / run_name)
         st.note = f"epoch {secs[0]:.1f} s for {len(sub)} slides ({secs[0] / len(sub):.3f} s per slide)"
         stages.append(st)
@@ -206,10 +201,10 @@ def projection(m: dict, args: argparse.Namespace) -> list[tuple[str, str]]:
 
 
 def report(stages: list[Stage], proj: list[tuple[str, str]], m: dict, args: argparse.Namespace) -> str:
-    from ghanet_pipeline.env.runtime import cpu_info
-
-    load = os.getloadavg()
-    lines = [f"CPU: {cpu_info().model}, {os.cpu_count()} cores; load average at the end {load[0]:.2f}; "
+    """The stage and projection tables as Markdown, under a line naming the CPU and the load."""
+    facts = machine_facts(with_torch=False)
+    load = load_average() or [float("nan")]
+    lines = [f"CPU: {facts['cpu_model']}, {facts['logical_cpus']} cores; load average at the end {load[0]:.2f}; "
              f"{m['n_cases']} cases, {m['n_slides']} slides, {args.patches:,} patches per bag",
              "", "| stage | wall s | peak RSS MB | note |", "|---|---|---|---|"]
     for s in stages:
@@ -227,8 +222,105 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def chosen_rows(args: argparse.Namespace, work: Path):  # noqa: ANN201 (a pandas DataFrame)
+    """The table's rows of the chosen cases; refuses (SystemExit) without the free disk their bags need."""
+    from ghanet_pipeline.demo.gdcdownload import pick_cases, read_mcat_rows
+
+    rows = pick_cases(read_mcat_rows(args.table), args.cases, seed=0)
+    need = disk_needed(len(rows), args.patches)
+    free = shutil.disk_usage(work).free
+    print(f"{rows['case_id'].nunique()} cases, {len(rows)} slides; real-size bags need {need / 1e9:.1f} GB, "
+          f"{free / 1e9:.1f} GB free under {work}", flush=True)
+    if need * 1.1 + 2e9 > free and not args.no_disk_check:
+        raise SystemExit(f"not enough free disk under {work}: need {need / 1e9:.1f} GB (+10 % and 2 GB spare)")
+    return rows
+
+
+def ghanet_stages(args: argparse.Namespace, rows, work: Path, out: str,  # noqa: ANN001
+                  sids: list[str]) -> tuple[list[Stage], float, list[float]]:
+    """Every stage from the download to predict; (stages, extract rate in patches/s, train epoch seconds)."""
+    from ghanet_pipeline.demo.gdcdownload import write_subtable
+
+    table = args.table.resolve() if args.cases is None else write_subtable(rows, work / args.table.name)
+    families = str(Path(args.families).resolve())
+    stages = [layout(rows, work, args.slide_px, args.jobs),
+              write_real_size_bags(sids, work / out / "features" / BAG_DIR, args.patches)]
+    dl = ["gdc-download", "--recursive", "--slide-types", "DX", "--out", out, "--no-progress"]
+    stages.append(run("segment", ["segment", *dl], work))
+    stages.append(run("extract-features (small slides)", ["extract-features", *dl, "--weights", "random",
+                                                          "--device", "cpu"], work))
+    st_rate, rate = extract_rate(work, out, args.rate_px)
+    # a subset (--cases) has too few deaths per fold for differential selection: keep every gene there
+    splits = (["--splits", str(Path(args.splits).resolve())] if args.splits and args.cases is None
+              else ["--folds", str(args.folds)] + (["--de-method", "none"] if args.cases is not None else []))
+    stages += [st_rate, run("preprocess-genomics", ["preprocess-genomics", "--table", str(table), "--families", families,
+                                                    *splits, "--out", out, "--no-progress"], work)]
+    st = run("train", ["train", "--features", f"{out}/features/{BAG_DIR}", "--genomics", f"{out}/genomics", "--out", out,
+                       "--epochs", str(args.epochs), "--cache-gb", str(args.cache_gb), "--no-progress", "--no-report"], work)
+    secs = epoch_seconds(work / out / "train" / "ghanet")
+    st.note = f"{len(secs)} fold-epochs, {np.mean(secs):.1f} s each (mean), --cache-gb {args.cache_gb}"
+    stages.append(st)
+    stages += probe(rows, work, out, families, min(args.probe_cases, rows["case_id"].nunique()))
+    stages.append(predict_stage(rows, work, out, args.predict_cases))
+    return stages, rate, secs
+
+
+def predict_stage(rows, work: Path, out: str, n_cases: int) -> Stage:  # noqa: ANN001
+    """``ghanet predict`` of the first ``n_cases`` cases from their real-size bags (``--no-report`` here and in
+    train: the predict manifest names placeholder slide files, and the report is not what the stages measure)."""
+    from ghanet_pipeline.core.slideids import slide_id_from_name
+
+    pred = rows.drop_duplicates("case_id").head(n_cases)
+    man = work / "predict.csv"
+    man.write_text("slide_id,path,case_id\n" + "".join(f"{slide_id_from_name(r.slide_id)},x.svs,{r.case_id}\n"
+                                                       for r in rows[rows["case_id"].isin(pred["case_id"])].itertuples()))
+    st = run("predict", ["predict", "--manifest", man.name, "--features", f"{out}/features/{BAG_DIR}", "--model",
+                         f"{out}/train/ghanet", "--out", out, "--no-progress", "--overwrite", "--no-report"], work)
+    st.note = f"{len(pred)} cases from their bags, {st.seconds / len(pred):.2f} s per case"
+    return st
+
+
+def fill_record(bench: Bench, stages: list[Stage], proj: list[tuple[str, str]], m: dict) -> None:
+    """Table ``main``: one row per stage; table ``projection``; the measured rates in the record's data."""
+    for st in stages:
+        bench.row(stage=st.name, seconds=st.seconds, peak_rss_mb=st.peak_rss_mb, note=st.note)
+    bench.note(f"disk: {m['bag_bytes_mean'] / 1e6:.1f} MB per bag, {m['bags_bytes_total'] / 1e9:.2f} GB of bags, "
+               f"{m['work_bytes_total'] / 1e9:.2f} GB in the work folder in all")
+    for what, value in proj:
+        bench.row("projection", what=what, projected=value)
+    bench.data["measured"] = m
+
+
+def run_rehearsal(args: argparse.Namespace) -> None:
+    from ghanet_pipeline.core.slideids import slide_id_from_name
+
+    work, out = args.work.resolve(), "ghanet-out"
+    work.mkdir(parents=True, exist_ok=True)
+    rows = chosen_rows(args, work)
+    sids = [slide_id_from_name(s) for s in rows["slide_id"]]
+    with Bench("rehearsal", "Cohort rehearsal: wall time and peak memory per stage, and a full-cohort projection",
+               args, units={"seconds": "s", "peak_rss_mb": "MB"},
+               labels={"seconds": "wall s", "peak_rss_mb": "peak RSS MB"}) as bench:
+        stages, rate, secs = ghanet_stages(args, rows, work, out, sids)
+        bags = list((work / out / "features" / BAG_DIR).glob("*.h5"))
+        seg = next(s for s in stages if s.name == "segment")
+        m = {"n_cases": int(rows["case_id"].nunique()), "n_slides": len(sids), "extract_rate": rate,
+             "gpu_rate": gpu_rate(args.gpu_log), "bag_bytes_mean": float(np.mean([b.stat().st_size for b in bags])),
+             "bags_bytes_total": sum(b.stat().st_size for b in bags), "work_bytes_total": folder_bytes(work),
+             "train_s_per_slide_epoch": float(np.sum(secs)) / (len(secs) * len(sids)),
+             "segment_s_per_slide": seg.seconds / len(sids)}
+        proj = projection(m, args)
+        text = report(stages, proj, m, args)
+        print(text)
+        fill_record(bench, stages, proj, m)
+    (work / "rehearsal.json").write_text(json.dumps({"stages": [asdict(s) for s in stages], "measured": m,
+                                                     "projection": proj, "record": str(bench.path),
+                                                     "args": {k: str(v) for k, v in vars(args).items()}}, indent=2))
+    (work / "rehearsal.md").write_text(text + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--table", required=True, type=Path, help="MCAT-format table (.csv or .csv.zip)")
     ap.add_argument("--families", required=True, help="gene families CSV (MCAT's signatures.csv)")
     ap.add_argument("--splits", default=None, help="folder of MCAT splits_<k>.csv (full table only)")
@@ -239,6 +331,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--cache-gb", default="4", help="train --cache-gb of the main run")
     ap.add_argument("--slide-px", type=int, default=1024, help="side of the synthetic slide files")
+    ap.add_argument("--rate-px", type=int, default=6144, help="side of the one slide the extract rate is timed on")
     ap.add_argument("--probe-cases", type=int, default=40)
     ap.add_argument("--predict-cases", type=int, default=20)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes writing the slide files")
@@ -247,66 +340,8 @@ def main() -> None:
     ap.add_argument("--project-epochs", type=int, default=20)
     ap.add_argument("--project-folds", type=int, default=5)
     ap.add_argument("--no-disk-check", action="store_true")
-    args = ap.parse_args()
-    run_rehearsal(args)
-
-
-def run_rehearsal(args: argparse.Namespace) -> None:
-    from ghanet_pipeline.core.slideids import slide_id_from_name
-    from ghanet_pipeline.demo.gdcdownload import pick_cases, read_mcat_rows, write_subtable
-
-    work, out = args.work.resolve(), "ghanet-out"
-    work.mkdir(parents=True, exist_ok=True)
-    rows = pick_cases(read_mcat_rows(args.table), args.cases, seed=0)
-    sids = [slide_id_from_name(s) for s in rows["slide_id"]]
-    need = disk_needed(len(sids), args.patches)
-    free = shutil.disk_usage(work).free
-    print(f"{rows['case_id'].nunique()} cases, {len(sids)} slides; real-size bags need {need / 1e9:.1f} GB, "
-          f"{free / 1e9:.1f} GB free under {work}", flush=True)
-    if need * 1.1 + 2e9 > free and not args.no_disk_check:
-        raise SystemExit(f"not enough free disk under {work}: need {need / 1e9:.1f} GB (+10 % and 2 GB spare)")
-    table = args.table.resolve() if args.cases is None else write_subtable(rows, work / args.table.name)
-    families = str(Path(args.families).resolve())
-    stages = [layout(rows, work, args.slide_px, args.jobs),
-              write_real_size_bags(sids, work / out / "features" / BAG_DIR, args.patches)]
-    dl = ["gdc-download", "--recursive", "--slide-types", "DX", "--out", out, "--no-progress"]
-    stages.append(run("segment", ["segment", *dl], work))
-    stages.append(run("extract-features (small slides)", ["extract-features", *dl, "--weights", "random",
-                                                          "--device", "cpu"], work))
-    st_rate, rate = extract_rate(work, out)
-    # a subset (--cases) has too few deaths per fold for differential selection: keep every gene there
-    splits = (["--splits", str(Path(args.splits).resolve())] if args.splits and args.cases is None
-              else ["--folds", str(args.folds)] + (["--de-method", "none"] if args.cases is not None else []))
-    stages += [st_rate, run("preprocess-genomics", ["preprocess-genomics", "--table", str(table), "--families", families,
-                                                    *splits, "--out", out, "--no-progress"], work)]
-    st = run("train", ["train", "--features", f"{out}/features/{BAG_DIR}", "--genomics", f"{out}/genomics", "--out", out,
-                       "--epochs", str(args.epochs), "--cache-gb", str(args.cache_gb), "--no-progress"], work)
-    secs = epoch_seconds(work / out / "train" / "ghanet")
-    st.note = f"{len(secs)} fold-epochs, {np.mean(secs):.1f} s each (mean), --cache-gb {args.cache_gb}"
-    stages.append(st)
-    stages += probe(rows, work, out, families, min(args.probe_cases, rows["case_id"].nunique()))
-    pred = rows.drop_duplicates("case_id").head(args.predict_cases)
-    man = work / "predict.csv"
-    man.write_text("slide_id,path,case_id\n" + "".join(f"{slide_id_from_name(r.slide_id)},x.svs,{r.case_id}\n"
-                                                       for r in rows[rows["case_id"].isin(pred["case_id"])].itertuples()))
-    st = run("predict", ["predict", "--manifest", man.name, "--features", f"{out}/features/{BAG_DIR}", "--model",
-                         f"{out}/train/ghanet", "--out", out, "--no-progress", "--overwrite"], work)
-    st.note = f"{len(pred)} cases from their bags, {st.seconds / len(pred):.2f} s per case"
-    stages.append(st)
-    bags = list((work / out / "features" / BAG_DIR).glob("*.h5"))
-    seg = next(s for s in stages if s.name == "segment")
-    m = {"n_cases": int(rows["case_id"].nunique()), "n_slides": len(sids), "extract_rate": rate,
-         "gpu_rate": gpu_rate(args.gpu_log), "bag_bytes_mean": float(np.mean([b.stat().st_size for b in bags])),
-         "bags_bytes_total": sum(b.stat().st_size for b in bags), "work_bytes_total": folder_bytes(work),
-         "train_s_per_slide_epoch": float(np.sum(secs)) / (len(secs) * len(sids)),
-         "segment_s_per_slide": seg.seconds / len(sids)}
-    proj = projection(m, args)
-    text = report(stages, proj, m, args)
-    print(text)
-    (work / "rehearsal.json").write_text(json.dumps({"stages": [asdict(s) for s in stages], "measured": m,
-                                                     "projection": proj, "args": {k: str(v) for k, v in vars(args).items()}},
-                                                    indent=2))
-    (work / "rehearsal.md").write_text(text + "\n")
+    add_record_args(ap)
+    run_rehearsal(ap.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ or each at its smallest size (``--smoke``: checks that it runs and writes a vali
 
 Each entry runs as its own process from the repository root, one after another, without the caller's
 ``MALLOC_*`` variables (each benchmark sets glibc malloc itself, see its ``--malloc`` / ``--malloc-compare``);
-entries whose needs are missing (a demo run for ``compare_models``, an AVX512-BF16 CPU for the instruction-set
+entries whose needs are missing (a demo run for ``compare_models`` and ``compare_precisions``, an AVX512-BF16 CPU for the instruction-set
 runs) are skipped with the reason. Exit 1 if an entry failed or (``--smoke``) did not write the record it should.
 """
 
@@ -41,7 +41,11 @@ class Entry:
         args = list(self.smoke if ctx.smoke else self.args)
         if ctx.real_slide and self.bench in ("segment", "extract_reader"):
             args += ["--real-slide", str(ctx.real_slide)]
-        if self.bench == "compare_models":
+        if self.bench == "int8_fidelity":
+            args += ["--slide", str(ctx.real_slide)]
+        if self.bench == "rehearsal":
+            args += rehearsal_inputs(ctx)
+        if self.bench in DEMO_BENCHES:
             args += ["--demo-out", str(ctx.demo_out)]
         if self.module.endswith(".sh"):
             return ["bash", self.module, *args]
@@ -54,12 +58,43 @@ def _has_bf16_avx512(ctx: argparse.Namespace) -> str | None:
     return None if cpu_info().avx512_bf16 else "the CPU has no AVX512-BF16 (the run limits oneDNN below it)"
 
 
+def _has_real_slide(ctx: argparse.Namespace) -> str | None:
+    return None if ctx.real_slide else "no real slide given (--real-slide SVS, e.g. CMU-1-Small-Region.svs)"
+
+
+def _mcat_files(ctx: argparse.Namespace) -> tuple[Path | None, Path | None, Path | None]:
+    """The MCAT table (``*_all_clean.csv.zip``), ``signatures.csv`` and splits folder (``splits_*``) in --mcat."""
+    if ctx.mcat is None or not Path(ctx.mcat).is_dir():
+        return None, None, None
+    folder = Path(ctx.mcat)
+    table = next(iter(sorted(folder.glob("*_all_clean.csv*"))), None)
+    splits = next(iter(sorted(p for p in folder.glob("splits_*") if p.is_dir())), None)
+    return table, (folder / "signatures.csv" if (folder / "signatures.csv").is_file() else None), splits
+
+
+def _has_mcat(ctx: argparse.Namespace) -> str | None:
+    table, families, _ = _mcat_files(ctx)
+    return None if table and families else "no MCAT table (--mcat DIR: *_all_clean.csv.zip and signatures.csv)"
+
+
+def rehearsal_inputs(ctx: argparse.Namespace) -> list[str]:
+    """``--table``, ``--families`` (and, full size, ``--splits``) from --mcat, and the work folder."""
+    table, families, splits = _mcat_files(ctx)
+    args = ["--table", str(table), "--families", str(families)]
+    if splits is not None and not ctx.smoke:
+        args += ["--splits", str(splits)]
+    work = Path(tempfile.gettempdir()) / ("ghanet-rehearsal-smoke" if ctx.smoke else "ghanet-rehearsal")
+    return [*args, "--work", str(work)]
+
+
 def _has_demo(ctx: argparse.Namespace) -> str | None:
     ok = (Path(ctx.demo_out) / "demo-data" / "genomics_table.csv").is_file()
     return None if ok else f"no demo run under {ctx.demo_out} (`make demo` first, or --demo-out DIR)"
 
 
 P = "benchmarks."
+#: entries that read a finished demo run (the suite's --demo-out)
+DEMO_BENCHES = ("compare_models", "compare_precisions")
 SUITE: tuple[Entry, ...] = (
     Entry("genomics", P + "bench_genomics", (), ("--quick",)),
     Entry("segment", P + "bench_segment", ("--size", "40000", "--repeats", "3"), ("--size", "2048", "--repeats", "1")),
@@ -93,12 +128,24 @@ SUITE: tuple[Entry, ...] = (
           ("--repeats", "1", "--width", "1536", "--height", "1536", "--threads", "1")),
     Entry("encoders", P + "bench_encoders", ("--batch", "2", "--repeats", "3"),
           ("resnet50_trunc", "--batch", "1", "--repeats", "1")),
+    Entry("predict_engines", P + "bench_predict_engines", ("--patches", "10000", "--repeats", "2", "--threads", "2"),
+          ("--patches", "16", "--repeats", "1", "--threads", "1", "--cache",
+           str(Path(tempfile.gettempdir()) / "ghanet-bench-predict-engines-smoke"))),
+    Entry("int8_fidelity", P + "bench_int8_fidelity", (),
+          ("--recipes", "plain", "--dense", "16", "--threads", "1", "--work",
+           str(Path(tempfile.gettempdir()) / "ghanet-bench-int8-fidelity-smoke")), _has_real_slide),
     Entry("compare_models", P + "compare_models", ("--splits", "3", "--seeds", "1", "--control-model", "abmil"),
           ("--splits", "1", "--seeds", "1", "--folds", "2", "--epochs", "1", "--control-model", "abmil",
            "--work", str(Path(tempfile.gettempdir()) / "ghanet-compare-smoke")), _has_demo),
+    Entry("compare_precisions", P + "compare_precisions", ("--splits", "3", "--seeds", "1"),
+          ("--splits", "1", "--seeds", "1", "--folds", "2", "--epochs", "1",
+           "--work", str(Path(tempfile.gettempdir()) / "ghanet-compare-precisions-smoke")), _has_demo),
     Entry("report", P + "bench_report", ("--repeats", "3", "--workers", "1,2"),
           ("--size", "4096", "--repeats", "1", "--workers", "1", "--cache", str(Path(tempfile.gettempdir())
                                                                                   / "ghanet-bench-report-smoke"))),
+    Entry("rehearsal", P + "rehearsal", (),
+          ("--cases", "8", "--patches", "64", "--folds", "2", "--epochs", "1", "--probe-cases", "6",
+           "--predict-cases", "2", "--slide-px", "1024", "--rate-px", "2048", "--cache-gb", "0"), _has_mcat),
     Entry("gpu_check", "benchmarks/gpu_check.sh", (), ()),
 )
 
@@ -135,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", default=None, metavar="BENCH")
     ap.add_argument("--skip", nargs="+", default=[], metavar="BENCH")
     ap.add_argument("--real-slide", type=Path, default=None, help="also time segment and the reader on this slide")
-    ap.add_argument("--demo-out", type=Path, default=Path("demo-out"), help="demo run for compare_models")
+    ap.add_argument("--demo-out", type=Path, default=Path("demo-out"),
+                    help="demo run for compare_models and compare_precisions")
+    ap.add_argument("--mcat", type=Path, default=None,
+                    help="folder of an MCAT table (*_all_clean.csv.zip, signatures.csv, splits_*/) for rehearsal")
     ap.add_argument("--results", type=Path, default=None, help="folder for the records")
     ctx = ap.parse_args(argv)
     known = [e.bench for e in SUITE]

@@ -166,3 +166,36 @@ def test_every_marker_in_the_docs_names_a_bench_of_the_suite():
     benches = {e.bench for e in suite.SUITE}
     assert markers and markers <= benches, markers - benches
     assert len(benches) == len(suite.SUITE)  # one entry per bench name
+
+
+def test_paired_differences_pair_the_same_validation_folds_only():
+    from benchmarks.cv_replicates import paired_differences, t_interval, train_overrides
+
+    rows = [{"bags": "int8", "split": 0, "seed": 0, "per_fold": {0: 0.70, 1: 0.60, 2: None}},
+            {"bags": "fp32", "split": 0, "seed": 0, "per_fold": {0: 0.65, 1: 0.70, 2: 0.50}},
+            {"bags": "int8", "split": 1, "seed": 0, "per_fold": {0: 0.80}},  # no fp32 replicate of split 1
+            {"bags": "fp32", "split": 0, "seed": 1, "per_fold": {0: 0.90}}]  # no int8 replicate of seed 1
+    assert paired_differences(rows, "bags", "int8", "fp32") == pytest.approx([0.05, -0.10])
+    m, lo, hi = t_interval([0.05, -0.10])
+    assert m == pytest.approx(-0.025) and lo < m < hi and hi - m == pytest.approx(m - lo)
+    assert t_interval([0.3])[0] == 0.3 and t_interval([0.3])[1] != t_interval([0.3])[1]  # one value: NaN bounds
+    assert train_overrides("accum=4,lr=5e-4,dim=128") == {"accum": 4, "lr": 5e-4, "dim": 128}
+
+
+def test_suite_takes_the_rehearsal_inputs_from_the_mcat_folder(tmp_path):
+    import argparse
+
+    ctx = argparse.Namespace(mcat=tmp_path, smoke=True, real_slide=None, demo_out=tmp_path)
+    entry = next(e for e in suite.SUITE if e.bench == "rehearsal")
+    assert "no MCAT table" in entry.needs(ctx)
+    (tmp_path / "tcga_x_all_clean.csv.zip").write_bytes(b"")
+    (tmp_path / "signatures.csv").write_text("")
+    (tmp_path / "splits_tcga_x").mkdir()
+    assert entry.needs(ctx) is None
+    argv = entry.argv(ctx)
+    assert argv[argv.index("--table") + 1] == str(tmp_path / "tcga_x_all_clean.csv.zip")
+    assert argv[argv.index("--families") + 1] == str(tmp_path / "signatures.csv")
+    assert "--splits" not in argv and "--cases" in argv  # smoke: a few cases, folds of their own
+    ctx.smoke = False
+    argv = entry.argv(ctx)
+    assert argv[argv.index("--splits") + 1] == str(tmp_path / "splits_tcga_x") and "--cases" not in argv

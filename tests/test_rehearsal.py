@@ -4,24 +4,18 @@ the projection it prints, and the refusal to start without the disk the bags nee
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shutil
-import sys
 from collections import namedtuple
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "rehearsal.py"
-
 
 @pytest.fixture(scope="module")
 def reh():
-    spec = importlib.util.spec_from_file_location("rehearsal", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["rehearsal"] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    from benchmarks import rehearsal
+
+    return rehearsal
 
 
 def test_disk_needed_is_the_bags_float32_features_and_coords(reh) -> None:
@@ -60,3 +54,20 @@ def test_refuses_to_start_without_the_disk_for_the_bags(reh, luad: Path, tmp_pat
     with pytest.raises(SystemExit, match=r"not enough free disk .* need 21\.\d GB"):
         reh.run_rehearsal(args)
     assert not list((tmp_path / "w").iterdir())        # nothing written before the check
+
+
+def test_record_holds_the_stage_and_projection_tables(reh, tmp_path: Path) -> None:
+    from benchmarks.harness import read_records, render_block
+
+    stages = [reh.Stage("layout (not a ghanet stage)", 16.6, note="15 slide files"), reh.Stage("train", 412.2, 2258.0)]
+    proj = [("bags of 437 slides x 10,000 patches", "18.0 GB")]
+    m = {"bag_bytes_mean": 42.1e6, "bags_bytes_total": 631e6, "work_bytes_total": 900e6}
+    with reh.Bench("rehearsal", "t", {"cases": 10}, units={"seconds": "s", "peak_rss_mb": "MB"},
+                   results=tmp_path) as bench:
+        reh.fill_record(bench, stages, proj, m)
+    [(path, rec)] = read_records(tmp_path)
+    main = render_block(rec, "main", path)
+    assert "| layout (not a ghanet stage) | 16.6 |  | 15 slide files |" in main and "| train | 412 | 2258 |" in main
+    assert "42.1 MB per bag" in main
+    assert "| bags of 437 slides x 10,000 patches | 18.0 GB |" in render_block(rec, "projection", path)
+    assert rec["data"]["measured"] == m
