@@ -1,18 +1,24 @@
-"""Files that are not what they claim (pickled objects, renamed formats, truncated) are refused in our words."""
+"""Safe loading and saving (core/safeload.py): files that are not what they claim (pickled objects, renamed
+formats, truncated) are refused in our words; saved safetensors are byte-identical in every process."""
 
 from __future__ import annotations
 
 import collections
-import json
+import hashlib
+import re
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
 import torch
 
-from ghanet_pipeline.core.errors import CheckpointError, ConfigError, InputError
+from ghanet_pipeline.core.errors import ConfigError, InputError
 from ghanet_pipeline.features.bags import read_bag
 from ghanet_pipeline.features.encoders import read_state_dict
+from ghanet_pipeline.testing import package_env
 
 
 class _Obj:  # any class: unpickling it would import and run code from the file's point of view
@@ -36,7 +42,7 @@ def test_clam_pt_bag_with_python_objects_is_refused_naming_the_file(tmp_path):
     assert "torch.save(features)" in msg and "weights_only" not in msg and "add_safe_globals" not in msg
     obj = tmp_path / "obj.pt"
     torch.save(collections.OrderedDict(x=_Obj()), obj)
-    with pytest.raises(InputError, match=r"holds Python objects \(e.g. test_safeload._Obj\)"):
+    with pytest.raises(InputError, match=rf"holds Python objects \(e.g. {re.escape(_Obj.__module__)}._Obj\)"):
         read_bag(obj)
 
 
@@ -68,7 +74,7 @@ def test_weights_files_that_are_not_what_they_claim(tmp_path):
     # a .pth holding pickled objects next to its tensors
     pth = tmp_path / "w.pth"
     torch.save({"state_dict": sd, "args": _Obj()}, pth)
-    with pytest.raises(ConfigError, match=r"weights file .*w.pth holds Python objects \(e.g. test_safeload._Obj\)"):
+    with pytest.raises(ConfigError, match=rf"weights file .*w.pth holds Python objects \(e.g. {re.escape(_Obj.__module__)}._Obj\)"):
         read_state_dict(pth)
     # a torch.save file renamed to .safetensors
     fake = tmp_path / "fake.safetensors"
@@ -89,22 +95,6 @@ def test_weights_files_that_are_not_what_they_claim(tmp_path):
     cut.write_bytes(st.read_bytes()[:-8])
     with pytest.raises(ConfigError, match="cut.safetensors is a damaged or truncated safetensors file"):
         read_state_dict(cut)
-
-
-def test_checkpoint_weights_that_are_not_safetensors(tmp_path):
-    from ghanet_pipeline.core.files import file_sha256
-    from ghanet_pipeline.models import create_model, load_checkpoint, save_checkpoint
-
-    fold = tmp_path / "fold_0"
-    save_checkpoint(fold, create_model("abmil", in_dim=4, n_bins=4, dim=8), {"fold": 0})
-    weights = fold / "model.safetensors"
-    torch.save({"w": torch.zeros(2)}, weights)  # a pickle-based file under the safetensors name
-    meta = json.loads((fold / "model.json").read_text())
-    meta["weights_sha256"] = file_sha256(weights)  # as if both were replaced together
-    (fold / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match="checkpoint weights .*model.safetensors is not a safetensors file "
-                                              "despite its name .*Retrain this fold"):
-        load_checkpoint(fold)
 
 
 def test_saved_safetensors_are_byte_identical(tmp_path):
@@ -129,17 +119,25 @@ def test_saved_safetensors_are_byte_identical(tmp_path):
         assert torch.equal(fh.get_tensor("a"), tensors["a"]) and torch.equal(fh.get_tensor("b"), tensors["b"])
 
 
-def test_finished_fold_predictions_are_read_back_exactly(tmp_path):
-    """A rerun that skips a finished fold rebuilds the run's reports from its predictions.csv: the numbers
-    must be the very floats that were written (pandas' default parser was off in the last digit)."""
-    import pandas as pd
+def test_safetensors_bytes_do_not_depend_on_the_process(tmp_path):
+    """safetensors orders metadata by a per-process hash map; safeload.save_safetensors sorts them, so a
+    checkpoint's weights_sha256 is the same in every run (kill + rerun gives identical files)."""
+    code = textwrap.dedent("""
+        import sys, torch
+        from safetensors.torch import load_file
+        from ghanet_pipeline.core.safeload import save_safetensors
+        t = {"b.weight": torch.arange(6.0).reshape(2, 3), "a.bias": torch.ones(3, dtype=torch.float16)}
+        save_safetensors(t, sys.argv[1], {k: str(i) for i, k in enumerate("hgfedcba")})
+        back = load_file(sys.argv[1])
+        assert torch.equal(back["b.weight"], t["b.weight"]) and torch.equal(back["a.bias"], t["a.bias"])
+        """)
+    shas = set()
+    for i in range(3):
+        path = tmp_path / f"{i}.safetensors"
+        subprocess.run([sys.executable, "-c", code, str(path)], env=package_env(), check=True)
+        shas.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    from safetensors import safe_open
 
-    from ghanet_pipeline.training.state import load_finished_fold
-
-    risks = [-1.0564898252487183, 0.1 + 0.2, -2.718281828459045, 1e-17 + 0.3]
-    pd.DataFrame({"fold": 0, "case_id": ["a", "b", "c", "d"], "risk": risks}).to_csv(tmp_path / "predictions.csv",
-                                                                                   index=False)
-    (tmp_path / "history.json").write_text(json.dumps({"epochs": [], "selected_epoch": 1}))
-    (tmp_path / "model.json").write_text(json.dumps({"train_risk_median": 0.0}))
-    got = load_finished_fold(tmp_path, 0).predictions["risk"].tolist()
-    assert got == risks  # exact, not approx
+    with safe_open(str(tmp_path / "0.safetensors"), framework="pt") as fh:
+        assert fh.metadata() == {k: str(i) for i, k in enumerate("hgfedcba")}
+    assert len(shas) == 1

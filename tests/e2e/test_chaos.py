@@ -22,7 +22,7 @@ N_KILLS = 3
 
 
 def _harness():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "chaos.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "chaos.py"
     spec = importlib.util.spec_from_file_location("ghanet_chaos", path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod

@@ -21,11 +21,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, SNAKEMAKE, check_workflow_outputs, run_snakemake, workflow_config
+
+from ghanet_pipeline.testing import check_workflow_outputs, run_snakemake, snakemake_path, workflow_config
 
 pytestmark = [pytest.mark.slurm,
-              pytest.mark.skipif(not SNAKEMAKE.exists(), reason="snakemake not installed (pip install '.[workflow]')")]
+              pytest.mark.skipif(not snakemake_path().exists(),
+                                 reason="snakemake not installed (pip install '.[workflow]')")]
 
+#: repository root (pipelines/Snakefile, pipelines/profiles/...)
+REPO = Path(__file__).resolve().parents[2]
 TESTING = REPO / "pipelines" / "testing"
 # the test node: 2 CPUs, no GPUs, a few GiB for the jobs
 MAX_CPUS, MAX_MEM_MB = 1, 1500
@@ -107,21 +111,21 @@ def _slurm_jobs_by_target(workdir: Path) -> dict[str, list[str]]:
 
 @pytest.mark.workflow
 def test_workflow_on_slurm_cluster_submits_every_job_and_matches_local_outputs(
-        slurm_cluster: Path, tiny_cohort: Path, tmp_path: Path) -> None:
+        slurm_cluster: Path, workflow_cohort: Path, tmp_path: Path) -> None:
     import pandas as pd
 
     state = slurm_cluster
     before = set(_jobcomp(state)) if (state / "jobcomp.txt").exists() else set()
     out = tmp_path / "out"
-    cfg = workflow_config(tiny_cohort, tmp_path / "config.yaml", out=str(out))
+    cfg = workflow_config(workflow_cohort, tmp_path / "config.yaml", out=str(out))
     res = run_snakemake("-s", str(REPO / "pipelines" / "Snakefile"), "--profile", str(_cluster_profile(tmp_path)),
                         "--configfile", str(cfg), cwd=tmp_path, timeout=2400)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-8000:]
 
-    check_workflow_outputs(tiny_cohort, out)
+    check_workflow_outputs(workflow_cohort, out)
 
-    slides = list(pd.read_csv(tiny_cohort / "manifest.csv").slide_id) + list(
-        pd.read_csv(tiny_cohort / "holdout.csv").slide_id)
+    slides = list(pd.read_csv(workflow_cohort / "manifest.csv").slide_id) + list(
+        pd.read_csv(workflow_cohort / "holdout.csv").slide_id)
     by_rule = _slurm_jobs_by_target(tmp_path)
     expected = ({f"segment:slide={s}" for s in slides} | {f"extract_features:slide={s}" for s in slides}
                 | {f"train:fold={k}" for k in range(3)} | {"preprocess_genomics:", "report:", "predict:"})

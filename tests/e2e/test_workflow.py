@@ -14,18 +14,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import (
-    REPO,
-    SNAKEMAKE,
-    check_workflow_outputs,
-    run_snakemake,
-    workflow_config,
-    write_csv,
-)
 
-pytestmark = pytest.mark.skipif(not SNAKEMAKE.exists(), reason="snakemake not installed (pip install '.[workflow]')")
+from ghanet_pipeline.testing import check_workflow_outputs, snakemake_path, workflow_config, write_csv
+from ghanet_pipeline.testing import run_snakemake as _run_snakemake
 
+pytestmark = pytest.mark.skipif(not snakemake_path().exists(),
+                                reason="snakemake not installed (pip install '.[workflow]')")
+
+#: repository root (pipelines/Snakefile, pipelines/profiles/...)
+REPO = Path(__file__).resolve().parents[2]
 SNAKEFILE = str(REPO / "pipelines" / "Snakefile")
+
+
+def run_snakemake(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return _run_snakemake(*args, cwd=cwd)
 
 
 def _empty_cohort(tmp: Path, n_train: int = 7, n_new: int = 2) -> None:
@@ -113,7 +115,7 @@ def test_bad_config_value_fails_before_any_job_naming_the_key(tmp_path: Path, ov
     cfg = workflow_config(tmp_path, folds=2, **over)
     res = run_snakemake("-s", SNAKEFILE, "--cores", "1", "--configfile", str(cfg), cwd=tmp_path)
     text = res.stdout + res.stderr
-    assert res.returncode != 0
+    assert res.returncode == 1  # Snakemake's exit code for a failed workflow
     assert f"config key {named}" in text and allowed in text, text[-3000:]
     assert not (tmp_path / "out").exists()  # no job ran
 
@@ -130,11 +132,11 @@ class WorkflowRun:
 
 
 @pytest.fixture(scope="module")
-def workflow_run(tiny_cohort: Path) -> WorkflowRun:
+def workflow_run(workflow_cohort: Path) -> WorkflowRun:
     """The tiny cohort through the whole workflow, after one slide was segmented by hand."""
     import pandas as pd
 
-    tmp = tiny_cohort
+    tmp = workflow_cohort
     out = tmp / "out"
     cfg = workflow_config(tmp)
     first = pd.read_csv(tmp / "manifest.csv").iloc[0]
@@ -178,7 +180,7 @@ def test_workflow_protocol_official_is_refused_on_ghanet_outputs_and_recorded_in
     same_out = workflow_config(tmp, tmp / "official-same-out.yaml", protocol="official")
     refused = run_snakemake("-s", SNAKEFILE, "--cores", "2", "--configfile", str(same_out), cwd=tmp)
     text = refused.stdout + refused.stderr
-    assert refused.returncode != 0
+    assert refused.returncode == 1
     assert f"config key 'protocol' is 'official' but {out / 'genomics'} was made with protocol 'ghanet'" in text, \
         text[-3000:]
     assert (out / "genomics" / "config.json").read_bytes() == genomics_cfg  # nothing was rerun
@@ -190,7 +192,7 @@ def test_workflow_protocol_official_is_refused_on_ghanet_outputs_and_recorded_in
              f"config key 'train.epochs' is 3 but {out / 'train' / 'wf'} was made with epochs 2")):
         other = run_snakemake("-s", SNAKEFILE, "-n", "--configfile",
                               str(workflow_config(tmp, tmp / f"other-{name}.yaml", **over)), cwd=tmp)
-        assert other.returncode != 0 and says in other.stdout + other.stderr, other.stderr[-3000:]
+        assert other.returncode == 1 and says in other.stdout + other.stderr, other.stderr[-3000:]
 
     out2 = tmp / "out-official"
     for sub in ("segment", "features"):  # copy2 keeps the mtimes: Snakemake sees finished grids and bags

@@ -1,4 +1,4 @@
-"""Precision resolution from the CPU's flags (faked), the bf16 warning, and doctor's CPU line."""
+"""Precision resolution from the CPU's flags (faked) and the bf16 warning (env/runtime.py)."""
 
 from __future__ import annotations
 
@@ -64,15 +64,3 @@ def test_autocast_dtype_uses_the_same_rule(monkeypatch):
     assert runtime.autocast_dtype("fp32", torch.device("cpu")) is None
     monkeypatch.setattr(runtime, "cpu_info", lambda: OLD)
     assert runtime.autocast_dtype("auto", torch.device("cpu")) is None
-
-
-def test_doctor_names_cpu_bf16_capability_and_auto_choice(monkeypatch, tmp_path):
-    from ghanet_pipeline.env.doctor import run_checks
-
-    monkeypatch.setattr(runtime, "cpu_info", lambda: ZEN4)
-    checks = {c.name: c for c in run_checks(tmp_path)}
-    assert ZEN4.model in checks["CPU"].value and "AVX512-BF16" in checks["CPU"].value
-    assert checks["precision auto (CPU)"].value.startswith("fp32")
-    monkeypatch.setattr(runtime, "cpu_info", lambda: AMX)
-    checks = {c.name: c for c in run_checks(tmp_path)}
-    assert checks["precision auto (CPU)"].value.startswith("bf16") and "AMX" in checks["CPU"].value

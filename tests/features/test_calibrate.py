@@ -23,8 +23,6 @@ from ghanet_pipeline.features.calibrate import (
 from ghanet_pipeline.features.encoders import load_encoder, preprocess
 from ghanet_pipeline.wsi.inputs import SlideSpec
 
-torch.set_num_threads(2)
-
 
 @pytest.fixture(scope="module")
 def cohort(make_synthetic_slide) -> list[SlideSpec]:

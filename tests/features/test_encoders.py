@@ -16,8 +16,6 @@ from ghanet_pipeline.features.encoders import (
     resolve_weights,
 )
 
-torch.set_num_threads(2)
-
 
 @pytest.fixture(scope="module")
 def random_encoder():

@@ -19,8 +19,6 @@ from ghanet_pipeline.features.extract import Extractor, ExtractParams, extract_s
 from ghanet_pipeline.wsi.inputs import SlideSpec
 from ghanet_pipeline.wsi.segment import SegmentParams, load_coords, segment_paths, segment_slide
 
-torch.set_num_threads(1)  # tiny inputs: per-op overhead dominates; 1 thread is fastest on a shared CPU
-
 SMALL = 64  # encoder input side for most tests (the path and bag logic do not depend on it)
 
 

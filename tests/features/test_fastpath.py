@@ -24,7 +24,6 @@ def encoder():
 
 
 def test_folded_runner_equals_plain_model_up_to_round_off(encoder):
-    torch.set_num_threads(1)
     # saturated and dark pixels at the border: the padding fill (255 * mean) matters there
     u = torch.randint(0, 256, (3, 72, 72, 3), dtype=torch.uint8)
     u[0, :4] = 0

@@ -31,14 +31,6 @@ EXPECTED = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_architecture_shapes_on_meta(name):
     """Full-size architecture: parameter count as on the card, output width from a 2-patch forward."""
@@ -81,6 +73,7 @@ def _small_input(model: torch.nn.Module) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.threads(2)  # full-size ViTs: big matrix products, where a second thread helps
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_full_size_random_forward_two_patches(name, capsys):
     """Every registry entry builds at full size with --weights random (parameter count as on the card) and
@@ -250,28 +243,22 @@ def test_every_entry_accepts_random_weights_and_lists(tmp_path, monkeypatch):
     assert "not found" in lines["gigapath"]
 
 
-def test_bags_of_any_width_train_and_predict(tmp_path):
+def test_bags_of_any_width_train_and_predict(synthetic_study, tmp_path):
     """768-wide bags (CONCH v1.5 width): the model input follows the bags; train and predict run end to end;
     bags are plain CLAM/TRIDENT-readable HDF5 (datasets features, coords); a TRIDENT features_<enc> folder
     is accepted by --features."""
     from ghanet_pipeline.demo.bags import write_synthetic_bags
-    from ghanet_pipeline.demo.cohort import make_cohort, write_cohort_tables
-    from ghanet_pipeline.genomics import GenomicsConfig, preprocess_genomics
     from ghanet_pipeline.models import load_checkpoint
 
-    torch.set_num_threads(1)
-    cohort = make_cohort(n_cases=12, seed=4)
-    paths = write_cohort_tables(cohort, tmp_path / "inputs", table_name="table.csv")
-    preprocess_genomics(GenomicsConfig(table=str(paths["table"]), families=str(paths["families"]), folds=2,
-                                       de_method="ttest"), tmp_path)
+    cohort, gdir = synthetic_study.cohort, synthetic_study.genomics
     job = tmp_path / "trident_job" / "20x_256px_0px_overlap"
     bags = write_synthetic_bags(cohort, job / "features_conch_v15", n_patches=(10, 20), dim=768, seed=4)
     with h5py.File(next(iter(bags.values())), "r") as f:  # what a CLAM/TRIDENT loader reads
         assert f["features"].shape[1] == 768 and f["coords"].shape == (f["features"].shape[0], 2)
     runner = CliRunner()
-    res = runner.invoke(cli, ["train", "--features", str(tmp_path / "trident_job"), "--genomics",
-                              str(tmp_path / "genomics"), "--out", str(tmp_path), "--epochs", "1", "--accum", "2",
-                              "--dim", "16", "--no-progress"])
+    res = runner.invoke(cli, ["train", "--features", str(tmp_path / "trident_job"), "--genomics", str(gdir),
+                              "--out", str(tmp_path), "--epochs", "1", "--accum", "2", "--dim", "16", "--folds", "0",
+                              "--no-progress"])
     assert res.exit_code == 0, res.output
     model, meta = load_checkpoint(tmp_path / "train" / "ghanet" / "fold_0")
     assert model.config["in_dim"] == 768
@@ -282,10 +269,9 @@ def test_bags_of_any_width_train_and_predict(tmp_path):
     assert len(rows) == 1 + len(bags)  # no manifest: every bag is a case
     # two encoder folders side by side: refused, naming both
     write_synthetic_bags(cohort, job / "features_uni_v1", n_patches=5, dim=1024, seed=4)
-    res = runner.invoke(cli, ["train", "--features", str(tmp_path / "trident_job"), "--genomics",
-                              str(tmp_path / "genomics"), "--out", str(tmp_path / "o2"), "--epochs", "1",
-                              "--no-progress"])
-    assert res.exit_code != 0 and "features_conch_v15" in res.output and "features_uni_v1" in res.output
+    res = runner.invoke(cli, ["train", "--features", str(tmp_path / "trident_job"), "--genomics", str(gdir),
+                              "--out", str(tmp_path / "o2"), "--epochs", "1", "--no-progress"])
+    assert res.exit_code == 1 and "features_conch_v15" in res.output and "features_uni_v1" in res.output
     # a bag of another width mixed in: refused
     np_bag = np.zeros((3, 1024), np.float32)
     from ghanet_pipeline.demo.bags import bag_attrs
@@ -294,10 +280,9 @@ def test_bags_of_any_width_train_and_predict(tmp_path):
     sid = cohort.clinical.slide_id.iloc[0]
     write_bag(job / "features_conch_v15" / f"{sid}.h5", np_bag, np.zeros((3, 2), np.int64),
               {**bag_attrs(sid), "encoder": "uni"})
-    res = runner.invoke(cli, ["train", "--features", str(job / "features_conch_v15"), "--genomics",
-                              str(tmp_path / "genomics"), "--out", str(tmp_path / "o3"), "--epochs", "1",
-                              "--no-progress"])
-    assert res.exit_code != 0 and "uni" in res.output
+    res = runner.invoke(cli, ["train", "--features", str(job / "features_conch_v15"), "--genomics", str(gdir),
+                              "--out", str(tmp_path / "o3"), "--epochs", "1", "--no-progress"])
+    assert res.exit_code == 1 and "uni" in res.output, res.output
 
 
 @pytest.mark.slow

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,19 +14,15 @@ from ghanet_pipeline.inference import ensemble as ENS
 from ghanet_pipeline.inference import loading as L
 from ghanet_pipeline.inference import predict as P
 from ghanet_pipeline.inference import records as R
-
-EDGES = [0.0, 10.0, 20.0, 40.0, 80.0]
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(n)
-
+from ghanet_pipeline.testing import (
+    TINY_DIM,
+    TINY_EDGES,
+    TINY_ENC,
+    TINY_ENCODER,
+    make_run,
+    register_tiny_encoder,
+    write_tiny_bags,
+)
 
 # --------------------------------------------------------------------------- pure arithmetic
 
@@ -64,10 +59,10 @@ def test_risk_group_compares_mean_risk_with_mean_training_median():
 
 def test_ensemble_survival_same_edges_is_plain_mean():
     S = np.array([[0.9, 0.7, 0.5, 0.2], [0.8, 0.6, 0.3, 0.1]])
-    c = ENS.ensemble_survival(S, np.array([EDGES, EDGES]))
+    c = ENS.ensemble_survival(S, np.array([TINY_EDGES, TINY_EDGES]))
     np.testing.assert_allclose(c.S, [0.85, 0.65, 0.4, 0.15])
     np.testing.assert_allclose(c.S_std, np.std(S, axis=0, ddof=1))
-    assert c.edges_months == EDGES and not c.edges_differ
+    assert c.edges_months == TINY_EDGES and not c.edges_differ
 
 
 def test_ensemble_survival_different_edges_interpolates_at_mean_edges():
@@ -109,88 +104,6 @@ def test_encoder_differences_and_check():
         check_encoder(model, {**model, "weights_sha256": "def"}, "bag x.h5")
 
 
-# --------------------------------------------------------------------------- fixtures: tiny models + bags
-
-TINY_ENCODER = "tiny_test_encoder"
-TINY_DIM = 8
-
-
-def _register_tiny_encoder():
-    """A registered encoder with 8-d output (a 1x1 conv + pooling): slides end to end in milliseconds."""
-    from ghanet_pipeline.features import encoders
-
-    if TINY_ENCODER in encoders.ENCODERS:
-        return
-
-    def build():
-        import torch.nn as nn
-
-        class Full(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.conv = nn.Conv2d(3, TINY_DIM, kernel_size=4, stride=4)
-
-        return Full()
-
-    def trunk(full):
-        import torch.nn as nn
-
-        return nn.Sequential(full.conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-
-    encoders.register_encoder(encoders.EncoderSpec(
-        name=TINY_ENCODER, dim=TINY_DIM, build=build, trunk=trunk, required_prefixes=("conv.",),
-        hub_files=("tiny-*.pth",), how_to_get="(test encoder)"))
-
-
-def make_run(run_dir: Path, encoder: dict, folds=(0, 1), in_dim=TINY_DIM, edges=EDGES, model="ghanet",
-             medians=None) -> Path:
-    """A training run folder with tiny fold models saved through the real checkpoint API.
-
-    Each fold's ``train_risk_median`` is the median risk of the model on 15 random training bags.
-    """
-    import torch
-
-    from ghanet_pipeline.models import create_model, save_checkpoint
-
-    families = ["Tumor Supp", "Oncogenes"]
-    for k in folds:
-        torch.manual_seed(100 + k)
-        cfg = dict(in_dim=in_dim, n_bins=len(edges) - 1, dim=16, dropout=0.0)
-        if model == "ghanet":
-            cfg.update(family_sizes=[3, 2], heads=2, topk=0.25)
-        m = create_model(model, **cfg).eval()
-        g = torch.Generator().manual_seed(k)
-        with torch.no_grad():
-            risks = [float(m(torch.rand(12, in_dim, generator=g) * 2)["risk"]) for _ in range(15)]
-        meta = {"families": families, "selected": {"Tumor Supp": ["a", "b", "c"], "Oncogenes": ["d", "e"]},
-                "scaler": {}, "bin_edges_months": list(edges), "encoder": dict(encoder),
-                "train_risk_median": float(np.median(risks)) if medians is None else medians[k], "fold": k,
-                "epoch": 1}
-        save_checkpoint(run_dir / f"fold_{k}", m, meta)
-    return run_dir
-
-
-def bag_attrs(slide_id: str, encoder: dict) -> dict:
-    return {"schema_version": 1, "slide_id": slide_id, **encoder, "patch_size_level0": 512,
-            "level0_mpp": 0.25, "source_name": f"{slide_id}.svs", "source_bytes": 1, "ghanet_version": "test"}
-
-
-ENC = {"encoder": TINY_ENCODER, "weights_sha256": "random:0", "input_size": 32, "target_mpp": 0.5, "patch_size": 256}
-
-
-def write_bags(folder: Path, ids, encoder=ENC, n=20, seed=0) -> dict[str, np.ndarray]:
-    from ghanet_pipeline.features.bags import write_bag
-
-    rng = np.random.default_rng(seed)
-    feats = {}
-    for sid in ids:
-        f = (rng.random((n, TINY_DIM)) * 2).astype(np.float32)
-        c = np.stack([np.arange(n) * 512, np.zeros(n)], axis=1).astype(np.int64)
-        write_bag(folder / f"{sid}.h5", f, c, bag_attrs(sid, encoder))
-        feats[sid] = f
-    return feats
-
-
 # --------------------------------------------------------------------------- ensemble on bags
 
 
@@ -200,8 +113,8 @@ def test_predict_from_bags_matches_manual_ensemble(tmp_path):
     from ghanet_pipeline.models import load_checkpoint
     from ghanet_pipeline.wsi.inputs import SlideSpec
 
-    run = make_run(tmp_path / "run", ENC, folds=(0, 1, 2))
-    feats = write_bags(tmp_path / "bags", ["s1", "s2", "s3"])
+    run = make_run(tmp_path / "run", TINY_ENC, folds=(0, 1, 2))
+    feats = write_tiny_bags(tmp_path / "bags", ["s1", "s2", "s3"])
     specs = [SlideSpec("s1", tmp_path / "s1.svs", "caseA"), SlideSpec("s2", tmp_path / "s2.svs", "caseA"),
              SlideSpec("s3", tmp_path / "s3.svs", "caseB")]
     cfg = R.PredictConfig(out=tmp_path / "out", features_dir=tmp_path / "bags", device="cpu")
@@ -225,7 +138,7 @@ def test_predict_from_bags_matches_manual_ensemble(tmp_path):
     assert a.threshold == pytest.approx(np.mean(meds))
     assert a.risk_group == ("high" if np.mean(risks) > np.mean(meds) else "low")
     np.testing.assert_allclose(a.survival, np.mean(surv, axis=0), atol=1e-6)
-    assert a.bin_edges_months == EDGES
+    assert a.bin_edges_months == TINY_EDGES
     # outputs on disk
     rows = list(csv.DictReader(open(res.predictions_csv)))
     assert [r["case_id"] for r in rows] == ["caseA", "caseB"]
@@ -242,9 +155,9 @@ def test_predict_from_bags_matches_manual_ensemble(tmp_path):
 
 
 def test_bag_from_other_encoder_is_refused(tmp_path):
-    run = make_run(tmp_path / "run", ENC, folds=(0,))
-    write_bags(tmp_path / "bags", ["good"])
-    write_bags(tmp_path / "bags", ["bad"], encoder={**ENC, "weights_sha256": "f" * 64})
+    run = make_run(tmp_path / "run", TINY_ENC, folds=(0,))
+    write_tiny_bags(tmp_path / "bags", ["good"])
+    write_tiny_bags(tmp_path / "bags", ["bad"], encoder={**TINY_ENC, "weights_sha256": "f" * 64})
     from ghanet_pipeline.wsi.inputs import SlideSpec
 
     specs = [SlideSpec("good", tmp_path / "g.svs", "good"), SlideSpec("bad", tmp_path / "b.svs", "bad")]
@@ -259,7 +172,7 @@ def test_bag_from_other_encoder_is_refused(tmp_path):
 def test_clam_bag_needs_assume_encoder(tmp_path):
     import h5py
 
-    run = make_run(tmp_path / "run", ENC, folds=(0,))
+    run = make_run(tmp_path / "run", TINY_ENC, folds=(0,))
     (tmp_path / "clam").mkdir()
     with h5py.File(tmp_path / "clam" / "TCGA-1.h5", "w") as h5:  # CLAM layout: no encoder attrs
         h5["features"] = np.random.default_rng(0).random((15, TINY_DIM)).astype(np.float32)
@@ -279,7 +192,7 @@ def test_run_dir_problems_are_clear(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="no fold_<k>/ folders"):
         L.load_ensemble(tmp_path / "empty")
-    run = make_run(tmp_path / "run", ENC, folds=(0, 1))
+    run = make_run(tmp_path / "run", TINY_ENC, folds=(0, 1))
     with pytest.raises(ConfigError, match="fold\\(s\\) 5 not in"):
         L.load_ensemble(run, folds=[0, 5])
     (run / "fold_1" / "model.safetensors").unlink()
@@ -300,8 +213,8 @@ def test_run_dir_problems_are_clear(tmp_path):
 
 
 def test_folds_trained_on_different_encoders_are_refused(tmp_path):
-    make_run(tmp_path / "run", ENC, folds=(0,))
-    make_run(tmp_path / "run", {**ENC, "input_size": 64}, folds=(1,))
+    make_run(tmp_path / "run", TINY_ENC, folds=(0,))
+    make_run(tmp_path / "run", {**TINY_ENC, "input_size": 64}, folds=(1,))
     with pytest.raises(MismatchError, match="input_size"):
         L.load_ensemble(tmp_path / "run")
 
@@ -309,8 +222,8 @@ def test_folds_trained_on_different_encoders_are_refused(tmp_path):
 def test_mismatched_encoder_weights_stop_before_any_slide(tmp_path):
     from ghanet_pipeline.wsi.inputs import SlideSpec
 
-    _register_tiny_encoder()
-    run = make_run(tmp_path / "run", {**ENC, "weights_sha256": "random:0"}, folds=(0,))
+    register_tiny_encoder()
+    run = make_run(tmp_path / "run", {**TINY_ENC, "weights_sha256": "random:0"}, folds=(0,))
     spec = SlideSpec("x", tmp_path / "x.svs", "x")
     with pytest.raises(MismatchError, match="weights_sha256: model 'random:0', features 'random:3'"):
         P.predict_cases([spec], run, R.PredictConfig(out=tmp_path / "out", weights="random:3", device="cpu"))
@@ -324,7 +237,7 @@ def test_missing_encoder_weights_name_the_ones_the_model_was_trained_with(tmp_pa
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
     sha = "c634e1f428f21f8f" + "0" * 48
-    run = make_run(tmp_path / "run", {**ENC, "encoder": "resnet50_trunc", "weights_sha256": sha}, folds=(0,),
+    run = make_run(tmp_path / "run", {**TINY_ENC, "encoder": "resnet50_trunc", "weights_sha256": sha}, folds=(0,),
                    in_dim=1024)
     spec = SlideSpec("x", tmp_path / "x.svs", "x")
     with pytest.raises(ConfigError) as err:
@@ -341,7 +254,7 @@ def test_missing_weights_of_a_random_weights_model_say_which_seed(tmp_path, monk
     from ghanet_pipeline.wsi.inputs import SlideSpec
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
-    run = make_run(tmp_path / "run", {**ENC, "encoder": "resnet50_trunc", "weights_sha256": "random:7"}, folds=(0,),
+    run = make_run(tmp_path / "run", {**TINY_ENC, "encoder": "resnet50_trunc", "weights_sha256": "random:7"}, folds=(0,),
                    in_dim=1024)
     spec = SlideSpec("x", tmp_path / "x.svs", "x")
     with pytest.raises(ConfigError) as err:
@@ -354,12 +267,12 @@ def test_missing_weights_of_a_random_weights_model_say_which_seed(tmp_path, monk
 def test_predictions_csv_of_another_model_is_not_overwritten(tmp_path):
     from ghanet_pipeline.wsi.inputs import SlideSpec
 
-    write_bags(tmp_path / "bags", ["s1"])
+    write_tiny_bags(tmp_path / "bags", ["s1"])
     spec = [SlideSpec("s1", tmp_path / "s1.svs", "s1")]
     cfg = R.PredictConfig(out=tmp_path / "out", features_dir=tmp_path / "bags", device="cpu")
-    P.predict_cases(spec, make_run(tmp_path / "runA", ENC, folds=(0,)), cfg)
+    P.predict_cases(spec, make_run(tmp_path / "runA", TINY_ENC, folds=(0,)), cfg)
     with pytest.raises(ConfigError, match="another model"):
-        P.predict_cases(spec, make_run(tmp_path / "runB", ENC, folds=(0,)), cfg)
+        P.predict_cases(spec, make_run(tmp_path / "runB", TINY_ENC, folds=(0,)), cfg)
     cfg.overwrite = True
     P.predict_cases(spec, tmp_path / "runB", cfg)
     rows = list(csv.DictReader(open(tmp_path / "out/predict/predictions.csv")))
@@ -382,7 +295,7 @@ def test_slides_end_to_end_with_bad_inputs(tmp_path):
     and a manifest case none of whose slides can be read."""
     from ghanet_pipeline.wsi.synthetic import write_synthetic_slide
 
-    _register_tiny_encoder()
+    register_tiny_encoder()
     d = tmp_path / "slides"
     d.mkdir()
     write_synthetic_slide(d / "a1.tif", 2048, 1536, mpp=0.5, seed=1)
@@ -394,7 +307,7 @@ def test_slides_end_to_end_with_bad_inputs(tmp_path):
                                     "tiny,slides/tiny.tif,caseB\n"
                                     "broken,slides/broken.svs,caseC\n"
                                     "gone1,slides/missing.svs,caseD\ngone2,slides/broken.svs,caseD\n")
-    run = make_run(tmp_path / "run", ENC, folds=(0, 1))
+    run = make_run(tmp_path / "run", TINY_ENC, folds=(0, 1))
     out = tmp_path / "out"
     r = _invoke(["predict", "--manifest", str(tmp_path / "m.csv"), "--model", str(run), "--out", str(out),
                  "--weights", "random", "--device", "cpu", "--heatmaps", "--no-progress"])
@@ -439,7 +352,7 @@ def test_slides_end_to_end_with_bad_inputs(tmp_path):
 
 
 def test_cli_usage_errors(tmp_path):
-    run = make_run(tmp_path / "run", ENC, folds=(0,))
+    run = make_run(tmp_path / "run", TINY_ENC, folds=(0,))
     r = _invoke(["predict", "x.svs", "--model", str(run), "--folds", "a,b"])
     assert r.exit_code == 2 and "--folds" in r.output
     r = _invoke(["predict", "x.svs", "--model", str(tmp_path / "missing")])
@@ -468,7 +381,7 @@ def test_real_slide_score_group_and_heatmaps(tmp_path, real_slide):
 
 
 def test_abmil_ensemble_has_attention_but_no_association(tmp_path):
-    run = make_run(tmp_path / "run", ENC, folds=(0, 1), model="abmil")
+    run = make_run(tmp_path / "run", TINY_ENC, folds=(0, 1), model="abmil")
     ens = L.load_ensemble(run)
     feats = np.random.default_rng(1).random((30, TINY_DIM)).astype(np.float32)
     o = ens.forward(feats)
@@ -481,7 +394,7 @@ def test_ensemble_maps_are_fold_means_of_the_models_own_weights(tmp_path):
 
     from ghanet_pipeline.models import genomic_weights, load_checkpoint
 
-    run = make_run(tmp_path / "run", ENC, folds=(0, 1))
+    run = make_run(tmp_path / "run", TINY_ENC, folds=(0, 1))
     feats = np.random.default_rng(2).random((17, TINY_DIM)).astype(np.float32)
     o = L.load_ensemble(run).forward(feats)
     masks, wm = [], []

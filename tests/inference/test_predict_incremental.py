@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,14 +13,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from test_prediction import ENC, make_run, write_bags
 
 from ghanet_pipeline.cli import cli
 from ghanet_pipeline.inference import predict as P
 from ghanet_pipeline.inference import records as R
+from ghanet_pipeline.testing import TINY_ENC, make_run, package_env, write_tiny_bags
 from ghanet_pipeline.wsi.inputs import SlideSpec
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _rows(out: Path) -> list[dict[str, str]]:
@@ -30,14 +27,14 @@ def _rows(out: Path) -> list[dict[str, str]]:
 
 
 def _spawn(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "GHANET_MODEL": ""}
+    env = package_env(OMP_NUM_THREADS="1", GHANET_MODEL="")
     return subprocess.Popen([sys.executable, "-m", "ghanet_pipeline", "predict", *args, "--device", "cpu",
                              "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def test_rerun_reuses_cases_of_the_same_model_and_inputs(tmp_path):
-    run = make_run(tmp_path / "run", ENC, folds=(0, 1))
-    write_bags(tmp_path / "bags", ["a", "b", "c"])
+    run = make_run(tmp_path / "run", TINY_ENC, folds=(0, 1))
+    write_tiny_bags(tmp_path / "bags", ["a", "b", "c"])
     specs = [SlideSpec(s, tmp_path / f"{s}.svs", s) for s in ("a", "b", "c")]
     cfg = R.PredictConfig(out=tmp_path / "out", features_dir=tmp_path / "bags", device="cpu")
     first = P.predict_cases(specs, run, cfg)
@@ -48,7 +45,7 @@ def test_rerun_reuses_cases_of_the_same_model_and_inputs(tmp_path):
     assert [c.risk for c in again.cases] == [c.risk for c in first.cases]
     assert {p.name: p.read_bytes() for p in (tmp_path / "out/predict").glob("*.json")} == before
     # a rewritten bag (same size, other values) is predicted again; the others are reused
-    write_bags(tmp_path / "bags", ["b"], seed=7)
+    write_tiny_bags(tmp_path / "bags", ["b"], seed=7)
     third = P.predict_cases(specs, run, cfg)
     assert [r.status for r in third.results] == ["skipped", "done", "skipped"]
     assert third.cases[1].risk != first.cases[1].risk
@@ -71,9 +68,9 @@ def test_rerun_reuses_cases_of_the_same_model_and_inputs(tmp_path):
 
 
 def test_shards_write_one_table(tmp_path):
-    run = make_run(tmp_path / "run", ENC, folds=(0,))
+    run = make_run(tmp_path / "run", TINY_ENC, folds=(0,))
     ids = [f"s{i}" for i in range(5)]
-    write_bags(tmp_path / "bags", ids)
+    write_tiny_bags(tmp_path / "bags", ids)
     specs = [SlideSpec(s, tmp_path / f"{s}.svs", s) for s in ids]
     for i in range(3):
         cfg = R.PredictConfig(out=tmp_path / "out", features_dir=tmp_path / "bags", device="cpu", shard=(i, 3))
@@ -86,9 +83,9 @@ def test_shards_write_one_table(tmp_path):
 
 
 def test_two_processes_into_one_out_lose_nothing(tmp_path):
-    run = make_run(tmp_path / "run", ENC, folds=(0, 1))
+    run = make_run(tmp_path / "run", TINY_ENC, folds=(0, 1))
     ids = [f"c{i:02d}" for i in range(24)]
-    write_bags(tmp_path / "bags", ids, n=400)
+    write_tiny_bags(tmp_path / "bags", ids, n=400)
     out = tmp_path / "out"
     # different slides per process (as two users would) plus one shared slide both predict
     half_a = [str(tmp_path / "bags" / f"{s}.h5") for s in ids[:13]]
@@ -105,9 +102,9 @@ def test_two_processes_into_one_out_lose_nothing(tmp_path):
 
 
 def test_killed_predict_keeps_finished_cases(tmp_path):
-    run = make_run(tmp_path / "run", ENC, folds=(0, 1))
+    run = make_run(tmp_path / "run", TINY_ENC, folds=(0, 1))
     ids = [f"k{i:03d}" for i in range(80)]
-    write_bags(tmp_path / "bags", ids, n=50)
+    write_tiny_bags(tmp_path / "bags", ids, n=50)
     out = tmp_path / "out"
     proc = _spawn("--features", str(tmp_path / "bags"), "--model", str(run), "--out", str(out))
     deadline = time.time() + 120
@@ -131,16 +128,16 @@ def test_killed_predict_keeps_finished_cases(tmp_path):
 def test_predict_without_model_uses_the_only_run_or_lists_them(tmp_path, monkeypatch):
     monkeypatch.delenv("GHANET_MODEL", raising=False)
     out = tmp_path / "out"
-    write_bags(tmp_path / "bags", ["a"])
+    write_tiny_bags(tmp_path / "bags", ["a"])
     args = ["predict", "--features", str(tmp_path / "bags"), "--out", str(out), "--device", "cpu", "--no-progress"]
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 2 and "no training run under" in r.output
-    make_run(out / "train" / "ghanet", ENC, folds=(0,))
+    make_run(out / "train" / "ghanet", TINY_ENC, folds=(0,))
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
     assert f"using model {out / 'train' / 'ghanet'}" in r.output
     assert "train/ghanet#folds=0" in _rows(out)[0]["model"]
-    make_run(out / "train" / "abmil", ENC, folds=(0,), model="abmil")
+    make_run(out / "train" / "abmil", TINY_ENC, folds=(0,), model="abmil")
     (out / "train" / "notes").mkdir()  # not a run: no fold_<k>/model.json
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 2

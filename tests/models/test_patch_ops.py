@@ -12,8 +12,6 @@ import torch
 from ghanet_pipeline.models.layers import GatedAttention
 from ghanet_pipeline.models.patch_ops import cross_pass, hyper_pool, keep_mask
 
-torch.set_num_threads(1)
-
 
 def test_hyper_pool_gradients_match_finite_differences_for_both_outputs():
     torch.manual_seed(0)

@@ -11,8 +11,6 @@ from ghanet_pipeline.core.errors import ConfigError, InputError
 from ghanet_pipeline.models import create_model, genomic_weights, topk_count
 from ghanet_pipeline.models.reference import reference_forward
 
-torch.set_num_threads(1)
-
 TINY = dict(in_dim=16, family_sizes=[3, 0, 4], n_bins=4, dim=32, heads=2, dropout=0.25, topk=0.2)
 
 

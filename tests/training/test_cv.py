@@ -1,7 +1,7 @@
-"""k-fold training: planted signal vs shuffled labels, resume, bad input, `ghanet train` end to end.
+"""k-fold training (training/cv.py): planted signal vs shuffled labels, reruns, bad input, `ghanet train` end to end.
 
-Data: the synthetic cohort (phenotype drives hazard and planted genes), `preprocess-genomics` on it,
-and bags made straight from the phenotypes (``synthetic_bags``) — no slides, so this is fast.
+Data: the session's ``synthetic_study`` (phenotype drives hazard and planted genes, `preprocess-genomics` on
+it, bags made straight from the phenotypes: no slides, so this is fast); the learning test makes a larger one.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import train_interrupted_after_epoch
 
 from ghanet_pipeline.cli import cli
 from ghanet_pipeline.core.errors import InputError, MismatchError
@@ -29,31 +28,14 @@ from ghanet_pipeline.training.config import TrainConfig
 from ghanet_pipeline.training.cv import train_cv
 from ghanet_pipeline.training.data import balanced_order
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread(one_torch_thread):
-    """Every test of this module runs with one torch thread (conftest.one_torch_thread)."""
-
-
 #: tiny model for the plumbing tests (the architecture is the paper's, only narrower)
 TINY = dict(epochs=2, accum=4, dim=32, lr=5e-4)
 
 
-def _make_data(root: Path, n_cases: int, seed: int, n_patches, folds: int = 3) -> tuple[Path, Path, object]:
-    cohort = make_cohort(n_cases=n_cases, seed=seed)
-    paths = write_cohort_tables(cohort, root / "inputs", table_name="table.csv")
-    preprocess_genomics(GenomicsConfig(table=str(paths["table"]), families=str(paths["families"]), folds=folds,
-                                       de_method="ttest"), root)
-    feats = root / "features" / "synthetic"
-    write_synthetic_bags(cohort, feats, n_patches=n_patches, seed=seed)
-    return feats, root / "genomics", cohort
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    feats, gdir, cohort = _make_data(root, n_cases=24, seed=3, n_patches=(20, 40))
-    return feats, gdir, cohort
+@pytest.fixture
+def tiny(synthetic_study):
+    """(bags folder, genomics folder, cohort) of the session's synthetic study (read-only)."""
+    return synthetic_study.features, synthetic_study.genomics, synthetic_study.cohort
 
 
 def _copy_features(feats: Path, dst: Path) -> Path:
@@ -127,53 +109,14 @@ def test_planted_signal_learned_and_permuted_labels_are_not(tmp_path):
     assert m["optimistic"] is False and m["select"] == "final"
 
 
-def test_resume_after_interruption_is_identical(tiny, tmp_path):
-    feats, gdir, _ = tiny
-    cfg = dict(TINY, epochs=3, folds=[0])
-    ref = train_cv(feats, gdir, tmp_path / "a", TrainConfig(**cfg))
-
-    train_interrupted_after_epoch(2, feats, gdir, tmp_path / "b", TrainConfig(**cfg))
-    fold_dir = tmp_path / "b" / "train" / "ghanet" / "fold_0"
-    assert (fold_dir / "state" / "state.safetensors").is_file() and not (fold_dir / "model.json").exists()
-    from ghanet_pipeline.training.state import read_state_metadata
-
-    assert read_state_metadata(fold_dir / "state")["epoch"] == "2"
-    events = []
-    res = train_cv(feats, gdir, tmp_path / "b", TrainConfig(**cfg), resume=True,
-                   progress=lambda kind, **info: events.append((kind, info.get("epoch"))))
-    assert ("resume", 2) in events and [e for k, e in events if k == "epoch"] == [3]
-    a = pd.read_csv(ref.run_dir / "predictions.csv")
-    b = pd.read_csv(res.run_dir / "predictions.csv")
-    np.testing.assert_allclose(a["risk"], b["risk"], rtol=1e-5, atol=1e-6)
-    assert not (fold_dir / "state").exists()
-    # a finished fold is not retrained; other options refuse to resume
-    mtime = (fold_dir / "model.safetensors").stat().st_mtime_ns
-    again = train_cv(feats, gdir, tmp_path / "b", TrainConfig(**cfg), resume=True)
-    assert [r.status for r in again.folds] == ["skipped"]
-    assert (fold_dir / "model.safetensors").stat().st_mtime_ns == mtime
-    # another fold trained later into the same run: the reports cover both folds
-    more = train_cv(feats, gdir, tmp_path / "b", TrainConfig(**dict(cfg, folds=[1])))
-    assert [r.item for r in more.folds] == ["fold 1"]
-    assert set(more.metrics["c_index_per_fold"]) == {"0", "1"}
-    assert set(pd.read_csv(more.run_dir / "predictions.csv").fold) == {0, 1}
-    with pytest.raises(MismatchError, match=r"options: 1 changed \(lr"):
-        train_cv(feats, gdir, tmp_path / "b", TrainConfig(**dict(cfg, lr=1e-3)), resume=True)
-    # without --resume an interrupted fold starts again from epoch 1
-    train_interrupted_after_epoch(2, feats, gdir, tmp_path / "c", TrainConfig(**dict(cfg, epochs=2)))
-    events.clear()
-    train_cv(feats, gdir, tmp_path / "c", TrainConfig(**dict(cfg, epochs=2)),
-             progress=lambda kind, **info: events.append((kind, info.get("epoch"))))
-    assert [e for k, e in events if k == "epoch"] == [1, 2]
-
-
-def test_rerun_removes_temporary_files_of_killed_runs_only(tiny, tmp_path):
+def test_rerun_removes_temporary_files_of_killed_runs_only(synthetic_study, tmp_path):
     """Half-written files of a dead process are removed by the rerun (train run/fold/state folders, genomics
     fold folders, run logs); one of a live writer (this process) is left alone."""
     import subprocess
 
     from ghanet_pipeline.core.files import _owner
 
-    feats, gdir, cohort = tiny
+    feats, gdir = synthetic_study.features, synthetic_study.genomics
     dead = subprocess.Popen(["true"])
     dead.wait()
     host = _owner().rsplit("-", 1)[0]
@@ -192,9 +135,7 @@ def test_rerun_removes_temporary_files_of_killed_runs_only(tiny, tmp_path):
             f.write_bytes(b"half")
     again = train_cv(feats, root / "genomics", root, cfg)
     assert [r.status for r in again.folds] == ["skipped"]
-    paths = write_cohort_tables(cohort, tmp_path / "inputs", table_name="table.csv")
-    preprocess_genomics(GenomicsConfig(table=str(paths["table"]), families=str(paths["families"]), folds=3,
-                                       de_method="ttest"), root)
+    preprocess_genomics(synthetic_study.genomics_config(folds=3, de_method="ttest"), root)
     assert [f for f in stale if f.exists()] == []
     assert all(f.exists() for f in live)
 

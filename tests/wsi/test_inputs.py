@@ -1,132 +1,15 @@
-"""Shared input handling (inputs.py) and safe file writing (ioutils.py)."""
+"""Slide inputs (wsi/inputs.py): manifests, files/folders/globs, um/px overrides, shards."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 from pathlib import Path
 
 import pytest
 
 from ghanet_pipeline.core.errors import ConfigError, InputError
-from ghanet_pipeline.core.files import atomic_path, file_sha256, remove_stale_temps, write_json_atomic, write_text_atomic
-from ghanet_pipeline.core.ids import safe_child, sanitize_id, sanitize_ids
 from ghanet_pipeline.wsi.inputs import collect_slides, parse_shard, read_manifest, take_shard, tcga_case_id
 
 
-# -- ioutils ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("raw, safe", [
-    ("TCGA-A1-0001-01Z", "TCGA-A1-0001-01Z"),
-    ("a/b\\c", "a_b_c"),
-    ("../../etc/passwd", "_.._etc_passwd"),
-    (".hidden", "hidden"),
-    ("tab\there", "tab_here"),
-    ("  spaced  ", "spaced"),
-    ("C:evil", "C_evil"),
-])
-def test_sanitize_id(raw, safe):
-    out = sanitize_id(raw)
-    assert out == safe
-    assert "/" not in out and "\\" not in out and not out.startswith(".")
-
-
-@pytest.mark.parametrize("raw", ["", "..", ".", "/", "  ", "../"])
-def test_sanitize_id_refuses_empty(raw):
-    with pytest.raises(InputError, match="cannot be used as a file name"):
-        sanitize_id(raw, what="slide_id")
-
-
-def test_sanitize_ids_collision():
-    assert sanitize_ids(["a", "b"]) == {"a": "a", "b": "b"}
-    with pytest.raises(InputError, match=r"'a/b' and 'a_b' both become file name 'a_b'"):
-        sanitize_ids(["a/b", "a_b"], what="slide_id")
-
-
-def test_safe_child(tmp_path):
-    assert safe_child(tmp_path, "segment", "x.h5") == (tmp_path / "segment" / "x.h5").resolve()
-    with pytest.raises(InputError, match="outside the output directory"):
-        safe_child(tmp_path, "..", "x.h5")
-    with pytest.raises(InputError, match="outside the output directory"):
-        safe_child(tmp_path, "/etc/passwd")
-
-
-def test_atomic_path_success_and_failure(tmp_path):
-    final = tmp_path / "sub" / "f.txt"
-    with atomic_path(final) as tmp:
-        assert tmp.parent == final.parent and tmp.name.startswith(".") and tmp.name.endswith(".tmp")
-        tmp.write_text("new")
-        assert not final.exists()  # only visible once complete
-    assert final.read_text() == "new"
-    with pytest.raises(RuntimeError):
-        with atomic_path(final) as tmp:
-            tmp.write_text("half-written")
-            raise RuntimeError("boom")
-    assert final.read_text() == "new"  # old content kept, no temp left behind
-    assert [p.name for p in final.parent.iterdir()] == ["f.txt"]
-
-
-def test_write_json_atomic(tmp_path):
-    p = write_json_atomic(tmp_path / "a.json", {"path": Path("x/y"), "n": 3})
-    assert json.loads(p.read_text()) == {"path": "x/y", "n": 3}
-    with pytest.raises(ValueError):
-        write_json_atomic(tmp_path / "b.json", {"bad": math.nan})
-    assert not (tmp_path / "b.json").exists()
-    assert write_text_atomic(tmp_path / "c.txt", "é").read_text(encoding="utf-8") == "é"
-
-
-def test_remove_stale_temps_and_sha256(tmp_path):
-    (tmp_path / ".x.h5.abc.tmp").write_text("junk")
-    (tmp_path / "keep.h5").write_bytes(b"data")
-    assert remove_stale_temps(tmp_path) == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["keep.h5"]
-    assert remove_stale_temps(tmp_path / "nope") == 0
-    assert file_sha256(tmp_path / "keep.h5") == hashlib.sha256(b"data").hexdigest()
-
-
-
-def test_remove_stale_temps_scoped_to_one_item_spares_other_jobs(tmp_path):
-    """A job cleaning its own slide's leftovers must not delete another job's file in progress."""
-    from ghanet_pipeline.core.files import atomic_path
-
-    (tmp_path / ".A.h5.old1.tmp").write_text("killed run of A")
-    (tmp_path / ".A.b.h5.x.tmp").write_text("slide 'A.b' being written by another job")
-    with atomic_path(tmp_path / "B.h5") as other_job_tmp:
-        other_job_tmp.write_text("in progress")
-        assert remove_stale_temps(tmp_path, ["A.h5"]) == 1
-        assert other_job_tmp.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".A.b.h5.x.tmp", "B.h5"]
-
-
-def test_remove_stale_temps_spares_a_live_writer_of_the_same_item(tmp_path):
-    """Two processes writing the same output: cleaning up must not delete the other's temp file."""
-    import os
-    import subprocess
-    import sys
-
-    from ghanet_pipeline.core.files import _owner, atomic_path
-
-    host = _owner().rsplit("-", 1)[0]
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    try:
-        (tmp_path / f".A.h5.{host}-{live.pid}.k2j3h4.tmp").write_text("another process writing A.h5 now")
-        (tmp_path / f".A.h5.{host}-{dead.pid}.a8d7f6.tmp").write_text("killed writer of A.h5")
-        (tmp_path / ".A.h5.otherhost-1.zz11yy.tmp").write_text("a job on another node")
-        with atomic_path(tmp_path / "A.h5") as mine:
-            mine.write_text("mine")
-            assert f"{host}-{os.getpid()}" in mine.name
-            assert remove_stale_temps(tmp_path, ["A.h5"]) == 1  # only the dead writer's file
-            assert mine.exists()
-        names = sorted(p.name for p in tmp_path.iterdir())
-        assert names == sorted(["A.h5", f".A.h5.{host}-{live.pid}.k2j3h4.tmp", ".A.h5.otherhost-1.zz11yy.tmp"])
-    finally:
-        live.kill()
-        live.wait()
-    assert remove_stale_temps(tmp_path, ["A.h5"]) == 1  # its writer is gone now
-
-# -- manifest ------------------------------------------------------------------------------------------------
 def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
