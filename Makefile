@@ -35,7 +35,7 @@ test-fast: $(STAMP)
 # The workflow on a throwaway one-node SLURM cluster (root; installs Debian's slurm packages when missing;
 # skips, saying why, where it cannot). See docs/workflow.md.
 test-slurm: $(STAMP)
-	GHANET_SLURM_TEST=1 $(BIN)/python -m pytest -q -ra -m slurm tests/test_slurm.py
+	GHANET_SLURM_TEST=1 $(BIN)/python -m pytest -q -ra -m slurm tests/e2e/test_slurm.py
 
 # Build the Dockerfile (locally made Debian base image) and run segment + extract-features in it on
 # SLIDE=/path/to/slide.svs; the bag must equal the one made outside. Root, podman (or ENGINE=docker).
