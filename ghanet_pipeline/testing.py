@@ -13,6 +13,8 @@ them. What each helper makes:
   + pooling) that takes a slide end to end in milliseconds; :data:`TINY_ENC` is the encoder record of its
   bags; :func:`write_tiny_bags` writes random bags recorded as made by it; :func:`make_run` a training run
   folder of tiny fold models saved through the real checkpoint API.
+- :data:`TINY_TRAIN`: the options of a narrow, short training (what the plumbing tests train with);
+  :func:`train_tiny` trains it on a study (tests/conftest.py's session fixture ``trained_run``).
 - :func:`stop_after_epoch` / :func:`train_interrupted_after_epoch`: a training run stopped like Ctrl-C.
 - :func:`snapshot`: every file under a folder with size, mtime and SHA-256 (to assert nothing changed).
 - :func:`write_csv`: a CSV file from a header and rows.
@@ -80,6 +82,21 @@ def make_synthetic_study(root: Path, n_cases: int = 24, seed: int = 3, n_patches
     preprocess_genomics(study.genomics_config(folds=folds, de_method="ttest"), root)
     write_synthetic_bags(cohort, study.features, n_patches=n_patches, dim=dim, seed=seed)
     return study
+
+
+#: a narrow G-HANet trained for 2 epochs (TrainConfig fields): enough for every plumbing test
+TINY_TRAIN: dict[str, Any] = dict(epochs=2, accum=4, dim=16, lr=5e-4)
+
+
+def train_tiny(study: SyntheticStudy, out: Path, folds: tuple[int, ...] = (0, 1), run_name: str = "tiny",
+               **over: Any) -> Any:
+    """``train_cv`` of ``study`` into ``out``/train/``run_name`` with :data:`TINY_TRAIN` (+ ``over``) on
+    ``folds``; returns its TrainResult."""
+    from .training.config import TrainConfig
+    from .training.cv import train_cv
+
+    cfg = TrainConfig(**{**TINY_TRAIN, "folds": list(folds), **over})
+    return train_cv(study.features, study.genomics, out, cfg, run_name=run_name)
 
 
 def snapshot(folder: Path, content: bool = True) -> dict[str, tuple]:

@@ -3,7 +3,7 @@
 - ``make_synthetic_slide`` / ``synthetic_slide_20x`` / ``synthetic_slide_40x``: small synthetic slides, made
   once per session; ``real_slide``: the real CMU-1-Small-Region.svs (the test skips when it is absent).
 - ``synthetic_study``: the synthetic cohort -> preprocess-genomics -> bags, built once per session and shared
-  read-only (a test that changes it fails; copy it first).
+  read-only (a test that changes it fails; copy it first); ``trained_run``: two folds trained on it.
 - ``workflow_cohort``: the tiny cohort with real slides of the workflow tests (tests/e2e/).
 - autouse: ``torch_threads`` (torch's thread count for every test: 1, or ``@pytest.mark.threads(n)``) and
   ``restored_registries`` (encoders and models a test registers are removed after it).
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ghanet_pipeline.testing import SyntheticStudy, make_synthetic_study, make_workflow_cohort, snapshot
+from ghanet_pipeline.testing import SyntheticStudy, make_synthetic_study, make_workflow_cohort, snapshot, train_tiny
 
 #: the real Aperio test slide (OpenSlide's CMU-1-Small-Region, 2220x2967 px at 0.499 um/px)
 REAL_SLIDE = Path(__file__).resolve().parents[1].parent / "shared/data/CMU-1-Small-Region.svs"
@@ -78,24 +78,39 @@ def real_slide() -> Path:
 def synthetic_study(tmp_path_factory: pytest.TempPathFactory) -> SyntheticStudy:
     """24 synthetic cases (seed 3; the phenotype drives hazard and planted genes), their tables, 3 genomics
     folds (t-test) and one 1024-wide bag of 20-40 patches per slide. Shared by every test of the session:
-    read-only (``_shared_study_unchanged`` fails a test that changed a file in it; copy what you change)."""
+    read-only (``_shared_folders_unchanged`` fails a test that changed a file in it; copy what you change)."""
     study = make_synthetic_study(tmp_path_factory.mktemp("study"), n_cases=24, seed=3, n_patches=(20, 40), folds=3)
     _AS_BUILT[study.root] = snapshot(study.root, content=False)
     return study
 
 
-#: snapshot (sizes, mtimes) of each shared input folder as it was built
+@pytest.fixture(scope="session")
+def trained_run(synthetic_study: SyntheticStudy, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An out folder holding ``train/tiny``: folds 0 and 1 of ``synthetic_study`` trained with
+    ``ghanet_pipeline.testing.TINY_TRAIN``. Read-only like the study: copy the folder before changing it or
+    training into it (``shutil.copytree(trained_run, tmp_path / "out")``)."""
+    out = tmp_path_factory.mktemp("trained")
+    train_tiny(synthetic_study, out)
+    _AS_BUILT[out] = snapshot(out, content=False)
+    return out
+
+
+#: snapshot (sizes, mtimes) of each shared folder as it was built
 _AS_BUILT: dict[Path, dict] = {}
+#: the session fixtures shared read-only, and the folder of each
+_SHARED = {"synthetic_study": lambda study: study.root, "trained_run": lambda out: out}
 
 
 @pytest.fixture(autouse=True)
-def _shared_study_unchanged(request: pytest.FixtureRequest) -> Iterator[None]:
-    """After each test that used ``synthetic_study`` (directly or through another fixture): it is as built."""
+def _shared_folders_unchanged(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test that used ``synthetic_study`` or ``trained_run`` (directly or through another
+    fixture): their folders are as built."""
     yield
-    if "synthetic_study" in request.fixturenames:
-        root = request.getfixturevalue("synthetic_study").root
-        assert snapshot(root, content=False) == _AS_BUILT[root], \
-            f"{request.node.nodeid} (or a fixture it uses) changed the shared synthetic_study: copy what you change"
+    for name, folder_of in _SHARED.items():
+        if name in request.fixturenames:
+            root = folder_of(request.getfixturevalue(name))
+            assert snapshot(root, content=False) == _AS_BUILT[root], \
+                f"{request.node.nodeid} (or a fixture it uses) changed the shared {name}: copy what you change"
 
 
 @pytest.fixture(scope="session")

@@ -12,13 +12,10 @@ import torch
 from ghanet_pipeline.core.errors import CheckpointError, MismatchError
 from ghanet_pipeline.core.fingerprints import check_same
 from ghanet_pipeline.models import create_model, load_checkpoint, save_checkpoint
-from ghanet_pipeline.training.config import TrainConfig
-from ghanet_pipeline.training.cv import train_cv
+from ghanet_pipeline.testing import train_tiny
 
 #: a narrow G-HANet (three families, one of them empty)
 TINY_MODEL = dict(in_dim=16, family_sizes=[3, 0, 4], n_bins=4, dim=32, heads=2, dropout=0.25, topk=0.2)
-#: a narrow G-HANet trained for 2 epochs
-TINY_TRAIN = dict(epochs=2, accum=4, dim=16, lr=5e-4)
 META = {"families": ["a", "b", "c"], "selected": {"a": ["G1", "G2", "G3"], "b": [], "c": list("WXYZ")},
         "scaler": None, "bin_edges_months": [0.0, 5.0, 10.0, 20.0, 80.0],
         "encoder": {"encoder": "resnet50_trunc", "weights_sha256": "random:0", "input_size": 224,
@@ -32,14 +29,11 @@ def tiny(seed: int = 0):
 
 
 @pytest.fixture(scope="module")
-def trained(synthetic_study, tmp_path_factory):
-    """Two training runs on the shared study: ``a`` (folds 0 and 1) and ``b`` (fold 1, another seed: other
-    weights). Read-only: a test that changes one copies it first."""
-    out = tmp_path_factory.mktemp("trained")
-    feats, gdir = synthetic_study.features, synthetic_study.genomics
-    a = train_cv(feats, gdir, out, TrainConfig(**dict(TINY_TRAIN, folds=[0, 1])), run_name="a").run_dir
-    b = train_cv(feats, gdir, out, TrainConfig(**dict(TINY_TRAIN, folds=[1], seed=1)), run_name="b").run_dir
-    return a, b
+def trained(synthetic_study, trained_run, tmp_path_factory):
+    """Two training runs on the shared study: ``a`` (the session's ``trained_run``, folds 0 and 1) and ``b``
+    (fold 1 with another seed: other weights). Read-only: a test that changes one copies it first."""
+    b = train_tiny(synthetic_study, tmp_path_factory.mktemp("trained"), folds=(1,), run_name="b", seed=1).run_dir
+    return trained_run / "train" / "tiny", b
 
 
 def test_checkpoint_pair_from_different_trainings_is_refused(trained, tmp_path):

@@ -24,12 +24,13 @@ from ghanet_pipeline.demo.cohort import make_cohort, write_cohort_tables
 from ghanet_pipeline.features.bags import write_bag
 from ghanet_pipeline.genomics import GenomicsConfig, load_fold, preprocess_genomics
 from ghanet_pipeline.models import load_checkpoint
+from ghanet_pipeline.testing import TINY_TRAIN
 from ghanet_pipeline.training.config import TrainConfig
 from ghanet_pipeline.training.cv import train_cv
 from ghanet_pipeline.training.data import balanced_order
 
-#: tiny model for the plumbing tests (the architecture is the paper's, only narrower)
-TINY = dict(epochs=2, accum=4, dim=32, lr=5e-4)
+#: tiny model for the plumbing tests (the architecture is the paper's, only narrower, 2 epochs)
+TINY = TINY_TRAIN
 
 
 @pytest.fixture

@@ -18,12 +18,13 @@ from click.testing import CliRunner
 from ghanet_pipeline.cli import cli
 from ghanet_pipeline.core.errors import BusyError, MismatchError
 from ghanet_pipeline.features.bags import read_bag, write_bag
-from ghanet_pipeline.testing import package_env, snapshot
+from ghanet_pipeline.testing import TINY_TRAIN, package_env, snapshot
 from ghanet_pipeline.training.config import TrainConfig
 from ghanet_pipeline.training.cv import train_cv
 
-#: a narrow model trained on fold 0 only: these tests are about what reruns refuse, not about learning
-TINY = dict(epochs=2, accum=4, dim=16, lr=5e-4, folds=[0])
+#: the options of the session's ``trained_run`` (run ``tiny``, folds 0 and 1), here for fold 0 only
+TINY = dict(TINY_TRAIN, folds=[0])
+RUN = "tiny"
 
 
 @pytest.fixture
@@ -32,10 +33,15 @@ def data(synthetic_study):
     return synthetic_study.features, synthetic_study.genomics, synthetic_study.cohort
 
 
-def test_rerun_with_other_inputs_is_refused_and_changes_nothing(data, synthetic_study, tmp_path):
+def _copy(trained_run: Path, dst: Path) -> Path:
+    shutil.copytree(trained_run, dst)
+    return dst
+
+
+def test_rerun_with_other_inputs_is_refused_and_changes_nothing(data, synthetic_study, trained_run, tmp_path):
     feats, gdir, cohort = data
-    train_cv(feats, gdir, tmp_path, TrainConfig(**TINY), run_name="r")
-    run = tmp_path / "train" / "r"
+    out = _copy(trained_run, tmp_path / "out")
+    run = out / "train" / RUN
     cfg = json.loads((run / "config.json").read_text())
     assert set(cfg["fingerprint"]) == {"features", "encoder", "cases", "genomics", "options"}
     meta = json.loads((run / "fold_0" / "model.json").read_text())
@@ -50,7 +56,7 @@ def test_rerun_with_other_inputs_is_refused_and_changes_nothing(data, synthetic_
     bag = read_bag(other / f"{sid}.h5")
     write_bag(other / f"{sid}.h5", bag.features + 0.5, bag.coords, bag.attrs)
     with pytest.raises(MismatchError) as exc:
-        train_cv(other, gdir, tmp_path, TrainConfig(**TINY), run_name="r")
+        train_cv(other, gdir, out, TrainConfig(**TINY), run_name=RUN)
     assert f"features: 1 changed ({sid}:" in str(exc.value) and "--run-name NEW" in str(exc.value)
     assert "- genomics:" not in str(exc.value) and "- options:" not in str(exc.value)
     assert snapshot(run) == before
@@ -60,7 +66,7 @@ def test_rerun_with_other_inputs_is_refused_and_changes_nothing(data, synthetic_
 
     preprocess_genomics(synthetic_study.genomics_config(folds=2, de_method="ttest"), tmp_path / "g2")
     gdir2 = tmp_path / "g2" / "genomics"
-    args = ["train", "--features", str(feats), "--out", str(tmp_path), "--run-name", "r", "--folds", "0",
+    args = ["train", "--features", str(feats), "--out", str(out), "--run-name", RUN, "--folds", "0",
             "--epochs", "2", "--accum", "4", "--dim", "16", "--lr", "5e-4", "--no-progress"]
     res = CliRunner().invoke(cli, args + ["--genomics", str(gdir2)])
     assert res.exit_code == 1, res.output
@@ -83,27 +89,27 @@ def test_rerun_with_other_inputs_is_refused_and_changes_nothing(data, synthetic_
     res = CliRunner().invoke(cli, args[:-1] + ["--genomics", str(gdir), "--max-patches", "5", "--no-progress"])
     assert res.exit_code == 1 and "options: 1 changed (max_patches: null -> 5)" in res.output, res.output
     with pytest.raises(MismatchError, match="features"):
-        train_cv(other, gdir, tmp_path, TrainConfig(**TINY), run_name="r", resume=True)
+        train_cv(other, gdir, out, TrainConfig(**TINY), run_name=RUN, resume=True)
     assert snapshot(run) == before
 
     # same inputs: accepted, nothing retrained; --overwrite replaces the run
-    again = train_cv(feats, gdir, tmp_path, TrainConfig(**TINY), run_name="r")
+    again = train_cv(feats, gdir, out, TrainConfig(**TINY), run_name=RUN)
     assert [r.status for r in again.folds] == ["skipped"]
     assert (run / "fold_0" / "model.safetensors").stat().st_mtime_ns == before["fold_0/model.safetensors"][1]
-    new = train_cv(other, gdir, tmp_path, TrainConfig(**TINY), run_name="r", overwrite=True)
+    new = train_cv(other, gdir, out, TrainConfig(**TINY), run_name=RUN, overwrite=True)
     assert [r.status for r in new.folds] == ["done"]
     assert json.loads((run / "config.json").read_text())["fingerprint_digest"] != cfg["fingerprint_digest"]
 
 
-def test_old_run_without_fingerprint_is_refused(data, tmp_path):
+def test_old_run_without_fingerprint_is_refused(data, trained_run, tmp_path):
     feats, gdir, _ = data
-    train_cv(feats, gdir, tmp_path, TrainConfig(**TINY), run_name="old")
-    cfg_path = tmp_path / "train" / "old" / "config.json"
+    out = _copy(trained_run, tmp_path / "out")
+    cfg_path = out / "train" / RUN / "config.json"
     cfg = json.loads(cfg_path.read_text())
     del cfg["fingerprint"]
     cfg_path.write_text(json.dumps(cfg))
     with pytest.raises(MismatchError, match="records no input fingerprint"):
-        train_cv(feats, gdir, tmp_path, TrainConfig(**TINY), run_name="old")
+        train_cv(feats, gdir, out, TrainConfig(**TINY), run_name=RUN)
 
 
 # ----------------------------------------------------------------------------------------- concurrent jobs, locks
@@ -132,14 +138,14 @@ def test_parallel_fold_jobs_merge_into_one_complete_run(data, tmp_path):
     assert not list(run.rglob("*.tmp")) and not list((tmp_path / "train" / ".locks" / "par").glob("job-*"))
 
 
-def test_overwrite_refused_while_another_job_holds_the_run(data, tmp_path):
+def test_overwrite_refused_while_another_job_holds_the_run(data, trained_run, tmp_path):
     feats, gdir, _ = data
-    train_cv(feats, gdir, tmp_path, TrainConfig(**TINY), run_name="par")
-    before = snapshot(tmp_path / "train" / "par")
+    out = _copy(trained_run, tmp_path / "out")
+    before = snapshot(out / "train" / RUN)
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
         from ghanet_pipeline.core.locks import OutputLocks
-        locks = OutputLocks({str(tmp_path / 'train')!r}, "par")
+        locks = OutputLocks({str(out / 'train')!r}, {RUN!r})
         with locks.exclusive():
             locks.register_job()
         print("held", flush=True)
@@ -148,26 +154,26 @@ def test_overwrite_refused_while_another_job_holds_the_run(data, tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(BusyError, match="in use by 1 other train process"):
-            train_cv(feats, gdir, tmp_path, TrainConfig(**TINY), run_name="par", overwrite=True)
-        assert snapshot(tmp_path / "train" / "par") == before
+            train_cv(feats, gdir, out, TrainConfig(**TINY), run_name=RUN, overwrite=True)
+        assert snapshot(out / "train" / RUN) == before
     finally:
         holder.kill()
         holder.wait()
     # the holder was killed: the OS released its lock, its lock file is stale and --overwrite proceeds
-    res = train_cv(feats, gdir, tmp_path, TrainConfig(**TINY), run_name="par", overwrite=True)
+    res = train_cv(feats, gdir, out, TrainConfig(**TINY), run_name=RUN, overwrite=True)
     assert [r.status for r in res.folds] == ["done"]
-    assert not list((tmp_path / "train" / ".locks" / "par").glob("job-*"))
+    assert not list((out / "train" / ".locks" / RUN).glob("job-*"))
 
 
-def test_reports_merged_from_finished_folds_on_disk_equal_the_ones_from_memory(data, tmp_path):
+def test_reports_merged_from_finished_folds_on_disk_equal_the_ones_from_memory(data, trained_run, tmp_path):
     """A rerun after a kill between a fold's end and the reports (or a second fold job) merges the
     reports from the fold files on disk: byte-identical to an uninterrupted run's."""
     feats, gdir, _ = data
-    a = train_cv(feats, gdir, tmp_path / "a", TrainConfig(**TINY)).run_dir
-    b = train_cv(feats, gdir, tmp_path / "b", TrainConfig(**TINY)).run_dir
+    a = trained_run / "train" / RUN  # its reports were written from the folds in memory
+    b = _copy(trained_run, tmp_path / "b") / "train" / RUN
     for f in ("predictions.csv", "metrics.json"):
         (b / f).unlink()
-    again = train_cv(feats, gdir, tmp_path / "b", TrainConfig(**TINY))
-    assert [r.status for r in again.folds] == ["skipped"]
+    again = train_cv(feats, gdir, tmp_path / "b", TrainConfig(**dict(TINY, folds=[0, 1])), run_name=RUN)
+    assert [r.status for r in again.folds] == ["skipped", "skipped"]
     for f in ("predictions.csv", "metrics.json"):
         assert (a / f).read_bytes() == (b / f).read_bytes(), f

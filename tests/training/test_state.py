@@ -13,13 +13,19 @@ import pytest
 
 from ghanet_pipeline.core.errors import MismatchError
 from ghanet_pipeline.features.bags import read_bag, write_bag
-from ghanet_pipeline.testing import Interrupted, snapshot, stop_after_epoch, train_interrupted_after_epoch
+from ghanet_pipeline.testing import (
+    TINY_TRAIN,
+    Interrupted,
+    snapshot,
+    stop_after_epoch,
+    train_interrupted_after_epoch,
+)
 from ghanet_pipeline.training.config import TrainConfig
 from ghanet_pipeline.training.cv import train_cv
 from ghanet_pipeline.training.state import STATE_NAME, read_state_metadata
 
-#: a narrow model trained on fold 0 only, 3 epochs
-TINY = dict(epochs=3, accum=4, dim=16, lr=5e-4, folds=[0])
+#: the options of the session's ``trained_run`` (2 epochs), on fold 0 only: its fold 0 is the uninterrupted run
+TINY = dict(TINY_TRAIN, folds=[0])
 
 
 @pytest.fixture
@@ -30,10 +36,10 @@ def data(synthetic_study):
 
 @pytest.fixture(scope="module")
 def interrupted(synthetic_study, tmp_path_factory) -> Path:
-    """An out folder whose training (TINY) was stopped like Ctrl-C after epoch 2: fold 0 has a resume state.
-    Shared by this module's tests: each copies it first (:func:`_copy_of`)."""
+    """An out folder whose training (TINY) was stopped like Ctrl-C after epoch 1 of 2: fold 0 has a resume
+    state. Shared by this module's tests: each copies it first (:func:`_copy_of`)."""
     out = tmp_path_factory.mktemp("interrupted")
-    train_interrupted_after_epoch(2, synthetic_study.features, synthetic_study.genomics, out, TrainConfig(**TINY))
+    train_interrupted_after_epoch(1, synthetic_study.features, synthetic_study.genomics, out, TrainConfig(**TINY))
     return out
 
 
@@ -46,12 +52,12 @@ def _epochs(events: list) -> list[int]:
     return [e for k, e in events if k == "epoch"]
 
 
-def test_resume_after_interruption_is_identical_and_refuses_changed_inputs(data, interrupted, tmp_path):
+def test_resume_after_interruption_is_identical_and_refuses_changed_inputs(data, interrupted, trained_run, tmp_path):
     """The state is one file holding its epoch; other inputs are refused before anything is written; with the
-    same ones only epoch 3 is trained and the result equals an uninterrupted run's; a finished fold is kept."""
+    same ones only epoch 2 is trained and the result equals the uninterrupted run's (``trained_run``'s fold 0);
+    a finished fold is kept."""
     feats, gdir, _ = data
     cfg = TrainConfig(**TINY)
-    ref = train_cv(feats, gdir, tmp_path / "a", cfg)
 
     out = _copy_of(interrupted, tmp_path / "b")
     run = out / "train" / "ghanet"
@@ -59,7 +65,7 @@ def test_resume_after_interruption_is_identical_and_refuses_changed_inputs(data,
     # ONE file, its epoch inside it (no state.json: the old two-file kill window is gone); no model yet
     assert sorted(p.name for p in state_dir.iterdir()) == [STATE_NAME] and not (fold_dir / "model.json").exists()
     meta = read_state_metadata(state_dir)
-    assert meta["epoch"] == "2" and meta["fold"] == "0"
+    assert meta["epoch"] == "1" and meta["fold"] == "0"
     assert meta["fingerprint_digest"] == json.loads((run / "config.json").read_text())["fingerprint_digest"]
     # other bags (one bag lost a patch): refused, naming it, before anything is written
     before = snapshot(run)
@@ -71,14 +77,15 @@ def test_resume_after_interruption_is_identical_and_refuses_changed_inputs(data,
     with pytest.raises(MismatchError, match=f"features: 1 changed \\({victim.stem}"):
         train_cv(other, gdir, out, cfg, resume=True)
     assert snapshot(run) == before
-    # with the original inputs the state is resumed at epoch 2: only epoch 3 is trained, same result
+    # with the original inputs the state is resumed after epoch 1: only epoch 2 is trained, same result
     events = []
     res = train_cv(feats, gdir, out, cfg, resume=True,
                    progress=lambda kind, **info: events.append((kind, info.get("epoch"))))
-    assert ("resume", 2) in events and _epochs(events) == [3]
-    a = pd.read_csv(ref.run_dir / "predictions.csv")
-    b = pd.read_csv(res.run_dir / "predictions.csv")
-    np.testing.assert_allclose(a["risk"], b["risk"], rtol=1e-5, atol=1e-6)
+    assert ("resume", 1) in events and _epochs(events) == [2]
+    a = pd.read_csv(trained_run / "train" / "tiny" / "fold_0" / "predictions.csv").set_index("case_id")
+    b = pd.read_csv(res.run_dir / "predictions.csv").set_index("case_id")
+    assert sorted(a.index) == sorted(b.index)
+    np.testing.assert_allclose(a.loc[b.index, "risk"], b["risk"], rtol=1e-5, atol=1e-6)
     assert not state_dir.exists()
     # a finished fold is not retrained; other options refuse to resume
     mtime = (fold_dir / "model.safetensors").stat().st_mtime_ns
@@ -99,7 +106,7 @@ def test_without_resume_an_interrupted_fold_starts_again(data, interrupted, tmp_
     out = _copy_of(interrupted, tmp_path / "c")
     events = []
     train_cv(feats, gdir, out, TrainConfig(**TINY), progress=lambda kind, **info: events.append((kind, info.get("epoch"))))
-    assert _epochs(events) == [1, 2, 3] and ("resume", 2) not in events
+    assert _epochs(events) == [1, 2] and ("resume", 1) not in events
     assert not (out / "train" / "ghanet" / "fold_0" / "state").exists()
 
 
@@ -118,17 +125,17 @@ def test_damaged_state_is_discarded_with_a_warning(data, interrupted, tmp_path, 
         state.write_bytes(bytes(b))
     elif damage == "other_fold":  # a state of fold 1 copied over fold 0's
         with pytest.raises(Interrupted):
-            train_cv(feats, gdir, tmp_path / "o", TrainConfig(**dict(cfg, folds=[1])), progress=stop_after_epoch(2))
+            train_cv(feats, gdir, tmp_path / "o", TrainConfig(**dict(cfg, folds=[1])), progress=stop_after_epoch(1))
         shutil.copy(tmp_path / "o" / "train" / "ghanet" / "fold_1" / "state" / STATE_NAME, state)
     else:  # the two-file format of older versions
         state.unlink()
-        (state.parent / "state.json").write_text(json.dumps({"epoch": 2}))
+        (state.parent / "state.json").write_text(json.dumps({"epoch": 1}))
         (state.parent / "state.safetensors.old").write_bytes(raw)
     events = []
     with caplog.at_level(logging.WARNING):
         train_cv(feats, gdir, out, TrainConfig(**cfg), resume=True,
                  progress=lambda kind, **info: events.append((kind, info.get("epoch"))))
-    assert _epochs(events) == [1, 2, 3]  # restarted, not resumed from a bad state
+    assert _epochs(events) == [1, 2]  # restarted, not resumed from a bad state
     assert "resume state not used because" in caplog.text
 
 
