@@ -62,32 +62,44 @@ def test_build_cohort_writes_slides_carrying_the_phenotype_and_a_separate_holdou
     assert mtimes == {p: p.stat().st_mtime_ns for p in (tmp_path / "slides").iterdir()}
 
 
-def test_smallest_accepted_slides_all_have_tissue_patches(tmp_path: Path) -> None:
-    """At the smallest sizes the CLI accepts (11 cases + 1 held-out, 2 folds, MIN_SLIDE_PX, seed 0) every
-    training and held-out slide gets tissue patches under `segment`'s defaults (what the stages need)."""
-    from ghanet_pipeline.wsi.inputs import SlideSpec
-    from ghanet_pipeline.wsi.segment import SegmentParams, load_coords, segment_paths, segment_slide
-
-    cfg = DemoConfig(n_cases=11, n_holdout=1, folds=2, slide_px=MIN_SLIDE_PX)
-    check_config(cfg)  # accepted
-    paths = build_cohort(tmp_path, cfg)
-    slides = pd.concat([pd.read_csv(paths["manifest"]), pd.read_csv(paths["holdout_manifest"])])
-    assert len(slides) >= 12
-    for r in slides.itertuples():
-        res = segment_slide(SlideSpec(r.slide_id, tmp_path / r.path, r.case_id), tmp_path / "out", SegmentParams())
-        assert res.status == "done", res.message
-        coords, _ = load_coords(segment_paths(tmp_path / "out", r.slide_id)["coords"])
-        assert len(coords) > 0, r.slide_id
-
-
-def test_missing_stage_is_skipped_and_listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(scope="module")
+def smallest_demo(tmp_path_factory: pytest.TempPathFactory):
+    """``run_demo`` at the smallest sizes the CLI accepts (11 cases + 1 held-out, 2 folds, MIN_SLIDE_PX, seed
+    0) with every stage reported as not installed: only the cohort is built. (result, config)."""
     import ghanet_pipeline.demo.run as demo
 
-    monkeypatch.setattr(demo, "stage_available", lambda stage: False)
-    res = run_demo(tmp_path, DemoConfig(n_cases=11, n_holdout=1, folds=2, slide_px=MIN_SLIDE_PX))
+    cfg = DemoConfig(n_cases=11, n_holdout=1, folds=2, slide_px=MIN_SLIDE_PX)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(demo, "stage_available", lambda stage: False)
+        return run_demo(tmp_path_factory.mktemp("smallest-demo"), cfg), cfg
+
+
+def test_missing_stage_is_skipped_and_listed(smallest_demo) -> None:
+    import ghanet_pipeline.demo.run as demo
+
+    res, _ = smallest_demo
     assert res.ok and [s.stage for s in res.stages] == ["cohort"]
     assert set(res.missing) == set(demo.STAGE_MODULES)
     assert stage_available("segment")  # the real check sees installed commands
+
+
+@pytest.mark.slow
+def test_smallest_accepted_slides_all_have_tissue_patches(smallest_demo, tmp_path: Path) -> None:
+    """At the smallest accepted sizes every training and held-out slide gets tissue patches under
+    `segment`'s defaults (what the later stages need)."""
+    from ghanet_pipeline.wsi.inputs import SlideSpec
+    from ghanet_pipeline.wsi.segment import SegmentParams, load_coords, segment_paths, segment_slide
+
+    res, cfg = smallest_demo
+    check_config(cfg)  # accepted
+    data = res.data_dir
+    slides = pd.concat([pd.read_csv(data / "manifest.csv"), pd.read_csv(data / "holdout_manifest.csv")])
+    assert len(slides) >= cfg.n_cases + cfg.n_holdout
+    for r in slides.itertuples():
+        seg = segment_slide(SlideSpec(r.slide_id, data / r.path, r.case_id), tmp_path, SegmentParams())
+        assert seg.status == "done", seg.message
+        coords, _ = load_coords(segment_paths(tmp_path, r.slide_id)["coords"])
+        assert len(coords) > 0, r.slide_id
 
 
 def _demo_cli(*args: str):
