@@ -25,7 +25,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """The default `ghanet demo` (what `make demo` runs), once: (its --out folder, its output text)."""
     out = tmp_path_factory.mktemp("full-demo") / "demo-out"
     res = subprocess.run([sys.executable, "-m", "ghanet_pipeline", "demo", "--out", str(out)], capture_output=True,
-                         text=True, timeout=3600, check=False, env=package_env(COLUMNS="160"))
+                         text=True, timeout=3600, check=False, env=package_env())
     text = res.stdout + res.stderr
     assert res.returncode == 0, text[-5000:]
     return out, text

@@ -8,8 +8,8 @@ from ghanet_pipeline.features.bags import read_bag, read_bag_attrs
 from ghanet_pipeline.features.fingerprints import bag_content_sha, features_sha256
 
 
-def test_bag_hash_recorded_at_extract_and_equal_to_hashing_the_data(tmp_path, data):
-    feats, _, _ = data
+def test_bag_hash_recorded_at_extract_and_equal_to_hashing_the_data(tmp_path, synthetic_study):
+    feats = synthetic_study.features
     bag = sorted(feats.glob("*.h5"))[0]
     attrs = read_bag_attrs(bag)
     features = read_bag(bag).features

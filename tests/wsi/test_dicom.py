@@ -8,6 +8,7 @@ overview and thumbnail instances. Pixels are therefore identical, so coords and 
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -132,8 +133,12 @@ def test_non_conformant_dicom_says_what_is_missing(dicom_slides, tmp_path):
     shutil.copy(plain / "level0.dcm", other / "level0.dcm")
     _mutate(other, tmp_path / "ct2", ct)
     res = CliRunner().invoke(cli, ["segment", str(tmp_path / "ct2"), "--out", str(tmp_path / "o"), "--no-progress"])
-    assert res.exit_code == 1 and "CT Image" in res.output and "not a VL Whole Slide" in res.output
-    assert "damaged" not in res.output
+    assert res.exit_code == 1 and "failed" in res.output, res.output
+    # the message in the run log (the terminal table wraps it at the width of the temporary paths)
+    (log,) = (tmp_path / "o" / "logs").glob("segment-*.json")
+    (item,) = json.loads(log.read_text())["items"]
+    assert "CT Image" in item["message"] and "not a VL Whole Slide" in item["message"]
+    assert "damaged" not in item["message"]
 
 
 def test_truncated_dicom_is_damaged(dicom_slides, tmp_path):
