@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -132,13 +130,25 @@ def test_bags_of_calibrated_and_raw_encoder_do_not_mix(calibrated, cohort):
         bags.check_compatible([a, b])
 
 
-def test_cli_calibrate_encoder(cohort, tmp_path):
-    cmd = [sys.executable, "-m", "ghanet_pipeline", "calibrate-encoder", *[str(s.path) for s in cohort],
-           "--out", str(tmp_path), "--weights", "random:1", "--patches", "16", "--batch-size", "8"]
-    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    assert r.returncode == 0, r.stderr
-    dest = tmp_path / "encoders" / "resnet50_trunc_random1_calibrated.safetensors"
-    assert str(dest) in r.stdout.replace("\n", "") and file_sha256(dest) in r.stdout
-    assert any((tmp_path / "logs").glob("calibrate-encoder-*.json"))
-    r2 = subprocess.run(cmd + ["--seed", "5"], capture_output=True, text=True, check=False)
-    assert r2.returncode == 2 and "--overwrite" in r2.stderr
+def test_cli_calibrate_encoder(calibrated, cohort, tmp_path):
+    """The command on the fixture's slides and settings (in a copy of its out folder): it finds the same
+    calibration and prints the file, its sha256 and the next command; other settings are a usage error."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from ghanet_pipeline.cli import cli
+
+    out = tmp_path / "out"
+    shutil.copytree(calibrated[0], out)
+    args = ["calibrate-encoder", *[str(s.path) for s in cohort], "--out", str(out), "--weights", "random:0",
+            "--patches", "20", "--batch-size", "8"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    dest = out / "encoders" / "resnet50_trunc_random0_calibrated.safetensors"
+    text = r.output.replace("\n", "")
+    assert f"reused {dest}" in text and file_sha256(dest) in text and f"--weights {dest}" in text
+    records = [json.loads(p.read_text()) for p in (out / "logs").glob("calibrate-encoder-*.json")]
+    assert any(r["items"][0]["status"] == "skipped" for r in records), records  # this run's record
+    r2 = CliRunner().invoke(cli, args + ["--seed", "5"])
+    assert r2.exit_code == 2 and "--overwrite" in r2.output, r2.output
