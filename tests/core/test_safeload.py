@@ -119,6 +119,7 @@ def test_saved_safetensors_are_byte_identical(tmp_path):
         assert torch.equal(fh.get_tensor("a"), tensors["a"]) and torch.equal(fh.get_tensor("b"), tensors["b"])
 
 
+@pytest.mark.slow  # starts Python processes (each imports torch)
 def test_safetensors_bytes_do_not_depend_on_the_process(tmp_path):
     """safetensors orders metadata by a per-process hash map; safeload.save_safetensors sorts them, so a
     checkpoint's weights_sha256 is the same in every run (kill + rerun gives identical files)."""
@@ -132,7 +133,7 @@ def test_safetensors_bytes_do_not_depend_on_the_process(tmp_path):
         assert torch.equal(back["b.weight"], t["b.weight"]) and torch.equal(back["a.bias"], t["a.bias"])
         """)
     shas = set()
-    for i in range(3):
+    for i in range(2):  # two processes: unsorted, their metadata orders differ (in one process too, see above)
         path = tmp_path / f"{i}.safetensors"
         subprocess.run([sys.executable, "-c", code, str(path)], env=package_env(), check=True)
         shas.add(hashlib.sha256(path.read_bytes()).hexdigest())

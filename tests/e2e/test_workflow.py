@@ -1,6 +1,7 @@
-"""The Snakemake workflow (pipelines/Snakefile): SLURM-profile dry run and a tiny cohort end to end.
+"""The Snakemake workflow (pipelines/Snakefile): dry runs (the SLURM profile's plan, options reaching the
+commands, bad config values refused before any job) and a tiny cohort end to end.
 
-The end-to-end test is marked ``workflow`` (deselect locally with ``-m "not workflow"``; CI runs it).
+Every test starts Snakemake and is marked ``workflow`` (not in `make test-fast`; `make test` and CI run them).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import pytest
 from ghanet_pipeline.testing import check_workflow_outputs, snakemake_path, workflow_config, write_csv
 from ghanet_pipeline.testing import run_snakemake as _run_snakemake
 
-pytestmark = pytest.mark.skipif(not snakemake_path().exists(),
-                                reason="snakemake not installed (pip install '.[workflow]')")
+#: every test here starts Snakemake (a few seconds each, dry runs included): marker ``workflow``
+pytestmark = [pytest.mark.workflow,
+              pytest.mark.skipif(not snakemake_path().exists(), reason="snakemake not installed (pip install '.[workflow]')")]
 
 #: repository root (pipelines/Snakefile, pipelines/profiles/...)
 REPO = Path(__file__).resolve().parents[2]
@@ -152,7 +154,6 @@ def workflow_run(workflow_cohort: Path) -> WorkflowRun:
     return WorkflowRun(tmp, out, res, hand_coords, mtime)
 
 
-@pytest.mark.workflow
 def test_workflow_runs_tiny_cohort_end_to_end_and_mixes_with_cli(workflow_run: WorkflowRun) -> None:
     res, tmp, out = workflow_run.result, workflow_run.cohort, workflow_run.out
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-6000:]
@@ -167,7 +168,6 @@ def test_workflow_runs_tiny_cohort_end_to_end_and_mixes_with_cli(workflow_run: W
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
-@pytest.mark.workflow
 def test_workflow_protocol_official_is_refused_on_ghanet_outputs_and_recorded_in_a_new_out(
         workflow_run: WorkflowRun) -> None:
     """`protocol: official` on the finished ghanet outputs is refused before any job runs (naming the key and

@@ -7,7 +7,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 
+
+@pytest.mark.slow  # a fresh Python process plotting every figure
 def test_plots_and_heatmaps_leave_the_backend_alone(tmp_path):
     code = textwrap.dedent(f"""
         import matplotlib, numpy as np

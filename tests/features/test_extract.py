@@ -242,6 +242,7 @@ def test_bf16_precision_and_float16_storage(reference, small_slide, extractor, p
         Extractor(params.__class__(**{**params.__dict__, "precision": "fp16"}), encoder=extractor.encoder)
 
 
+@pytest.mark.slow  # starts Python processes (each imports torch)
 def test_devices_pull_from_one_queue(reference, small_slide, params, tmp_path):
     """--devices cpu,cpu: two spawned processes share the slides; bags equal the single-process ones."""
     out_ref, bag = reference

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ghanet_pipeline.features.resnet import resnet50
@@ -24,6 +25,7 @@ def test_same_state_dict_and_forward_as_torchvision():
         assert torch.equal(ours(x), ref(x))
 
 
+@pytest.mark.slow  # starts Python processes (each imports torch)
 def test_extraction_does_not_import_torchvision():
     import subprocess
     import sys

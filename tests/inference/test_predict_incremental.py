@@ -82,6 +82,7 @@ def test_shards_write_one_table(tmp_path):
     assert r.exit_code == 2 and "--shard 3/2" in r.output
 
 
+@pytest.mark.slow  # starts Python processes (each imports torch)
 def test_two_processes_into_one_out_lose_nothing(tmp_path):
     run = make_run(tmp_path / "run", TINY_ENC, folds=(0, 1))
     ids = [f"c{i:02d}" for i in range(24)]
@@ -101,6 +102,7 @@ def test_two_processes_into_one_out_lose_nothing(tmp_path):
     assert not list((out / "predict").glob(".*.tmp"))
 
 
+@pytest.mark.slow  # starts Python processes (each imports torch)
 def test_killed_predict_keeps_finished_cases(tmp_path):
     run = make_run(tmp_path / "run", TINY_ENC, folds=(0, 1))
     ids = [f"k{i:03d}" for i in range(80)]

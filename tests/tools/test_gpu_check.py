@@ -33,6 +33,7 @@ def test_no_nvidia_smi_says_no_gpu_and_exits_0(tmp_path):
     assert not (tmp_path / "work").exists()  # nothing made
 
 
+@pytest.mark.slow  # starts Python processes (each imports torch)
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_gpu_listed_but_torch_without_cuda_says_no_gpu_and_exits_0(tmp_path):
     import torch
