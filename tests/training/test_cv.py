@@ -110,7 +110,7 @@ def test_planted_signal_learned_and_permuted_labels_are_not(tmp_path):
     assert m["optimistic"] is False and m["select"] == "final"
 
 
-def test_rerun_removes_temporary_files_of_killed_runs_only(synthetic_study, tmp_path):
+def test_rerun_removes_temporary_files_of_killed_runs_only(synthetic_study, trained_run, tmp_path):
     """Half-written files of a dead process are removed by the rerun (train run/fold/state folders, genomics
     fold folders, run logs); one of a live writer (this process) is left alone."""
     import subprocess
@@ -122,9 +122,10 @@ def test_rerun_removes_temporary_files_of_killed_runs_only(synthetic_study, tmp_
     dead.wait()
     host = _owner().rsplit("-", 1)[0]
     root = tmp_path / "o"
-    shutil.copytree(gdir, root / "genomics")
-    cfg = TrainConfig(**dict(TINY, epochs=1, folds=[0]))
-    run_dir = train_cv(feats, root / "genomics", root, cfg).run_dir
+    shutil.copytree(trained_run, root)  # a finished run (train/tiny, logs/) ...
+    shutil.copytree(gdir, root / "genomics")  # ... and its genomics folder
+    cfg = TrainConfig(**dict(TINY, folds=[0, 1]))
+    run_dir = root / "train" / "tiny"
     places = [run_dir, run_dir / "fold_0", run_dir / "fold_0" / "state", root / "genomics" / "fold_0",
               root / "logs"]
     stale, live = [], []
@@ -134,8 +135,8 @@ def test_rerun_removes_temporary_files_of_killed_runs_only(synthetic_study, tmp_
         live.append(d / f".km.png.{_owner()}.x2.tmp")
         for f in (stale[-1], live[-1]):
             f.write_bytes(b"half")
-    again = train_cv(feats, root / "genomics", root, cfg)
-    assert [r.status for r in again.folds] == ["skipped"]
+    again = train_cv(feats, root / "genomics", root, cfg, run_name="tiny")
+    assert [r.status for r in again.folds] == ["skipped", "skipped"]
     preprocess_genomics(synthetic_study.genomics_config(folds=3, de_method="ttest"), root)
     assert [f for f in stale if f.exists()] == []
     assert all(f.exists() for f in live)
@@ -151,55 +152,48 @@ def test_bags_from_different_encoders_refused(tiny, tmp_path):
         train_cv(mixed, gdir, tmp_path, TrainConfig(**TINY))
 
 
-def test_missing_bags_warned_and_empty_fold_fails(tiny, tmp_path):
+def test_missing_and_zero_patch_bags_are_warned_and_skipped_nan_and_empty_folds_fail(tiny, tmp_path):
+    """One training with a validation case without bags and a training case with a 0-patch bag: both are
+    warned about and skipped; then NaN features stop the fold naming the case, and a fold none of whose
+    validation cases has a bag fails while the next fold trains."""
     feats, gdir, cohort = tiny
-    part = _copy_features(feats, tmp_path / "part")
+    bad = _copy_features(feats, tmp_path / "bad")
     fold0 = load_fold(gdir, 0)
     slides_of = cohort.clinical.groupby("case_id").slide_id.apply(list)
-    gone = fold0.val_ids[:1]
-    for c in gone:
-        for s in slides_of[c]:
-            (part / f"{s}.h5").unlink()
-    res = train_cv(part, gdir, tmp_path, TrainConfig(**TINY, folds=[0]), run_name="one_missing")
+    gone, empty_case = fold0.val_ids[0], fold0.train_ids[0]
+    for s in slides_of[gone]:
+        (bad / f"{s}.h5").unlink()
+    for s in slides_of[empty_case]:
+        write_bag(bad / f"{s}.h5", np.zeros((0, 1024), np.float32), np.zeros((0, 2), np.int64), bag_attrs(s))
+    res = train_cv(bad, gdir, tmp_path, TrainConfig(**TINY, folds=[0]), run_name="missing_and_zero")
     assert res.folds[0].status == "done"
-    assert any("no bag" in w and gone[0] in w for w in res.warnings)
-    assert gone[0] in res.metrics["skipped_cases"]
-    assert gone[0] not in set(pd.read_csv(res.run_dir / "predictions.csv").case_id)
-    # now every validation case of fold 0 loses its bags: fold 0 fails, fold 1 still trains
+    assert any("no bag" in w and gone in w for w in res.warnings)
+    assert any("0 patches" in w for w in res.warnings)
+    assert {gone, empty_case} <= set(res.metrics["skipped_cases"])
+    assert gone not in set(pd.read_csv(res.run_dir / "predictions.csv").case_id)
+    # NaN features in every other training case: the first step on one of them stops the fold, naming it
+    nan = _copy_features(bad, tmp_path / "nan")
+    nan_cases = [c for c in fold0.train_ids[1:] if c != empty_case]
+    for c in nan_cases:
+        for s in slides_of[c]:
+            write_bag(nan / f"{s}.h5", np.full((10, 1024), np.nan, np.float32), np.zeros((10, 2), np.int64),
+                      bag_attrs(s))
+    res = train_cv(nan, gdir, tmp_path, TrainConfig(**TINY, folds=[0]), run_name="nan")
+    msg = res.folds[0].message
+    assert res.folds[0].status == "failed" and "fold 0, epoch 1" in msg and "NaN" in msg, msg
+    assert any(repr(c) in msg for c in nan_cases), msg
+    assert not (res.run_dir / "fold_0" / "model.json").exists()
+    # now every validation case of fold 0 loses its bags: fold 0 fails, fold 1 still trains (1 epoch here)
     for c in fold0.val_ids:
         for s in slides_of[c]:
-            (part / f"{s}.h5").unlink(missing_ok=True)
-    res = train_cv(part, gdir, tmp_path, TrainConfig(**TINY, folds=[0, 1]), run_name="empty_fold")
+            (bad / f"{s}.h5").unlink(missing_ok=True)
+    res = train_cv(bad, gdir, tmp_path, TrainConfig(**dict(TINY, epochs=1), folds=[0, 1]), run_name="empty_fold")
     status = {r.item: r for r in res.folds}
     assert status["fold 0"].status == "failed"
     msg = status["fold 0"].message
     assert "fold 0: none of the" in msg and "validation cases has a bag" in msg
     assert status["fold 1"].status == "done"
     assert set(res.metrics["c_index_per_fold"]) == {"1"}
-
-
-def test_zero_patch_bag_and_nan_features(tiny, tmp_path):
-    feats, gdir, cohort = tiny
-    bad = _copy_features(feats, tmp_path / "bad")
-    fold0 = load_fold(gdir, 0)
-    slides_of = cohort.clinical.groupby("case_id").slide_id.apply(list)
-    empty_case = fold0.train_ids[0]
-    for s in slides_of[empty_case]:
-        write_bag(bad / f"{s}.h5", np.zeros((0, 1024), np.float32), np.zeros((0, 2), np.int64), bag_attrs(s))
-    res = train_cv(bad, gdir, tmp_path, TrainConfig(**TINY, folds=[0]), run_name="zero")
-    assert any("0 patches" in w for w in res.warnings)
-    assert empty_case in res.metrics["skipped_cases"] and res.folds[0].status == "done"
-    # NaN features in every other training case: the first step on one of them stops the fold, naming it
-    nan_cases = [c for c in fold0.train_ids[1:] if c != empty_case]
-    for c in nan_cases:
-        for s in slides_of[c]:
-            write_bag(bad / f"{s}.h5", np.full((10, 1024), np.nan, np.float32), np.zeros((10, 2), np.int64),
-                      bag_attrs(s))
-    res = train_cv(bad, gdir, tmp_path, TrainConfig(**TINY, folds=[0]), run_name="nan")
-    msg = res.folds[0].message
-    assert res.folds[0].status == "failed" and "fold 0, epoch 1" in msg and "NaN" in msg, msg
-    assert any(repr(c) in msg for c in nan_cases), msg
-    assert not (res.run_dir / "fold_0" / "model.json").exists()
 
 
 def test_targets_and_bags_for_different_cases(tiny, tmp_path):
@@ -218,7 +212,7 @@ def test_fold_without_comparable_pairs(tiny, tmp_path):
     labels = pd.read_csv(g2 / "fold_1" / "labels.csv", dtype={"case_id": str})
     labels.loc[labels.split == "val", "censorship"] = 1
     labels.to_csv(g2 / "fold_1" / "labels.csv", index=False)
-    res = train_cv(feats, g2, tmp_path, TrainConfig(**TINY, folds=[0, 1]))
+    res = train_cv(feats, g2, tmp_path, TrainConfig(**dict(TINY, epochs=1), folds=[0, 1]))
     assert res.metrics["c_index_per_fold"]["1"] is None
     assert any("fold 1" in w and "no comparable pairs" in w for w in res.metrics["warnings"])
     assert res.metrics["c_index_mean"] == pytest.approx(res.metrics["c_index_per_fold"]["0"])
