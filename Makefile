@@ -26,10 +26,12 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check ghanet_pipeline tests benchmarks
 
+# The two tiers of tests/README.md: everything (< 10 min on the 2-core development machine, what CI runs) and
+# the inner loop without the slow, Snakemake and crash tests (< 3 min).
 test: lint
 	$(BIN)/python -m pytest -q -ra
 
-test-fast: $(STAMP)
+test-fast: lint
 	$(BIN)/python -m pytest -q -ra -m "not slow and not workflow and not chaos"
 
 # The workflow on a throwaway one-node SLURM cluster (root; installs Debian's slurm packages when missing;

@@ -19,13 +19,19 @@ from ghanet_pipeline.testing import package_env
 
 pytestmark = pytest.mark.slow
 
+#: the demo's sizes here (every stage, both models): smaller than `make demo`'s defaults to fit the suite's
+#: time budget, large enough for every property below
+CONFIG = DemoConfig(n_cases=24, n_holdout=4, folds=3, epochs=10, slide_px=1536)
+ARGS = ["--cases", str(CONFIG.n_cases), "--holdout", str(CONFIG.n_holdout), "--folds", str(CONFIG.folds),
+        "--epochs", str(CONFIG.epochs), "--slide-px", str(CONFIG.slide_px), "--models", ",".join(CONFIG.models)]
+
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """The default `ghanet demo` (what `make demo` runs), once: (its --out folder, its output text)."""
+    """`ghanet demo` with :data:`CONFIG`'s sizes, once: (its --out folder, its output text)."""
     out = tmp_path_factory.mktemp("full-demo") / "demo-out"
-    res = subprocess.run([sys.executable, "-m", "ghanet_pipeline", "demo", "--out", str(out)], capture_output=True,
-                         text=True, timeout=3600, check=False, env=package_env())
+    res = subprocess.run([sys.executable, "-m", "ghanet_pipeline", "demo", "--out", str(out), *ARGS],
+                         capture_output=True, text=True, timeout=3600, check=False, env=package_env())
     text = res.stdout + res.stderr
     assert res.returncode == 0, text[-5000:]
     return out, text
@@ -37,7 +43,7 @@ def test_demo_runs_every_stage_and_prints_its_checks(demo_run) -> None:
     import h5py
 
     out, text = demo_run
-    cfg = DemoConfig()
+    cfg = CONFIG
     man = pd.read_csv(out / "demo-data" / "manifest.csv")
     for sid in man.slide_id:  # segment ran on the training slides
         with h5py.File(out / "segment" / f"{sid}.coords.h5", "r") as f:
@@ -73,7 +79,7 @@ def test_demo_outputs_mean_something(demo_run) -> None:
     pred = pd.read_csv(out / "predict" / "predictions.csv")
     truth = pd.read_csv(out / "demo-data" / "holdout_manifest.csv").drop_duplicates("case_id")
     df = pred.merge(truth[["case_id", "phenotype"]], on="case_id")
-    assert len(df) == 4 and np.ptp(df.risk) >= 0.1
+    assert len(df) == CONFIG.n_holdout and np.ptp(df.risk) >= 0.1
     for a in df.itertuples():  # every pair whose phenotypes differ clearly is ranked the right way
         for b in df.itertuples():
             if a.phenotype > b.phenotype + 0.1:
@@ -83,21 +89,22 @@ def test_demo_outputs_mean_something(demo_run) -> None:
     genes = report.planted_summary(out / "train" / "ghanet", planted)
     assert genes["planted_mean"] >= 0.5 and abs(genes["other_mean"]) < 0.15, genes
     assert "planted genes mean Spearman" in text
-    for model in DemoConfig().models:
+    for model in CONFIG.models:
         metrics = json.loads((out / "train" / model / "metrics.json").read_text())
         assert metrics["c_index_mean"] > 0.6, (model, metrics["c_index_per_fold"])
 
 
 def test_demo_attention_is_lower_on_dense_tissue_on_every_mixed_slide(demo_run) -> None:
-    """The QuPath file of each held-out slide: on every slide with both kinds of tissue the morphology
-    attention falls as the dense dark-nuclei share of the patch rises (docs/demo.md: -0.85 .. -0.92), so the
-    map outlines the planted tissue. Every such slide must show it, not just one."""
+    """The QuPath file of each held-out slide: on every slide with both kinds of tissue (each the larger part of
+    at least 15 % of the patches) the morphology attention falls as the dense dark-nuclei share of the patch
+    rises (docs/demo.md), so the map outlines the planted tissue. Every such slide must show it, not just one;
+    a slide with (almost) only one kind has nothing to order."""
     from scipy.stats import spearmanr
 
     from ghanet_pipeline.wsi.synthetic import dense_fraction, tissue_fields
 
     out, _ = demo_run
-    cfg = DemoConfig()
+    cfg = CONFIG
     hold = pd.read_csv(out / "demo-data" / "holdout_manifest.csv")
     rhos = {}
     for r in hold.itertuples():
@@ -113,7 +120,8 @@ def test_demo_attention_is_lower_on_dense_tissue_on_every_mixed_slide(demo_run) 
         um = cfg.slide_px * 0.5
         dense = dense_fraction(tissue_fields(um, um, phenotype=float(r.phenotype), seed=int(r.slide_seed)), xy,
                                size, 0.5)
-        if np.ptp(dense) > 0.2:  # a slide with both kinds of tissue
+        mostly_dense = float((dense > 0.5).mean())
+        if min(mostly_dense, 1 - mostly_dense) >= 0.15:  # both kinds of tissue, each in >= 15 % of the patches
             rhos[r.slide_id] = float(spearmanr(att, dense).statistic)
     assert len(rhos) >= 2, rhos
     assert all(rho <= -0.3 for rho in rhos.values()), rhos
