@@ -52,6 +52,17 @@ def _epochs(events: list) -> list[int]:
     return [e for k, e in events if k == "epoch"]
 
 
+def _recording(events: list, stop_after: int | None = None):
+    """A train_cv progress callback appending (kind, epoch) to ``events``; stops (Ctrl-C) after ``stop_after``."""
+
+    def progress(kind: str, **info: object) -> None:
+        events.append((kind, info.get("epoch")))
+        if kind == "epoch" and info["epoch"] == stop_after:
+            raise Interrupted()
+
+    return progress
+
+
 def test_resume_after_interruption_is_identical_and_refuses_changed_inputs(data, interrupted, trained_run, tmp_path):
     """The state is one file holding its epoch; other inputs are refused before anything is written; with the
     same ones only epoch 2 is trained and the result equals the uninterrupted run's (``trained_run``'s fold 0);
@@ -132,10 +143,9 @@ def test_damaged_state_is_discarded_with_a_warning(data, interrupted, tmp_path, 
         (state.parent / "state.json").write_text(json.dumps({"epoch": 1}))
         (state.parent / "state.safetensors.old").write_bytes(raw)
     events = []
-    with caplog.at_level(logging.WARNING):
-        train_cv(feats, gdir, out, TrainConfig(**cfg), resume=True,
-                 progress=lambda kind, **info: events.append((kind, info.get("epoch"))))
-    assert _epochs(events) == [1, 2]  # restarted, not resumed from a bad state
+    with caplog.at_level(logging.WARNING), pytest.raises(Interrupted):  # stopped once epoch 1 is trained again
+        train_cv(feats, gdir, out, TrainConfig(**cfg), resume=True, progress=_recording(events, stop_after=1))
+    assert _epochs(events) == [1] and not [k for k, _ in events if k == "resume"]  # restarted, not resumed
     assert "resume state not used because" in caplog.text
 
 
