@@ -74,6 +74,7 @@ def smallest_demo(tmp_path_factory: pytest.TempPathFactory):
         return run_demo(tmp_path_factory.mktemp("smallest-demo"), cfg), cfg
 
 
+@pytest.mark.slow  # builds the 12 slides of 1536 px of the smallest demo
 def test_missing_stage_is_skipped_and_listed(smallest_demo) -> None:
     import ghanet_pipeline.demo.run as demo
 

@@ -21,6 +21,10 @@ from ghanet_pipeline.features.calibrate import (
 from ghanet_pipeline.features.encoders import load_encoder, preprocess
 from ghanet_pipeline.wsi.inputs import SlideSpec
 
+#: calibration re-estimates the BatchNorm statistics of a full ResNet50 trunk, layer by layer, on real patches:
+#: the module's shared calibration alone takes several seconds
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def cohort(make_synthetic_slide) -> list[SlideSpec]:
@@ -111,7 +115,6 @@ def test_reuse_refuse_and_overwrite(calibrated, cohort):
         calibrate_encoder([], out)
 
 
-@pytest.mark.slow
 def test_bags_of_calibrated_and_raw_encoder_do_not_mix(calibrated, cohort):
     from ghanet_pipeline.features.extract import Extractor, ExtractParams
 

@@ -341,6 +341,7 @@ def _fit_and_score(name, bags, genes, time, cens, bins, shuffle, seed=0):
     return _cindex(time[val], 1 - cens[val], risk)
 
 
+@pytest.mark.slow  # 2 x 6 epochs over 80 bags per model (the fast tier keeps test_tiny_ghanet_overfits_a_few_bags)
 @pytest.mark.parametrize("name", ["abmil", "ghanet"])
 def test_planted_signal_is_learned_and_shuffled_labels_are_not(name):
     cohort = _planted_cohort()

@@ -48,6 +48,7 @@ def test_real_slide_every_tile_equals_openslide(real_slide):
     assert _every_block_equals_openslide(real_slide, 0, 240) >= 100
 
 
+@pytest.mark.slow  # every block of the slide decoded twice (the single tiles are in the fast tier)
 def test_real_slide_every_2x2_and_3x3_block_of_tiles_equals_openslide(real_slide):
     """Patches of 480 / 720 px read at level 0 of the real Aperio slide: 2 x 2 / 3 x 3 whole tiles."""
     assert _every_block_equals_openslide(real_slide, 0, 240, k=2) >= 80
@@ -71,6 +72,7 @@ def slide_40x(make_synthetic_slide):
     return make_synthetic_slide("raw_40x.svs", 2600, 2100, mpp=0.25, phenotype=0.5, seed=7)
 
 
+@pytest.mark.slow  # every block of a 40x slide decoded twice
 def test_synthetic_40x_every_block_of_tiles_equals_openslide(slide_40x):
     """k = 2 (a 20x 256 px patch = 512 level-0 px) at every tile corner of level 0, k = 3 there, k = 2 at level 1."""
     assert _every_block_equals_openslide(slide_40x, 0, 256, k=2) == (2600 // 256 - 1) * (2100 // 256 - 1)
