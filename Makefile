@@ -6,16 +6,17 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo-out
 # glibc malloc: keep freed memory instead of returning it to the OS after every batch
-# (measured ~1.6x faster CPU inference on the 2-core dev machine, see README benchmarks).
+# (measured: 1.32x the encoder's CPU patches/s, median; docs/benchmarks.md, "glibc malloc").
 export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 17179869184
 
-.PHONY: setup demo lint test test-fast test-slurm docker-check bench clean
+.PHONY: setup demo lint test test-fast test-slurm docker-check bench bench-docs bench-smoke clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
+	@$(PYTHON) -c "import sys; sys.exit(0 if sys.version_info >= (3, 11) else 'ghanet needs python3 >= 3.11 (the pinned constraints do); this is ' + sys.version.split()[0] + ': make PYTHON=python3.11 ...')"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,openvino]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -24,7 +25,7 @@ demo: $(STAMP)
 	$(BIN)/ghanet demo --out $(DEMO_OUT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check ghanet_pipeline tests benchmarks
+	$(BIN)/ruff check ghanet_pipeline tests benchmarks pipelines
 
 # The two tiers of tests/README.md: everything (< 10 min on the 2-core development machine, what CI runs) and
 # the inner loop without the slow, Snakemake and crash tests (< 3 min).
@@ -45,8 +46,20 @@ test-slurm: $(STAMP)
 docker-check: $(STAMP)
 	GHANET=$(abspath $(BIN))/ghanet SLIDE="$(SLIDE)" bash pipelines/testing/docker-check.sh
 
+# The benchmark suite (docs/benchmarks.md): every benchmark with the options of the docs' figures, one JSON
+# record each in benchmarks/results/, then the docs' generated tables rewritten from the newest records.
+# Run on a quiet machine. bench-smoke: each benchmark at its smallest size, records in a temporary folder.
+# BENCH_ARGS: more suite options, e.g. BENCH_ARGS="--real-slide CMU-1-Small-Region.svs --skip encoders".
+BENCH_ARGS ?=
 bench: $(STAMP)
-	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+	$(BIN)/python -m benchmarks.suite --demo-out $(DEMO_OUT) $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.report
+
+bench-docs: $(STAMP)
+	$(BIN)/python -m benchmarks.report
+
+bench-smoke: $(STAMP)
+	$(BIN)/python -m benchmarks.suite --smoke --demo-out $(DEMO_OUT) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache build *.egg-info

@@ -1,9 +1,9 @@
 """Benchmark: is patch reading hidden behind compute in `extract-features`?
 
-Usage: python benchmarks/bench_extract.py [--patches 64] [--repeats 3] [--precisions fp32,bf16]
+Usage: python -m benchmarks.bench_extract [--patches 64] [--repeats 3] [--precisions fp32,bf16]
        [--device cpu|cuda] [--batch-size 32] [--num-workers N] [--threads N] [--resize PX]
-       python benchmarks/bench_extract.py --malloc-compare      (glibc malloc settings on/off)
-       python benchmarks/bench_extract.py --whole-process [...]  (= benchmarks/bench_extract_process.py:
+       python -m benchmarks.bench_extract --malloc-compare      (glibc malloc settings on/off)
+       python -m benchmarks.bench_extract --whole-process [...]  (= python -m benchmarks.bench_extract_process:
            whole processes vs a bare encoder and a CLAM stand-in, both precisions; the headline numbers)
 
 On one synthetic 20x slide, with the same batch size, device and precision, measures
@@ -11,28 +11,28 @@ On one synthetic 20x slide, with the same batch size, device and precision, meas
     forward, features back to host memory), and
 (b) end-to-end patches/s: `Extractor.extract` on the same patches (DataLoader workers reading and
     decoding JPEG tiles, transform, encode, HDF5 bag write; model loading excluded),
-interleaved a, b, a, b ... so that machine load affects both alike. Prints a markdown table with
-min / median over the repeats and the ratio of medians (target >= 0.9).
+interleaved a, b, a, b ... so that machine load affects both alike. Records (bench ``extract``) min /
+median over the repeats and the ratio of medians (target >= 0.9).
 
 --malloc-compare runs the encoder-only measurement in fresh processes alternately with glibc's
 default malloc and with ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>`` (what ghanet applies
-on CPU through ``mallopt``) and prints both.
+on CPU through ``mallopt``) and records both (bench ``extract_malloc``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import statistics
-import subprocess
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.harness import Bench, add_record_args, call_worker, emit, interleave, stats
+
+MODULE = "benchmarks.bench_extract"
 
 
 def make_slide(cache: Path, n_patches: int) -> tuple[Path, Path]:
@@ -111,63 +111,56 @@ def read_patches(slide: Path, out: Path, input_size: int):
     return torch.from_numpy(np.stack(arr))
 
 
-def run_main(args: argparse.Namespace) -> None:
-    import platform
+def make_extractors(args: argparse.Namespace) -> dict:
+    from ghanet_pipeline.features.extract import Extractor, ExtractParams
 
+    return {prec: Extractor(ExtractParams(weights="random", input_size=args.resize, batch_size=args.batch_size,
+                                          num_workers=args.num_workers, device=args.device, precision=prec,
+                                          torch_threads=args.threads))
+            for prec in args.precisions.split(",")}
+
+
+def run_main(args: argparse.Namespace) -> None:
     import torch
 
-    from ghanet_pipeline.features.extract import Extractor, ExtractParams
     from ghanet_pipeline.wsi.inputs import SlideSpec
 
     slide, out = make_slide(Path(args.cache), args.patches)
     spec = SlideSpec("bench", slide, "bench")
-    rows = []
-    extractors = {}
-    for prec in args.precisions.split(","):
-        params = ExtractParams(weights="random", input_size=args.resize, batch_size=args.batch_size,
-                               num_workers=args.num_workers, device=args.device, precision=prec,
-                               torch_threads=args.threads)
-        extractors[prec] = Extractor(params)
+    extractors = make_extractors(args)
     first = next(iter(extractors.values()))
     patches = read_patches(slide, out, first.input_size(256))
     n = len(patches)
-    times: dict[str, dict[str, list[float]]] = {p: {"enc": [], "e2e": []} for p in extractors}
     for ex in extractors.values():  # warm-up: kernels, oneDNN primitives, cuDNN plans, page cache
         encoder_only(ex, patches, args.batch_size)
         ex.extract(spec, out, overwrite=True)
-    for _ in range(args.repeats):
-        for prec, ex in extractors.items():
-            times[prec]["enc"].append(encoder_only(ex, patches, args.batch_size))
-            t0 = time.perf_counter()
-            res = ex.extract(spec, out, overwrite=True)
-            times[prec]["e2e"].append(time.perf_counter() - t0)
-            assert res.status == "done", res.message
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+
+    def run_one(prec: str, r: int) -> tuple[float, float]:
+        ex = extractors[prec]
+        enc = encoder_only(ex, patches, args.batch_size)
+        t0 = time.perf_counter()
+        res = ex.extract(spec, out, overwrite=True)
+        assert res.status == "done", res.message
+        return n / enc, n / (time.perf_counter() - t0)
+
     dev = first.device
-    dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{cpu}, {torch.get_num_threads()} threads"
-    print(f"\nextract-features, {n} patches of {first.input_size(256)} px, batch {args.batch_size}, "
-          f"device {dev} ({dev_name}), reader workers {first.num_workers}, repeats {args.repeats}, "
-          f"torch {torch.__version__}\n")
-    print("| precision | encoder-only patches/s (min / median) | end-to-end patches/s (min / median) | "
-          "end-to-end / encoder-only (medians) |")
-    print("|---|---|---|---|")
-    for prec, t in times.items():
-        enc = [n / s for s in t["enc"]]
-        e2e = [n / s for s in t["e2e"]]
-        ratio = statistics.median(e2e) / statistics.median(enc)
-        print(f"| {extractors[prec].precision} | {min(enc):.1f} / {statistics.median(enc):.1f} | "
-              f"{min(e2e):.1f} / {statistics.median(e2e):.1f} | {ratio:.2f} |")
-        rows.append({"precision": prec, "enc": enc, "e2e": e2e})
+    dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    with Bench("extract", f"extract-features in one process: encoder only vs end to end, {n} patches of "
+               f"{first.input_size(256)} px, batch {args.batch_size}, device {dev} ({dev_name}), reader workers "
+               f"{first.num_workers}", args,
+               units={"encoder_only": "patches/s", "end_to_end": "patches/s", "ratio": "x"},
+               labels={"encoder_only": "encoder-only patches/s", "end_to_end": "end-to-end patches/s",
+                       "ratio": "end-to-end / encoder-only (medians)"}) as bench:
+        rounds = interleave(list(extractors), args.repeats, run_one)
+        for prec, v in rounds.results.items():
+            enc, e2e = stats(e for e, _ in v), stats(x for _, x in v)
+            bench.row(precision=extractors[prec].precision, encoder_only=enc, end_to_end=e2e, ratio=e2e.median / enc.median)
     if args.json:
-        Path(args.json).write_text(json.dumps(rows))
+        shutil.copyfile(bench.path, args.json)
 
 
-def malloc_child(args: argparse.Namespace) -> None:
-    """One fresh process: encoder-only seconds per repeat, printed as JSON."""
+def malloc_child(args: argparse.Namespace) -> list[float]:
+    """One fresh process: encoder-only patches/s per repeat."""
     from ghanet_pipeline.features import extract as features
     from ghanet_pipeline.features.extract import Extractor, ExtractParams
 
@@ -178,38 +171,37 @@ def malloc_child(args: argparse.Namespace) -> None:
                                  device="cpu", precision=args.precisions.split(",")[0], torch_threads=args.threads))
     patches = read_patches(slide, out, ex.input_size(256))
     encoder_only(ex, patches, args.batch_size)
-    print(json.dumps([len(patches) / encoder_only(ex, patches, args.batch_size) for _ in range(args.repeats)]))
+    return [len(patches) / encoder_only(ex, patches, args.batch_size) for _ in range(args.repeats)]
 
 
 def malloc_compare(args: argparse.Namespace) -> None:
-    base = [sys.executable, __file__, "--patches", str(args.patches), "--batch-size", str(args.batch_size),
-            "--repeats", str(args.repeats), "--cache", args.cache, "--precisions", args.precisions]
-    if args.resize:
-        base += ["--resize", str(args.resize)]
-    if args.threads:
-        base += ["--threads", str(args.threads)]
+    base = ["--patches", str(args.patches), "--batch-size", str(args.batch_size), "--repeats", str(args.repeats),
+            "--cache", str(Path(args.cache).resolve()), "--precisions", args.precisions]
+    base += ["--resize", str(args.resize)] if args.resize else []
+    base += ["--threads", str(args.threads)] if args.threads else []
     env_off = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    res: dict[str, list[float]] = {"off": [], "on": []}
-    for _ in range(args.rounds):
+    labels = {"off": "glibc defaults", "on": "MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_=16 GiB (what extract-features "
+              "sets with mallopt on CPU)"}
+    with Bench("extract_malloc", f"glibc malloc, encoder only on CPU, {args.patches} patches, batch {args.batch_size}, "
+               f"{args.precisions.split(',')[0]}, {args.rounds} fresh processes x {args.repeats} repeats per setting, "
+               "alternating", args, units={"patches_per_s": "patches/s", "speedup": "x"},
+               labels={"speedup": "vs glibc defaults (medians)"}) as bench:
+        rounds = interleave(["off", "on"], args.rounds,
+                            lambda mode, r: call_worker(MODULE, *base, "--malloc-child", mode, env=env_off)[0])
+        rate = {m: stats(x for run in v for x in run) for m, v in rounds.results.items()}
         for mode in ("off", "on"):
-            p = subprocess.run(base + ["--malloc-child", mode], env=env_off, capture_output=True, text=True, check=True)
-            res[mode] += json.loads(p.stdout.strip().splitlines()[-1])
-    print(f"\nglibc malloc, encoder-only on CPU, {args.patches} patches, batch {args.batch_size}, "
-          f"{args.precisions.split(',')[0]}, {args.rounds} fresh processes x {args.repeats} repeats each\n")
-    print("| malloc | patches/s (min / median) |")
-    print("|---|---|")
-    for mode, label in (("off", "glibc defaults"), ("on", "MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_=16 GiB")):
-        print(f"| {label} | {min(res[mode]):.1f} / {statistics.median(res[mode]):.1f} |")
-    print(f"\nmedian speed-up: {statistics.median(res['on']) / statistics.median(res['off']):.2f}x")
+            row = bench.row(malloc=labels[mode], patches_per_s=rate[mode])
+            if mode == "on":
+                row["speedup"] = rate["on"].median / rate["off"].median
 
 
-def main() -> None:
-    if "--whole-process" in sys.argv:
-        sys.argv.remove("--whole-process")
-        import bench_extract_process
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--whole-process" in argv:
+        from benchmarks import bench_extract_process
 
-        bench_extract_process.main()
-        return
+        argv.remove("--whole-process")
+        return bench_extract_process.main(argv)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--patches", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
@@ -220,13 +212,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--resize", type=int, default=None)
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "ghanet-bench-extract"))
-    ap.add_argument("--json", default=None, help="also write the raw numbers here")
+    ap.add_argument("--json", default=None, help="also copy the run's record here")
     ap.add_argument("--malloc-compare", action="store_true")
     ap.add_argument("--rounds", type=int, default=3, help="fresh processes per malloc mode")
     ap.add_argument("--malloc-child", choices=["on", "off"], default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    add_record_args(ap)
+    args = ap.parse_args(argv)
     if args.malloc_child:
-        malloc_child(args)
+        emit(malloc_child(args))
     elif args.malloc_compare:
         malloc_compare(args)
     else:

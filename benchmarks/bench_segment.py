@@ -1,95 +1,83 @@
 """Benchmark: seconds per slide for `segment` (thumbnail read + tissue mask + patch grid + outputs).
 
-Usage: python benchmarks/bench_segment.py [--size 40000] [--repeats 3] [--cache /tmp/ghanet-bench]
+Usage: python -m benchmarks.bench_segment [--size 40000] [--repeats 3] [--cache /tmp/ghanet-bench]
+       [--real-slide PATH]
 
 A large synthetic 20x slide (default 40,000 x 40,000 px level 0, ~1 GB of pixels per channel) is
 written once and cached; each repeat runs the full `segment_slide` (with overwrite) and the steps
-separately. Prints a markdown table with min / median over the repeats.
+separately. Record: bench ``segment`` (min / median over the repeats).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ghanet_pipeline.wsi.inputs import SlideSpec  # noqa: E402
-from ghanet_pipeline.wsi.segment import SegmentParams, segment_slide  # noqa: E402
-from ghanet_pipeline.wsi.slide import Slide  # noqa: E402
-from ghanet_pipeline.wsi.synthetic import write_synthetic_slide  # noqa: E402
-from ghanet_pipeline.wsi.tiling import patch_grid  # noqa: E402
-from ghanet_pipeline.wsi.tissue import detect_tissue  # noqa: E402
+from benchmarks.harness import Bench, add_record_args, stats, timed
 
 
-def timed(fn, repeats: int) -> tuple[list[float], object]:
-    out, times = None, []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return times, out
+def bench_slide(bench: Bench, path: Path, slide_id: str, repeats: int, out: Path) -> None:
+    """Rows for one slide: the whole `segment_slide`, then thumbnail read, tissue mask and patch grid alone."""
+    from ghanet_pipeline.wsi.inputs import SlideSpec
+    from ghanet_pipeline.wsi.segment import SegmentParams, segment_slide
+    from ghanet_pipeline.wsi.slide import Slide
+    from ghanet_pipeline.wsi.tiling import patch_grid
+    from ghanet_pipeline.wsi.tissue import detect_tissue
 
-
-def row(name: str, times: list[float], note: str = "") -> str:
-    return f"| {name} | {min(times):.3f} | {statistics.median(times):.3f} | {len(times)} | {note} |"
-
-
-def bench_slide(path: Path, slide_id: str, repeats: int, out: Path) -> list[str]:
     params = SegmentParams()
     spec = SlideSpec(slide_id=slide_id, path=path, case_id=slide_id)
-    rows = []
-    times, res = timed(lambda: segment_slide(spec, out, params, overwrite=True), repeats)
+    whole, res = timed(lambda: segment_slide(spec, out, params, overwrite=True), repeats)
     with Slide(path) as s:
         w, h = s.dimensions
         ds_req = params.thumbnail_downsample * params.target_mpp / s.mpp
         t_thumb, (thumb, ds) = timed(lambda: s.thumbnail(ds_req), repeats)
         plan = s.plan(params.target_mpp, params.patch_size)
-        dims = s.dimensions
         thumb_mpp = ds * s.mpp
     t_tissue, tissue = timed(lambda: detect_tissue(thumb, thumb_mpp, params.tissue_params()), repeats)
-    t_grid, grid = timed(lambda: patch_grid(tissue.mask, ds, dims, plan.patch_size_level0, params.min_tissue),
-                         repeats)
+    t_grid, grid = timed(lambda: patch_grid(tissue.mask, ds, (w, h), plan.patch_size_level0, params.min_tissue), repeats)
     label = f"{slide_id} ({w}x{h} px)"
-    rows.append(row(f"{label}: segment_slide, all outputs", times,
-                    f"{res.metrics['patches']} patches, {res.metrics['tissue_mm2']:.1f} mm² tissue"))
-    rows.append(row(f"{label}: thumbnail read", t_thumb, f"{thumb.shape[1]}x{thumb.shape[0]} px at {thumb_mpp:.1f} um/px"))
-    rows.append(row(f"{label}: tissue mask + contours", t_tissue, f"{len(tissue.polygons)} pieces"))
-    rows.append(row(f"{label}: patch grid (vectorised)", t_grid,
-                    f"{grid.n_cols}x{grid.n_rows} = {grid.n_cols * grid.n_rows} cells"))
-    return rows
+    bench.row(step=f"{label}: segment_slide, all outputs", seconds=whole,
+              notes=f"{res.metrics['patches']} patches, {res.metrics['tissue_mm2']:.1f} mm² tissue")
+    bench.row(step=f"{label}: thumbnail read", seconds=t_thumb,
+              notes=f"{thumb.shape[1]}x{thumb.shape[0]} px at {thumb_mpp:.1f} um/px")
+    bench.row(step=f"{label}: tissue mask + contours", seconds=t_tissue, notes=f"{len(tissue.polygons)} pieces")
+    bench.row(step=f"{label}: patch grid (vectorised)", seconds=t_grid,
+              notes=f"{grid.n_cols}x{grid.n_rows} = {grid.n_cols * grid.n_rows} cells")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=40_000, help="level-0 side of the large synthetic slide (px)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "ghanet-bench")
     ap.add_argument("--real-slide", type=Path, default=None,
                     help="also time a real slide (e.g. OpenSlide's CMU-1-Small-Region.svs)")
-    args = ap.parse_args()
+    add_record_args(ap)
+    args = ap.parse_args(argv)
+    from ghanet_pipeline.wsi.synthetic import write_synthetic_slide
+
     args.cache.mkdir(parents=True, exist_ok=True)
     big = args.cache / f"synthetic_{args.size}_seed1.svs"
-    lines = ["| step | min s | median s | repeats | notes |", "|---|---|---|---|---|"]
-    if not big.is_file():
-        t0 = time.perf_counter()
-        write_synthetic_slide(big, args.size, args.size, mpp=0.5, phenotype=0.3, seed=1)
-        gen = time.perf_counter() - t0
-        print(f"wrote {big} ({big.stat().st_size / 1e6:.0f} MB) in {gen:.1f} s", file=sys.stderr)
-        lines.append(row(f"write synthetic {args.size}x{args.size} slide (once, cached)", [gen],
-                         f"{big.stat().st_size / 1e6:.0f} MB"))
-    small = args.cache / "synthetic_4000_bench.svs"
-    t_small, _ = timed(lambda: write_synthetic_slide(small, 4000, 4000, mpp=0.5, phenotype=0.3, seed=2), args.repeats)
-    lines.append(row("write synthetic 4000x4000 slide", t_small))
-    with tempfile.TemporaryDirectory() as tmp:
-        lines += bench_slide(big, "synthetic-large", args.repeats, Path(tmp))
-        if args.real_slide is not None:
-            lines += bench_slide(args.real_slide, args.real_slide.name.split(".")[0], args.repeats, Path(tmp))
-    print("\n".join(lines))
+    with Bench("segment", "Seconds per slide for `segment`", args, units={"seconds": "s"},
+               labels={"seconds": "time"}) as bench:
+        if not big.is_file():
+            t0 = time.perf_counter()
+            write_synthetic_slide(big, args.size, args.size, mpp=0.5, phenotype=0.3, seed=1)
+            gen = time.perf_counter() - t0
+            print(f"wrote {big} ({big.stat().st_size / 1e6:.0f} MB) in {gen:.1f} s", file=sys.stderr)
+            bench.row(step=f"write synthetic {args.size}x{args.size} slide (once, cached)", seconds=stats([gen]),
+                      notes=f"{big.stat().st_size / 1e6:.0f} MB")
+        small = args.cache / "synthetic_4000_bench.svs"
+        t_small, _ = timed(lambda: write_synthetic_slide(small, 4000, 4000, mpp=0.5, phenotype=0.3, seed=2),
+                           args.repeats)
+        bench.row(step="write synthetic 4000x4000 slide", seconds=t_small)
+        with tempfile.TemporaryDirectory() as tmp:
+            bench_slide(bench, big, "synthetic-large", args.repeats, Path(tmp))
+            if args.real_slide is not None:
+                bench_slide(bench, args.real_slide, args.real_slide.name.split(".")[0], args.repeats, Path(tmp))
 
 
 if __name__ == "__main__":

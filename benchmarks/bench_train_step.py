@@ -10,7 +10,7 @@ one case, as in training. Implementations, on the same parameters (same seed):
   cross-attention passes, ReLU then ``F.dropout``, dense masked softmax) with plain ``torch.optim.Adam``.
 
 Every ratio printed is measured in this run: each (implementation, size) runs in its own subprocess
-(so that its peak RSS, ``ru_maxrss``, belongs to it alone), and the processes are interleaved
+(so that its peak RSS, read by the harness with ``wait4``, belongs to it alone), and the processes are interleaved
 (``--rounds`` rounds of fast, reference / reference, fast per size) so that load drift on a shared
 machine hits both sides alike. Per process: one warm-up step, ``--repeats`` timed steps, one warm-up
 and ``--repeats`` timed inference passes. Nothing here is compared with figures from another machine.
@@ -25,34 +25,28 @@ instead of being unmapped and page-faulted back on every step:
 ``tuned`` tunes both. ``MALLOC_*`` environment variables (the Makefile exports some) apply to both
 sides and are printed.
 
-    python benchmarks/bench_train_step.py [--sizes 1000 10000 30000 100000] [--repeats 2] [--rounds 2]
-                                           [--threads 2] [--families 80 0 120 40 60 90] [--malloc default]
+    python -m benchmarks.bench_train_step [--sizes 1000 10000 30000 100000] [--repeats 2] [--rounds 2]
+                                          [--threads 2] [--families 80 0 120 40 60 90] [--malloc default]
+
+Record: bench ``train_step`` (``train_step_as_run`` / ``train_step_tuned`` with ``--malloc``); tables ``main``
+(per implementation and size), ``ratios`` (fast / reference, same run), ``floor`` (the required products
+alone) and ``adam`` (optimiser kernels).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
+from benchmarks.harness import Bench, Rounds, add_record_args, call_worker, emit, interleave, stats
+
+MODULE = "benchmarks.bench_train_step"
 FAMILY_SIZES = [80, 0, 120, 40, 60, 90]   # one empty family, like a fold where DE kept no gene
 
 
-def cpu_model() -> str:
-    """The CPU model name, as the library reads it (``ghanet doctor`` prints the same)."""
-    from ghanet_pipeline.env.runtime import cpu_info
-
-    return cpu_info().model
-
-
 def worker(impl: str, n: int, repeats: int, threads: int, families: list[int], malloc: str) -> dict:
-    import resource
-
     import torch
     import torch.nn.functional as F
 
@@ -99,9 +93,7 @@ def worker(impl: str, n: int, repeats: int, threads: int, families: list[int], m
     train_s = [step() for _ in range(repeats)]
     infer()
     infer_s = [infer() for _ in range(repeats)]
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"impl": impl, "n": n, "first_s": first_s, "train_s": train_s, "train_cpu_s": cpu_s[1:],
-            "infer_s": infer_s, "peak_rss_gb": rss_kb / 1024 ** 2}
+    return {"impl": impl, "n": n, "first_s": first_s, "train_s": train_s, "train_cpu_s": cpu_s[1:], "infer_s": infer_s}
 
 
 def adam_worker(repeats: int, threads: int, families: list[int]) -> dict:
@@ -159,16 +151,58 @@ def floor_worker(n: int, repeats: int, threads: int) -> dict:
 
 
 def run_worker(impl: str, n: int, args: argparse.Namespace) -> dict:
-    root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, __file__, "--worker", impl, str(n), "--repeats", str(args.repeats),
-           "--threads", str(args.threads), "--malloc", args.malloc, "--families", *map(str, args.families)]
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
-    if proc.returncode:
-        sys.exit(f"worker {impl} N={n} failed:\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """One worker process; its result with the process's peak RSS (GiB) added."""
+    res, proc = call_worker(MODULE, "--worker", impl, str(n), "--repeats", str(args.repeats), "--threads",
+                            str(args.threads), "--malloc", args.malloc, "--families", *map(str, args.families))
+    res["peak_rss_gib"] = proc.peak_rss_gib
+    print(f"done {impl} N={n}: peak RSS {proc.peak_rss_gib:.2f} GiB, load {os.getloadavg()[0]:.1f}", file=sys.stderr)
+    return res
 
 
-def main() -> None:
+def _all(runs: Rounds, impl: str, key: str) -> list[float]:
+    return [x for run in runs.results[impl] for x in run[key]]
+
+
+def size_rows(bench: Bench, n: int, runs: Rounds, floor_s: list[float], adam_fused: float | None,
+              impls: list[str]) -> None:
+    """Rows of the ``main``, ``ratios`` and ``floor`` tables for one size."""
+    for impl in impls:
+        bench.row(patches=n, impl=impl, train_s=stats(_all(runs, impl, "train_s")),
+                  train_cpu_s=min(_all(runs, impl, "train_cpu_s")), first_s=max(r["first_s"] for r in runs.results[impl]),
+                  infer_s=stats(_all(runs, impl, "infer_s")), peak_rss_gib=max(r["peak_rss_gib"] for r in runs.results[impl]))
+    if {"fast", "reference"} <= set(impls):
+        f_tr, r_tr = stats(_all(runs, "fast", "train_s")), stats(_all(runs, "reference", "train_s"))
+        per_round = [min(f["train_s"]) / min(r["train_s"])
+                     for f, r in zip(runs.results["fast"], runs.results["reference"], strict=True)]
+        bench.row(table="ratios", patches=n, train_min=f_tr.min / r_tr.min,
+                  per_round=", ".join(f"{v:.2f}" for v in per_round), train_median=f_tr.median / r_tr.median,
+                  cpu_min=min(_all(runs, "fast", "train_cpu_s")) / min(_all(runs, "reference", "train_cpu_s")),
+                  infer_min=min(_all(runs, "fast", "infer_s")) / min(_all(runs, "reference", "infer_s")),
+                  rss=max(r["peak_rss_gib"] for r in runs.results["fast"])
+                  / max(r["peak_rss_gib"] for r in runs.results["reference"]))
+    if "reference" in impls:
+        ref = min(_all(runs, "reference", "train_s"))
+        row = bench.row(table="floor", patches=n, floor_s=min(floor_s), floor_vs_ref=min(floor_s) / ref)
+        if adam_fused is not None:
+            row["floor_adam_vs_ref"] = (min(floor_s) + adam_fused) / ref
+        if "fast" in impls:
+            row["fast_vs_ref"] = min(_all(runs, "fast", "train_s")) / ref
+
+
+UNITS = {"patches": "", "train_s": "s", "train_cpu_s": "s", "first_s": "s", "infer_s": "s", "peak_rss_gib": "GiB",
+         "train_min": "x", "train_median": "x", "cpu_min": "x", "infer_min": "x", "rss": "x", "floor_s": "s",
+         "floor_vs_ref": "x", "floor_adam_vs_ref": "x", "fast_vs_ref": "x", "n_params": "", "for_loop": "s",
+         "foreach": "s", "fused": "s"}
+LABELS = {"train_s": "train step (s)", "train_cpu_s": "train step CPU, min (s)", "first_s": "first step (s)",
+          "infer_s": "inference (s)", "peak_rss_gib": "peak RSS (GiB)", "train_min": "train step (min)",
+          "per_round": "per round (min of each process)", "train_median": "train step (median)",
+          "cpu_min": "train step CPU (min)", "infer_min": "inference (min)", "rss": "peak RSS",
+          "floor_s": "required products, min (s)", "floor_vs_ref": "floor / reference (min)",
+          "floor_adam_vs_ref": "(floor + fused Adam) / reference", "fast_vs_ref": "fast / reference (min)",
+          "n_params": "parameters", "for_loop": "for-loop (s)", "foreach": "foreach (s)", "fused": "fused (s)"}
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 30000, 100000])
     ap.add_argument("--repeats", type=int, default=2, help="timed steps per process (after one warm-up)")
@@ -180,91 +214,38 @@ def main() -> None:
                          "`ghanet train` applies on CPU (env.runtime.tune_malloc), reference without")
     ap.add_argument("--impls", nargs="+", default=["fast", "reference"], choices=["fast", "reference"])
     ap.add_argument("--worker", nargs=2, metavar=("IMPL", "N"), help=argparse.SUPPRESS)   # IMPL "adam": optimisers
-    args = ap.parse_args()
+    add_record_args(ap)
+    args = ap.parse_args(argv)
     if args.worker:
-        if args.worker[0] == "adam":
-            print(json.dumps(adam_worker(max(3, args.repeats), args.threads, args.families)))
-        elif args.worker[0] == "floor":
-            print(json.dumps(floor_worker(int(args.worker[1]), args.repeats, args.threads)))
-        else:
-            print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.repeats, args.threads, args.families,
-                                    args.malloc)))
-        return
+        impl, n = args.worker[0], int(args.worker[1])
+        if impl == "adam":
+            return emit(adam_worker(max(3, args.repeats), args.threads, args.families))
+        if impl == "floor":
+            return emit(floor_worker(n, args.repeats, args.threads))
+        return emit(worker(impl, n, args.repeats, args.threads, args.families, args.malloc))
 
-    import torch
-
-    load0 = os.getloadavg()
-    t_start = time.time()
-    runs: dict[tuple[str, int], list[dict]] = {}
-    floors: dict[int, list[float]] = {}
-    for n in args.sizes:
-        for r in range(args.rounds):
-            order = args.impls if r % 2 == 0 else args.impls[::-1]
-            for impl in order:
-                res = run_worker(impl, n, args)
-                runs.setdefault((impl, n), []).append(res)
-                print(f"done {impl} N={n} round {r + 1}: step {min(res['train_s']):.3f} s, "
-                      f"peak RSS {res['peak_rss_gb']:.2f} GB, load {os.getloadavg()[0]:.1f}", file=sys.stderr)
-        floors[n] = run_worker("floor", n, args)["floor_s"]
-    adam = run_worker("adam", 0, args)
-    load1 = os.getloadavg()
-
-    malloc_env = " ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MALLOC_"))
-    malloc_env = f" (environment: {malloc_env})" if malloc_env else ""
-
-    def agg(impl: str, n: int, key: str) -> list[float]:
-        return [x for run in runs[impl, n] for x in run[key]]
-
-    print(f"\nG-HANet training step, {cpu_model()} ({os.cpu_count()} logical CPUs), torch {torch.__version__}, "
-          f"{args.threads} threads, families {args.families}, malloc {args.malloc}{malloc_env}; "
-          f"{args.rounds} interleaved processes x "
-          f"{args.repeats} steps per implementation and size; {time.time() - t_start:.0f} s; "
-          f"load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end\n")
-    print("| patches | impl | train step s (min / median) | train step CPU s (min) | first step s | "
-          "inference s (min / median) | peak RSS GB |")
-    print("|---:|---|---:|---:|---:|---:|---:|")
-    for n in args.sizes:
-        for impl in args.impls:
-            tr, inf = agg(impl, n, "train_s"), agg(impl, n, "infer_s")
-            first = max(run["first_s"] for run in runs[impl, n])
-            rss = max(run["peak_rss_gb"] for run in runs[impl, n])
-            print(f"| {n:,} | {impl} | {min(tr):.3f} / {statistics.median(tr):.3f} | "
-                  f"{min(agg(impl, n, 'train_cpu_s')):.3f} | {first:.2f} | "
-                  f"{min(inf):.3f} / {statistics.median(inf):.3f} | {rss:.2f} |")
-    if all(i in args.impls for i in ("fast", "reference")):
-        print("\nfast / reference, same run (per-round ratios of the per-process minimum in brackets):\n")
-        print("| patches | train step (min) | train step (median) | train step CPU (min) | inference (min) | "
-              "peak RSS |")
-        print("|---:|---:|---:|---:|---:|---:|")
+    name = "train_step" if args.malloc == "default" else f"train_step_{args.malloc.replace('-', '_')}"
+    with Bench(name, "G-HANet training step, inference and peak memory vs the reference implementation",
+               args, units=UNITS, labels=LABELS) as bench:
+        sized = []
         for n in args.sizes:
-            f_tr, r_tr = agg("fast", n, "train_s"), agg("reference", n, "train_s")
-            per_round = ", ".join(f"{min(f['train_s']) / min(r['train_s']):.2f}"
-                                  for f, r in zip(runs["fast", n], runs["reference", n], strict=True))
-            rss = (max(run["peak_rss_gb"] for run in runs["fast", n])
-                   / max(run["peak_rss_gb"] for run in runs["reference", n]))
-            print(f"| {n:,} | {min(f_tr) / min(r_tr):.2f} ({per_round}) | "
-                  f"{statistics.median(f_tr) / statistics.median(r_tr):.2f} | "
-                  f"{min(agg('fast', n, 'train_cpu_s')) / min(agg('reference', n, 'train_cpu_s')):.2f} | "
-                  f"{min(agg('fast', n, 'infer_s')) / min(agg('reference', n, 'infer_s')):.2f} | {rss:.2f} |")
-
-    if "reference" in args.impls:
-        print("\nThe floor: the matrix products every exact fp32 implementation must do per step (two patch "
-              "embeddings forward + weight gradient, the gate forward + both gradients; no attention, no "
-              "element-wise work, no optimiser), timed alone in a process of their own after the runs above:\n")
-        print("| patches | required products s (min) | floor / reference (min) | (floor + fused Adam) / reference "
-              "| fast / reference (min) |")
-        print("|---:|---:|---:|---:|---:|")
-        for n in args.sizes:
-            ref = min(agg("reference", n, "train_s"))
-            fast = f"{min(agg('fast', n, 'train_s')) / ref:.2f}" if "fast" in args.impls else ""
-            print(f"| {n:,} | {min(floors[n]):.3f} | {min(floors[n]) / ref:.2f} | "
-                  f"{(min(floors[n]) + min(adam['fused'])) / ref:.2f} | {fast} |")
-
-    print(f"\nAdam update of the {adam['n_params'] / 1e6:.1f}M parameters (s, min / median; same process, "
-          f"interleaved; `ghanet train` uses fused, the reference above the for-loop default):\n")
-    print("| for-loop | foreach | fused |\n|---:|---:|---:|")
-    print("| " + " | ".join(f"{min(adam[k]):.3f} / {statistics.median(adam[k]):.3f}"
-                            for k in ("for-loop", "foreach", "fused")) + " |")
+            runs = interleave(args.impls, args.rounds, lambda impl, r, n=n: run_worker(impl, n, args), alternate=True)
+            floor = run_worker("floor", n, args)["floor_s"] if "reference" in args.impls else []
+            sized.append((n, runs, floor))
+        adam = run_worker("adam", 0, args)
+        for n, runs, floor in sized:
+            size_rows(bench, n, runs, floor, min(adam["fused"]), args.impls)
+        bench.row(table="adam", n_params=adam["n_params"], **{k.replace("-", "_"): stats(adam[k])
+                                                             for k in ("for-loop", "foreach", "fused")})
+        env = " ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MALLOC_"))
+        bench.note(f"{args.threads} threads, families {args.families}, malloc {args.malloc}"
+                   + (f" (environment: {env})" if env else "") + f"; {args.rounds} interleaved processes x "
+                   f"{args.repeats} steps per implementation and size")
+        bench.note("the floor: the matrix products every exact fp32 implementation must do per step (two patch "
+                   "embeddings forward + weight gradient, the gate forward + both gradients; no attention, no "
+                   "element-wise work, no optimiser), timed alone in a process of their own", table="floor")
+        bench.note("Adam update of all parameters, same process, interleaved; `ghanet train` uses fused, the "
+                   "reference the for-loop default", table="adam")
 
 
 if __name__ == "__main__":

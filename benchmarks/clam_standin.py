@@ -16,9 +16,11 @@ feature extraction does per slide, as described by its public source (`extract_f
 * per batch ``features.cpu().numpy()`` appended to an HDF5 file (datasets grown with ``resize``),
   then the file re-read and saved as a ``.pt`` tensor.
 
-Usage: python benchmarks/clam_standin.py SLIDE COORDS_H5 OUT_DIR [--target-patch-size 224]
+Usage: python -m benchmarks.clam_standin SLIDE COORDS_H5 OUT_DIR [--target-patch-size 224]
        [--batch-size 256] [--threads N]
 ``COORDS_H5`` holds ``coords`` (N, 2) with attrs ``patch_level`` and ``patch_size`` (CLAM's layout).
+A worker of ``benchmarks.bench_extract_process`` (systems ``clam-256`` / ``clam-224``), which times the whole
+process; on purpose it uses neither the harness nor the library.
 """
 
 from __future__ import annotations

@@ -11,9 +11,10 @@ seed/split variability on *this* cohort, not the sampling of new patients. The c
 the same bags with the survival (months, censorship) permuted across cases (seeded per fold assignment)
 and is scored against those permuted labels: its c-index must stay near 0.5, or the protocol leaks.
 
-    python benchmarks/compare_models.py --demo-out demo-out --splits 3 --seeds 2
+    python -m benchmarks.compare_models --demo-out demo-out --splits 3 --seeds 2
 
-Writes ``<work>/compare_models.json`` (every replicate's per-fold c-index) and prints a Markdown table.
+Prints a partial table after each fold assignment; at the end writes the record (bench ``compare_models``,
+every replicate's per-fold c-index in its ``data``) and ``<work>/compare_models.json``.
 """
 
 from __future__ import annotations
@@ -25,21 +26,12 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny bags: one thread per step is fastest (see demo)
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-
-def cpu_model() -> str:
-    """The CPU model name, as the library reads it (``ghanet doctor`` prints the same)."""
-    from ghanet_pipeline.env.runtime import cpu_info
-
-    return cpu_info().model
+from benchmarks.harness import Bench, add_record_args
 
 
 def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
     """Mean and two-sided t confidence interval (NaN bounds for fewer than 2 values)."""
+    import numpy as np
     from scipy import stats
 
     x = np.asarray(values, dtype=float)
@@ -53,6 +45,9 @@ def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, 
 def shuffled_table(table: Path, dest: Path, seed: int) -> Path:
     """The genomics table with (survival_months, censorship) permuted across cases (rows of one case
     keep one value)."""
+    import numpy as np
+    import pandas as pd
+
     df = pd.read_csv(table)
     cases = df.drop_duplicates("case_id").set_index("case_id")[["survival_months", "censorship"]]
     perm = np.random.default_rng(seed).permutation(len(cases))
@@ -66,6 +61,8 @@ def shuffled_table(table: Path, dest: Path, seed: int) -> Path:
 
 def summarise(rows: list[dict]) -> dict[str, dict]:
     """Print the Markdown table and the paired difference of the replicates so far; return the summary."""
+    import pandas as pd
+
     df = pd.DataFrame(rows)
     summary: dict[str, dict] = {}
     print("\n| model | replicates | seed x fold pairs | mean c-index | 95 % CI (t, seed x fold) | "
@@ -99,7 +96,47 @@ def summarise(rows: list[dict]) -> dict[str, dict]:
     return summary
 
 
-def main() -> int:
+def replicate(label: str, model: str, root: Path, features: Path, t: int, args: argparse.Namespace,
+              over: dict[str, float | int], s: int) -> dict:
+    """Train one 5-fold replicate (resumable) and return its per-fold c-index row."""
+    import numpy as np
+
+    from ghanet_pipeline.training.config import TrainConfig
+    from ghanet_pipeline.training.cv import train_cv
+
+    t0 = time.perf_counter()
+    cfg = TrainConfig(model=model, epochs=args.epochs, seed=t, device="cpu", **over)
+    res = train_cv(features, root / "genomics", root, cfg, run_name=f"{model}_seed{t}", resume=True)
+    per_fold = {int(k): v for k, v in (res.metrics or {}).get("c_index_per_fold", {}).items()}
+    vals = [v for v in per_fold.values() if v is not None]
+    row = {"model": label, "split": s, "seed": t, "per_fold": per_fold,
+           "mean": float(np.mean(vals)) if vals else float("nan"), "seconds": round(time.perf_counter() - t0, 1)}
+    print(f"  split {s} seed {t} {label}: mean c-index {row['mean']:.3f} ({row['seconds']:.0f} s)", flush=True)
+    return row
+
+
+def fill_record(bench: Bench, summary: dict[str, dict], rows: list[dict]) -> None:
+    """Rows per model and for the paired difference; every replicate's per-fold c-index in the record's data."""
+    def ci(bounds: list[float], sign: str) -> str:
+        return "n/a" if any(b != b for b in bounds) else "[{:{s}.3f}, {:{s}.3f}]".format(*bounds, s=sign)
+
+    for label, sm in summary.items():
+        paired = label == "G-HANet - ABMIL"
+        sign = "+" if paired else ""
+        bench.row(model=f"{label} (paired, same validation folds)" if paired else label,
+                  replicates=sm.get("n_replicates"), pairs=sm.get("n_folds", sm.get("n_pairs")), c_index=sm["mean"],
+                  ci95_pairs=ci(sm["ci95_folds"], sign), ci95_replicates=ci(sm["ci95_replicates"], sign))
+    d = summary["G-HANet - ABMIL"]
+    bench.note(f"G-HANet higher in {d['ghanet_higher']} of {d['n_pairs']} seed x fold pairs, ties {d['ties']}")
+    means: dict[str, list[str]] = {}
+    for r in rows:
+        means.setdefault(r["model"], []).append(f"{r['mean']:.3f}")
+    bench.note("replicate means: " + "; ".join(f"{k} {', '.join(v)}" for k, v in means.items()))
+    bench.data["replicates"] = rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny bags: one thread per step is fastest (see demo)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--demo-out", type=Path, default=Path("demo-out"))
     ap.add_argument("--work", type=Path, default=Path("/tmp/ghanet-compare"))
@@ -110,17 +147,18 @@ def main() -> int:
     ap.add_argument("--control-model", default="ghanet", choices=["ghanet", "abmil"],
                     help="model trained on the shuffled survival (abmil: ~5x cheaper on CPU)")
     ap.add_argument("--train-args", default="accum=4,lr=5e-4,dim=128", help="TrainConfig overrides (the demo's)")
-    args = ap.parse_args()
+    add_record_args(ap)
+    args = ap.parse_args(argv)
 
     import torch
 
-    from ghanet_pipeline.genomics.pipeline import GenomicsConfig, preprocess_genomics
-    from ghanet_pipeline.training.config import TrainConfig
-    from ghanet_pipeline.training.cv import train_cv
+    from ghanet_pipeline.genomics.config import GenomicsConfig
+    from ghanet_pipeline.genomics.pipeline import preprocess_genomics
 
     torch.set_num_threads(1)
     data = args.demo_out / "demo-data"
-    feats = sorted(d for d in (args.demo_out / "features").iterdir() if d.is_dir() and any(d.glob("*.h5")))
+    feats = sorted(d for d in (args.demo_out / "features").iterdir() if d.is_dir() and any(d.glob("*.h5"))) \
+        if (args.demo_out / "features").is_dir() else []
     if not feats or not (data / "genomics_table.csv").is_file():
         print(f"no demo outputs under {args.demo_out}: run `ghanet demo --out {args.demo_out}` first", file=sys.stderr)
         return 2
@@ -129,43 +167,34 @@ def main() -> int:
     for kv in args.train_args.split(","):
         k, v = kv.split("=")
         over[k] = int(v) if v.isdigit() else float(v)
-    print(f"CPU: {cpu_model()} ({os.cpu_count()} cores), load average {os.getloadavg()[0]:.1f}; "
-          f"features {features}; {args.splits} fold assignments x {args.seeds} seeds, {args.folds} folds, "
+    print(f"features {features}; {args.splits} fold assignments x {args.seeds} seeds, {args.folds} folds, "
           f"{args.epochs} epochs, {over}", flush=True)
 
     names = {"ghanet": "G-HANet", "abmil": "ABMIL"}
-    rows = []
-    t_start = time.perf_counter()
-    for s in range(args.splits):
-        gdir = args.work / f"split{s}"
-        cdir = args.work / f"split{s}_shuffled"
-        preprocess_genomics(GenomicsConfig(table=str(data / "genomics_table.csv"), families=str(data / "families.csv"),
-                                           folds=args.folds, seed=s), gdir)
-        shuf = shuffled_table(data / "genomics_table.csv", args.work / f"shuffled_{s}.csv", seed=1000 + s)
-        preprocess_genomics(GenomicsConfig(table=str(shuf), families=str(data / "families.csv"),
-                                           folds=args.folds, seed=s), cdir)
-        for t in range(args.seeds):
-            for label, model, root in (("G-HANet", "ghanet", gdir), ("ABMIL", "abmil", gdir),
-                                       (f"shuffled-survival control ({names[args.control_model]})",
-                                        args.control_model, cdir)):
-                t0 = time.perf_counter()
-                cfg = TrainConfig(model=model, epochs=args.epochs, seed=t, device="cpu", **over)
-                res = train_cv(features, root / "genomics", root, cfg, run_name=f"{model}_seed{t}", resume=True)
-                per_fold = {int(k): v for k, v in (res.metrics or {}).get("c_index_per_fold", {}).items()}
-                vals = [v for v in per_fold.values() if v is not None]
-                rows.append({"model": label, "split": s, "seed": t, "per_fold": per_fold,
-                             "mean": float(np.mean(vals)) if vals else float("nan"),
-                             "seconds": round(time.perf_counter() - t0, 1)})
-                print(f"  split {s} seed {t} {label}: mean c-index {rows[-1]['mean']:.3f} "
-                      f"({rows[-1]['seconds']:.0f} s)", flush=True)
-        summarise(rows)  # partial results after each fold assignment
-        sys.stdout.flush()
-
-    summary = summarise(rows)
-    print(f"total {time.perf_counter() - t_start:.0f} s; load average now {os.getloadavg()[0]:.1f}")
+    rows: list[dict] = []
+    with Bench("compare_models", "G-HANet vs ABMIL vs a shuffled-survival control on the demo's planted cohort",
+               args, units={"replicates": "", "pairs": "", "c_index": ""},
+               labels={"pairs": "seed x fold pairs", "c_index": "mean c-index", "ci95_pairs": "95 % CI (t, seed x fold)",
+                       "ci95_replicates": "95 % CI (t, replicates)"}) as bench:
+        for s in range(args.splits):
+            gdir, cdir = args.work / f"split{s}", args.work / f"split{s}_shuffled"
+            preprocess_genomics(GenomicsConfig(table=str(data / "genomics_table.csv"),
+                                               families=str(data / "families.csv"), folds=args.folds, seed=s), gdir)
+            shuf = shuffled_table(data / "genomics_table.csv", args.work / f"shuffled_{s}.csv", seed=1000 + s)
+            preprocess_genomics(GenomicsConfig(table=str(shuf), families=str(data / "families.csv"),
+                                               folds=args.folds, seed=s), cdir)
+            for t in range(args.seeds):
+                for label, model, root in (("G-HANet", "ghanet", gdir), ("ABMIL", "abmil", gdir),
+                                           (f"shuffled-survival control ({names[args.control_model]})",
+                                            args.control_model, cdir)):
+                    rows.append(replicate(label, model, root, features, t, args, over, s))
+            summarise(rows)  # partial results after each fold assignment
+            sys.stdout.flush()
+        summary = summarise(rows)
+        fill_record(bench, summary, rows)
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "compare_models.json").write_text(json.dumps(
-        {"cpu": cpu_model(), "args": {k: str(v) for k, v in vars(args).items()}, "summary": summary,
+        {"record": str(bench.path), "args": {k: str(v) for k, v in vars(args).items()}, "summary": summary,
          "replicates": rows}, indent=1))
     return 0
 

@@ -5,12 +5,16 @@
 - ``synthetic_study``: the synthetic cohort -> preprocess-genomics -> bags, built once per session and shared
   read-only (a test that changes it fails; copy it first); ``trained_run``: two folds trained on it.
 - ``workflow_cohort``: the tiny cohort with real slides of the workflow tests (tests/e2e/).
-- autouse: ``torch_threads`` (torch's thread count for every test: 1, or ``@pytest.mark.threads(n)``) and
-  ``restored_registries`` (encoders and models a test registers are removed after it).
+- ``luad`` / ``luad_rows``: the real TCGA-LUAD MCAT table beside the checkout (the test skips when absent).
+- ``report_run``: a small trained + predicted run and its report (tests/report/), built once per session.
+- autouse: ``torch_threads`` (torch's thread count for every test: 1, or ``@pytest.mark.threads(n)``),
+  ``restored_registries`` (encoders and models a test registers are removed after it) and, per session,
+  ``_shared_engine_cache`` (one OpenVINO conversion cache for the whole run).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,6 +28,19 @@ REAL_SLIDE = Path(__file__).resolve().parents[1].parent / "shared/data/CMU-1-Sma
 #: physical size of the synthetic test tissue: 1024 x 1024 um (2048 px at 20x, 4096 px at 40x)
 SYNTH_SIZE_UM = 1024
 SYNTH_SEED = 5
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_engine_cache(tmp_path_factory: pytest.TempPathFactory):
+    """One converted-encoder cache for the session (``GHANET_ENGINE_CACHE``, inherited by subprocesses): the
+    OpenVINO engine converts each encoder x weights x input size once, not once per test output folder."""
+    old = os.environ.get("GHANET_ENGINE_CACHE")
+    os.environ["GHANET_ENGINE_CACHE"] = str(tmp_path_factory.mktemp("engine-cache"))
+    yield
+    if old is None:
+        os.environ.pop("GHANET_ENGINE_CACHE", None)
+    else:
+        os.environ["GHANET_ENGINE_CACHE"] = old
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +79,27 @@ def synthetic_slide_40x(make_synthetic_slide) -> Path:
     """The same tissue as ``synthetic_slide_20x`` scanned at 40x: 4096 x 4096 px at 0.25 um/px."""
     px = int(SYNTH_SIZE_UM / 0.25)
     return make_synthetic_slide("synth40x.svs", px, px, mpp=0.25, phenotype=0.3, seed=SYNTH_SEED)
+
+
+#: the real MCAT-format TCGA-LUAD table, its gene families and 5-fold splits (beside the checkout)
+LUAD_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/mcat"
+
+
+@pytest.fixture(scope="session")
+def luad() -> Path:
+    """Folder of the real LUAD MCAT table (tcga_luad_all_clean.csv.zip, signatures.csv, splits_tcga_luad/);
+    skips the test when it is absent."""
+    if not (LUAD_DIR / "tcga_luad_all_clean.csv.zip").is_file():
+        pytest.skip(f"the real LUAD MCAT table was not found in {LUAD_DIR}")
+    return LUAD_DIR
+
+
+@pytest.fixture(scope="session")
+def luad_rows(luad: Path):
+    """The LUAD table's rows, every column as text (``demo.gdcdownload.read_mcat_rows``)."""
+    from ghanet_pipeline.demo.gdcdownload import read_mcat_rows
+
+    return read_mcat_rows(luad / "tcga_luad_all_clean.csv.zip")
 
 
 @pytest.fixture(scope="session")
@@ -148,3 +186,19 @@ def restored_registries():
 
     with ENCODERS.restoring(), MODELS.restoring():
         yield
+
+
+@pytest.fixture(scope="session")
+def report_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A small real run (train G-HANet + ABMIL, predict two slides, a planted attention patch) and its
+    report, built once per session (``ghanet_pipeline.testing.report.build_small_run``); shared read-only."""
+    import torch
+
+    from ghanet_pipeline.testing.report import build_small_run
+
+    before = torch.get_num_threads()  # a session fixture is built before the test's torch_threads applies
+    torch.set_num_threads(1)
+    try:
+        return build_small_run(tmp_path_factory.mktemp("report-run"))
+    finally:
+        torch.set_num_threads(before)

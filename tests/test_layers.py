@@ -109,3 +109,32 @@ def test_imports_go_down_the_layers():
 def test_the_checks_can_fail():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+#: longest library function (lines, decorators excluded) and module a reader should have to hold in their head
+MAX_FUNCTION_LINES = 60
+MAX_MODULE_LINES = 400
+
+
+def _long_functions(text: str, limit: int) -> list[tuple[str, int]]:
+    found = []
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > limit:
+            found.append((node.name, node.end_lineno - node.lineno + 1))
+    return found
+
+
+def test_functions_and_modules_stay_short():
+    long_functions, long_modules = [], []
+    for name, path in _modules().items():
+        text = path.read_text()
+        long_functions += [f"{name}.{fn} ({n} lines)" for fn, n in _long_functions(text, MAX_FUNCTION_LINES)]
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            long_modules.append(f"{name} ({len(text.splitlines())} lines)")
+    assert long_functions == [], f"split these into named steps: {long_functions}"
+    assert long_modules == [], f"split these modules by concept: {long_modules}"
+
+
+def test_the_size_check_can_fail():
+    body = "\n".join(f"    x{i} = {i}" for i in range(70))
+    assert _long_functions(f"def f():\n{body}\n", MAX_FUNCTION_LINES) == [("f", 71)]

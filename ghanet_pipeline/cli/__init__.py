@@ -21,10 +21,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "extract-features": ("extract:extract_features", "Embed every patch with an encoder (ResNet50, UNI, Virchow2, ...) into HDF5 bags."),
     "calibrate-encoder": ("calibrate:calibrate_encoder",
                           "Make random encoder weights usable: BatchNorm statistics + standardisation from patches."),
+    "check-precision": ("check_precision:check_precision",
+                        "Compare int8 / bf16 encoder features with fp32 on a sample of your slides."),
     "preprocess-genomics": ("genomics:preprocess_genomics", "Gene families, survival bins, per-fold gene selection and targets."),
     "train": ("train:train", "Train G-HANet (or ABMIL) with k-fold cross-validation."),
     "evaluate": ("evaluate:evaluate", "C-index, Kaplan-Meier and log-rank for a predictions table."),
     "predict": ("predict:predict", "Risk score, survival curve and heatmaps from slides alone."),
+    "report": ("report:report", "Write <out>/report/: results, survival curves and a deep-zoom slide viewer (static HTML)."),
     "synth": ("synth:synth", "Write synthetic slides / a synthetic cohort (tests, demos)."),
     "demo": ("demo:demo", "Run every stage on a small synthetic cohort."),
 }

@@ -26,6 +26,7 @@ from .common import manifest_option, out_option, overwrite_option, slides_argume
               help="Weights file to write [default: <out>/encoders/<encoder>_<weights>_calibrated.safetensors].")
 @overwrite_option
 def calibrate_encoder(slides: tuple[str, ...], recursive: bool, mpp: float | None, case_id_from: str | None,
+                      gdc_manifest: Path | None, slide_types: str | None,
                       manifest: Path | None, out: Path, encoder: str, weights: str, n_patches: int, seed: int,
                       batch_size: int, output: Path | None, overwrite: bool) -> None:
     """Calibrate ENCODER with WEIGHTS on patches of the slides (patch grids from `ghanet segment` in
@@ -34,8 +35,14 @@ def calibrate_encoder(slides: tuple[str, ...], recursive: bool, mpp: float | Non
     from rich.console import Console
 
     from ..features.calibrate import calibrate_encoder as run
-    from ..wsi.inputs import collect_slides
-    specs = collect_slides(slides, manifest, recursive, case_id_from, mpp)
+    from ..wsi.gather import gather_slides
+
+    specs = gather_slides(slides, manifest, recursive, case_id_from, mpp, out=out, gdc_manifest=gdc_manifest,
+                          slide_types=slide_types)
+    for s in specs:
+        if s.problem:
+            click.echo(f"calibrate-encoder: slide {s.slide_id} left out: {s.problem}", err=True)
+    specs = [s for s in specs if not s.problem]
     res = run(specs, out, encoder=encoder, weights=weights, n_patches=n_patches, seed=seed,
               batch_size=batch_size, output=output, overwrite=overwrite)
     con = Console()

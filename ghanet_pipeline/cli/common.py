@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import sys
 import time
@@ -12,6 +14,7 @@ from typing import Any
 import click
 
 from ..core.runs import ItemResult
+from ..protocols.presets import PRESETS, PROTOCOLS
 
 F = Callable[..., Any]
 
@@ -45,17 +48,65 @@ def manifest_option(f: F) -> F:
 
 
 def slides_argument(f: F) -> F:
-    """Positional slides + --recursive, --mpp, --case-id-from."""
+    """Positional slides + --recursive, --mpp, --case-id-from, --gdc-manifest, --slide-types."""
+    f = click.option("--slide-types", default=None, metavar="DX[,TS,BS,MS]",
+                     help="Keep only TCGA slides of these types (the barcode's slide field): DX = diagnostic "
+                          "FFPE slides (what MCAT and the paper use), TS/BS/MS = frozen sections. Ids that are "
+                          "not TCGA barcodes are kept. Default: every slide.")(f)
+    f = click.option("--gdc-manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="GDC manifest (MANIFEST.txt of gdc-client) whose slide files are checked first (size, "
+                          "MD5; remembered in <out>/cache/): a missing or damaged file fails, the others go on. "
+                          "Default: MANIFEST.txt at the top of a given folder, when there is one.")(f)
     f = click.option("--case-id-from", type=click.Choice(["slide_id", "tcga"]), default=None,
                      help="Derive case_id from the slide id (tcga: first 12 characters).")(f)
     f = click.option("--mpp", type=click.FloatRange(min=0, min_open=True), default=None,
-                     help="Level-0 um/px for slides whose metadata lacks it (manifest column mpp wins).")(f)
+                     help="Level-0 um/px of every slide, overriding what its file says, except slides whose "
+                          "manifest row has an mpp value.")(f)
     f = click.option("--recursive", is_flag=True, help="Look for slides (and DICOM WSI folders) in sub-folders of given directories.")(f)
     return click.argument("slides", nargs=-1, type=str)(f)
 
 
+def default_of(options: type, name: str) -> Any:
+    """The default of field ``name`` of an options dataclass of the library (``TrainConfig``,
+    ``SegmentParams``, ...): the CLI shows and uses the library's defaults, never a copy."""
+    fld = {f.name: f for f in dataclasses.fields(options)}[name]
+    if fld.default is not dataclasses.MISSING:
+        return fld.default
+    return fld.default_factory()  # type: ignore[misc]
+
+
+class RegistryChoice(click.Choice):
+    """A choice among the names of a registry, read when first needed (``--help`` of the group and
+    light commands then import no model code)."""
+
+    def __init__(self, names: Callable[[], Iterable[str]]) -> None:
+        self._names = names
+        self._choices: tuple[str, ...] | None = None
+        self.case_sensitive = True
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        if self._choices is None:
+            self._choices = tuple(self._names())
+        return self._choices
+
+
+def model_names() -> list[str]:
+    """Names in the survival-model registry."""
+    from ..models import MODELS
+
+    return MODELS.names()
+
+
+def encoder_names() -> list[str]:
+    """Names in the patch-encoder registry."""
+    from ..features.encoders import ENCODERS
+
+    return ENCODERS.names()
+
+
 def protocol_option(f: F) -> F:
-    return click.option("--protocol", type=click.Choice(["ghanet", "official"]), default="ghanet",
+    return click.option("--protocol", type=click.Choice(list(PROTOCOLS)), default="ghanet",
                         show_default=True,
                         help="ghanet = our protocol; official = the authors' released training code (floor "
                              "top-k with ties, cohort bins, loader-drawn t-test groups, carry-over "
@@ -63,8 +114,7 @@ def protocol_option(f: F) -> F:
 
 
 def preset_option(f: F) -> F:
-    return click.option("--preset", type=click.Choice(["tcga_blca", "tcga_brca", "tcga_gbmlgg", "tcga_luad",
-                                                       "tcga_ucec"]), default=None,
+    return click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
                         help="The paper's per-cohort settings (top-k %, learning rate, no gene selection for "
                              "UCEC); explicit options win.")(f)
 
@@ -72,6 +122,24 @@ def preset_option(f: F) -> F:
 def device_option(f: F) -> F:
     return click.option("--device", default="auto", show_default=True,
                         help="auto | cpu | cuda | cuda:N")(f)
+
+
+def engine_option(f: F) -> F:
+    return click.option("--engine", type=click.Choice(["auto", "torch", "openvino"]), default="auto", show_default=True,
+                        help="What runs the encoder: auto = OpenVINO on the CPU when installed (pip install "
+                             "'ghanet[openvino]'), PyTorch on CUDA; an encoder that does not convert falls back to "
+                             "PyTorch (logged). Converted models are cached in <out>/engines/ (or $GHANET_ENGINE_CACHE).")(f)
+
+
+def int8_options(f: F) -> F:
+    f = click.option("--int8-seed", type=int, default=0, show_default=True,
+                     help="Seed of the int8 calibration sample.")(f)
+    f = click.option("--int8-cohort", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     metavar="MANIFEST", help="The slides the int8 calibration sample is drawn from [default: all "
+                     "slides given, before --shard]; the workflow passes its manifest so per-slide jobs share one model.")(f)
+    return click.option("--int8-patches", type=click.IntRange(min=8), default=512, show_default=True,
+                        help="int8 calibration sample: patches drawn (seeded, an equal share per slide) from the "
+                             "cohort's patch grids; 64 of them are held out to check fidelity.")(f)
 
 
 def batch_size_option(default: int) -> Callable[[F], F]:
@@ -101,6 +169,33 @@ def shard_option(f: F) -> F:
                         help="Process only every n-th item starting at i (cluster array jobs).")(f)
 
 
+class StepBars:
+    """One progress bar at a time (e.g. one per fold): :meth:`start` closes the previous bar and opens the
+    next; leaving the ``with`` block closes the last."""
+
+    def __init__(self, disable: bool = False) -> None:
+        self.disable = disable
+        self.bar: Progress | None = None
+        self._stack: contextlib.ExitStack | None = None
+
+    def start(self, total: int, description: str) -> Progress:
+        self.close()
+        self._stack = contextlib.ExitStack()
+        self.bar = self._stack.enter_context(Progress(total, description, disable=self.disable))
+        return self.bar
+
+    def close(self) -> None:
+        if self._stack is not None:
+            self._stack.close()
+        self._stack, self.bar = None, None
+
+    def __enter__(self) -> StepBars:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class Progress:
     """A rich progress bar on a terminal; plain periodic log lines otherwise or with --no-progress."""
 
@@ -109,6 +204,7 @@ class Progress:
         self.plain = disable or not sys.stderr.isatty()
         self.every_s, self._last = every_s, time.monotonic()
         self._bar = None
+        self._stack = contextlib.ExitStack()
         self._log = logging.getLogger("ghanet_pipeline")
 
     def __enter__(self) -> Progress:
@@ -116,9 +212,9 @@ class Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
             from rich.progress import Progress as RichProgress
 
-            self._bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
-            self._bar.__enter__()
+            self._bar = self._stack.enter_context(RichProgress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TimeRemainingColumn(), transient=False))
             self._task = self._bar.add_task(self.description, total=self.total)
         return self
 
@@ -131,8 +227,7 @@ class Progress:
             self._log.info("%s: %d/%d %s", self.description, self.n, self.total, note)
 
     def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
+        self._stack.close()
 
 
 def parse_folds(text: str | None) -> list[int] | None:

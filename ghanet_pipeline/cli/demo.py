@@ -35,11 +35,11 @@ def demo(out: Path, cases: int, holdout: int, folds: int, epochs: int, slide_px:
     -> train -> predict,
     then print the c-index table, the held-out risk scores and where the plots are."""
     from rich.console import Console
-    from rich.table import Table
 
     from ..core.errors import ConfigError, OptionValueError
+    from ..demo.config import DemoConfig
     from ..demo.limits import check_config
-    from ..demo.run import DemoConfig, run_demo
+    from ..demo.run import run_demo
 
     model_list = tuple(m.strip() for m in models.split(",") if m.strip())
     if not model_list:
@@ -59,17 +59,27 @@ def demo(out: Path, cases: int, holdout: int, folds: int, epochs: int, slide_px:
         sys.stdout.flush()
 
     result = run_demo(out, config, on_stage=on_stage)
-
     console.rule("[bold]demo summary")
+    _print_stages(console, result)
+    _print_cindex(console, result)
+    _print_risks(console, result)
+    _print_outputs(console, result)
+    if "report" in result.outputs:
+        console.print(f"[bold]report:[/] open {result.outputs['report'].resolve()} in a web browser (no server, no "
+                      f"internet needed): results, Kaplan-Meier curves and a deep-zoom page per held-out slide")
+    console.print(f"demo finished in {result.seconds:.0f} s" + ("" if result.ok else " [red]with failures[/]"))
+    sys.exit(0 if result.ok else 1)
+
+
+def _print_stages(console, result) -> None:  # noqa: ANN001 - rich Console, DemoResult (imported on use)
+    from rich.table import Table
+
     stages = Table(title="stages")
     for col in ("stage", "status", "s"):
         stages.add_column(col, justify="right" if col == "s" else "left")
     for s in result.stages:
         stages.add_row(s.stage, "[green]ok[/]" if s.ok else f"[red]exit {s.returncode}[/]", f"{s.seconds:.1f}")
     console.print(stages)
-    if result.missing:
-        console.print(f"[yellow]not installed yet, skipped:[/] {', '.join(result.missing)}")
-
     if result.feature_cosine is not None:
         console.print(f"patch features: mean pairwise cosine similarity {result.feature_cosine:.3f} "
                       f"(1 = every patch looks the same to the models; random weights without calibration: ~0.999)")
@@ -78,36 +88,49 @@ def demo(out: Path, cases: int, holdout: int, folds: int, epochs: int, slide_px:
         console.print(f"gene reconstruction (G-HANet, per gene across validation cases): planted genes "
                       f"mean Spearman {g['planted_mean']:.2f} ({g.get('n_planted_features', 0)} features), other genes "
                       f"{_fmt(g.get('other_mean'), 2)}; planted genes are listed in {result.data_dir / 'cohort.json'}")
-    if result.cindex:
-        table = Table(title="validation c-index (cross-validation, final epoch)")
-        table.add_column("model")
-        n_folds = max(len(r.get("c_index_per_fold", {})) for r in result.cindex)
-        for k in range(n_folds):
-            table.add_column(f"fold {k}", justify="right")
-        for col in ("mean", "std", "pooled", "log-rank p"):
-            table.add_column(col, justify="right")
-        for r in result.cindex:
-            per = [_fmt(v) for v in dict(r.get("c_index_per_fold", {})).values()]
-            per += [""] * (n_folds - len(per))
-            table.add_row(r["model"], *per, *(_fmt(r.get(k)) for k in
-                                                ("c_index_mean", "c_index_std", "c_index_pooled", "logrank_p")))
-        console.print(table)
 
-    if result.risks:
-        table = Table(title="held-out patients (slide only): predicted risk vs hidden phenotype")
-        for col in ("case_id", "risk", "group", "phenotype (truth)", "months", "censored", "status"):
-            table.add_column(col)
-        for r in sorted(result.risks, key=lambda r: r.get("risk", float("inf"))):
-            table.add_row(r["case_id"], _fmt(r.get("risk"), 4), str(r.get("risk_group", "")), _fmt(r.get("phenotype")),
-                          _fmt(r.get("survival_months"), 1), _fmt(r.get("censorship"), 0), r.get("status", ""))
-        console.print(table)
-        rs = result.risk_summary
-        if rs.get("span") is not None:
-            console.print(f"held-out risks span {rs['span']:.3f}; Spearman(risk, hidden phenotype) = "
-                          f"{_fmt(rs.get('spearman'), 2)}")
-        console.print("higher risk = worse prognosis; higher phenotype = more dense dark-nuclei tissue = "
-                      "shorter survival in this synthetic cohort")
 
+def _print_cindex(console, result) -> None:  # noqa: ANN001
+    from rich.table import Table
+
+    if not result.cindex:
+        return
+    table = Table(title="validation c-index (cross-validation, final epoch)")
+    table.add_column("model")
+    n_folds = max(len(r.get("c_index_per_fold", {})) for r in result.cindex)
+    for k in range(n_folds):
+        table.add_column(f"fold {k}", justify="right")
+    for col in ("mean", "std", "pooled", "log-rank p"):
+        table.add_column(col, justify="right")
+    for r in result.cindex:
+        per = [_fmt(v) for v in dict(r.get("c_index_per_fold", {})).values()]
+        per += [""] * (n_folds - len(per))
+        table.add_row(r["model"], *per, *(_fmt(r.get(k)) for k in
+                                            ("c_index_mean", "c_index_std", "c_index_pooled", "logrank_p")))
+    console.print(table)
+
+
+def _print_risks(console, result) -> None:  # noqa: ANN001
+    from rich.table import Table
+
+    if not result.risks:
+        return
+    table = Table(title="held-out patients (slide only): predicted risk vs hidden phenotype")
+    for col in ("case_id", "risk", "group", "phenotype (truth)", "months", "censored", "status"):
+        table.add_column(col)
+    for r in sorted(result.risks, key=lambda r: r.get("risk", float("inf"))):
+        table.add_row(r["case_id"], _fmt(r.get("risk"), 4), str(r.get("risk_group", "")), _fmt(r.get("phenotype")),
+                      _fmt(r.get("survival_months"), 1), _fmt(r.get("censorship"), 0), r.get("status", ""))
+    console.print(table)
+    rs = result.risk_summary
+    if rs.get("span") is not None:
+        console.print(f"held-out risks span {rs['span']:.3f}; Spearman(risk, hidden phenotype) = "
+                      f"{_fmt(rs.get('spearman'), 2)}")
+    console.print("higher risk = worse prognosis; higher phenotype = more dense dark-nuclei tissue = "
+                  "shorter survival in this synthetic cohort")
+
+
+def _print_outputs(console, result) -> None:  # noqa: ANN001
     console.print(f"outputs under [bold]{result.out}[/]")
     for name, path in result.outputs.items():
         if not name.startswith("input:"):
@@ -121,8 +144,6 @@ def demo(out: Path, cases: int, holdout: int, folds: int, epochs: int, slide_px:
         for d in case_dirs:
             morph = sorted(d.glob("*morphology*.png"))
             console.print(f"    {d}/" + (f"  e.g. {morph[0].name}" if morph else ""))
-    console.print(f"demo finished in {result.seconds:.0f} s" + ("" if result.ok else " [red]with failures[/]"))
-    sys.exit(0 if result.ok else 1)
 
 
 def _fmt(value: object, digits: int = 3) -> str:

@@ -8,13 +8,19 @@ import click
 
 
 @click.command("encoders")
-def encoders() -> None:
+@click.option("--markdown", is_flag=True, help="Print the registry as the markdown table of docs/encoders.md.")
+def encoders(markdown: bool) -> None:
     """List the patch encoders: feature width, input px, um/px, output, and the weights file found
     in the torch / Hugging Face hub caches (pass --weights FILE to extract-features otherwise)."""
     from rich.console import Console
     from rich.table import Table
 
     from ..features.encoders import describe_encoders
+    from ..features.registry import encoder_table_markdown
+
+    if markdown:
+        click.echo(encoder_table_markdown(), nl=False)
+        sys.exit(0)
 
     table = Table(title="ghanet encoders (--encoder NAME)")
     for col in ("name", "width", "input px", "um/px", "output", "weights"):

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from .common import no_progress_option, out_option, overwrite_option, preset_option, protocol_option
+from ..genomics.config import DE_METHODS, GenomicsConfig
+from .common import default_of, no_progress_option, out_option, overwrite_option, preset_option, protocol_option
 
 
 @click.command("preprocess-genomics")
@@ -21,11 +22,11 @@ from .common import no_progress_option, out_option, overwrite_option, preset_opt
               help="Gene families CSV: one column per family (header = name, order = token order).")
 @click.option("--splits", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of MCAT splits_<k>.csv (columns train, val). Default: make --folds folds.")
-@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
+@click.option("--folds", type=click.IntRange(min=2), default=default_of(GenomicsConfig, "folds"), show_default=True,
               help="Number of patient-level folds, stratified by (time bin x event), when --splits is not given.")
 @protocol_option
 @preset_option
-@click.option("--de-method", type=click.Choice(["auto", "deseq2", "ttest", "none"]), default=None,
+@click.option("--de-method", type=click.Choice(DE_METHODS), default=None,
               help="auto: deseq2 on raw integer counts, else Welch t-test. Default: auto (protocol ghanet), "
                    "ttest (official), none (--preset tcga_ucec).")
 @click.option("--bins-from", type=click.Choice(["train", "cohort"]), default=None,
@@ -34,18 +35,19 @@ from .common import no_progress_option, out_option, overwrite_option, preset_opt
 @click.option("--ttest-groups", type=click.Choice(["cases", "loader"]), default=None,
               help="t-test risk groups: cases = each training case once (protocol ghanet); loader = the cases "
                    "drawn by one pass of the authors' class-balanced, with-replacement loader (official).")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=int, default=default_of(GenomicsConfig, "seed"), show_default=True,
               help="Seed of the fold assignment and, with --protocol official, of the t-test's loader draw "
                    "(the authors' default seed is 1).")
-@click.option("--padj", type=float, default=0.05, show_default=True, help="DESeq2: keep padj < this.")
+@click.option("--padj", type=float, default=default_of(GenomicsConfig, "padj"), show_default=True, help="DESeq2: keep padj < this.")
 @click.option("--lfc", type=float, default=None,
               help="DESeq2: keep |log2 fold change| >= this. Default: 1.0 (protocol ghanet), 0 (official: "
                    "padj only, as the paper states).")
-@click.option("--pvalue", type=float, default=0.05, show_default=True,
+@click.option("--pvalue", type=float, default=default_of(GenomicsConfig, "pvalue"), show_default=True,
               help="t-test: keep p < this (uncorrected, the reference protocol).")
-@click.option("--impute", type=click.Choice(["none", "train-mean"]), default="none", show_default=True,
+@click.option("--impute", type=click.Choice(["none", "train-mean"]), default=default_of(GenomicsConfig, "impute"), show_default=True,
               help="Missing values: none = error; train-mean = each fold's training mean.")
-@click.option("--n-cpus", type=click.IntRange(min=1), default=1, show_default=True, help="Processes for DESeq2.")
+@click.option("--n-cpus", type=click.IntRange(min=1), default=default_of(GenomicsConfig, "n_cpus"), show_default=True,
+              help="Processes for DESeq2.")
 @out_option
 @overwrite_option
 @no_progress_option
@@ -62,7 +64,6 @@ def preprocess_genomics(table: Path, clinical: Path | None, families: Path, spli
     from rich.console import Console
     from rich.table import Table
 
-    from ..genomics.pipeline import GenomicsConfig
     from ..genomics.pipeline import preprocess_genomics as run
     from .common import finish, print_summary
 

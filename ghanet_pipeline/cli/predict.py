@@ -7,9 +7,12 @@ from pathlib import Path
 
 import click
 
+from ..inference.config import PredictConfig
 from .common import (
     batch_size_option,
+    default_of,
     device_option,
+    engine_option,
     manifest_option,
     no_progress_option,
     num_workers_option,
@@ -19,6 +22,7 @@ from .common import (
     shard_option,
     slides_argument,
 )
+from .report import after_stage, no_report_option
 
 
 @click.command("predict")
@@ -38,30 +42,33 @@ from .common import (
 @click.option("--heatmaps", is_flag=True,
               help="Write attention/association heatmaps and top patches under <out>/predict/heatmaps/<case>/.")
 @device_option
+@engine_option
 @click.option("--weights", default=None, metavar="PATH|random[:seed]",
               help="Encoder weights; must be the ones the model was trained with (default: torch hub cache).")
-@batch_size_option(64)
-@num_workers_option(0)
+@batch_size_option(default_of(PredictConfig, "batch_size"))
+@num_workers_option(default_of(PredictConfig, "num_workers"))
 @overwrite_option
 @no_progress_option
 @shard_option
+@no_report_option
 def predict(slides: tuple[str, ...], recursive: bool, mpp: float | None, case_id_from: str | None,
-            model_dir: Path | None,
+            gdc_manifest: Path | None, slide_types: str | None, model_dir: Path | None,
             manifest: Path | None, out: Path, folds: str | None, features_dir: Path | None, assume_encoder: bool,
-            heatmaps: bool, device: str, weights: str | None, batch_size: int, num_workers: int, overwrite: bool,
-            no_progress: bool, shard: str | None) -> None:
+            heatmaps: bool, device: str, engine: str, weights: str | None, batch_size: int, num_workers: int,
+            overwrite: bool, no_progress: bool, shard: str | None, no_report: bool) -> None:
     """Predict a risk score per case from SLIDE files (slides of one manifest case_id are pooled).
 
     Writes <out>/predict/<case_id>.json as each case finishes (reused by a rerun with the same model
     and input files), then rebuilds <out>/predict/predictions.csv from every case's JSON; with
-    --heatmaps also <out>/predict/heatmaps/<case_id>/. Several processes (--shard i/n, two terminals)
-    may write into one --out. Exit 0 when every case got a score or had no tissue, 1 when a case failed
-    (the others still run), 2 on a usage error.
+    --heatmaps also <out>/predict/heatmaps/<case_id>/, then the report <out>/report/ (`ghanet report`; a
+    deep-zoom page per slide, with the attention layers when --heatmaps). Several processes (--shard i/n,
+    two terminals) may write into one --out. Exit 0 when every case got a score or had no tissue, 1 when
+    a case or a report page failed (the others still run), 2 on a usage error.
     """
     from ..inference.loading import default_model
     from ..inference.predict import predict_cases
-    from ..inference.records import PredictConfig
-    from ..wsi.inputs import collect_slides, parse_shard
+    from ..wsi.gather import gather_slides
+    from ..wsi.inputs import parse_shard
     from .common import Progress
 
     fold_list = parse_folds(folds)
@@ -70,18 +77,22 @@ def predict(slides: tuple[str, ...], recursive: bool, mpp: float | None, case_id
         model_dir = default_model(out)
         click.echo(f"using model {model_dir} (the only training run under {out / 'train'}; --model picks another)",
                    err=True)
-    specs = (collect_slides(slides, manifest, recursive, case_id_from, mpp)
+    specs = (gather_slides(slides, manifest, recursive, case_id_from, mpp, out=out, gdc_manifest=gdc_manifest,
+                           slide_types=slide_types)
              if (slides or manifest is not None or features_dir is None) else [])
     config = PredictConfig(out=out, folds=fold_list, features_dir=features_dir, assume_encoder=assume_encoder,
                            heatmaps=heatmaps, device=device, weights=weights, batch_size=batch_size,
-                           num_workers=num_workers, overwrite=overwrite, shard=shard_ij)
+                           num_workers=num_workers, overwrite=overwrite, shard=shard_ij, engine=engine)
     n_cases = len({s.case_id for s in specs}) if specs else 0
     if shard_ij is not None and n_cases:
         n_cases = len(range(shard_ij[0], n_cases, shard_ij[1]))
     with Progress(max(n_cases, 1), "predict", disable=no_progress) as bar:
         run = predict_cases(specs, model_dir, config, on_case=lambda p: bar.advance(1, p.case_id))
     _render(run)
-    sys.exit(0 if all(c.ok for c in run.cases) else 1)
+    slide_files = [s for s in specs if Path(s.path).suffix.lower() not in (".h5", ".pt")]
+    report_ok = after_stage(out, no_report, slide_paths={s.slide_id: Path(s.path) for s in slide_files},
+                            slide_mpp={s.slide_id: float(s.mpp) for s in slide_files if s.mpp is not None})
+    sys.exit(0 if all(c.ok for c in run.cases) and report_ok else 1)
 
 
 def _render(run) -> None:  # noqa: ANN001 - PredictionRun

@@ -8,9 +8,13 @@ from typing import Any
 
 import click
 
+from ..training.config import TrainConfig
 from .common import (
+    RegistryChoice,
+    default_of,
     device_option,
     manifest_option,
+    model_names,
     no_progress_option,
     out_option,
     overwrite_option,
@@ -18,6 +22,7 @@ from .common import (
     preset_option,
     protocol_option,
 )
+from .report import after_stage, no_report_option
 
 
 @click.command("train")
@@ -27,19 +32,19 @@ from .common import (
               help="Output of preprocess-genomics (<out>/genomics): folds, bins, labels, gene targets. "
                    "Default: <out>/genomics. ABMIL uses only its folds and labels.")
 @out_option
-@click.option("--model", type=click.Choice(["ghanet", "abmil"]), default="ghanet", show_default=True,
+@click.option("--model", type=RegistryChoice(model_names), default=default_of(TrainConfig, "model"), show_default=True,
               help="ghanet = G-HANet; abmil = gated-attention MIL baseline (no gene reconstruction).")
 @click.option("--run-name", default=None, help="Sub-folder of <out>/train/ (default: the model name).")
 @click.option("--folds", "folds_text", default=None, metavar="0,1,...", help="Folds to train (default: all).")
 @protocol_option
 @preset_option
-@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=default_of(TrainConfig, "epochs"), show_default=True)
 @click.option("--lr", type=float, default=None,
               help="Adam learning rate. Default: 2e-4, or the --preset's (1e-4 for tcga_ucec).")
-@click.option("--weight-decay", type=float, default=1e-5, show_default=True)
-@click.option("--accum", type=click.IntRange(min=1), default=32, show_default=True,
+@click.option("--weight-decay", type=float, default=default_of(TrainConfig, "weight_decay"), show_default=True)
+@click.option("--accum", type=click.IntRange(min=1), default=default_of(TrainConfig, "accum"), show_default=True,
               help="Cases per optimiser step (gradient accumulation; one case per forward pass).")
-@click.option("--alpha", type=float, default=0.3, show_default=True,
+@click.option("--alpha", type=float, default=default_of(TrainConfig, "alpha"), show_default=True,
               help="Weight of the gene-reconstruction loss (MSE + SCE, summed over families).")
 @click.option("--topk", type=click.FloatRange(min=0, max=100, min_open=True), default=None,
               help="Percent of patches kept per family for the genomic attention weights. Default: 20, or "
@@ -51,44 +56,58 @@ from .common import (
 @click.option("--accumulation", type=click.Choice(["epoch", "carry-over"]), default=None,
               help="epoch = gradients zeroed at each epoch start, partial step at its end (protocol ghanet); "
                    "carry-over = the leftover joins the next epoch's first step (official).")
-@click.option("--alpha-surv", type=click.FloatRange(min=0, max=1), default=0.0, show_default=True,
+@click.option("--alpha-surv", type=click.FloatRange(min=0, max=1), default=default_of(TrainConfig, "alpha_surv"),
+              show_default=True,
               help="Extra weight of the uncensored NLL term.")
-@click.option("--dim", type=click.IntRange(min=8), default=512, show_default=True, help="Model width d.")
-@click.option("--dropout", type=click.FloatRange(min=0, max=1, max_open=True), default=0.25, show_default=True)
+@click.option("--dim", type=click.IntRange(min=8), default=default_of(TrainConfig, "dim"), show_default=True,
+              help="Model width d.")
+@click.option("--dropout", type=click.FloatRange(min=0, max=1, max_open=True), default=default_of(TrainConfig, "dropout"),
+              show_default=True)
 @click.option("--max-patches", type=click.IntRange(min=1), default=None,
               help="Random subsample of at most this many patches per training step (default: all).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=default_of(TrainConfig, "seed"), show_default=True)
 @click.option("--select", type=click.Choice(["final", "best-epoch"]), default=None,
               help="Reported epoch. best-epoch = chosen on the validation fold (authors' protocol; optimistic). "
                    "Default: final (protocol ghanet), best-epoch (official).")
 @device_option
 @manifest_option
 @click.option("--case-id-from", type=click.Choice(["tcga"]), default=None,
-              help="Case id = first 12 characters of the bag name (TCGA barcodes).")
+              help="Case id = first 12 characters of the bag name (TCGA barcodes). Not needed with an MCAT table: "
+                   "its case_id and slide_id columns map the bags (a slide's id is its file name up to the first dot).")
+@click.option("--slide-types", default=None, metavar="DX[,TS,BS,MS]",
+              help="Use only bags of these TCGA slide types (DX = diagnostic FFPE slides; TS/BS/MS = frozen "
+                   "sections). Default: every bag.")
+@click.option("--cache-gb", type=click.FloatRange(min=0), default=default_of(TrainConfig, "cache_gb"), show_default=True,
+              help="Keep bags in memory up to this many GiB (float32); the rest are re-read from disk each step.")
 @click.option("--resume", is_flag=True, help="Continue interrupted folds from their last saved epoch (finished folds "
                                             "are always skipped when the options match).")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
               help="CPU threads for torch (0 = torch's default). Small bags on a busy machine train faster with 1.")
+@click.option("--allow-mixed-precision", is_flag=True,
+              help="Train on int8 bags together with fp32/bf16 bags (refused by default: int8 features differ "
+                   "from fp32 ones by more than round-off).")
 @overwrite_option
 @no_progress_option
+@no_report_option
 def train(features: Path, genomics: Path | None, out: Path, model: str, run_name: str | None, folds_text: str | None,
           protocol: str, preset: str | None, epochs: int, lr: float | None, weight_decay: float, accum: int,
           alpha: float, topk: float | None, topk_rule: str | None, accumulation: str | None, alpha_surv: float,
           dim: int, dropout: float, max_patches: int | None,
           seed: int, select: str | None, device: str,
-          manifest: Path | None, case_id_from: str | None, resume: bool, threads: int, overwrite: bool,
-          no_progress: bool) -> None:
+          manifest: Path | None, case_id_from: str | None, slide_types: str | None, cache_gb: float, resume: bool,
+          threads: int, allow_mixed_precision: bool, overwrite: bool, no_progress: bool, no_report: bool) -> None:
     """Train G-HANet (or ABMIL) with the folds of preprocess-genomics; write checkpoints and reports.
 
     Outputs in <out>/train/<run>/: config.json, fold_<k>/ (model.safetensors, model.json, history.json),
-    predictions.csv, metrics.json, km.png, spearman.png, learning_curves.png.
+    predictions.csv, metrics.json, km.png, spearman.png, learning_curves.png; then the report
+    <out>/report/ (`ghanet report`) unless --no-report.
     """
     import logging
 
     from ..core.errors import ConfigError
-    from ..training.config import TrainConfig
     from ..training.cv import train_cv
-    from .common import Progress
+    from ..wsi.tcga import parse_slide_types
+    from .common import StepBars
 
     if threads:
         import torch
@@ -103,38 +122,31 @@ def train(features: Path, genomics: Path | None, out: Path, model: str, run_name
                          topk=None if topk is None else topk / 100.0, alpha_surv=alpha_surv, dim=dim,
                          dropout=dropout, max_patches=max_patches, seed=seed, folds=parse_folds(folds_text),
                          select=select, device=device, case_id_from=case_id_from, protocol=protocol,
-                         preset=preset, topk_rule=topk_rule, accumulation=accumulation)
+                         preset=preset, topk_rule=topk_rule, accumulation=accumulation, cache_gb=cache_gb,
+                         slide_types=parse_slide_types(slide_types), allow_mixed_precision=allow_mixed_precision)
     log = logging.getLogger("ghanet_pipeline")
-    state: dict[str, Any] = {"bar": None}
+    with StepBars(disable=no_progress) as bars:
+        def progress(kind: str, **info: Any) -> None:
+            if kind == "fold_start":
+                bars.start(info["epochs"], f"fold {info['fold']}")
+            elif kind == "resume" and bars.bar is not None:
+                bars.bar.advance(info["epoch"], note="(resumed)")
+            elif kind == "epoch" and bars.bar is not None:
+                vc = info.get("val_c_index")
+                bars.bar.advance(1, note=f"loss {info['train_loss']:.3f} val c-index "
+                                         f"{'n/a' if vc is None else f'{vc:.3f}'}")
+            elif kind == "fold_done":
+                bars.close()
+                res = info["result"]
+                log.info("fold %s: %s", info["fold"], res.status if res.ok else res.message)
 
-    def progress(kind: str, **info: Any) -> None:
-        bar = state["bar"]
-        if kind == "fold_start":
-            if bar is not None:
-                bar.__exit__(None, None, None)
-            bar = state["bar"] = Progress(info["epochs"], f"fold {info['fold']}", disable=no_progress).__enter__()
-        elif kind == "resume" and bar is not None:
-            bar.advance(info["epoch"], note="(resumed)")
-        elif kind == "epoch" and bar is not None:
-            vc = info.get("val_c_index")
-            bar.advance(1, note=f"loss {info['train_loss']:.3f} val c-index {'n/a' if vc is None else f'{vc:.3f}'}")
-        elif kind == "fold_done":
-            if bar is not None:
-                bar.__exit__(None, None, None)
-                state["bar"] = None
-            res = info["result"]
-            log.info("fold %s: %s", info["fold"], res.status if res.ok else res.message)
-
-    try:
         result = train_cv(features, genomics, out, config, run_name=run_name, manifest=manifest, resume=resume,
                           overwrite=overwrite, progress=progress)
-    finally:
-        if state["bar"] is not None:
-            state["bar"].__exit__(None, None, None)
     _print_table(result)
     from ..core.runs import exit_code
 
-    sys.exit(exit_code(result.folds))
+    report_ok = after_stage(out, no_report)
+    sys.exit(exit_code(result.folds) or (0 if report_ok else 1))
 
 
 def _fmt(v: Any, spec: str = ".3f") -> str:

@@ -49,3 +49,7 @@ class ManifestError(ConfigError, InputError):
 
 class BusyError(GhanetError):
     """Another running process holds an output this command would change (e.g. a fold job of a run)."""
+
+
+class IdMismatchError(ConfigError, MismatchError):
+    """No slide id of a table meets a slide or bag on disk: the mapping needs a manifest or a flag (exit 2)."""

@@ -68,15 +68,6 @@ def _plain(obj: Any) -> Any:
     raise TypeError(f"not hashable as JSON: {type(obj).__name__}")
 
 
-def array_digest(arr: np.ndarray) -> str:
-    """16-hex SHA-256 of an array's dtype, shape and little-endian C-order bytes."""
-    a = np.ascontiguousarray(arr)
-    a = a.astype(a.dtype.newbyteorder("<"), copy=False)
-    h = hashlib.sha256(f"{a.dtype.str}:{a.shape}".encode())
-    h.update(memoryview(a).cast("B"))
-    return h.hexdigest()[:DIGEST_CHARS]
-
-
 def component_from_items(items: Mapping[str, str], summary: str) -> Component:
     """A component whose digest covers every (name, item digest) pair; differences are named per item."""
     items = {str(k): str(v) for k, v in sorted(items.items())}

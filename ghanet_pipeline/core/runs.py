@@ -46,13 +46,15 @@ def run_items(items: Iterable[T], name_of: Callable[[T], str], work: Callable[[T
               on_done: Callable[[ItemResult], None] | None = None) -> list[ItemResult]:
     """Run ``work`` on each item; an expected error (GhanetError, OSError, ...) fails only that item.
 
-    ``KeyboardInterrupt`` still stops the batch. ``on_done`` is called after each item (progress).
+    ``KeyboardInterrupt`` still stops the batch. ``on_done`` is called after each item (progress). An item
+    with a ``problem`` (e.g. a GDC download that failed its check, ``wsi.gather``) fails with it, unrun.
     """
     results: list[ItemResult] = []
     for item in items:
         t0 = time.perf_counter()
         try:
-            res = work(item)
+            problem = getattr(item, "problem", "")
+            res = ItemResult(item=name_of(item), status="failed", message=problem) if problem else work(item)
         except (GhanetError, OSError, ValueError, RuntimeError, MemoryError) as exc:
             msg = str(exc) if isinstance(exc, GhanetError) else f"{type(exc).__name__}: {exc}"
             res = ItemResult(item=name_of(item), status="failed", message=msg)

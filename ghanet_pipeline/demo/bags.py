@@ -5,7 +5,7 @@ with ``bags.write_bag``, so attrs and encoder checks are exercised) of ``n_patch
 dimension ``dim`` (1024 like the truncated ResNet50). A patch is a noisy copy of one of a few "tissue"
 prototypes, or of a "dense nuclei" prototype; the share of dense-nuclei patches grows linearly with the
 case's phenotype (``dense_share[0]`` at phenotype 0 to ``dense_share[1]`` at 1), and the phenotype also
-drives the hazard and the planted genes (``synthetic_cohort``). With ``nuisance`` (default) slides also
+drives the hazard and the planted genes (:mod:`.cohort`). With ``nuisance`` (default) slides also
 differ in ways unrelated to survival (mix of tissue types, staining gain), as real slides do. So a model
 can learn risk from the bags, and the planted genes can be reconstructed from them.
 

@@ -66,6 +66,74 @@ class SyntheticCohort:
         return {g for genes in self.planted.values() for g in genes}
 
 
+def _survival(rng: np.random.Generator, n_cases: int, beta: float, censor_fraction: float,
+              baseline_median_months: float, max_follow_up_months: float
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(phenotype in [0, 1], survival_months, censorship) per case: exponential event times whose log
+    hazard rises by ``beta`` over the phenotype range, independent exponential censoring."""
+    phenotype = rng.uniform(0.0, 1.0, n_cases)
+    base_rate = np.log(2.0) / baseline_median_months          # median time at phenotype 0.5
+    rate = base_rate * np.exp(beta * (phenotype - 0.5))
+    event_t = rng.exponential(1.0 / rate)
+    # independent exponential censoring with a rate giving about censor_fraction censored overall
+    # (for exponential event and censoring times P(censored) = c / (c + rate), solved on the mean rate)
+    c_rate = censor_fraction / max(1e-9, 1.0 - censor_fraction) * float(np.median(rate))
+    censor_t = np.minimum(rng.exponential(1.0 / c_rate, n_cases), max_follow_up_months)
+    time = np.minimum(event_t, censor_t)
+    return phenotype, np.round(np.maximum(time, 0.1), 2), (censor_t < event_t).astype(int)
+
+
+def _gene_families(rng: np.random.Generator, genes_per_family: tuple[int, int], planted_families: tuple[str, ...],
+                   n_planted_per_family: int, n_noise_genes: int, n_missing_listed: int
+                   ) -> tuple[dict[str, list[str]], list[str], dict[str, list[str]]]:
+    """(family -> listed genes, genes present in the data, family -> planted genes)."""
+    fam_genes: dict[str, list[str]] = {}
+    for name in FAMILY_NAMES:
+        n = int(rng.integers(genes_per_family[0], genes_per_family[1] + 1))
+        fam_genes[name] = [f"{_PREFIX[name]}{j + 1}" for j in range(n)]
+    # overlap: a few protein kinases also listed under oncogenesis, a few TFs under differentiation
+    fam_genes["Oncogenesis"] += fam_genes["Protein Kinases"][:3]
+    fam_genes["Cellular Differentiation"] += fam_genes["Transcription"][:2]
+    all_listed = sorted({g for genes in fam_genes.values() for g in genes})
+    missing = set()
+    for name in FAMILY_NAMES:  # listed but absent from the data (tail of each own-prefix list)
+        own = [g for g in fam_genes[name] if g.startswith(_PREFIX[name])]
+        missing.update(own[len(own) - n_missing_listed:] if n_missing_listed else [])
+    genes = [g for g in all_listed if g not in missing] + [f"NOISE{j + 1}" for j in range(n_noise_genes)]
+    planted = {name: [g for g in fam_genes[name] if g.startswith(_PREFIX[name]) and g not in missing]
+               [:n_planted_per_family] for name in FAMILY_NAMES if name in planted_families}
+    return fam_genes, genes, planted
+
+
+def _counts(rng: np.random.Generator, genes: list[str], planted: set[str], phenotype: np.ndarray,
+            effect_log2: float, dispersion: float) -> tuple[np.ndarray, np.ndarray]:
+    """(raw counts genes x cases, negative binomial; per-case size factors): a planted gene's mean rises
+    by ``effect_log2`` (log2) over the phenotype range."""
+    log2_base = rng.normal(7.0, 1.5, len(genes))                   # ~128 counts typical
+    effect = np.array([effect_log2 if g in planted else 0.0 for g in genes])
+    lib_size = np.exp(rng.normal(0.0, 0.2, len(phenotype)))         # per-case size factor
+    mu = lib_size[None, :] * np.exp2(log2_base[:, None] + effect[:, None] * (phenotype[None, :] - 0.5))
+    r = 1.0 / dispersion
+    return rng.negative_binomial(r, r / (r + mu)), lib_size
+
+
+def _mcat_features(rng: np.random.Generator, genes: list[str], counts: np.ndarray, lib_size: np.ndarray
+                   ) -> dict[str, np.ndarray]:
+    """MCAT-style columns: ``<gene>_rnaseq`` (z-scored log2 normalised counts) for every gene, ``_cnv`` for
+    every second gene, ``_mut`` for every fifth."""
+    n_cases = counts.shape[1]
+    norm = np.log2(counts / lib_size[None, :] + 1.0)
+    z = (norm - norm.mean(axis=1, keepdims=True)) / np.maximum(norm.std(axis=1, keepdims=True), 1e-8)
+    feat = {f"{g}_rnaseq": np.round(z[gi], 4) for gi, g in enumerate(genes)}
+    for gi, g in enumerate(genes):
+        if gi % 2 == 0:
+            feat[f"{g}_cnv"] = rng.choice([-2, -1, 0, 1, 2], n_cases, p=[0.05, 0.15, 0.6, 0.15, 0.05])
+    for gi, g in enumerate(genes):
+        if gi % 5 == 0:
+            feat[f"{g}_mut"] = (rng.uniform(size=n_cases) < 0.1).astype(int)
+    return feat
+
+
 def make_cohort(n_cases: int = 40, seed: int = 0, genes_per_family: tuple[int, int] = (20, 40),
                 planted_families: tuple[str, ...] = DEFAULT_PLANTED_FAMILIES, n_planted_per_family: int = 4,
                 effect_log2: float = 6.0, beta: float = 5.0, censor_fraction: float = 0.3,
@@ -85,93 +153,34 @@ def make_cohort(n_cases: int = 40, seed: int = 0, genes_per_family: tuple[int, i
     if unknown:
         raise ValueError(f"unknown planted families {sorted(unknown)}; choose from {FAMILY_NAMES}")
     rng = np.random.default_rng(seed)
-
-    # --- cases and survival --------------------------------------------------------------------
     case_ids = [f"{case_prefix}-{i + 1:04d}" for i in range(n_cases)]
-    phenotype = rng.uniform(0.0, 1.0, n_cases)
-    base_rate = np.log(2.0) / baseline_median_months          # median time at phenotype 0.5
-    rate = base_rate * np.exp(beta * (phenotype - 0.5))
-    event_t = rng.exponential(1.0 / rate)
-    # independent exponential censoring with a rate giving about censor_fraction censored overall
-    # (for exponential event and censoring times P(censored) = c / (c + rate), solved on the mean rate)
-    c_rate = censor_fraction / max(1e-9, 1.0 - censor_fraction) * float(np.median(rate))
-    censor_t = np.minimum(rng.exponential(1.0 / c_rate, n_cases), max_follow_up_months)
-    time = np.minimum(event_t, censor_t)
-    censorship = (censor_t < event_t).astype(int)
-    survival_months = np.round(np.maximum(time, 0.1), 2)
-
-    # --- genes and families -------------------------------------------------------------------
-    fam_genes: dict[str, list[str]] = {}
-    for name in FAMILY_NAMES:
-        n = int(rng.integers(genes_per_family[0], genes_per_family[1] + 1))
-        fam_genes[name] = [f"{_PREFIX[name]}{j + 1}" for j in range(n)]
-    # overlap: a few protein kinases also listed under oncogenesis, a few TFs under differentiation
-    fam_genes["Oncogenesis"] += fam_genes["Protein Kinases"][:3]
-    fam_genes["Cellular Differentiation"] += fam_genes["Transcription"][:2]
-    all_listed = sorted({g for genes in fam_genes.values() for g in genes})
-    missing = set()
-    for name in FAMILY_NAMES:  # listed but absent from the data (tail of each own-prefix list)
-        own = [g for g in fam_genes[name] if g.startswith(_PREFIX[name])]
-        missing.update(own[len(own) - n_missing_listed:] if n_missing_listed else [])
-    genes = [g for g in all_listed if g not in missing] + [f"NOISE{j + 1}" for j in range(n_noise_genes)]
-    planted: dict[str, list[str]] = {}
-    for name in FAMILY_NAMES:
-        if name in planted_families:
-            own = [g for g in fam_genes[name] if g.startswith(_PREFIX[name]) and g not in missing]
-            planted[name] = own[:n_planted_per_family]
-    planted_set = {g for gs in planted.values() for g in gs}
-
-    # --- counts (genes x cases) ---------------------------------------------------------------
-    n_genes = len(genes)
-    log2_base = rng.normal(7.0, 1.5, n_genes)                   # ~128 counts typical
-    effect = np.array([effect_log2 if g in planted_set else 0.0 for g in genes])
-    lib_size = np.exp(rng.normal(0.0, 0.2, n_cases))            # per-case size factor
-    mu = lib_size[None, :] * np.exp2(log2_base[:, None] + effect[:, None] * (phenotype[None, :] - 0.5))
-    r = 1.0 / dispersion
-    counts_arr = rng.negative_binomial(r, r / (r + mu))
-    counts = pd.DataFrame(counts_arr.astype(np.int64), index=pd.Index(genes, name="gene"), columns=case_ids)
-
-    # --- MCAT-style table (one row per slide) ---------------------------------------------------
-    norm = np.log2(counts_arr / lib_size[None, :] + 1.0)
-    z = (norm - norm.mean(axis=1, keepdims=True)) / np.maximum(norm.std(axis=1, keepdims=True), 1e-8)
-    feat: dict[str, np.ndarray] = {}
-    for gi, g in enumerate(genes):
-        feat[f"{g}_rnaseq"] = np.round(z[gi], 4)
-    for gi, g in enumerate(genes):
-        if gi % 2 == 0:
-            feat[f"{g}_cnv"] = rng.choice([-2, -1, 0, 1, 2], n_cases, p=[0.05, 0.15, 0.6, 0.15, 0.05])
-    for gi, g in enumerate(genes):
-        if gi % 5 == 0:
-            feat[f"{g}_mut"] = (rng.uniform(size=n_cases) < 0.1).astype(int)
-
-    rows = []
-    for i, cid in enumerate(case_ids):
-        n_slides = 2 if rng.uniform() < second_slide_fraction else 1
-        for s in range(n_slides):
-            rows.append((i, cid, f"{cid}-{s + 1:02d}"))
+    phenotype, survival_months, censorship = _survival(rng, n_cases, beta, censor_fraction, baseline_median_months,
+                                                       max_follow_up_months)
+    fam_genes, genes, planted = _gene_families(rng, genes_per_family, planted_families, n_planted_per_family,
+                                               n_noise_genes, n_missing_listed)
+    counts_arr, lib_size = _counts(rng, genes, {g for gs in planted.values() for g in gs}, phenotype, effect_log2,
+                                   dispersion)
+    feat = _mcat_features(rng, genes, counts_arr, lib_size)
+    rows = [(i, cid, f"{cid}-{s + 1:02d}") for i, cid in enumerate(case_ids)
+            for s in range(2 if rng.uniform() < second_slide_fraction else 1)]
     idx = np.array([r[0] for r in rows])
     meta = pd.DataFrame({
-        "case_id": [r[1] for r in rows],
-        "slide_id": [r[2] for r in rows],
-        "oncotree_code": "SYN",
-        "age": rng.integers(35, 85, n_cases)[idx],
-        "is_female": rng.integers(0, 2, n_cases)[idx],
-        "survival_months": survival_months[idx],
-        "censorship": censorship[idx],
+        "case_id": [r[1] for r in rows], "slide_id": [r[2] for r in rows], "oncotree_code": "SYN",
+        "age": rng.integers(35, 85, n_cases)[idx], "is_female": rng.integers(0, 2, n_cases)[idx],
+        "survival_months": survival_months[idx], "censorship": censorship[idx],
     })
-    table = pd.concat([meta, pd.DataFrame({k: v[idx] for k, v in feat.items()})], axis=1)
     clinical = meta[["case_id", "slide_id", "survival_months", "censorship"]].copy()
     clinical["phenotype"] = np.round(phenotype[idx], 6)
-
     width = max(len(v) for v in fam_genes.values())
     families = pd.DataFrame({name: pd.Series(fam_genes[name] + [None] * (width - len(fam_genes[name])),
                                              dtype=object) for name in FAMILY_NAMES})
     params = dict(n_cases=n_cases, seed=seed, genes_per_family=list(genes_per_family),
                   planted_families=list(planted_families), n_planted_per_family=n_planted_per_family,
-                  effect_log2=effect_log2, beta=beta, censor_fraction=censor_fraction,
-                  dispersion=dispersion)
-    return SyntheticCohort(clinical=clinical, table=table, counts=counts, families=families,
-                           planted=planted, genes=genes, params=params)
+                  effect_log2=effect_log2, beta=beta, censor_fraction=censor_fraction, dispersion=dispersion)
+    return SyntheticCohort(
+        clinical=clinical, table=pd.concat([meta, pd.DataFrame({k: v[idx] for k, v in feat.items()})], axis=1),
+        counts=pd.DataFrame(counts_arr.astype(np.int64), index=pd.Index(genes, name="gene"), columns=case_ids),
+        families=families, planted=planted, genes=genes, params=params)
 
 
 def write_cohort_tables(cohort: SyntheticCohort, out_dir: Path | str, table_name: str = "genomics_table.csv.zip"

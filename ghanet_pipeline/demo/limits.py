@@ -27,8 +27,9 @@ def _fold_problem(n_cases: int, folds: int, seed: int) -> str | None:
     Exact: the cohort, the folds (made with preprocess-genomics' own defaults, which the demo does not
     change) and the risk groups are computed by the same functions the stage uses.
     """
+    from ..genomics.config import GenomicsConfig
     from ..genomics.folds import make_folds
-    from ..genomics.pipeline import GenomicsConfig, fold_group_sizes
+    from ..genomics.per_fold import fold_group_sizes
     from ..genomics.selection import MIN_GROUP
     from .cohort import make_cohort
 

@@ -3,7 +3,7 @@
 It builds a small cohort with a known answer and then runs the *same commands a user types*, one
 ``ghanet`` subprocess per stage, each writing under one output root:
 
-1. cohort (library): :func:`synthetic_cohort.make_cohort` gives clinical data, an MCAT-style
+1. cohort (library): :func:`demo.cohort.make_cohort` gives clinical data, an MCAT-style
    genomics table and gene families driven by a hidden per-case ``phenotype``; one synthetic slide
    per row is written with :func:`synthetic.write_synthetic_slide` using that case's phenotype (the
    share of dense dark-nuclei tissue), so the slides carry the survival signal. A few extra
@@ -12,15 +12,15 @@ It builds a small cohort with a known answer and then runs the *same commands a 
    per-channel standardisation re-estimated on patches of the cohort, saved as a weights file: no
    download) -> ``ghanet extract-features --weights <that file>`` -> ``ghanet preprocess-genomics``
    -> ``ghanet train`` (k folds, G-HANet, then ABMIL for comparison) -> ``ghanet predict`` on the
-   held-out slides with heatmaps (PNG + QuPath GeoJSON).
+   held-out slides with heatmaps (PNG + QuPath GeoJSON) -> ``ghanet report`` (``<out>/report/index.html``:
+   results and a deep-zoom page per held-out slide; train and predict run with ``--no-report``).
 
 Then it reads back what a new user should see (``demo/report.py``): the mean pairwise cosine of
 the bags' patch features, the span of the held-out risks and their rank correlation with the hidden
 phenotype, and the reconstruction of the planted genes (marked in the run's ``spearman.png``).
 
-Stages whose command is not installed (``ghanet_pipeline.cli.<module>`` missing) are skipped and
-listed, so the demo runs whatever exists. Every stage skips finished outputs, so a second run of the
-demo into the same folder only redoes what is missing.
+Every stage skips finished outputs, so a second run of the demo into the same folder only redoes what
+is missing.
 
 This module never prints: :func:`run_demo` returns a :class:`DemoResult` that the CLI renders; the
 stages' own output goes to the ``stream`` given (the terminal by default).
@@ -29,7 +29,6 @@ stages' own output goes to the ``stream`` given (the terminal by default).
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -44,17 +43,6 @@ from ..core.errors import GhanetError
 from . import report
 from .config import DemoConfig
 from .limits import check_config
-
-#: stage name -> module of ghanet_pipeline.cli that provides its command
-STAGE_MODULES: dict[str, str] = {
-    "segment": "segment",
-    "calibrate-encoder": "calibrate",
-    "extract-features": "extract",
-    "preprocess-genomics": "genomics",
-    "train": "train",
-    "evaluate": "evaluate",
-    "predict": "predict",
-}
 
 
 @dataclass
@@ -80,13 +68,12 @@ class DemoResult:
     ``c_index_per_fold`` ({fold: value}), ``c_index_pooled``, ``logrank_p`` (whatever the run's
     metrics.json holds). ``risks``: one row per held-out case: ``case_id``, ``risk``, ``risk_group``,
     ``phenotype`` (the hidden truth; higher = worse) and, when present, ``survival_months``,
-    ``censorship``. ``missing``: stages whose command is not installed yet.
+    ``censorship``.
     """
 
     out: Path
     data_dir: Path
     stages: list[StageRun] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
     cindex: list[dict[str, Any]] = field(default_factory=list)
     risks: list[dict[str, Any]] = field(default_factory=list)
     km_plots: list[Path] = field(default_factory=list)
@@ -104,12 +91,6 @@ class DemoResult:
     @property
     def ok(self) -> bool:
         return all(s.ok for s in self.stages)
-
-
-def stage_available(stage: str) -> bool:
-    """True when the ``ghanet`` command of ``stage`` is installed (its CLI module exists)."""
-    mod = STAGE_MODULES[stage]
-    return importlib.util.find_spec(f"ghanet_pipeline.cli.{mod}") is not None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -247,9 +228,136 @@ def _features_dir(out: Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
+class _DemoRun:
+    """The demo's stages as ``ghanet`` subprocesses into one output root; each returns False to stop."""
+
+    def __init__(self, out: Path, config: DemoConfig, stream: IO[str] | None,
+                 on_stage: Callable[[str, list[str]], None] | None) -> None:
+        self.out, self.config, self.stream, self.on_stage = out, config, stream, on_stage
+        self.result = DemoResult(out=out, data_dir=out / "demo-data")
+        self.env = dict(os.environ)
+        self.env.setdefault("MALLOC_MMAP_MAX_", "0")  # see docs/benchmarks.md: faster CPU inference
+        self.env.setdefault("MALLOC_TRIM_THRESHOLD_", str(16 * 2**30))
+        # training steps on bags of ~30 patches are tiny: one intra-op thread avoids OpenMP spin-waits
+        self.env_train = {**self.env, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        self.redo = ["--overwrite"] if config.overwrite else []
+        self.common: list[str | Path] = ["--out", out, "--no-progress", *self.redo]
+        self.paths: dict[str, Path] = {}
+        self.weights = config.weights
+        self.run_dirs: dict[str, Path] = {}
+
+    def stage(self, name: str, cmd: list[str]) -> bool:
+        if self.on_stage is not None:
+            self.on_stage(name, cmd)
+        run = _run(name, cmd, self.stream, self.env_train if name.startswith("train") else self.env)
+        self.result.stages.append(run)
+        return run.ok
+
+    def cohort(self) -> bool:
+        t0 = time.perf_counter()
+        if self.on_stage is not None:
+            self.on_stage("cohort", ["(library) demo.cohort.make_cohort + wsi.synthetic.write_synthetic_slide"])
+        res = self.result
+        self.paths = build_cohort(res.data_dir, self.config)
+        res.stages.append(StageRun("cohort", [], 0, round(time.perf_counter() - t0, 1),
+                                   note=f"{self.config.n_cases} cases, slides in {res.data_dir / 'slides'}"))
+        res.outputs.update({f"input:{k}": v for k, v in self.paths.items()})
+        res.planted_genes = list(json.loads((res.data_dir / "cohort.json").read_text()).get("planted_genes", []))
+        return True
+
+    def segment(self) -> bool:
+        """Training slides only: ``ghanet predict`` segments the held-out slides itself."""
+        ok = self.stage("segment", _ghanet("segment", "--manifest", self.paths["manifest"], *self.common))
+        self.result.outputs["segment"] = self.out / "segment"
+        return ok
+
+    def calibrate(self) -> bool:
+        """Random weights made usable on patches of the training slides (a recorded weights file)."""
+        from ..features.calibrate import default_output
+
+        cfg = self.config
+        if not str(cfg.weights).startswith("random"):
+            return True
+        self.weights = str(default_output(self.out, "resnet50_trunc", cfg.weights))
+        self.result.outputs["encoder weights"] = Path(self.weights)
+        return self.stage("calibrate-encoder", _ghanet(
+            "calibrate-encoder", "--manifest", self.paths["manifest"], "--out", self.out, "--weights", cfg.weights,
+            "--patches", cfg.calibration_patches, "--output", self.weights, *self.redo))
+
+    def extract(self) -> bool:
+        cfg = self.config
+        workers = [] if cfg.num_workers is None else ["--num-workers", cfg.num_workers]
+        if not self.stage("extract-features", _ghanet("extract-features", "--manifest", self.paths["manifest"],
+                                                      *self.common, "--weights", self.weights, "--device",
+                                                      cfg.device, *workers)):
+            return False
+        features = _features_dir(self.out)
+        if features is None:
+            raise GhanetError(f"extract-features finished but wrote no bags under {self.out / 'features'}")
+        self.result.outputs["features"] = features
+        self.result.feature_cosine = report.bag_cosine(features)
+        return True
+
+    def genomics(self) -> bool:
+        self.result.outputs["genomics"] = self.out / "genomics"
+        return self.stage("preprocess-genomics", _ghanet(
+            "preprocess-genomics", "--table", self.paths["table"], "--families", self.paths["families"],
+            "--folds", self.config.folds, "--out", self.out, *self.redo))
+
+    def train(self) -> bool:
+        """G-HANet, then the ABMIL baseline under the same protocol; only the first model must succeed."""
+        cfg, res = self.config, self.result
+        for model in cfg.models:
+            run_dir = self.out / "train" / model
+            if not self.stage(f"train {model}", _ghanet(
+                    "train", "--features", res.outputs["features"], "--genomics", self.out / "genomics", "--model",
+                    model, "--run-name", model, "--epochs", cfg.epochs, *cfg.train_args, "--device", cfg.device,
+                    *self.common, "--no-report", *([] if cfg.overwrite else ["--resume"]))):
+                if model == cfg.models[0]:
+                    return False
+                continue
+            self.run_dirs[model] = run_dir
+            row = report.collect_metrics(run_dir, model)
+            if row is not None:
+                res.cindex.append(row)
+            if (run_dir / "km.png").is_file():
+                res.km_plots.append(run_dir / "km.png")
+            if model == "ghanet":
+                res.genes = report.planted_summary(run_dir, res.planted_genes)
+                report.mark_planted(run_dir, res.planted_genes)
+        return True
+
+    def predict(self) -> bool:
+        """The held-out slides, scored by the first model (G-HANet) from the slides alone."""
+        cfg, res = self.config, self.result
+        if cfg.models[0] not in self.run_dirs or "holdout_manifest" not in self.paths:
+            return True
+        cmd = _ghanet("predict", "--manifest", self.paths["holdout_manifest"], "--model", self.run_dirs[cfg.models[0]],
+                      "--weights", self.weights, "--device", cfg.device, "--no-report", *self.common)
+        if not self.stage("predict", cmd + (["--heatmaps"] if cfg.heatmaps else [])):
+            return False
+        pred_dir = self.out / "predict"
+        res.outputs["predict"] = pred_dir
+        if (pred_dir / "predictions.csv").is_file():
+            res.risks = report.collect_predictions(pred_dir / "predictions.csv", self.paths["holdout_manifest"])
+            res.risk_summary = report.risk_summary(res.risks)
+        res.heatmaps = sorted(pred_dir.rglob("*.png"))
+        return True
+
+    def report(self) -> bool:
+        """The run report (``ghanet report``): results and a deep-zoom page per held-out slide."""
+        if "predict" not in self.result.outputs:
+            return True
+        ok = self.stage("report", _ghanet("report", self.out, "--manifest", self.paths["holdout_manifest"],
+                                          "--no-progress"))
+        if ok:
+            self.result.outputs["report"] = self.out / "report" / "index.html"
+        return ok
+
+
 def run_demo(out: Path | str, config: DemoConfig | None = None, stream: IO[str] | None = None,
              on_stage: Callable[[str, list[str]], None] | None = None) -> DemoResult:
-    """Build the synthetic cohort under ``<out>/demo-data`` and run every available stage into ``out``.
+    """Build the synthetic cohort under ``<out>/demo-data`` and run every stage into ``out``.
 
     ``stream``: where the stages' own output goes (None = inherit the terminal). ``on_stage(stage,
     command)`` is called before each stage (the CLI prints the command). A failing stage stops the
@@ -261,118 +369,12 @@ def run_demo(out: Path | str, config: DemoConfig | None = None, stream: IO[str] 
     t_start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    data_dir = out / "demo-data"
-    result = DemoResult(out=out, data_dir=data_dir)
-    env = dict(os.environ)
-    env.setdefault("MALLOC_MMAP_MAX_", "0")  # see README benchmarks: faster CPU inference
-    env.setdefault("MALLOC_TRIM_THRESHOLD_", str(16 * 2**30))
-
-    # training steps on bags of ~30 patches are tiny: one intra-op thread avoids OpenMP spin-waits
-    # (measured 30x faster wall time than 2 threads on the busy 2-core dev machine, same results)
-    env_train = {**env, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-
-    def stage(name: str, cmd: list[str]) -> bool:
-        if on_stage is not None:
-            on_stage(name, cmd)
-        run = _run(name, cmd, stream, env_train if name.startswith("train") else env)
-        result.stages.append(run)
-        return run.ok
-
-    t0 = time.perf_counter()
-    if on_stage is not None:
-        on_stage("cohort", ["(library) synthetic_cohort.make_cohort + synthetic.write_synthetic_slide"])
-    paths = build_cohort(data_dir, config)
-    result.stages.append(StageRun("cohort", [], 0, round(time.perf_counter() - t0, 1),
-                                  note=f"{config.n_cases} cases, slides in {data_dir / 'slides'}"))
-    result.outputs.update({f"input:{k}": v for k, v in paths.items()})
-    result.missing = [s for s in STAGE_MODULES if not stage_available(s)]
-    result.planted_genes = list(json.loads((data_dir / "cohort.json").read_text()).get("planted_genes", []))
-    redo = ["--overwrite"] if config.overwrite else []
-    common = ["--out", out, "--no-progress", *redo]
-
-    # 1. segment (training slides; `ghanet predict` segments the held-out slides itself)
-    if not stage_available("segment"):
-        return _finish(result, t_start)
-    if not stage("segment", _ghanet("segment", "--manifest", paths["manifest"], *common)):
-        return _finish(result, t_start)
-    result.outputs["segment"] = out / "segment"
-
-    # 2. random weights: calibrate the encoder on patches of the training slides (recorded weights file)
-    weights = config.weights
-    if str(weights).startswith("random") and stage_available("calibrate-encoder"):
-        from ..features.calibrate import default_output
-
-        weights = str(default_output(out, "resnet50_trunc", config.weights))
-        if not stage("calibrate-encoder", _ghanet("calibrate-encoder", "--manifest", paths["manifest"], "--out", out,
-                                                  "--weights", config.weights, "--patches",
-                                                  config.calibration_patches, "--output", weights, *redo)):
-            return _finish(result, t_start)
-        result.outputs["encoder weights"] = Path(weights)
-
-    # 3. extract-features (training slides; predict embeds its own slides)
-    if not stage_available("extract-features"):
-        return _finish(result, t_start)
-    workers = [] if config.num_workers is None else ["--num-workers", config.num_workers]
-    if not stage("extract-features", _ghanet("extract-features", "--manifest", paths["manifest"], *common,
-                                             "--weights", weights, "--device", config.device, *workers)):
-        return _finish(result, t_start)
-    features = _features_dir(out)
-    if features is None:
-        raise GhanetError(f"extract-features finished but wrote no bags under {out / 'features'}")
-    result.outputs["features"] = features
-    result.feature_cosine = report.bag_cosine(features)
-
-    # 4. preprocess-genomics
-    if not stage_available("preprocess-genomics"):
-        return _finish(result, t_start)
-    if not stage("preprocess-genomics", _ghanet("preprocess-genomics", "--table", paths["table"],
-                                                "--families", paths["families"], "--folds", config.folds,
-                                                "--out", out, *redo)):
-        return _finish(result, t_start)
-    result.outputs["genomics"] = out / "genomics"
-
-    # 5. train (G-HANet, then the ABMIL baseline under the same protocol)
-    if not stage_available("train"):
-        return _finish(result, t_start)
-    run_dirs: dict[str, Path] = {}
-    for model in config.models:
-        run_dir = out / "train" / model
-        ok = stage(f"train {model}", _ghanet("train", "--features", features, "--genomics", out / "genomics",
-                                             "--model", model, "--run-name", model, "--epochs", config.epochs,
-                                             *config.train_args, "--device", config.device, *common,
-                                             *([] if config.overwrite else ["--resume"])))
-        if not ok:
-            if model == config.models[0]:
-                return _finish(result, t_start)
-            continue
-        run_dirs[model] = run_dir
-        row = report.collect_metrics(run_dir, model)
-        if row is not None:
-            result.cindex.append(row)
-        km = run_dir / "km.png"
-        if km.is_file():
-            result.km_plots.append(km)
-        if model == "ghanet":
-            result.genes = report.planted_summary(run_dir, result.planted_genes)
-            report.mark_planted(run_dir, result.planted_genes)
-
-    # 6. predict on the held-out slides with the first model (G-HANet)
-    main_model = config.models[0]
-    if not stage_available("predict") or main_model not in run_dirs or "holdout_manifest" not in paths:
-        return _finish(result, t_start)
-    cmd = _ghanet("predict", "--manifest", paths["holdout_manifest"], "--model", run_dirs[main_model],
-                  "--weights", weights, "--device", config.device, *common)
-    if config.heatmaps:
-        cmd.append("--heatmaps")
-    if not stage("predict", cmd):
-        return _finish(result, t_start)
-    pred_dir = out / "predict"
-    result.outputs["predict"] = pred_dir
-    if (pred_dir / "predictions.csv").is_file():
-        result.risks = report.collect_predictions(pred_dir / "predictions.csv", paths["holdout_manifest"])
-        result.risk_summary = report.risk_summary(result.risks)
-    result.heatmaps = sorted(pred_dir.rglob("*.png"))
-    return _finish(result, t_start)
+    run = _DemoRun(out, config, stream, on_stage)
+    for step in (run.cohort, run.segment, run.calibrate, run.extract, run.genomics, run.train, run.predict,
+                 run.report):
+        if not step():
+            break
+    return _finish(run.result, t_start)
 
 
 def _finish(result: DemoResult, t_start: float) -> DemoResult:

@@ -140,18 +140,11 @@ def bf16_cpu_warning(info: CpuInfo | None = None) -> str | None:
             f"AVX512-BF16, so bf16 runs several times slower than fp32; use --precision fp32 (or auto)")
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``precision`` on ``device`` (None = plain fp32), via :func:`resolve_precision`."""
+def dtype_of(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a resolved precision name (``fp32`` -> None: plain float32)."""
     import torch
 
-    name, _ = resolve_precision(precision, device)
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-
-
-def precision_name(dtype: torch.dtype | None) -> str:
-    import torch
-
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def cpu_cores() -> int:
@@ -163,8 +156,8 @@ def default_num_workers(device: torch.device, n_devices: int = 1) -> int:
 
     CUDA: all cores but one per GPU process (max 32): JPEG decoding is then the limit. CPU: the
     cores compute, so reading in the main process between batches (0 workers) costs least on small
-    machines (measured on 2 cores: end-to-end 0.97-0.98x encoder-only with 0 workers, 0.85-0.91x with
-    one reader process competing for the cores); from 8 cores on, one reader per 8 cores.
+    machines (a reader process competes with the encoder for the cores; docs/extract.md); from 8 cores on,
+    one reader per 8 cores.
     """
     cores = cpu_cores()
     if device.type == "cpu":

@@ -1,2 +1,3 @@
-"""Evaluation: survival metrics (c-index, Kaplan-Meier, log-rank: `metrics`), evaluating a predictions
-table (`evaluate`) and the report figures (`plots`)."""
+"""Evaluation: survival metrics (c-index, Kaplan-Meier, log-rank: ``metrics``), evaluating a predictions
+table (``evaluate``) and the report figures (``plots``).
+"""

@@ -39,8 +39,9 @@ def plot_km(time: Sequence[float], event: Sequence[Any], high: Sequence[bool], p
             note: str = "") -> Path:
     """Kaplan-Meier curves (95% confidence bands) of low- and high-risk cases, at-risk counts below the
     axis and the log-rank p-value. ``time`` in months; ``event`` 1 = death."""
-    from lifelines import KaplanMeierFitter
     from lifelines.plotting import add_at_risk_counts
+
+    from .metrics import kaplan_meier
 
     t = np.asarray(time, dtype=float)
     e = np.asarray(event).astype(bool)
@@ -51,8 +52,7 @@ def plot_km(time: Sequence[float], event: Sequence[Any], high: Sequence[bool], p
     for mask, label, color in ((~h, "low risk", "tab:blue"), (h, "high risk", "tab:red")):
         if mask.sum() == 0:
             continue
-        kmf = KaplanMeierFitter(label=f"{label} (n={int(mask.sum())})")
-        kmf.fit(t[mask], event_observed=e[mask])
+        kmf = kaplan_meier(t[mask], e[mask], label=f"{label} (n={int(mask.sum())})")
         kmf.plot_survival_function(ax=ax, ci_show=True, color=color, show_censors=True,
                                    censor_styles={"marker": "|", "ms": 6})
         fitters.append(kmf)
@@ -88,18 +88,6 @@ def _violins(ax: Any, names: Sequence[str], data: Sequence[np.ndarray], color: s
 
 def _finite(values: Sequence[Any]) -> np.ndarray:
     return np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
-
-
-def plot_spearman(per_family: Mapping[str, Sequence[float]], path: Path | str,
-                  title: str = "Gene reconstruction: Spearman per validation case", note: str = "") -> Path:
-    """Violin per family of per-case Spearman correlations (reconstructed vs true standardised genes),
-    annotated with mean +- std. Families without finite values are shown empty."""
-    names = list(per_family)
-    fig = _figure((max(5, 1.3 * len(names) + 2), 4.5))
-    ax = fig.add_subplot()
-    _violins(ax, names, [_finite(per_family[n]) for n in names])
-    ax.set_title(title + (f"\n{note}" if note else ""), fontsize=10, color="darkred" if note else "black")
-    return _save(fig, path)
 
 
 def plot_gene_reconstruction(per_gene: Mapping[str, Sequence[tuple[str, float]]],

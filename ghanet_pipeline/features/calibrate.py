@@ -86,11 +86,11 @@ def sample_patches(specs: Sequence[SlideSpec], out: Path, n_patches: int, seed: 
     and seeded from the patch grids of ``specs`` (``<out>/segment``; segmented with defaults when
     missing), plus the slide ids that contributed."""
     from ..wsi.slide import Slide
-    from .extract import _coords_for
+    from .coords import slide_coords
 
     grids = []
     for spec in specs:
-        coords, attrs, _ = _coords_for(spec, out)
+        coords, attrs, _ = slide_coords(spec, out)
         grids.append((spec, coords, attrs))
     sizes = {int(a["patch_size"]) for _, _, a in grids}
     if len(sizes) > 1:

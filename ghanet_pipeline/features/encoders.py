@@ -32,7 +32,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ENCODERS", "EncoderSpec", "LoadedEncoder", "find_hub_weights", "get_encoder_spec", "load_encoder",
+__all__ = ["ENCODERS", "EncoderSpec", "LoadedEncoder", "bag_folder_name", "encoder_input_size", "find_hub_weights",
+           "get_encoder_spec", "load_encoder",
            "parse_random", "preprocess", "read_state_dict", "register_encoder", "resolve_weights"]
 
 #: key prefix of the per-channel standardisation in a calibrated weights file (``features/calibrate.py``)
@@ -61,6 +62,8 @@ register_encoder(EncoderSpec(
     dim=1024,
     input_mpp=0.5,
     output="layer3 feature map, global average pooled",
+    architecture="ResNet50 conv1..layer3 + global average pool (as CLAM), torchvision's state-dict keys",
+    licence="BSD-3-Clause (torchvision code); weights trained on ImageNet (its terms: non-commercial research)",
     build=_resnet50_full,
     trunk=_resnet50_trunk,
     required_prefixes=("conv1.", "bn1.", "layer1.", "layer2.", "layer3."),
@@ -102,6 +105,27 @@ class LoadedEncoder:
     @property
     def dim(self) -> int:
         return self.spec.dim
+
+
+def encoder_input_size(name: str, patch_size: int, input_size: int | None = None) -> int:
+    """Side in px fed to encoder ``name``: ``input_size`` (``--resize``) when given, else the encoder's own
+    input size (224 for most foundation models), else the segment patch size."""
+    return int(input_size or get_encoder_spec(name).default_input_size or patch_size)
+
+
+def bag_folder_name(name: str, patch_size: int, input_size: int | None = None,
+                    weights: str | None = None, precision: str | None = None) -> str:
+    """The ``<out>/features/`` sub-folder ``extract-features`` writes for these options (no weights read).
+
+    ``weights``: the ``--weights`` value (``random[:seed]`` names its own folder; a file or None shares
+    the folder of real weights); ``precision``: the ``--precision`` value (``int8`` bags have their own
+    folder). The one rule for the CLI, the workflow and the docs.
+    """
+    from .bags import encoder_tag
+
+    seed = parse_random(weights)
+    return encoder_tag(name, encoder_input_size(name, patch_size, input_size),
+                       "weights" if seed is None else f"random:{seed}", int8=precision == "int8")
 
 
 def load_encoder(name: str = "resnet50_trunc", weights: str | Path | None = None,

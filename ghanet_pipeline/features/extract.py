@@ -18,7 +18,6 @@ Units: coords are level-0 pixels (top-left x, y); ``patch_size`` is pixels at ``
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,19 +28,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import __version__
-from ..core.attrs import same_setting
 from ..core.errors import ConfigError, MismatchError, SlideError
 from ..core.files import remove_stale_temps
-from ..core.fingerprints import check_same, component_from_mapping
 from ..core.ids import safe_child
 from ..core.runs import ItemResult, run_items, write_run_log
 from ..env.device import resolve_device
-from ..env.runtime import bf16_cpu_warning, cpu_cores, default_num_workers, resolve_precision, tune_malloc
+from ..env.runtime import bf16_cpu_warning, cpu_cores, default_num_workers, dtype_of, tune_malloc
 from ..wsi.inputs import SlideSpec
-from .bags import BAG_SCHEMA_VERSION, BagWriter, encoder_tag, read_bag_attrs, validate_bag
+from .bags import BAG_SCHEMA_VERSION, BagWriter, encoder_tag, read_bag_attrs
+from .coords import segment_params_json, slide_coords
+from .engines.choice import resolve_engine
+from .engines.session import EngineSession
 from .fastpath import Runner
 from .loader import PatchBatches, ThreadReader, reader_context, worker_init
 from .multidevice import extract_multi
+from .registry import DEFAULT_ENCODER
+from .reuse import reuse_problem
 
 if TYPE_CHECKING:  # pragma: no cover
 
@@ -63,10 +65,14 @@ class ExtractParams:
     compute threads (None = the cores not used by readers). ``reader_thread``: with 0 reader processes,
     read the next batch on a background thread while the current one is encoded (False = in the main
     thread between batches). ``raw_tiles``: decode patches that are whole JPEG tiles straight from the
-    file (same pixels as OpenSlide; False = always OpenSlide).
+    file (same pixels as OpenSlide; False = always OpenSlide). ``engine``: ``auto`` | ``torch`` |
+    ``openvino`` (:mod:`.engines.choice`); ``precision`` ``int8`` quantizes the encoder on a sample of
+    ``int8_patches`` patches of the cohort (seed ``int8_seed``, :mod:`.engines.int8`); ``engine_model``: an
+    int8 model key to use as it is (predict following its training bags; worker processes);
+    ``int8_auto``: may ``precision auto`` choose int8 (False for predict, which follows its bags).
     """
 
-    encoder: str = "resnet50_trunc"
+    encoder: str = DEFAULT_ENCODER
     weights: str | None = None
     input_size: int | None = None
     batch_size: int = 64
@@ -79,6 +85,11 @@ class ExtractParams:
     prefetch_batches: int = 4
     reader_thread: bool = True
     raw_tiles: bool = True
+    engine: str = "auto"
+    engine_model: str | None = None
+    int8_patches: int = 512
+    int8_seed: int = 0
+    int8_auto: bool = True
 
 
 # --------------------------------------------------------------------------- one process = one device
@@ -97,8 +108,9 @@ class Extractor:
             raise ConfigError(f"--dtype must be float32 or float16, not {params.dtype!r}")
         self.params = params
         self.device = resolve_device(device or params.device)
-        self.precision, self.precision_reason = resolve_precision(params.precision, self.device)
-        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+        choice = resolve_engine(params.engine, params.precision, self.device, int8_auto=params.int8_auto)
+        self.precision, self.precision_reason = (choice.precision if choice.engine == "torch" else "fp32"), choice.reason
+        self.amp_dtype = dtype_of(self.precision)
         self.notes: list[str] = []
         if self.device.type == "cpu" and self.precision == "bf16":
             warning = bf16_cpu_warning()
@@ -112,6 +124,7 @@ class Extractor:
                 threads = max(1, cpu_cores() - default_num_workers(self.device, n_devices))
             if threads:
                 torch.set_num_threads(int(threads))
+            threads = int(threads or torch.get_num_threads())
         else:
             torch.backends.cudnn.benchmark = False  # same algorithms every run: identical bags
             torch.backends.cuda.matmul.allow_tf32 = False
@@ -120,14 +133,31 @@ class Extractor:
                             else int(params.num_workers))
         self.encoder = encoder or load_encoder(params.encoder, params.weights)
         self.model = self.encoder.model.to(self.device, memory_format=torch.channels_last).eval()
-        self.runner = Runner(self.model, self.encoder.spec, self.device)  # what extract() runs (same function)
+        self.engine = EngineSession(choice, self.encoder, lambda: Runner(self.model, self.encoder.spec, self.device),
+                                    threads if self.device.type == "cpu" else None, params.engine_model,
+                                    params.input_size)
+
+    @property
+    def runner(self) -> Runner:
+        """The PyTorch runner (the torch engine; what the OpenVINO engines are compared with)."""
+        return self.engine.torch_runner()
+
+    def prepare(self, cohort: Sequence[SlideSpec], out: Path) -> None:
+        """int8: make or reuse the cohort's quantized encoder (once, before the slides; see engines.int8)."""
+        from .engines.int8 import Recipe
+
+        self.engine.prepare(cohort, Path(out), Recipe(patches=self.params.int8_patches, seed=self.params.int8_seed))
+        self.notes += self.engine.notes
 
     # -- paths ----------------------------------------------------------------------------------------
     def input_size(self, patch_size: int) -> int:
-        return int(self.params.input_size or self.encoder.spec.default_input_size or patch_size)
+        from .encoders import encoder_input_size
+
+        return encoder_input_size(self.encoder.name, patch_size, self.params.input_size)
 
     def bag_dir(self, out: Path, patch_size: int) -> Path:
-        tag = encoder_tag(self.encoder.name, self.input_size(patch_size), self.encoder.weights_id)
+        tag = encoder_tag(self.encoder.name, self.input_size(patch_size), self.encoder.weights_id,
+                          int8=self.engine.precision == "int8")
         return safe_child(out, "features", tag)
 
     # -- one slide ------------------------------------------------------------------------------------
@@ -136,14 +166,15 @@ class Extractor:
         """Write ``<out>/features/<encoder_tag>/<slide_id>.h5`` for one slide (see module doc)."""
         t0 = time.perf_counter()
         out = Path(out)
-        coords, cattrs, segmented = _coords_for(spec, out)
+        coords, cattrs, segmented = slide_coords(spec, out)
         patch_size = int(cattrs["patch_size"])
         input_size = self.input_size(patch_size)
+        runner = self.engine.runner(input_size, out)  # may fall back to torch: before the bag's name and attrs
         bag_path = self.bag_dir(out, patch_size) / f"{spec.slide_id}.h5"
         attrs = self._bag_attrs(spec, cattrs, input_size, len(coords))
         note = "coords made now by segment (defaults)" if segmented else ""
         if bag_path.exists() and not overwrite:
-            reason = _reusable(bag_path, attrs, coords,
+            reason = reuse_problem(bag_path, attrs, coords,
                                check_precision=self.params.precision != "auto")
             if reason is None:
                 return ItemResult(spec.slide_id, "skipped", 0.0, "valid bag exists",
@@ -153,13 +184,13 @@ class Extractor:
                      bag_path, reason)
         plan = self._plan(spec, cattrs)
         remove_stale_temps(bag_path.parent, [bag_path.name])  # this slide's leftovers only (parallel-job safe)
-        self._run(spec, plan, coords, input_size, bag_path, attrs, on_batch)
+        self._run(spec, plan, coords, input_size, bag_path, attrs, on_batch, runner)
         secs = time.perf_counter() - t0
         status = "done" if len(coords) else "no tissue"
         note = "; ".join(n for n in [note, *self.notes] if n)
         return ItemResult(spec.slide_id, status, round(secs, 3), note,
                           {"patches": len(coords), "patches_per_s": round(len(coords) / max(secs, 1e-9), 2),
-                           "precision": self.precision, "bag": str(bag_path)})
+                           "precision": attrs["precision"], "engine": attrs["engine"], "bag": str(bag_path)})
 
     def _bag_attrs(self, spec: SlideSpec, cattrs: dict[str, Any], input_size: int, n: int) -> dict[str, Any]:
         return {
@@ -179,6 +210,7 @@ class Extractor:
             "feature_dim": int(self.encoder.dim),
             "dtype": self.params.dtype,
             "precision": self.precision,
+            **self.engine.bag_attrs(),  # engine, precision (int8 included), int8 model key and hash
             "resize": "none" if input_size == int(cattrs["patch_size"]) else "area",
             "n_patches": int(n),
             "segment_params": segment_params_json(cattrs),
@@ -200,11 +232,12 @@ class Extractor:
         return plan
 
     def _run(self, spec: SlideSpec, plan: Any, coords: np.ndarray, input_size: int, bag_path: Path,
-             attrs: dict[str, Any], on_batch: Callable[[int, int], None] | None) -> None:
+             attrs: dict[str, Any], on_batch: Callable[[int, int], None] | None, runner: Any = None) -> None:
         import torch
         from torch.utils.data import DataLoader
 
         p = self.params
+        runner = runner or self.runner
         cuda = self.device.type == "cuda"
         data = PatchBatches(spec.path, spec.slide_id, spec.mpp, plan, coords, p.batch_size, input_size,
                             raw_tiles=p.raw_tiles)
@@ -213,13 +246,14 @@ class Extractor:
         if workers:
             loader = DataLoader(data, batch_size=None, shuffle=False, num_workers=workers, pin_memory=cuda,
                                 worker_init_fn=worker_init, prefetch_factor=max(1, p.prefetch_batches // workers + 1),
-                                persistent_workers=False, multiprocessing_context=reader_context())
+                                persistent_workers=False,
+                                multiprocessing_context=reader_context(fork_safe=self.engine.engine == "torch"))
         elif p.reader_thread and len(data) > 1:
             loader = ThreadReader(data, depth=max(1, min(2, p.prefetch_batches)), pin_memory=cuda)
         else:
             loader = (data[i] for i in range(len(data)))
-        amp = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
-               else _null_ctx())
+        amp = (torch.autocast(self.device.type, dtype=self.amp_dtype)
+               if self.amp_dtype is not None and self.engine.engine == "torch" else _null_ctx())
         done = 0
         pending: tuple[int, Any] | None = None  # (batch index, device tensor) computed but not yet written
 
@@ -246,7 +280,7 @@ class Extractor:
                     if isinstance(batch, str):
                         raise SlideError(batch)
                     x = batch.to(self.device, non_blocking=cuda)
-                    feats_dev = self.runner(x)
+                    feats_dev = runner(x)
                     if pending is not None:  # write the previous batch while this one computes (CUDA)
                         flush(pending)
                     pending = (bi, feats_dev)
@@ -266,75 +300,14 @@ class _null_ctx:
         return None
 
 
-def _coords_for(spec: SlideSpec, out: Path) -> tuple[np.ndarray, dict[str, Any], bool]:
-    """The slide's coords from ``<out>/segment``; runs segmentation (defaults) when the file is missing.
-
-    Raises :class:`MismatchError` when the coords file was made from another slide file (other name
-    or size, e.g. a slide replaced after segmenting, or a same-named slide of another folder).
-    """
-    from ..wsi.segment import SegmentParams, load_coords, segment_paths, segment_slide
-
-    path = segment_paths(out, spec.slide_id)["coords"]
-    segmented = False
-    if not path.exists():
-        log.info("slide %s: no patch coords at %s; running 'ghanet segment' with default settings first",
-                 spec.slide_id, path)
-        res = segment_slide(spec, out, SegmentParams())
-        if not res.ok:
-            raise SlideError(f"slide {spec.slide_id!r}: segmentation (run because {path} was missing) failed: "
-                             f"{res.message}")
-        segmented = True
-    coords, attrs = load_coords(path)  # (N, 2) int64 and plain python attrs
-    src = Path(spec.path)
-    size = src.stat().st_size if src.is_file() else None
-    recorded = {"name": attrs.get("source_name"), "bytes": int(attrs.get("source_bytes", -1))}
-    now = {"name": src.name, "bytes": recorded["bytes"] if size is None else size}
-    check_same({"slide file": component_from_mapping(recorded)}, {"slide file": component_from_mapping(now)},
-               what=f"slide {spec.slide_id!r}: its patch coords {path}",
-               fix=f"The slide given now is {src}: rerun 'ghanet segment --overwrite' for this slide, or use "
-                   f"another --out.")
-    return coords, attrs, segmented
-
-
-def _reusable(bag_path: Path, attrs: dict[str, Any], coords: np.ndarray, check_precision: bool = False
-              ) -> str | None:
-    """None when the existing bag is complete and made with these settings from these coords.
-
-    An incomplete/damaged bag returns a reason (it is redone). A complete bag made with other settings
-    or other coords raises :class:`MismatchError` (never silently replaced or reused). The precision
-    is compared only when it was asked for explicitly (``check_precision``): under ``auto`` a bag made
-    in another precision (e.g. bf16 on a GPU, fp32 on a CPU without AMX) is reused, as its features
-    agree to per-patch cosine >= 0.9999.
-    """
-    problems = validate_bag(bag_path)
-    if problems:
-        return "; ".join(problems)
-    old = read_bag_attrs(bag_path)
-    keys = ("encoder", "weights_sha256", "input_size", "target_mpp", "patch_size", "patch_size_level0",
-            "dtype", "slide_id")
-    diffs = [f"{k}={old.get(k)!r} (now {attrs[k]!r})" for k in keys if not same_setting(old.get(k), attrs[k])]
-    if check_precision and old.get("precision") != attrs["precision"]:
-        diffs.append(f"precision={old.get('precision')!r} (now {attrs['precision']!r}, asked for with --precision)")
-    if not diffs:
-        import h5py
-
-        with h5py.File(bag_path, "r") as h5:
-            old_coords = h5["coords"][()]
-        if old_coords.shape != coords.shape or not np.array_equal(old_coords, coords):
-            diffs.append(f"coords ({len(old_coords)} patches, now {len(coords)} from segment)")
-    if diffs:
-        raise MismatchError(f"bag {bag_path} already exists but was made differently: {', '.join(diffs)}. "
-                            f"Pass --overwrite to replace it, or use another --out")
-    return None
-
-
 # --------------------------------------------------------------------------- many slides
 
 
 def extract_slides(specs: Sequence[SlideSpec], out: Path | str, params: ExtractParams,
                    devices: Sequence[str] | None = None, overwrite: bool = False,
                    on_done: Callable[[ItemResult], None] | None = None,
-                   log_config: Mapping[str, Any] | None = None) -> list[ItemResult]:
+                   log_config: Mapping[str, Any] | None = None,
+                   cohort: Sequence[SlideSpec] | None = None) -> list[ItemResult]:
     """Extract bags for ``specs``; a failing slide is recorded and the others go on.
 
     Writes the stage's run log (``<out>/logs/extract-features-*.json``: settings, ``log_config`` extras
@@ -342,16 +315,19 @@ def extract_slides(specs: Sequence[SlideSpec], out: Path | str, params: ExtractP
 
     ``devices``: None/one entry = this process on ``params.device`` (or that entry); several entries
     (``["cuda:0", "cuda:1"]``; ``["cpu", "cpu"]`` works too) = one spawned process per entry, pulling
-    slides from one shared queue. Results come back in the order of ``specs``.
+    slides from one shared queue. Results come back in the order of ``specs``. ``cohort``: the slides the
+    int8 calibration sample is drawn from (default ``specs``; the CLI passes all slides before ``--shard``,
+    so every shard makes, or waits for and reuses, the same int8 model).
     """
     started = time.time()
     out = Path(out)
     devs = list(devices or [params.device])
     if len(devs) == 1:
         extractor = Extractor(params, devs[0])
+        extractor.prepare(cohort or specs, out)
         results = run_items(specs, lambda s: s.slide_id, lambda s: extractor.extract(s, out, overwrite), on_done)
     else:
-        results = _extract_on_devices(specs, out, params, devs, overwrite, on_done)
+        results = _extract_on_devices(specs, out, params, devs, overwrite, on_done, cohort or specs)
     config = {**asdict(params), "devices": devs, "out": str(out), "overwrite": overwrite,
               "slides": [str(s.path) for s in specs], **(log_config or {})}
     write_run_log(out, "extract-features", config, results, started)
@@ -359,12 +335,21 @@ def extract_slides(specs: Sequence[SlideSpec], out: Path | str, params: ExtractP
 
 
 def _extract_on_devices(specs: Sequence[SlideSpec], out: Path, params: ExtractParams, devs: list[str],
-                        overwrite: bool, on_done: Callable[[ItemResult], None] | None) -> list[ItemResult]:
+                        overwrite: bool, on_done: Callable[[ItemResult], None] | None,
+                        cohort: Sequence[SlideSpec]) -> list[ItemResult]:
+    from dataclasses import replace
+
     from .encoders import get_encoder_spec, resolve_weights
 
-    for d in devs:  # validate here: usage errors must not surface as per-slide failures
-        resolve_precision(params.precision, resolve_device(d))
+    choices = [resolve_engine(params.engine, params.precision, resolve_device(d), int8_auto=params.int8_auto)
+               for d in devs]  # validate here: usage errors must not surface as per-slide failures
     resolve_weights(get_encoder_spec(params.encoder), params.weights)
+    if any(c.int8 for c in choices) and not params.engine_model:  # one int8 model for all processes
+        first = Extractor(replace(params, num_workers=0), "cpu")
+        first.prepare(cohort, out)
+        params = replace(params, engine_model=first.engine.engine_model,
+                         precision="fp32" if first.engine.engine_model is None else params.precision)
+        del first
     return extract_multi(list(specs), out, asdict(params), devs, overwrite, on_done, make_device_extractor)
 
 
@@ -373,11 +358,3 @@ def make_device_extractor(device: str, n_devices: int, params: dict[str, Any]) -
     return Extractor(ExtractParams(**params), device, n_devices=n_devices)
 
 
-def segment_params_json(coords_attrs: dict[str, Any]) -> str:
-    """The segmentation settings in a coords file's attrs (plain values, as from ``load_coords``), as
-    JSON (stored in the bag so that a model trained on these bags can segment new slides the same way
-    at prediction time)."""
-    from ..wsi.segment import SegmentParams
-
-    keys = SegmentParams().result_params()
-    return json.dumps({k: coords_attrs[k] for k in keys if k in coords_attrs}, sort_keys=True)

@@ -80,13 +80,13 @@ def _how(repo: str, files: tuple[str, ...], gated: bool = True) -> str:
 
 
 def _register(name: str, repo: str, dim: int, build, trunk, files: tuple[str, ...], architecture: str,
-              output: str, input_size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD, convert=None,
-              gated: bool = True) -> None:
+              output: str, licence: str, input_size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+              convert=None, gated: bool = True) -> None:
     register_encoder(EncoderSpec(
         name=name, dim=dim, build=build, trunk=trunk, required_prefixes=("",), hub_files=(),
         how_to_get=_how(repo, files, gated), mean=mean, std=std, default_input_size=input_size,
         input_mpp=0.5, architecture=architecture, output=output, hf_repo=repo, weight_files=files,
-        strict=True, convert=convert, card_url=f"https://huggingface.co/{repo}", gated=gated))
+        strict=True, convert=convert, card_url=f"https://huggingface.co/{repo}", gated=gated, licence=licence))
 
 
 # UNI (ViT-L/16): card `timm.create_model("vit_large_patch16_224", img_size=224, patch_size=16,
@@ -96,7 +96,7 @@ _register("uni", "MahmoodLab/UNI", 1024,
           partial(_timm_vit, "vit_large_patch16_224", img_size=224, patch_size=16, init_values=1e-5,
                   num_classes=0, dynamic_img_size=True),
           _cls_trunk, ("pytorch_model.bin",), "ViT-L/16 (timm vit_large_patch16_224, LayerScale 1e-5)",
-          "class token")
+          "class token", licence="CC-BY-NC-ND 4.0, gated (academic, non-commercial)")
 
 # UNI2-h: card `timm.create_model("hf-hub:MahmoodLab/UNI2-h", pretrained=True, **timm_kwargs)` with
 # img_size=224, patch_size=14, depth=24, num_heads=24, init_values=1e-5, embed_dim=1536,
@@ -108,7 +108,7 @@ _register("uni2_h", "MahmoodLab/UNI2-h", 1536,
                   mlp_layer="swiglu", reg_tokens=8, dynamic_img_size=True),
           _cls_trunk, ("pytorch_model.bin",),
           "ViT-H/14 1536-d, 24 blocks, 24 heads, SwiGLU, 8 register tokens (timm vit_giant_patch14_224)",
-          "class token")
+          "class token", licence="CC-BY-NC-ND 4.0, gated (academic, non-commercial)")
 
 # Virchow2: card `timm.create_model("hf-hub:paige-ai/Virchow2", pretrained=True, mlp_layer=SwiGLUPacked,
 # act_layer=torch.nn.SiLU)`; config.json: vit_huge_patch14_224, img_size=224, init_values=1e-5,
@@ -119,19 +119,21 @@ _register("virchow2", "paige-ai/Virchow2", 2560,
                   mlp_ratio=5.3375, reg_tokens=4, global_pool="", dynamic_img_size=True, mlp_layer="swiglu"),
           _cls_mean_trunk, _ST_THEN_BIN,
           "ViT-H/14 1280-d, 32 blocks, SwiGLU, 4 register tokens (timm vit_huge_patch14_224)",
-          "concat(class token, mean patch token)")
+          "concat(class token, mean patch token)", licence="CC-BY-NC-ND 4.0, gated (non-commercial)")
 
 # H-optimus-0 / H-optimus-1: card `timm.create_model("hf-hub:bioptimus/H-optimus-0", pretrained=True,
 # init_values=1e-5, dynamic_img_size=False)`; config.json: vit_giant_patch14_reg4_dinov2, num_classes=0,
 # img_size=224, global_pool="token"; mean (0.707223, 0.578729, 0.703617), std (0.211883, 0.230117,
 # 0.177517); 224 px at 0.5 um/px; class token (1536). Repo files: pytorch_model.bin (+ safetensors variant).
+_HOPTIMUS_LICENCE = {"hoptimus0": "Apache-2.0",
+                     "hoptimus1": "gated; academic research use only (Bioptimus terms on the card)"}
 for _name, _repo in (("hoptimus0", "bioptimus/H-optimus-0"), ("hoptimus1", "bioptimus/H-optimus-1")):
     _register(_name, _repo, 1536,
               partial(_timm_vit, "vit_giant_patch14_reg4_dinov2", img_size=224, num_classes=0, global_pool="token",
                       init_values=1e-5, dynamic_img_size=False),
               _cls_trunk, _ST_THEN_BIN,
               "ViT-g/14 1536-d, 40 blocks, 24 heads, SwiGLU, 4 register tokens (timm vit_giant_patch14_reg4_dinov2)",
-              "class token", mean=HOPTIMUS_MEAN, std=HOPTIMUS_STD, gated=_name == "hoptimus1")
+              "class token", mean=HOPTIMUS_MEAN, std=HOPTIMUS_STD, gated=_name == "hoptimus1", licence=_HOPTIMUS_LICENCE[_name])
 
 # Prov-GigaPath tile encoder: card `timm.create_model("hf_hub:prov-gigapath/prov-gigapath", pretrained=True)`;
 # config.json: vit_giant_patch14_dinov2 with img_size=224, in_chans=3, patch_size=16, embed_dim=1536,
@@ -142,7 +144,7 @@ _register("gigapath", "prov-gigapath/prov-gigapath", 1536,
                   depth=40, num_heads=24, init_values=1e-5, mlp_ratio=5.33334, num_classes=0),
           _cls_trunk, ("pytorch_model.bin",),
           "ViT-g/16 1536-d, 40 blocks, 24 heads, SwiGLU (timm vit_giant_patch14_dinov2, patch_size=16)",
-          "class token")
+          "class token", licence="Apache-2.0, gated (terms accepted on the card)")
 
 
 # --------------------------------------------------------------------------- Phikon-v2 (HF DINOv2 keys)
@@ -208,7 +210,7 @@ _register("phikon_v2", "owkin/phikon-v2", 1024,
           partial(_timm_vit, "vit_large_patch16_224", img_size=224, patch_size=16, init_values=1e-5, num_classes=0),
           _cls_trunk, ("model.safetensors",),
           "ViT-L/16 DINOv2 (transformers Dinov2Model keys, mapped to timm vit_large_patch16_224)",
-          "class token", convert=dinov2_hf_to_timm, gated=False)
+          "class token", convert=dinov2_hf_to_timm, gated=False, licence="Owkin non-commercial licence")
 
 
 # --------------------------------------------------------------------------- CONCH v1.5
@@ -293,4 +295,5 @@ def _conch_v15_convert(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 # Resize(448) + CenterCrop(448), ImageNet mean/std (512-px 20x patches in TITAN); output 768-d.
 _register("conch_v15", "MahmoodLab/conchv1_5", 768, _conch_v15_build, lambda m: m, ("pytorch_model_vision.bin",),
           "CONCH v1.5 vision tower: ViT-L/16 + attentional pooler (trunk.*, attn_pool_contrast.*, ln_contrast.*)",
-          "attentional pool + LayerNorm", input_size=448, convert=_conch_v15_convert)
+          "attentional pool + LayerNorm", input_size=448, convert=_conch_v15_convert,
+          licence="CC-BY-NC-ND 4.0, gated (academic, non-commercial)")

@@ -86,16 +86,25 @@ def worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def reader_context() -> Any:
+def reader_context(fork_safe: bool = True) -> Any:
     """``fork`` on Linux (workers start in milliseconds and share the loaded modules), else the default.
 
     Set explicitly: inside a process started with ``spawn`` (``--devices``) the default would be
     ``spawn`` too, and every slide would pay a fresh interpreter + torch import per reader.
+    ``fork_safe=False`` (the OpenVINO engine runs in this process: its worker threads may hold locks at
+    the moment of a fork, and a forked reader then waits on them forever, as measured): ``forkserver``,
+    whose server is a fresh process that preloads this module and torch, so readers still start fast.
     """
     import multiprocessing as mp
     import sys
 
-    if sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods():
+    if not sys.platform.startswith("linux"):
+        return None
+    if not fork_safe and "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["torch", __name__])
+        return ctx
+    if "fork" in mp.get_all_start_methods():
         return mp.get_context("fork")
     return None
 

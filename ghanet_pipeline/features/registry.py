@@ -57,7 +57,12 @@ class EncoderSpec:
     convert: Callable[[dict], dict] | None = None
     card_url: str = ""
     gated: bool = False
+    #: the weights' licence as the model card states it (the card is the authority: terms change)
+    licence: str = ""
 
+
+#: the encoder of ``extract-features`` when none is named (the one of CLAM, MCAT and the G-HANet paper)
+DEFAULT_ENCODER = "resnet50_trunc"
 
 #: name -> spec; add encoders with :func:`register_encoder`
 ENCODERS: Registry[EncoderSpec] = Registry("encoder")
@@ -71,3 +76,25 @@ def register_encoder(spec: EncoderSpec) -> EncoderSpec:
 def get_encoder_spec(name: str) -> EncoderSpec:
     """The registered spec for ``name``; :class:`ConfigError` listing the known names otherwise."""
     return ENCODERS.lookup(name)
+
+
+def _normalisation(spec: EncoderSpec) -> str:
+    if (spec.mean, spec.std) == (IMAGENET_MEAN, IMAGENET_STD):
+        return "ImageNet"
+    return f"mean {spec.mean}, std {spec.std}"
+
+
+def encoder_table_markdown() -> str:
+    """The registry as the markdown table of docs/encoders.md (``ghanet encoders --markdown`` prints it)."""
+    head = ("| `--encoder` | model card | architecture | input | output | width | normalisation | weights file "
+            "| licence of the weights |\n|---|---|---|---|---|---|---|---|---|")
+    rows = [head]
+    for name in sorted(ENCODERS.names(), key=lambda n: (n != DEFAULT_ENCODER, n)):
+        s = ENCODERS[name]
+        card = (f"[{s.hf_repo}]({s.card_url})" if s.hf_repo else "torchvision ResNet50 (ImageNet V1)") + (
+            " (gated)" if s.gated else "")
+        size = f"{s.default_input_size} px" if s.default_input_size else "the segment patch (256 px)"
+        files = " or ".join(f"`{f}`" for f in (s.weight_files or s.hub_files[:2]))
+        rows.append(f"| `{name}` | {card} | {s.architecture} | {size}, {s.input_mpp:g} um/px | {s.output} | {s.dim} "
+                    f"| {_normalisation(s)} | {files} | {s.licence} |")
+    return "\n".join(rows) + "\n"

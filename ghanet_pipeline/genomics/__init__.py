@@ -1,4 +1,6 @@
-"""Genomics preprocessing for G-HANet: tables, gene families, folds, survival bins, selection, targets.
+"""Genomics preprocessing for G-HANet: tables (``tables``), gene families (``families``), folds
+(``folds``), survival bins (``bins``), differential selection (``selection``), targets (``targets``), the
+stage's options (``config``) and the stage itself (``pipeline``).
 
 Outputs live in ``<out>/genomics/`` (docs/architecture.md, "Genomics outputs"). Training code
 reads them with :func:`load_fold` / :func:`list_folds`; :func:`preprocess_genomics` writes them.
@@ -15,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.errors import InputError
+from .config import GenomicsConfig
 
 _FOLD_RE = re.compile(r"^fold_(\d+)$")
 
@@ -100,7 +103,7 @@ def load_fold(genomics_dir: Path | str, k: int) -> FoldData:
 
 def __getattr__(name: str):
     """Lazy access to the heavier writer side (``preprocess_genomics``, ``GenomicsConfig``)."""
-    if name in ("preprocess_genomics", "GenomicsConfig", "GenomicsResult"):
+    if name in ("preprocess_genomics", "GenomicsResult"):
         from . import pipeline
 
         return getattr(pipeline, name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.errors import InputError
+from ..core.labels import event_from_censorship
 
 
 def fit_bin_edges(times_months: np.ndarray, censorship: np.ndarray, cohort_min: float, cohort_max: float,
@@ -20,7 +21,7 @@ def fit_bin_edges(times_months: np.ndarray, censorship: np.ndarray, cohort_min: 
     Raises InputError when there are fewer than 2 events to fit on.
     """
     times = np.asarray(times_months, dtype=float)
-    events = times[np.asarray(censorship) == 0]
+    events = times[event_from_censorship(censorship) == 1]
     if len(events) < 2:
         raise InputError(f"only {len(events)} event(s) (censorship 0) to fit survival bins on; need at least 2 "
                          f"(check the censorship coding: 1 = censored, 0 = death)")

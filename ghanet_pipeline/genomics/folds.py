@@ -16,6 +16,7 @@ import pandas as pd
 
 from ..core.errors import InputError
 from ..core.files import atomic_path
+from ..core.labels import event_from_censorship
 from ..core.tables import read_table_file
 from .bins import assign_bins, fit_bin_edges
 
@@ -118,7 +119,7 @@ def make_folds(clinical: pd.DataFrame, n_folds: int = 5, seed: int = 0, n_bins: 
         tbin = assign_bins(times, fit_bin_edges(times, cens, times.min(), times.max(), n_bins))
     else:
         tbin = np.zeros(n, dtype=int)
-    strata = tbin * 2 + (1 - cens)
+    strata = tbin * 2 + event_from_censorship(cens)
     ids = np.asarray(clinical.index, dtype=object)
     fold_of = np.empty(n, dtype=int)
     for k, (_, val_idx) in enumerate(_stratified_splits(strata, n_folds, seed)):

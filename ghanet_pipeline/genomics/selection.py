@@ -28,10 +28,10 @@ import pandas as pd
 from scipy import stats
 
 from ..core.errors import InputError
+from ..core.labels import event_from_censorship
 
 log = logging.getLogger(__name__)
 
-DE_METHODS = ("auto", "deseq2", "ttest", "none")
 MIN_GROUP = 2
 
 
@@ -53,7 +53,7 @@ class Selection:
 def risk_groups(bins: np.ndarray, censorship: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Boolean masks (high, low): high = event in bins 0-1; low = bins 2-3 (any censorship)."""
     bins = np.asarray(bins)
-    event = np.asarray(censorship) == 0
+    event = event_from_censorship(censorship) == 1
     return (bins <= 1) & event, bins >= 2
 
 
@@ -144,8 +144,8 @@ def deseq2_select(counts: pd.DataFrame, high: np.ndarray, low: np.ndarray, padj_
 
 @contextlib.contextmanager
 def _one_blas_thread():
-    """pydeseq2 fits thousands of tiny per-gene GLMs: multi-threaded BLAS only adds overhead there
-    (measured 5x slower on 2 busy cores), so BLAS runs single-threaded; parallelism comes from n_cpus."""
+    """pydeseq2 fits thousands of tiny per-gene GLMs: multi-threaded BLAS only adds overhead there, so
+    BLAS runs single-threaded; parallelism comes from n_cpus."""
     try:
         from threadpoolctl import threadpool_limits  # (installed with scikit-learn/pydeseq2)
     except ImportError:  # pragma: no cover

@@ -17,8 +17,10 @@ import numpy as np
 import pandas as pd
 
 from ..core.errors import InputError
-from ..core.tables import NA_TEXT, read_table_file
-from ..wsi.inputs import tcga_case_id
+from ..core.labels import censorship_from_event
+from ..core.slideids import slide_id_from_name
+from ..core.tables import NA_TEXT, decimal_comma_hint, read_table_file
+from ..wsi.tcga import tcga_case_id
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,7 @@ def to_numeric_frame(df: pd.DataFrame, path: Path | str, allow_nan: bool, what: 
         n_bad = int(bad.sum())
         raise InputError(f"{path}: row {_row_desc(r, row_labels)}, column {df.columns[c]!r}: "
                          f"{what} {df.iat[r, c]!r} is not a number ({n_bad} such cell(s) in all); "
-                         f"fix or remove these values")
+                         f"fix or remove these values" + decimal_comma_hint(df.iat[r, c], df.attrs.get("separator", ",")))
     if not allow_nan and na.any():
         r, c = np.argwhere(na)[0]
         n_na = int(na.sum())
@@ -158,13 +160,30 @@ def read_survival(df: pd.DataFrame, path: Path | str, notes: list[str]) -> pd.Da
         if ecol is not None:
             notes.append(f"{Path(path).name}: column {ecol!r} ignored (censorship wins)")
     else:
-        censorship = (1 - status).astype(int)
+        censorship = pd.Series(censorship_from_event(status), index=status.index)
         notes.append(f"{Path(path).name}: read column {ecol!r} as event (1 = death); censorship = 1 - event")
     out = pd.DataFrame({"case_id": case_ids.to_numpy(), "survival_months": times.to_numpy(),
                         "censorship": censorship.to_numpy()})
     scol = _find_col(df, ("slide_id",))
-    out["slide_id"] = df[scol].astype(str).str.strip().to_numpy() if scol is not None else ""
+    out["slide_id"] = "" if scol is None else [slide_id_from_name(v) for v in df[scol].astype(str)]
+    if scol is not None:
+        _check_slide_owners(out, path, scol)
     return out
+
+
+def _check_slide_owners(surv: pd.DataFrame, path: Path | str, scol: str) -> None:
+    """A slide id (after the slide-id rule) must belong to one case: else an error naming both rows."""
+    has = surv[surv["slide_id"] != ""]
+    owners = has.groupby("slide_id", sort=False)["case_id"].nunique()
+    shared = owners[owners > 1]
+    if shared.empty:
+        return
+    sid = str(shared.index[0])
+    first = has[has["slide_id"] == sid].drop_duplicates("case_id").head(2)
+    where = " and ".join(f"case {r.case_id!r} (row {int(i) + 1})" for i, r in first.iterrows())
+    raise InputError(f"{path}: column {scol!r}: slide {sid!r} is claimed by {where} ({len(shared)} such slide(s) in "
+                     f"all; a slide's id is its file name up to the first dot); a slide belongs to one patient: "
+                     f"fix the case_id or the slide_id of one of these rows")
 
 
 def _dedupe_cases(surv: pd.DataFrame, feats: pd.DataFrame | None, path: Path | str) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -258,6 +277,64 @@ def _match_samples(labels: list[str], case_ids: set[str]) -> dict[str, str]:
     return out
 
 
+def _genes_by_samples(df: pd.DataFrame, col_match: dict[str, str], path: Path | str, allow_nan: bool,
+                      notes: list[str]) -> pd.DataFrame:
+    """Samples x genes counts from a genes x samples matrix: the symbol column (``gene_name`` and the like,
+    else the first non-sample column), STAR summary rows dropped."""
+    gene_cols = [c for c in df.columns if c not in col_match and c.lower() in _GENE_COLUMNS]
+    other = [c for c in df.columns if c not in col_match and c not in gene_cols]
+    sym_col = _find_col(df[gene_cols + other], ("gene_name", "gene_symbol", "symbol", "hugo_symbol", "gene"))
+    if sym_col is None:
+        sym_col = (gene_cols + other)[0] if (gene_cols + other) else None
+    if sym_col is None:
+        raise InputError(f"{path}: genes x samples matrix without a gene column; the first column must "
+                         f"hold gene symbols")
+    ignored = [c for c in other if c != sym_col]
+    if ignored:
+        notes.append(f"{Path(path).name}: columns ignored (not a case_id, no clinical data): {ignored[:6]}"
+                     f"{' ...' if len(ignored) > 6 else ''}")
+    genes = df[sym_col].astype(str).str.strip()
+    keep = ~genes.isin(_STAR_SUMMARY_ROWS) & ~genes.str.startswith("__") & (genes != "")
+    if int((~keep).sum()):
+        notes.append(f"{Path(path).name}: dropped {int((~keep).sum())} summary/empty rows (N_unmapped, ...)")
+    genes = genes[keep.to_numpy()]
+    num = to_numeric_frame(df.loc[keep.to_numpy(), list(col_match)].reset_index(drop=True), path,
+                           allow_nan=allow_nan, what="count", row_labels=genes.reset_index(drop=True))
+    num.index = genes.to_numpy()
+    return num.T
+
+
+def _samples_by_genes(df: pd.DataFrame, row_labels: list[str], row_match: dict[str, str], path: Path | str,
+                      allow_nan: bool, notes: list[str]) -> pd.DataFrame:
+    """Samples x genes counts from a samples x genes matrix (samples without clinical data are noted)."""
+    labels = pd.Series([lab for lab in row_labels if lab in row_match])
+    values = df.loc[[lab in row_match for lab in row_labels], list(df.columns[1:])]
+    mat = to_numeric_frame(values.reset_index(drop=True), path, allow_nan=allow_nan, what="count",
+                           row_labels=labels)
+    mat.index = labels.to_numpy()
+    mat.columns = [str(c).strip() for c in mat.columns]
+    extra = [lab for lab in row_labels if lab not in row_match]
+    if extra:
+        notes.append(f"{len(extra)} sample(s) of {Path(path).name} have no clinical data and are left out: "
+                     f"{extra[:5]}{' ...' if len(extra) > 5 else ''}")
+    return mat
+
+
+def _one_row_per_case(mat: pd.DataFrame, matches: dict[str, str], path: Path | str, notes: list[str]
+                      ) -> pd.DataFrame:
+    """Rows renamed to case ids (one sample per case) and columns sharing a gene symbol summed."""
+    mat.index = [matches[s] for s in mat.index]
+    if mat.index.duplicated().any():
+        dups = sorted(set(mat.index[mat.index.duplicated()]))
+        raise InputError(f"{path}: several samples map to case(s) {dups[:5]}; keep one sample per case "
+                         f"(e.g. the primary tumour -01A) or rename the columns to case ids")
+    if mat.columns.duplicated().any():
+        n_dup = int(mat.columns.duplicated().sum())
+        mat = mat.T.groupby(level=0, sort=False).sum(min_count=1).T
+        notes.append(f"{Path(path).name}: {n_dup} rows with a repeated gene symbol summed")
+    return mat
+
+
 def read_counts(path: Path | str, clinical_path: Path | str, allow_nan: bool = False) -> GenomicsData:
     """Read a raw-counts matrix (genes x samples or samples x genes) and its clinical table.
 
@@ -273,8 +350,7 @@ def read_counts(path: Path | str, clinical_path: Path | str, allow_nan: bool = F
     if df.shape[1] < 2:
         raise InputError(f"{path}: counts matrix has fewer than 2 columns")
     col_match = _match_samples(list(df.columns), case_set)
-    first = df.columns[0]
-    row_labels = df[first].astype(str).str.strip().tolist()
+    row_labels = df[df.columns[0]].astype(str).str.strip().tolist()
     row_match = _match_samples(row_labels, case_set)
     if not col_match and not row_match:
         raise InputError(f"{path}: no sample id matches a case_id of {clinical_path} (e.g. columns "
@@ -282,61 +358,16 @@ def read_counts(path: Path | str, clinical_path: Path | str, allow_nan: bool = F
                          f"the header or first column must hold the case ids (or TCGA sample barcodes)")
     if len(col_match) >= len(row_match):
         orientation = "genes x samples"
-        gene_cols = [c for c in df.columns if c not in col_match and c.lower() in _GENE_COLUMNS]
-        other = [c for c in df.columns if c not in col_match and c not in gene_cols]
-        sym_col = _find_col(df[gene_cols + other], ("gene_name", "gene_symbol", "symbol", "hugo_symbol", "gene"))
-        if sym_col is None:
-            sym_col = (gene_cols + other)[0] if (gene_cols + other) else None
-        if sym_col is None:
-            raise InputError(f"{path}: genes x samples matrix without a gene column; the first column must "
-                             f"hold gene symbols")
-        ignored = [c for c in other if c != sym_col]
-        if ignored:
-            notes.append(f"{Path(path).name}: columns ignored (not a case_id, no clinical data): {ignored[:6]}"
-                         f"{' ...' if len(ignored) > 6 else ''}")
-        genes = df[sym_col].astype(str).str.strip()
-        keep = ~genes.isin(_STAR_SUMMARY_ROWS) & ~genes.str.startswith("__") & (genes != "")
-        n_summary = int((~keep).sum())
-        values = df.loc[keep.to_numpy(), list(col_match)]
-        genes = genes[keep.to_numpy()]
-        num = to_numeric_frame(values.reset_index(drop=True), path, allow_nan=allow_nan, what="count",
-                               row_labels=genes.reset_index(drop=True))
-        num.index = genes.to_numpy()
-        mat = num.T  # samples x genes
-        if n_summary:
-            notes.append(f"{Path(path).name}: dropped {n_summary} summary/empty rows (N_unmapped, ...)")
+        mat = _one_row_per_case(_genes_by_samples(df, col_match, path, allow_nan, notes), col_match, path, notes)
     else:
         orientation = "samples x genes"
-        gene_cols = [c for c in df.columns[1:]]
-        values = df.loc[[lab in row_match for lab in row_labels], gene_cols]
-        labels = pd.Series([lab for lab in row_labels if lab in row_match])
-        num = to_numeric_frame(values.reset_index(drop=True), path, allow_nan=allow_nan, what="count",
-                               row_labels=labels)
-        num.index = labels.to_numpy()
-        mat = num
-        mat.columns = [str(c).strip() for c in mat.columns]
-    matches = col_match if orientation == "genes x samples" else row_match
-    mat.index = [matches[s] for s in mat.index]
-    if mat.index.duplicated().any():
-        dups = sorted(set(mat.index[mat.index.duplicated()]))
-        raise InputError(f"{path}: several samples map to case(s) {dups[:5]}; keep one sample per case "
-                         f"(e.g. the primary tumour -01A) or rename the columns to case ids")
-    if mat.columns.duplicated().any():
-        n_dup = int(mat.columns.duplicated().sum())
-        mat = mat.T.groupby(level=0, sort=False).sum(min_count=1).T
-        notes.append(f"{Path(path).name}: {n_dup} rows with a repeated gene symbol summed")
-    have_counts = set(mat.index)
-    common = [c for c in clinical.index if c in have_counts]
-    no_counts = [c for c in clinical.index if c not in have_counts]
+        mat = _one_row_per_case(_samples_by_genes(df, row_labels, row_match, path, allow_nan, notes), row_match,
+                                path, notes)
+    common = [c for c in clinical.index if c in set(mat.index)]
+    no_counts = [c for c in clinical.index if c not in set(mat.index)]
     if no_counts:
         notes.append(f"{len(no_counts)} case(s) of {Path(clinical_path).name} have no counts and are left "
                      f"out: {no_counts[:5]}{' ...' if len(no_counts) > 5 else ''}")
-    if orientation == "samples x genes":
-        n_extra = len(row_labels) - len(row_match)
-        if n_extra:
-            extra = [lab for lab in row_labels if lab not in row_match]
-            notes.append(f"{n_extra} sample(s) of {Path(path).name} have no clinical data and are left out: "
-                         f"{extra[:5]}{' ...' if n_extra > 5 else ''}")
     if len(common) < 4:
         raise InputError(f"{path}: only {len(common)} case(s) have both counts and clinical data; need more")
     notes.append(f"{Path(path).name}: counts read as {orientation}; {len(common)} cases x {mat.shape[1]} genes")

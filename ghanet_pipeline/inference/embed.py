@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import ConfigError, InputError, MismatchError, SlideError
-from ..features.bags import check_encoder
+from ..features.compatibility import check_encoder
+from ..features.engines import check_precision_mix, precision_class
 from ..wsi.inputs import SlideSpec
+from .config import PredictConfig
 from .loading import Ensemble, segment_params_for
-from .records import PredictConfig
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +33,14 @@ def bag_path(features_dir: Path, spec: SlideSpec) -> Path:
 
 @dataclass
 class SlideBag:
+    """One slide's bag for prediction: features (N, D), level-0 coords (N, 2) and the bag's attrs."""
+
     spec: SlideSpec
     features: np.ndarray
     coords: np.ndarray | None  # None for bags without coords (CLAM .pt): no heatmaps
     attrs: dict[str, Any]
+    #: why the slide gave no patch (``features`` is then empty)
+    note: str = ""
 
 
 class Embedder:
@@ -69,15 +74,18 @@ class Embedder:
         check_encoder(self.settings, {**self.settings, "weights_sha256": encoder.weights_id},
                       f"encoder weights {source}")
         self.notes = list(encoder.notes)
-        self.last_note = ""  # why the last embedded slide gave no bag (no tissue)
         params = ExtractParams(encoder=self.settings["encoder"], weights=config.weights,
                                input_size=int(self.settings["input_size"]), batch_size=config.batch_size,
-                               num_workers=config.num_workers, device=config.device)
+                               num_workers=config.num_workers, device=config.device,
+                               **engine_params(self.settings, config.engine))
         self.extractor = Extractor(params, config.device, encoder=encoder)
+        self.notes += [f"encoder runs on {self.extractor.engine.engine} in {self.extractor.engine.precision}"
+                       + (f" (model {params.engine_model}, as the training bags)" if params.engine_model else "")]
         self.segment_params = segment_params_for(ens.segment_params, self.settings)
 
-    def embed(self, spec: SlideSpec, seconds: dict[str, float]) -> SlideBag | None:
-        """Bag of one slide (None when the slide has no tissue patch); adds to ``seconds``."""
+    def embed(self, spec: SlideSpec, seconds: dict[str, float]) -> SlideBag:
+        """Bag of one slide (empty, with a ``note`` saying why, when the slide has no tissue patch); adds the
+        segment and extract times to ``seconds``."""
         from ..features import bags
         from ..wsi.segment import segment_slide
 
@@ -89,8 +97,8 @@ class Embedder:
         if not res.ok:
             raise SlideError(res.message if spec.slide_id in res.message else f"slide {spec.slide_id}: {res.message}")
         if not res.metrics.get("patches"):
-            self.last_note = f"slide {spec.slide_id}: {res.message or 'no tissue patch'}"
-            return None
+            return SlideBag(spec=spec, features=np.zeros((0, 0), dtype=np.float32), coords=None, attrs={},
+                            note=f"slide {spec.slide_id}: {res.message or 'no tissue patch'}")
         t = time.perf_counter()
         res = self.extractor.extract(spec, out, overwrite=self.config.overwrite)
         if not res.ok:
@@ -98,6 +106,7 @@ class Embedder:
         bag = bags.read_bag(res.metrics["bag"])
         seconds["extract"] += time.perf_counter() - t
         check_encoder(self.settings, bag.attrs, f"bag {bag.path}")
+        check_precision_mix([{**self.settings, "path": "the model's training bags"}, {**bag.attrs, "path": str(bag.path)}])
         return SlideBag(spec=spec, features=bag.features, coords=np.asarray(bag.coords, dtype=np.int64),
                          attrs=dict(bag.attrs))
 
@@ -117,10 +126,20 @@ def read_existing_bag(path: Path, ens: Ensemble, config: PredictConfig, spec: Sl
         how = "assumed (--assume-encoder)"
     else:
         check_encoder(ens.encoder, attrs, f"bag {path}")
+        check_precision_mix([{**ens.encoder, "path": "the model's training bags"}, {**attrs, "path": str(path)}])
         how = "checked"
     feats = np.asarray(bag.features, dtype=np.float32)
     coords = None if bag.coords is None else np.asarray(bag.coords, dtype=np.int64)
     return SlideBag(spec=spec, features=feats, coords=coords, attrs=attrs), how
+
+
+def engine_params(settings: dict[str, Any], engine: str) -> dict[str, Any]:
+    """ExtractParams fields that make predict follow its training bags: their int8 model when they were
+    int8, else ``engine`` in a float precision (``auto`` never turns into int8 here)."""
+    if precision_class(settings) != "float":
+        return {"engine": "openvino", "precision": "int8", "engine_model": str(settings["engine_model"]),
+                "int8_auto": False}
+    return {"engine": engine, "precision": "auto", "int8_auto": False}
 
 
 def describe_encoder(enc: dict[str, Any]) -> str:

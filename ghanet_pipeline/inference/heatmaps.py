@@ -16,10 +16,11 @@ image tiles read at the model's target um/px. Pure array functions plus thin wri
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -207,6 +208,81 @@ class HeatmapResult:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass
+class _Labels:
+    """Colour scales shared by all slides of a case (values x N) and the wording of the titles."""
+
+    n_case: int
+    vmax_mor: float
+    vmax_fam: list[float]
+    ens: str
+    scope: str
+    outside: str
+
+    @classmethod
+    def of(cls, slides: Sequence[SlideScores], n_families: int, topk: float, n_models: int) -> _Labels:
+        def vmax(arrs: list[np.ndarray]) -> float:
+            vals = [a for a in arrs if a is not None and a.size]
+            return float(max((a.max() for a in vals), default=1.0))
+
+        n_case = slides[0].n_case if slides else 1
+        many = n_models > 1
+        return cls(n_case=n_case,
+                   vmax_mor=vmax([s.w_mor * n_case for s in slides if s.w_mor is not None]),
+                   vmax_fam=[vmax([s.assoc_masked[g] * n_case for s in slides if s.assoc_masked is not None])
+                             for g in range(n_families)],
+                   ens=f", mean of {n_models} fold models" if many else "",
+                   scope=f"top {topk:.0%} of patches per model" if many else f"top {topk:.0%} of patches",
+                   outside=f"tissue outside every model's top {topk:.0%}" if many
+                   else f"tissue outside the top {topk:.0%}")
+
+
+def _slide_maps(out_dir: Path, name: str, s: SlideScores, thumb: np.ndarray, ds: float, size0: int,
+                families: Sequence[str], fam_names: Sequence[str], lab: _Labels) -> list[Path]:
+    """The morphology and per-family association PNGs of one slide."""
+    files = []
+    shape = thumb.shape[:2]
+    if s.w_mor is not None:
+        grid = paint(shape, s.coords, size0, s.w_mor * lab.n_case, ds)
+        files.append(render_png(out_dir / f"{s.slide_id}_morphology.png", thumb, grid,
+                                f"{name}: morphology attention w_mor ({lab.n_case} patches{lab.ens})",
+                                "attention x N (1 = uniform)", vmax=lab.vmax_mor))
+    if s.assoc_masked is not None:
+        tissue = paint(shape, s.coords, size0, np.zeros(len(s.coords)), ds)
+        for g, fam in enumerate(families):
+            vals = s.assoc_masked[g] * lab.n_case
+            kept = vals > 0
+            grid = paint(shape, s.coords[kept], size0, vals[kept], ds)
+            files.append(render_png(out_dir / f"{s.slide_id}_assoc_{fam_names[g]}.png", thumb, grid,
+                                    f"{name}: {fam} association ({lab.scope}{lab.ens})", "masked association x N",
+                                    masked_grid=tissue, masked_label=lab.outside, vmax=lab.vmax_fam[g]))
+    return files
+
+
+def _top_tiles(out_dir: Path, case_id: str, slides: Sequence[SlideScores], handles: dict[str, Any],
+               families: Sequence[str], fam_names: Sequence[str], target_mpp: float, patch_size: int, n_top: int,
+               n_case: int) -> list[Path]:
+    """Per family the ``n_top`` patches of highest masked association over the case: one PNG each
+    (``top/<family>_<rank>.png``) and the montage ``top_patches.png``."""
+    files: list[Path] = []
+    montage: dict[str, list[tuple[np.ndarray, str]]] = {}
+    for g, fam in enumerate(families):
+        cand = [(float(s.assoc_masked[g][i]), s, int(i)) for s in slides
+                if s.assoc_masked is not None and s.slide_id in handles
+                for i in top_indices(s.assoc_masked[g], n_top)]
+        cand.sort(key=lambda t: -t[0])
+        montage[fam] = []
+        for rank, (score, s, i) in enumerate(cand[:n_top], start=1):
+            slide = handles[s.slide_id]
+            x, y = (int(v) for v in s.coords[i])
+            tile = slide.read_patch(slide.plan(target_mpp, patch_size), x, y)
+            files.append(write_tile(out_dir / "top" / f"{fam_names[g]}_{rank}.png", tile))
+            montage[fam].append((tile, f"{s.slide_id} x={x} y={y}\nscore x N={score * n_case:.3g}"))
+    files.append(render_montage(out_dir / "top_patches.png", montage,
+                                f"{case_id}: top {n_top} patches per family (masked association)"))
+    return files
+
+
 def write_case_heatmaps(out_dir: Path, case_id: str, slides: Sequence[SlideScores], families: Sequence[str],
                         target_mpp: float, patch_size: int, topk: float, n_top: int = 4,
                         thumb_px: int = 1000, n_models: int = 1) -> HeatmapResult:
@@ -226,72 +302,25 @@ def write_case_heatmaps(out_dir: Path, case_id: str, slides: Sequence[SlideScore
     res = HeatmapResult()
     out_dir = Path(out_dir)
     fam_names = [sanitize_id(f, "family").replace(" ", "_") for f in families]  # shell-friendly file names
-    # shared colour scales over the case (values x N)
-    def _vmax(arrs: list[np.ndarray]) -> float:
-        vals = [a for a in arrs if a is not None and a.size]
-        return float(max((a.max() for a in vals), default=1.0))
-
-    n_case = slides[0].n_case if slides else 1
-    vmax_mor = _vmax([s.w_mor * n_case for s in slides if s.w_mor is not None])
-    vmax_fam = [_vmax([s.assoc_masked[g] * n_case for s in slides if s.assoc_masked is not None])
-                for g in range(len(families))]
+    lab = _Labels.of(slides, len(families), topk, n_models)
     handles: dict[str, Slide] = {}
-    ens = f", mean of {n_models} fold models" if n_models > 1 else ""
-    scope = f"top {topk:.0%} of patches per model" if n_models > 1 else f"top {topk:.0%} of patches"
-    outside = f"tissue outside every model's top {topk:.0%}" if n_models > 1 else f"tissue outside the top {topk:.0%}"
-    try:
+    with contextlib.ExitStack() as stack:
         for s in slides:
             if s.slide_path is None or not Path(s.slide_path).exists():
                 res.notes.append(f"slide {s.slide_id}: no slide file, heatmaps skipped")
                 if s.patch_size_level0:  # the QuPath file needs no slide pixels
                     res.files.append(_geojson(out_dir, s, s.patch_size_level0, families, fam_names))
                 continue
-            slide = Slide(s.slide_path, mpp=s.mpp_override, slide_id=s.slide_id)
-            handles[s.slide_id] = slide
+            slide = handles[s.slide_id] = stack.enter_context(Slide(s.slide_path, mpp=s.mpp_override,
+                                                                    slide_id=s.slide_id))
             thumb, ds = slide.thumbnail(thumbnail_downsample(slide.dimensions, thumb_px))
             size0 = s.patch_size_level0 or slide.plan(target_mpp, patch_size).patch_size_level0
             res.files.append(_geojson(out_dir, s, size0, families, fam_names))
-            shape = thumb.shape[:2]
             name = case_id if s.slide_id == case_id else f"{case_id} / {s.slide_id}"
-            if s.w_mor is not None:
-                grid = paint(shape, s.coords, size0, s.w_mor * n_case, ds)
-                res.files.append(render_png(
-                    out_dir / f"{s.slide_id}_morphology.png", thumb, grid,
-                    f"{name}: morphology attention w_mor ({n_case} patches{ens})",
-                    "attention x N (1 = uniform)", vmax=vmax_mor))
-            if s.assoc_masked is not None:
-                tissue = paint(shape, s.coords, size0, np.zeros(len(s.coords)), ds)
-                for g, fam in enumerate(families):
-                    vals = s.assoc_masked[g] * n_case
-                    kept = vals > 0
-                    grid = paint(shape, s.coords[kept], size0, vals[kept], ds)
-                    res.files.append(render_png(
-                        out_dir / f"{s.slide_id}_assoc_{fam_names[g]}.png", thumb, grid,
-                        f"{name}: {fam} association ({scope}{ens})",
-                        "masked association x N", masked_grid=tissue,
-                        masked_label=outside, vmax=vmax_fam[g]))
-        # top tiles per family over the whole case
+            res.files += _slide_maps(out_dir, name, s, thumb, ds, size0, families, fam_names, lab)
         if any(s.assoc_masked is not None for s in slides) and handles:
-            montage: dict[str, list[tuple[np.ndarray, str]]] = {}
-            for g, fam in enumerate(families):
-                cand = [(float(s.assoc_masked[g][i]), s, int(i)) for s in slides
-                        if s.assoc_masked is not None and s.slide_id in handles
-                        for i in top_indices(s.assoc_masked[g], n_top)]
-                cand.sort(key=lambda t: -t[0])
-                montage[fam] = []
-                for rank, (score, s, i) in enumerate(cand[:n_top], start=1):
-                    slide = handles[s.slide_id]
-                    x, y = (int(v) for v in s.coords[i])
-                    tile = slide.read_patch(slide.plan(target_mpp, patch_size), x, y)
-                    res.files.append(write_tile(out_dir / "top" / f"{fam_names[g]}_{rank}.png", tile))
-                    montage[fam].append((tile, f"{s.slide_id} x={x} y={y}\nscore x N={score * n_case:.3g}"))
-            res.files.append(render_montage(out_dir / "top_patches.png", montage,
-                                            f"{case_id}: top {n_top} patches per family (masked association)"))
-    finally:
-        for h in handles.values():
-            close = getattr(h, "close", None)
-            if close is not None:
-                close()
+            res.files += _top_tiles(out_dir, case_id, slides, handles, families, fam_names, target_mpp, patch_size,
+                                    n_top, lab.n_case)
     return res
 
 

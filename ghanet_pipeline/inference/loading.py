@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..core.errors import CheckpointError, ConfigError, MismatchError
-from ..features.bags import COMPAT_KEYS, encoder_differences
+from ..features.compatibility import COMPAT_KEYS, encoder_differences
 
 if TYPE_CHECKING:
     from ..wsi.segment import SegmentParams

@@ -43,12 +43,13 @@ from ..core.ids import safe_child, sanitize_ids
 from ..core.runs import ItemResult, run_items, write_run_log
 from ..env.device import resolve_device
 from ..wsi.inputs import SlideSpec, take_shard
+from .config import PredictConfig
 from .embed import Embedder, SlideBag, bag_path, read_existing_bag
 from .ensemble import ensemble_survival, risk_group, summarize_risks
 from .loading import Ensemble, EnsembleOutput, load_ensemble
 from .records import (
+    NO_EARLIER_RESULT,
     CasePrediction,
-    PredictConfig,
     PredictionRun,
     case_record,
     existing_rows,
@@ -58,7 +59,7 @@ from .records import (
     prediction_from_record,
     read_record,
     rebuild_predictions_csv,
-    reusable,
+    reuse_refusal,
 )
 
 log = logging.getLogger(__name__)
@@ -83,12 +84,10 @@ def specs_from_features_dir(features_dir: Path) -> list[SlideSpec]:
     return sanitise_specs([SlideSpec(slide_id=sid, path=p, case_id=sid, raw_slide_id=sid) for sid, p in found.items()])
 
 
-def predict_case(case_id: str, specs: Sequence[SlideSpec], ens: Ensemble, config: PredictConfig,
-                 embedder: Embedder | None, out_dir: Path) -> CasePrediction:
-    """Predict one case (all its slides pooled). Raises on a failing slide (the caller records it)."""
-    t0 = time.perf_counter()
-    pred = CasePrediction(case_id=case_id, slide_ids=[s.slide_id for s in specs])
-    seconds = {"segment": 0.0, "extract": 0.0, "model": 0.0, "heatmaps": 0.0}
+def _case_bags(case_id: str, specs: Sequence[SlideSpec], ens: Ensemble, config: PredictConfig,
+               embedder: Embedder | None, pred: CasePrediction, seconds: dict[str, float]) -> list[SlideBag]:
+    """The bags of a case's slides that have patches (records patches per slide, notes, how the encoder was
+    checked). A slide that cannot be read fails the whole case: a score from part of the tissue is refused."""
     slide_bags: list[SlideBag] = []
     errors: list[str] = []
     checks: set[str] = set()
@@ -100,43 +99,31 @@ def predict_case(case_id: str, specs: Sequence[SlideSpec], ens: Ensemble, config
                 seconds["extract"] += time.perf_counter() - t
                 checks.add(how)
             else:
-                assert embedder is not None
-                embedder.last_note = ""
                 sb = embedder.embed(spec, seconds)
                 checks.add("checked")
-                if sb is None and embedder.last_note:
-                    pred.notes.append(embedder.last_note)
         except MismatchError:
             raise
         except (SlideError, InputError, OSError, ValueError, RuntimeError) as exc:
             msg = str(exc) if isinstance(exc, (SlideError, InputError)) else f"{type(exc).__name__}: {exc}"
             errors.append(f"slide {spec.slide_id}: {msg}")
             continue
-        pred.patches_per_slide[spec.slide_id] = 0 if sb is None else len(sb.features)
-        if sb is not None and len(sb.features):
+        if sb.note:
+            pred.notes.append(sb.note)
+        pred.patches_per_slide[spec.slide_id] = len(sb.features)
+        if len(sb.features):
             slide_bags.append(sb)
     pred.encoder_check = ", ".join(sorted(checks))
+    if errors and len(errors) == len(specs):
+        raise SlideError(f"case {case_id}: none of its {len(specs)} slide(s) could be read - " + " | ".join(errors))
     if errors:
-        if len(errors) == len(specs):
-            raise SlideError(f"case {case_id}: none of its {len(specs)} slide(s) could be read - "
-                             + " | ".join(errors))
         raise SlideError(f"case {case_id}: {len(errors)} of its {len(specs)} slides could not be read, so no score "
                          f"(it would use only part of the tissue) - " + " | ".join(errors)
                          + " - fix the slide or remove it from the manifest")
-    if not slide_bags:
-        pred.status = "no tissue"
-        pred.message = "no tissue patch in any slide of the case; no score" + (
-            f" ({'; '.join(pred.notes)})" if pred.notes else "")
-        pred.seconds = {**{k: round(v, 3) for k, v in seconds.items()}, "total": round(time.perf_counter() - t0, 3)}
-        return pred
-    # pool the case's slides into one bag
-    dims = {sb.features.shape[1] for sb in slide_bags}
-    if len(dims) > 1:
-        raise MismatchError(f"case {case_id}: its bags have different feature sizes {sorted(dims)}")
-    feats = np.concatenate([sb.features for sb in slide_bags])
-    t = time.perf_counter()
-    out = ens.forward(feats, want_maps=config.heatmaps)
-    seconds["model"] = time.perf_counter() - t
+    return slide_bags
+
+
+def _score(pred: CasePrediction, out: EnsembleOutput, ens: Ensemble, n_patches: int) -> None:
+    """Fill the case's risk, risk group and survival curve from the fold models' outputs."""
     rs = summarize_risks(out.risks)
     grp = risk_group(out.risks, out.medians)
     curve = ensemble_survival(out.S, out.edges)
@@ -145,14 +132,38 @@ def predict_case(case_id: str, specs: Sequence[SlideSpec], ens: Ensemble, config
     pred.threshold, pred.risk_group, pred.folds_high, pred.n_folds = grp.threshold, grp.group, grp.folds_high, grp.n_folds
     pred.survival, pred.survival_std = curve.S, curve.S_std
     pred.bin_edges_months, pred.bin_edges_differ = curve.edges_months, curve.edges_differ
-    pred.n_patches = int(len(feats))
-    if config.heatmaps:
+    pred.n_patches = int(n_patches)
+
+
+def predict_case(case_id: str, specs: Sequence[SlideSpec], ens: Ensemble, config: PredictConfig,
+                 embedder: Embedder | None, out_dir: Path) -> CasePrediction:
+    """Predict one case (all its slides pooled). Raises on a failing slide (the caller records it)."""
+    t0 = time.perf_counter()
+    pred = CasePrediction(case_id=case_id, slide_ids=[s.slide_id for s in specs],
+                          slide_paths={s.slide_id: str(Path(s.path).resolve()) for s in specs
+                                       if Path(s.path).suffix.lower() not in (".h5", ".pt")})
+    seconds = {"segment": 0.0, "extract": 0.0, "model": 0.0, "heatmaps": 0.0}
+    slide_bags = _case_bags(case_id, specs, ens, config, embedder, pred, seconds)
+    if not slide_bags:
+        pred.status = "no tissue"
+        pred.message = "no tissue patch in any slide of the case; no score" + (
+            f" ({'; '.join(pred.notes)})" if pred.notes else "")
+    else:
+        dims = {sb.features.shape[1] for sb in slide_bags}
+        if len(dims) > 1:
+            raise MismatchError(f"case {case_id}: its bags have different feature sizes {sorted(dims)}")
+        feats = np.concatenate([sb.features for sb in slide_bags])  # the case's slides pooled into one bag
         t = time.perf_counter()
-        try:
-            _heatmaps(pred, slide_bags, out, ens, out_dir)
-        except (SlideError, InputError, OSError, ValueError) as exc:  # the score stands; say what is missing
-            pred.message = f"heatmaps failed: {exc}"
-        seconds["heatmaps"] = time.perf_counter() - t
+        out = ens.forward(feats, want_maps=config.heatmaps)
+        seconds["model"] = time.perf_counter() - t
+        _score(pred, out, ens, len(feats))
+        if config.heatmaps:
+            t = time.perf_counter()
+            try:
+                _heatmaps(pred, slide_bags, out, ens, out_dir)
+            except (SlideError, InputError, OSError, ValueError) as exc:  # the score stands; say what is missing
+                pred.message = f"heatmaps failed: {exc}"
+            seconds["heatmaps"] = time.perf_counter() - t
     pred.seconds = {**{k: round(v, 3) for k, v in seconds.items()}, "total": round(time.perf_counter() - t0, 3)}
     return pred
 
@@ -189,23 +200,74 @@ def _heatmaps(pred: CasePrediction, slide_bags: list[SlideBag], out: EnsembleOut
     pred.notes += res.notes
 
 
-def predict_cases(specs: Sequence[SlideSpec], model_dir: Path | str, config: PredictConfig,
-                  on_case: Callable[[CasePrediction], None] | None = None) -> PredictionRun:
-    """Predict every case of ``specs`` (slides grouped by ``case_id``) with the run's fold models.
+class _CaseRun:
+    """The cases of one ``predict_cases`` call: which are reused, which are predicted, and their records."""
 
-    Each case's ``<out>/predict/<case_id>.json`` is written atomically as soon as the case is done, and
-    reused on a rerun when it was made by the same model from the same input files (see
-    :func:`records.reusable`; ``config.overwrite`` redoes it). ``predictions.csv`` is then rebuilt from
-    every per-case JSON of this model in the folder, under a lock (shards or several processes may
-    write into one ``--out``). ``config.shard = (i, n)`` keeps every n-th case starting at i.
-    Heatmaps go under ``<out>/predict/heatmaps/<case_id>/`` (``config.heatmaps``), and a run log to
-    ``<out>/logs/``. A failing case never stops the others (its record has status ``failed``).
-    Configuration problems (checkpoints, encoder weights that differ from the training ones, another
-    model's ``predictions.csv``) raise before any case runs.
-    """
-    started = time.time()
-    out = Path(config.out)
-    out_dir = out / "predict"
+    def __init__(self, specs: Sequence[SlideSpec], ens: Ensemble, config: PredictConfig, out_dir: Path) -> None:
+        self.ens, self.config, self.out_dir = ens, config, out_dir
+        all_cases = group_cases(specs)
+        self.safe = sanitize_ids(list(all_cases), what="case_id")
+        self.cases = dict(take_shard(list(all_cases.items()), config.shard))
+        self.inputs = {raw: _inputs(slides, config) for raw, slides in self.cases.items()}
+        self.model_fp = model_fingerprint(ens)
+        self.todo: set[str] = set()
+        self.by_id: dict[str, CasePrediction] = {}
+        self.embedder: Embedder | None = None
+
+    def record_path(self, raw: str) -> Path:
+        return safe_child(self.out_dir, f"{self.safe[raw]}.json")
+
+    def plan(self) -> None:
+        """Reuse every earlier record made by this model from the same inputs; the rest is to do."""
+        for raw, slides in self.cases.items():
+            why = "--overwrite" if self.config.overwrite else reuse_refusal(
+                read_record(self.record_path(raw)), self.ens, self.model_fp, [s.slide_id for s in slides],
+                self.inputs[raw], self.config.heatmaps)
+            if why is None:
+                self.by_id[raw] = prediction_from_record(read_record(self.record_path(raw)) or {})
+                self.by_id[raw].reused = True
+                continue
+            self.todo.add(raw)
+            if why not in (NO_EARLIER_RESULT, "--overwrite"):
+                log.info("predict: case %s is predicted again: its earlier result was %s", self.safe[raw], why)
+        if self.by_id:
+            log.info("predict: %d of %d case(s) reused from %s (same model and input files; --overwrite redoes "
+                     "them)", len(self.by_id), len(self.cases), self.out_dir)
+        if self.config.features_dir is None and self.todo:
+            self.embedder = Embedder(self.ens, self.config)
+
+    def save(self, raw: str, pred: CasePrediction) -> None:
+        remove_stale_temps(self.out_dir, [f"{pred.case_id}.json"])
+        write_json_atomic(self.record_path(raw), case_record(pred, self.ens, self.model_fp, self.inputs[raw]))
+
+    def work(self, item: tuple[str, list[SlideSpec]]) -> ItemResult:
+        raw, slides = item
+        bad = [s.problem for s in slides if s.problem]  # e.g. a GDC download that failed its check
+        if bad:
+            raise SlideError(f"case {self.safe[raw]}: " + "; ".join(bad))
+        if raw in self.by_id:
+            return self.by_id[raw].item_result()
+        pred = predict_case(self.safe[raw], slides, self.ens, self.config, self.embedder, self.out_dir)
+        if self.embedder is not None:
+            pred.notes += [n for n in self.embedder.notes if n not in pred.notes]
+        self.by_id[raw] = pred
+        self.save(raw, pred)
+        return pred.item_result()
+
+    def prediction_of(self, res: ItemResult) -> CasePrediction:
+        """The case's prediction; a record of status ``failed`` for a case that failed before it had one."""
+        raw = next(r for r in self.cases if self.safe[r] == res.item)
+        if raw not in self.by_id:
+            self.by_id[raw] = CasePrediction(case_id=res.item, slide_ids=[s.slide_id for s in self.cases[raw]],
+                                             status="failed", message=res.message, seconds={"total": res.seconds})
+            self.save(raw, self.by_id[raw])
+        return self.by_id[raw]
+
+
+def _prepare(specs: Sequence[SlideSpec], model_dir: Path | str, config: PredictConfig
+             ) -> tuple[Ensemble, Sequence[SlideSpec], str]:
+    """The fold models, the slides (the bags of ``--features`` when none are given) and the resolved device;
+    configuration problems raise here, before any case runs."""
     device = str(resolve_device(config.device))
     ens = load_ensemble(model_dir, config.folds, device)
     if config.features_dir is not None and not Path(config.features_dir).is_dir():
@@ -214,68 +276,44 @@ def predict_cases(specs: Sequence[SlideSpec], model_dir: Path | str, config: Pre
         if config.features_dir is None:
             raise ConfigError("no slides given: pass slide files, directories, glob patterns or --manifest")
         specs = specs_from_features_dir(Path(config.features_dir))
-    csv_path = out_dir / "predictions.csv"
-    model_id = model_identity(ens)
-    existing_rows(csv_path, model_id, config.overwrite)  # refuse another model's table before any work
-    all_cases = group_cases(specs)
-    safe = sanitize_ids(list(all_cases), what="case_id")
-    cases = dict(take_shard(list(all_cases.items()), config.shard))
-    inputs = {raw: _inputs(slides, config) for raw, slides in cases.items()}
-    model_fp = model_fingerprint(ens)
-    todo: dict[str, str] = {}
-    by_id: dict[str, CasePrediction] = {}
-    for raw, slides in cases.items():
-        why = "--overwrite" if config.overwrite else reusable(
-            read_record(safe_child(out_dir, f"{safe[raw]}.json")), ens, model_fp, [s.slide_id for s in slides],
-            inputs[raw], config.heatmaps)
-        if why:
-            todo[raw] = why
-            if why not in ("no earlier result", "--overwrite"):
-                log.info("predict: case %s is predicted again: its earlier result was %s", safe[raw],
-                         why if why.startswith("made") else f"made before {why}" if why.startswith("the model")
-                         else why)
-        else:
-            by_id[raw] = prediction_from_record(read_record(safe_child(out_dir, f"{safe[raw]}.json")) or {})
-            by_id[raw].reused = True
-    if by_id:
-        log.info("predict: %d of %d case(s) reused from %s (same model and input files; --overwrite redoes them)",
-                 len(by_id), len(cases), out_dir)
-    embedder = None if (config.features_dir is not None or not todo) else Embedder(ens, config)
+    existing_rows(Path(config.out) / "predict" / "predictions.csv", model_identity(ens), config.overwrite)
+    return ens, specs, device
 
-    def save(raw: str, pred: CasePrediction) -> None:
-        remove_stale_temps(out_dir, [f"{pred.case_id}.json"])
-        write_json_atomic(safe_child(out_dir, f"{pred.case_id}.json"), case_record(pred, ens, model_fp, inputs[raw]))
 
-    def work(item: tuple[str, list[SlideSpec]]) -> ItemResult:
-        raw, slides = item
-        if raw in by_id:
-            return by_id[raw].item_result()
-        pred = predict_case(safe[raw], slides, ens, config, embedder, out_dir)
-        if embedder is not None:
-            pred.notes += [n for n in embedder.notes if n not in pred.notes]
-        by_id[raw] = pred
-        save(raw, pred)
-        return pred.item_result()
+def predict_cases(specs: Sequence[SlideSpec], model_dir: Path | str, config: PredictConfig,
+                  on_case: Callable[[CasePrediction], None] | None = None) -> PredictionRun:
+    """Predict every case of ``specs`` (slides grouped by ``case_id``) with the run's fold models.
+
+    Each case's ``<out>/predict/<case_id>.json`` is written atomically as soon as the case is done, and
+    reused on a rerun when it was made by the same model from the same input files (see
+    :func:`records.reuse_refusal`; ``config.overwrite`` redoes it). ``predictions.csv`` is then rebuilt from
+    every per-case JSON of this model in the folder, under a lock (shards or several processes may
+    write into one ``--out``). ``config.shard = (i, n)`` keeps every n-th case starting at i.
+    Heatmaps go under ``<out>/predict/heatmaps/<case_id>/`` (``config.heatmaps``), and a run log to
+    ``<out>/logs/``. A failing case never stops the others (its record has status ``failed``).
+    Configuration problems (checkpoints, encoder weights that differ from the training ones, another
+    model's ``predictions.csv``) raise before any case runs.
+    """
+    started = time.time()
+    ens, specs, device = _prepare(specs, model_dir, config)
+    out_dir = Path(config.out) / "predict"
+    run = _CaseRun(specs, ens, config, out_dir)
+    run.plan()
 
     def done(res: ItemResult) -> None:
-        raw = next(r for r in cases if safe[r] == res.item)
-        if raw not in by_id:  # failed before a prediction object existed
-            by_id[raw] = CasePrediction(case_id=res.item, slide_ids=[s.slide_id for s in cases[raw]],
-                                        status="failed", message=res.message,
-                                        seconds={"total": res.seconds})
-            save(raw, by_id[raw])
+        pred = run.prediction_of(res)
         if on_case is not None:
-            on_case(by_id[raw])
+            on_case(pred)
 
-    run_items(list(cases.items()), lambda it: safe[it[0]], work, on_done=done)
-    preds = [by_id[r] for r in cases]
-    rebuild_predictions_csv(out_dir, model_id)
+    run_items(list(run.cases.items()), lambda it: run.safe[it[0]], run.work, on_done=done)
+    preds = [run.by_id[r] for r in run.cases]
+    rebuild_predictions_csv(out_dir, model_identity(ens))
     cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
     cfg.update({"model": str(model_dir), "device_resolved": device, "folds_used": ens.folds,
-                "reused": sorted(safe[r] for r in cases if r not in todo)})
-    log_path = write_run_log(out, "predict", cfg, [p.item_result() for p in preds], started)
-    return PredictionRun(cases=preds, predictions_csv=csv_path, log_path=log_path, ensemble_folds=ens.folds,
-                         encoder=ens.encoder)
+                "reused": sorted(run.safe[r] for r in run.cases if r not in run.todo)})
+    log_path = write_run_log(Path(config.out), "predict", cfg, [p.item_result() for p in preds], started)
+    return PredictionRun(cases=preds, predictions_csv=out_dir / "predictions.csv", log_path=log_path,
+                         ensemble_folds=ens.folds, encoder=ens.encoder)
 
 
 def _inputs(slides: Sequence[SlideSpec], config: PredictConfig) -> list[dict]:

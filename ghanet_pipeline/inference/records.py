@@ -14,6 +14,7 @@ from typing import Any
 from ..core.errors import ConfigError, MismatchError
 from ..core.files import atomic_path
 from ..core.fingerprints import describe_differences, fingerprint_digest, from_json, to_json
+from ..core.locks import OutputLocks
 from ..core.runs import ItemResult
 from ..models.checkpoint import checkpoint_fingerprint
 from .loading import Ensemble
@@ -23,28 +24,6 @@ log = logging.getLogger(__name__)
 
 #: version of the per-case JSON written here
 PREDICTION_SCHEMA = 1
-
-
-@dataclass
-class PredictConfig:
-    """Options of :func:`predict_cases` (CLI flags of ``ghanet predict``).
-
-    ``features_dir``: folder of existing bags (``<slide_id>.h5``/``.pt``); segmentation and extraction
-    are skipped. ``assume_encoder``: accept bags without encoder attributes (CLAM/TRIDENT) as made with
-    the model's encoder. ``weights``: encoder weights (file, ``random[:seed]``, None = torch hub cache).
-    """
-
-    out: Path = Path("ghanet-out")
-    folds: list[int] | None = None
-    features_dir: Path | None = None
-    assume_encoder: bool = False
-    heatmaps: bool = False
-    device: str = "auto"
-    weights: str | None = None
-    batch_size: int = 64
-    num_workers: int = 0
-    overwrite: bool = False
-    shard: tuple[int, int] | None = None
 
 
 @dataclass
@@ -78,6 +57,8 @@ class CasePrediction:
     encoder_check: str = ""
     heatmaps: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: slide_id -> absolute path of the slide file read (the report's viewer shows it); not for bags
+    slide_paths: dict[str, str] = field(default_factory=dict)
     #: taken from an earlier run's JSON (not written to the record)
     reused: bool = field(default=False, repr=False, compare=False)
 
@@ -195,19 +176,24 @@ def read_record(path: Path) -> dict[str, Any] | None:
     return record
 
 
-def reusable(record: dict[str, Any] | None, ens: Ensemble, model_fp: dict[str, Any], slide_ids: list[str],
-             inputs: list[dict[str, Any]], heatmaps: bool) -> str:
-    """Why an earlier per-case record cannot be reused for this run ("" = it can).
+#: :func:`reuse_refusal` of a case predicted for the first time
+NO_EARLIER_RESULT = "no earlier result"
+
+
+def reuse_refusal(record: dict[str, Any] | None, ens: Ensemble, model_fp: dict[str, Any], slide_ids: list[str],
+                  inputs: list[dict[str, Any]], heatmaps: bool) -> str | None:
+    """Why an earlier per-case record cannot be reused for this run, phrased to follow "its earlier
+    result was ..." (:data:`NO_EARLIER_RESULT` when there is none); None when it can be reused.
 
     Reused when it is a finished case (``done``/``no tissue``) of the same model (run path, folds and
     the same :func:`model_fingerprint`: every fold's weights hash, encoder and training inputs), with the
-    same slides (names and sizes of the input files) and, when
-    heatmaps are asked for, with its heatmap files present.
+    same slides (names and sizes of the input files) and, when heatmaps are asked for, with its heatmap
+    files present.
     """
     if record is None:
-        return "no earlier result"
+        return NO_EARLIER_RESULT
     if record.get("status") not in ("done", "no tissue"):
-        return f"earlier status {record.get('status')}"
+        return f"of status {record.get('status')}"
     if record.get("model") != model_identity(ens):
         return "made by another model"
     old = (record.get("model_fingerprint") or {})
@@ -216,13 +202,13 @@ def reusable(record: dict[str, Any] | None, ens: Ensemble, model_fp: dict[str, A
             changed = describe_differences(from_json(old.get("components")), from_json(model_fp["components"]))
         except MismatchError:
             changed = ["unreadable fingerprint"]
-        return "the model changed since (" + "; ".join(changed) + ")"
+        return "made before the model changed (" + "; ".join(changed) + ")"
     if record.get("slide_ids") != slide_ids or record.get("inputs") != inputs:
         return "made from other input files"
     if heatmaps and record.get("status") == "done" and (
             not record.get("heatmaps") or not all(Path(p).is_file() for p in record["heatmaps"])):
-        return "no heatmaps"
-    return ""
+        return "made without heatmaps"
+    return None
 
 
 def existing_rows(path: Path, model: str, overwrite: bool) -> list[dict[str, str]]:
@@ -241,14 +227,13 @@ def existing_rows(path: Path, model: str, overwrite: bool) -> list[dict[str, str
 def rebuild_predictions_csv(out_dir: Path, model: str) -> list[CasePrediction]:
     """Rewrite ``<out_dir>/predictions.csv`` from every per-case JSON of ``model`` in ``out_dir``.
 
-    Rows are sorted by case id. Held under a lock file (``.predictions.csv.lock``) so that several
-    ``predict`` processes writing into one ``--out`` (shards, two terminals) never lose a row: each
-    rebuild reads every finished case, whoever computed it. Returns the cases written.
+    Rows are sorted by case id. Held under the output's exclusive lock (``<out>/.locks/predict/output.lock``,
+    :class:`~ghanet_pipeline.core.locks.OutputLocks`) so that several ``predict`` processes writing into one
+    ``--out`` (shards, two terminals) never lose a row: each rebuild reads every finished case, whoever
+    computed it. Returns the cases written.
     """
-    from filelock import FileLock
-
     out_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out_dir / ".predictions.csv.lock")):
+    with OutputLocks(out_dir.parent, out_dir.name).exclusive():
         preds, n_bins = [], 0
         for path in sorted(out_dir.glob("*.json")):
             record = read_record(path)

@@ -1,4 +1,7 @@
-"""Survival models: registry (``MODELS``, ``register_model``, ``create_model``) and checkpoints.
+"""Survival models: registry (``MODELS``, ``register_model``, ``create_model``; ``registry``), G-HANet
+(``ghanet``, its layers in ``layers`` and per-patch autograd functions in ``patch_ops``), the ABMIL baseline
+(``abmil``), the survival loss and outputs (``survival``), the authors' forward pass for parity tests
+(``reference``) and checkpoints (``checkpoint``).
 
 >>> model = create_model("ghanet", in_dim=1024, family_sizes=[80, 0, 120, 40, 60, 90])
 >>> out = model(features)            # features: (N, 1024) float tensor, one case

@@ -196,7 +196,7 @@ class GHANet(nn.Module):
     def embed_pre(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pre-activations of both patch embeddings (h_pre for CAB, hp_pre for HSB), each (N, dim).
 
-        Two separate products: one fused (N, 2*dim) product measured slower on CPU, because the
+        Two separate products: one fused (N, 2*dim) product is slower on CPU, because the
         column halves then need copies (LayerNorm input, gradient assembly).
         """
         return self.cab.embed(features), self.hsb.embed(features)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .patch_ops import apply_keep_, cross_pass, relu_grad
-from .survival import survival_from_hazards
+from .survival import risk_from_survival, survival_from_hazards
 
 
 class _ReLUDropout(torch.autograd.Function):
@@ -184,4 +184,4 @@ def survival_outputs(logits: torch.Tensor) -> dict[str, torch.Tensor]:
     """
     hazards = torch.sigmoid(logits)
     surv = survival_from_hazards(hazards)
-    return {"logits": logits, "hazards": hazards, "S": surv, "risk": -surv.sum(dim=1)}
+    return {"logits": logits, "hazards": hazards, "S": surv, "risk": risk_from_survival(surv)}

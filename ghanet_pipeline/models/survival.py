@@ -8,9 +8,6 @@ risk = ``-sum_j S[j]`` (higher = worse; minus the expected number of bins surviv
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -60,38 +57,6 @@ def survival_from_hazards(hazards: torch.Tensor) -> torch.Tensor:
     return torch.cumprod(1 - hazards, dim=-1)
 
 
-def risk_from_hazards(hazards: torch.Tensor) -> torch.Tensor:
-    """Risk = -sum(cumprod(1 - h)) over the last dimension (higher = worse prognosis)."""
-    return -survival_from_hazards(hazards).sum(dim=-1)
-
-
-def survival_curve(S: Sequence[float] | np.ndarray | torch.Tensor,
-                   bin_edges_months: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Step survival curve of one case for plotting: ``(times_months, survival)``.
-
-    ``S`` (n_bins,) from the model, ``bin_edges_months`` (n_bins + 1) from the fold's ``bins.json``.
-    Returns the n_bins + 1 points ``(e0, 1), (e1, S[0]), ..., (e_n, S[n-1])``: survival is 1 at the
-    first edge and S[j] at the end of bin j (draw with ``where="post"`` shifted, or as straight steps).
-    """
-    s = np.asarray(S.detach().cpu() if isinstance(S, torch.Tensor) else S, dtype=float).reshape(-1)
-    edges = np.asarray(bin_edges_months, dtype=float).reshape(-1)
-    if edges.size != s.size + 1:
-        raise ValueError(f"need {s.size + 1} bin edges for {s.size} survival values, got {edges.size}")
-    return edges.copy(), np.concatenate([[1.0], s])
-
-
-def median_survival_months(S: Sequence[float] | np.ndarray | torch.Tensor,
-                           bin_edges_months: Sequence[float]) -> float:
-    """Predicted median survival (months): linear interpolation of the step curve where it crosses 0.5.
-
-    Returns ``inf`` when the curve stays above 0.5 up to the last edge.
-    """
-    times, surv = survival_curve(S, bin_edges_months)
-    below = np.nonzero(surv <= 0.5)[0]
-    if below.size == 0:
-        return float("inf")
-    j = int(below[0])
-    if surv[j] == surv[j - 1]:
-        return float(times[j])
-    frac = (surv[j - 1] - 0.5) / (surv[j - 1] - surv[j])
-    return float(times[j - 1] + frac * (times[j] - times[j - 1]))
+def risk_from_survival(surv: torch.Tensor) -> torch.Tensor:
+    """Risk = -sum(S) over the last dimension, S = cumprod(1 - h) (higher = worse prognosis)."""
+    return -surv.sum(dim=-1)

@@ -73,8 +73,8 @@ class Preset:
     de_method: str | None = None
 
 
-#: Source: the G-HANet paper's implementation details (Wang et al., 2024, arXiv:2403.10040) as listed in
-#: issue 14; the released code's defaults agree for BLCA (ratio 0.2, lr 2e-4).
+#: Source: the G-HANet paper's implementation details (Wang et al., 2024, arXiv:2403.10040); the released
+#: code's defaults agree for BLCA (ratio 0.2, lr 2e-4).
 PRESETS: dict[str, Preset] = {
     "tcga_blca": Preset("tcga_blca", topk=0.20, lr=2e-4),
     "tcga_brca": Preset("tcga_brca", topk=0.15, lr=2e-4),
@@ -123,6 +123,12 @@ def resolve(protocol: str, preset: str | None, fields: tuple[str, ...], explicit
     return values, sources
 
 
-
-
-
+def apply_protocol(config: Any, fields: tuple[str, ...]) -> None:
+    """Fill the ``fields`` of an options dataclass (``TrainConfig``, ``GenomicsConfig``) that were left at
+    None from its ``protocol`` and ``preset`` (explicit values win), and record where each value came from
+    in its ``option_sources`` (an "explicit" source recorded earlier, e.g. by a config file, is kept)."""
+    values, sources = resolve(config.protocol, config.preset, fields, {f: getattr(config, f) for f in fields})
+    for f, v in values.items():
+        setattr(config, f, v)
+    config.option_sources = {**sources, **{k: v for k, v in config.option_sources.items()
+                                           if k in sources and sources[k] == "explicit"}}

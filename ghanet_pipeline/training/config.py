@@ -13,6 +13,7 @@ from typing import Any
 
 from ..core.errors import ConfigError, GhanetError
 from ..core.runs import ItemResult
+from ..protocols.presets import TRAIN_FIELDS, TRAIN_PRESET_FIELDS, apply_protocol
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class TrainingError(GhanetError):
 class TrainConfig:
     """Training options (defaults = the paper's protocol). ``topk`` is a FRACTION (0.2 = top 20 %).
 
-    ``protocol`` / ``preset`` (``protocols.py``) fill ``lr``, ``topk``, ``select``, ``topk_rule`` and
+    ``protocol`` / ``preset`` (``protocols/presets.py``) fill ``lr``, ``topk``, ``select``, ``topk_rule`` and
     ``accumulation`` left at None; ``option_sources`` records where each came from.
     """
 
@@ -52,21 +53,16 @@ class TrainConfig:
     device: str = "auto"
     case_id_from: str | None = None  # None | "tcga" (case id = first 12 characters of the bag name)
     cache_gb: float = 4.0  # keep bags in memory up to this many GiB (float32), else re-read each step
+    slide_types: tuple[str, ...] | None = None  # TCGA slide types to use (e.g. ("DX",)); None = every bag
     protocol: str = "ghanet"  # "ghanet" | "official"
     preset: str | None = None  # protocols.PRESETS
     topk_rule: str | None = None  # "ceil" | "floor"
     accumulation: str | None = None  # "epoch" | "carry-over"
     option_sources: dict = field(default_factory=dict)
+    allow_mixed_precision: bool = False  # train on int8 bags together with float bags (or another int8 model's)
 
     def __post_init__(self) -> None:
-        from ..protocols.presets import TRAIN_FIELDS, TRAIN_PRESET_FIELDS, resolve
-
-        fields_ = TRAIN_FIELDS + TRAIN_PRESET_FIELDS
-        values, sources = resolve(self.protocol, self.preset, fields_, {f: getattr(self, f) for f in fields_})
-        for f, v in values.items():
-            setattr(self, f, v)
-        self.option_sources = {**sources, **{k: v for k, v in self.option_sources.items() if k in sources
-                                             and sources[k] == "explicit"}}
+        apply_protocol(self, TRAIN_FIELDS + TRAIN_PRESET_FIELDS)
 
     def validate(self) -> None:
         if self.accumulation not in ("epoch", "carry-over"):

@@ -38,22 +38,23 @@ import math
 import shutil
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .. import __version__
-from ..core.errors import BusyError, ConfigError, InputError, MismatchError
+from ..core.errors import BusyError, ConfigError, InputError
 from ..core.files import atomic_path, remove_stale_temps, write_json_atomic
 from ..core.fingerprints import fingerprint_digest, to_json
 from ..core.ids import safe_child, sanitize_id
 from ..core.locks import OutputLocks
 from ..core.runs import ItemResult, run_items, write_run_log
 from ..env.device import resolve_device
+from ..genomics import FoldData, list_folds, load_fold
 from .config import ProgressFn, TrainConfig, TrainResult, config_hash, noop_progress
-from .data import CaseBags, list_bags, map_cases_to_bags
+from .data import CaseBags, training_cases
 from .fingerprint import training_fingerprint
 from .loop import train_fold
 from .provenance_check import check_run_folder
@@ -83,28 +84,70 @@ def _spearman_summary(frames: Sequence[Any], key: str) -> dict[str, dict[str, An
     return out
 
 
+@dataclass
+class TrainInputs:
+    """Everything a run is made from, read and checked before anything is written."""
+
+    all_folds: list[int]
+    folds: list[int]
+    fold_data: dict[int, FoldData]
+    bags: CaseBags
+    case_paths: dict[str, list[Path]]
+    genomics_protocol: str | None
+    mapping: str
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunContext:
+    """One ``train_cv`` call at work in its run folder."""
+
+    run_dir: Path
+    out: Path
+    inputs: TrainInputs
+    config: TrainConfig
+    c_hash: str
+    fp_digest: str
+    resume: bool
+    progress: ProgressFn
+    locks: OutputLocks
+    eff: dict[str, Any]
+    started: float
+
+
 def train_cv(features_dir: Path | str, genomics_dir: Path | str, out: Path | str,
              config: TrainConfig | None = None, run_name: str | None = None, manifest: Path | str | None = None,
              resume: bool = False, overwrite: bool = False, progress: ProgressFn = noop_progress) -> TrainResult:
     """Cross-validated training (see module docstring). ``out`` is the output root; the run is written to
     ``<out>/train/<run_name>`` (default run name: the model name). ``progress(kind, **info)`` is called with
     kind "fold_start", "resume", "epoch", "fold_done"."""
-    import pandas as pd
-    import torch
-
-    from ..genomics import list_folds, load_fold
-
     started = time.time()
     config = config or TrainConfig()
     config.validate()
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
-    genomics_dir = Path(genomics_dir)
-    features_dir = Path(features_dir)
     out = Path(out)
     run = sanitize_id(run_name or config.model, "run name")
     run_dir = safe_child(out, "train", run)
     resolve_device(config.device)  # a bad --device is a usage error, not a failure of every fold
+    inputs = read_train_inputs(Path(features_dir), Path(genomics_dir), config, manifest)
+    fp = training_fingerprint(config, inputs.fold_data, inputs.case_paths, inputs.bags.encoder, inputs.mapping,
+                              inputs.bags.recorded_sha)
+    fp_digest = fingerprint_digest(fp)
+    c_hash = config_hash(config)
+    eff = _effective_config(Path(features_dir), Path(genomics_dir), manifest, run, config, inputs, c_hash,
+                            fp_digest, to_json(fp))
+    locks = OutputLocks(out / "train", run)
+    _claim_run_dir(locks, run_dir, eff, fp, resume, overwrite, inputs.folds)
+    try:
+        return _train_folds(RunContext(run_dir, out, inputs, config, c_hash, fp_digest, resume, progress, locks,
+                                       eff, started))
+    finally:
+        locks.release_job()
+
+
+def _select_folds(genomics_dir: Path, config: TrainConfig) -> tuple[list[int], list[int]]:
+    """(every fold of the genomics folder, the folds to train: ``config.folds`` or all)."""
     all_folds = list_folds(genomics_dir)
     if not all_folds:
         raise InputError(f"{genomics_dir} holds no folds (fold_<k>/targets.h5); run `ghanet preprocess-genomics` "
@@ -113,52 +156,45 @@ def train_cv(features_dir: Path | str, genomics_dir: Path | str, out: Path | str
     unknown = [k for k in folds if k not in all_folds]
     if unknown:
         raise ConfigError(f"--folds {unknown} not in {genomics_dir} (it has folds {all_folds})")
+    return all_folds, folds
 
-    # --- everything the run is made from, read before anything is written ---------------------------
+
+def read_train_inputs(features_dir: Path, genomics_dir: Path, config: TrainConfig,
+                      manifest: Path | str | None) -> TrainInputs:
+    """The folds, the case -> bag mapping (``data.training_cases``) and the bags; warnings for what is skipped."""
+    all_folds, folds = _select_folds(genomics_dir, config)
     fold_data = {k: load_fold(genomics_dir, k) for k in all_folds}
     genomics_protocol = _genomics_protocol(genomics_dir)
-    cases_csv = genomics_dir / "cases.csv"
-    case_slides: dict[str, list[str]] = {}
-    if cases_csv.is_file():
-        cdf = pd.read_csv(cases_csv, dtype=str, keep_default_na=False)
-        if "slide_ids" in cdf.columns:
-            case_slides = {r.case_id: [s for s in r.slide_ids.split(";") if s] for r in cdf.itertuples()}
     all_cases = list(dict.fromkeys(c for fd in fold_data.values() for c in list(fd.train_ids) + list(fd.val_ids)))
-    bag_files = list_bags(features_dir)
-    case_paths, missing = map_cases_to_bags(all_cases, bag_files, case_slides, manifest, config.case_id_from)
-    if not case_paths:
-        raise MismatchError(
-            f"none of the {len(all_cases)} cases in {genomics_dir} has a bag in {features_dir}: the genomics "
-            f"and the bags are for different case sets (cases e.g. {', '.join(all_cases[:3])}; bags e.g. "
-            f"{', '.join(list(bag_files)[:3])}). Map slides to cases with --manifest (slide_id,case_id) or "
-            f"--case-id-from tcga, or check the cases.csv slide_ids column")
-    warnings: list[str] = []
+    mapped, warnings = training_cases(genomics_dir, features_dir, all_cases, manifest, config.case_id_from,
+                                      config.slide_types)
     if genomics_protocol not in (None, config.protocol):
         msg = (f"the genomics folder was made with --protocol {genomics_protocol} but training uses "
                f"--protocol {config.protocol}: bins and gene selection follow the genomics protocol")
         warnings.append(msg)
         log.warning("%s", msg)
-    if missing:
-        msg = (f"{len(missing)} of {len(all_cases)} case(s) have no bag and are skipped: "
-               f"{', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
-        warnings.append(msg)
-        log.warning("%s", msg)
-    bags = CaseBags(case_paths, cache_gb=config.cache_gb)
+    bags = CaseBags(mapped.found, cache_gb=config.cache_gb, allow_mixed_precision=config.allow_mixed_precision)
     warnings.extend(bags.warnings)
-    mapping = (f"manifest {Path(manifest).name}" if manifest else "TCGA case ids" if config.case_id_from == "tcga"
-               else "genomics cases.csv")
-    fp = training_fingerprint(config, fold_data, case_paths, bags.encoder, mapping, bags.recorded_sha)
-    fp_digest = fingerprint_digest(fp)
-    c_hash = config_hash(config)
-    eff = {"features": str(features_dir.resolve()), "genomics": str(genomics_dir.resolve()),
-           "manifest": str(Path(manifest).resolve()) if manifest else None, "run_name": run,
-           **asdict(config), "folds": folds, "ghanet_version": __version__, "torch": torch.__version__,
-           "config_hash": c_hash, "encoder": bags.encoder, "n_cases_with_bags": len(bags.cases()),
-           "genomics_protocol": genomics_protocol,
-           "fingerprint_digest": fp_digest, "fingerprint": to_json(fp)}
+    return TrainInputs(all_folds, folds, fold_data, bags, mapped.found, genomics_protocol, mapped.source, warnings)
 
-    # --- check the run folder against them, then claim it (nothing is written before this point) ----
-    locks = OutputLocks(out / "train", run)
+
+def _effective_config(features_dir: Path, genomics_dir: Path, manifest: Path | str | None, run: str,
+                      config: TrainConfig, inputs: TrainInputs, c_hash: str, fp_digest: str,
+                      fp_json: dict[str, Any]) -> dict[str, Any]:
+    """``config.json`` of the run: options, inputs, versions and the inputs' fingerprint."""
+    import torch
+
+    return {"features": str(features_dir.resolve()), "genomics": str(genomics_dir.resolve()),
+            "manifest": str(Path(manifest).resolve()) if manifest else None, "run_name": run,
+            **asdict(config), "folds": inputs.folds, "ghanet_version": __version__, "torch": torch.__version__,
+            "config_hash": c_hash, "encoder": inputs.bags.encoder, "n_cases_with_bags": len(inputs.bags.cases()),
+            "genomics_protocol": inputs.genomics_protocol, "fingerprint_digest": fp_digest, "fingerprint": fp_json}
+
+
+def _claim_run_dir(locks: OutputLocks, run_dir: Path, eff: dict[str, Any], fp: Any, resume: bool, overwrite: bool,
+                   folds: list[int]) -> None:
+    """Check the run folder against this run's inputs and options, then claim it: nothing is written
+    before this point; a changed input is refused, ``--overwrite`` while other jobs work in it too."""
     cfg_path = run_dir / "config.json"
     with locks.exclusive():
         if run_dir.exists() and any(run_dir.iterdir()):
@@ -171,7 +207,7 @@ def train_cv(features_dir: Path | str, genomics_dir: Path | str, out: Path | str
                                     f"--run-name")
                 shutil.rmtree(run_dir)
             else:
-                check_run_folder(run_dir, fp, fp_digest, c_hash, folds if resume else [])
+                check_run_folder(run_dir, fp, eff["fingerprint_digest"], eff["config_hash"], folds if resume else [])
                 if cfg_path.is_file():  # same inputs: the run's folds are the union over its commands
                     old_folds = json.loads(cfg_path.read_text()).get("folds") or []
                     eff["folds"] = sorted(set(old_folds) | set(folds))
@@ -179,57 +215,53 @@ def train_cv(features_dir: Path | str, genomics_dir: Path | str, out: Path | str
         remove_stale_temps(run_dir)  # a killed run's half-written reports (never a live writer's)
         write_json_atomic(cfg_path, eff)
         locks.register_job()
-    try:
-        return _train_folds(run_dir, folds, all_folds, fold_data, bags, config, c_hash, fp_digest, resume,
-                            progress, locks, warnings, out, eff, started)
-    finally:
-        locks.release_job()
 
 
-def _train_folds(run_dir: Path, folds: list[int], all_folds: list[int], fold_data: Mapping[int, Any],
-                 bags: CaseBags, config: TrainConfig, c_hash: str, fp_digest: str, resume: bool,
-                 progress: ProgressFn, locks: OutputLocks, warnings: list[str], out: Path, eff: dict[str, Any],
-                 started: float) -> TrainResult:
-    # --- folds --------------------------------------------------------------------------------------
+def _train_one_fold(ctx: RunContext, k: int) -> tuple[FoldOutcome, str]:
+    """Fold ``k`` and its status: ``skipped`` (finished before, reused) or ``done`` (trained now); the
+    fold's lock is held meanwhile."""
+    fold_dir = ctx.run_dir / f"fold_{k}"
+    with ctx.locks.item(f"fold_{k}"):  # another job training this fold: wait, then find it finished
+        for d in (fold_dir, fold_dir / "state"):
+            remove_stale_temps(d)   # a killed run's half-written files (never a live writer's)
+        if fold_complete(fold_dir):  # finished from the same inputs and options (checked above)
+            return load_finished_fold(fold_dir, k), "skipped"
+        if not ctx.resume and fold_dir.exists():
+            if (fold_dir / "state").is_dir():
+                log.warning("fold %d: an interrupted training is restarted from epoch 1 (pass --resume "
+                            "to continue it from its last saved epoch)", k)
+            shutil.rmtree(fold_dir)
+        ctx.progress("fold_start", fold=k, epochs=ctx.config.epochs)
+        bags = ctx.inputs.bags
+        return train_fold(k, ctx.inputs.fold_data[k], bags, ctx.config, fold_dir, bags.encoder, ctx.progress,
+                          ctx.c_hash, ctx.fp_digest), "done"
+
+
+def _train_folds(ctx: RunContext) -> TrainResult:
     outcomes: dict[int, FoldOutcome] = {}
 
     def work(k: int) -> ItemResult:
-        fold_dir = run_dir / f"fold_{k}"
-        with locks.item(f"fold_{k}"):  # another job training this fold: wait, then find it finished
-            for d in (fold_dir, fold_dir / "state"):
-                remove_stale_temps(d)   # a killed run's half-written files (never a live writer's)
-            if fold_complete(fold_dir):  # finished from the same inputs and options (checked above)
-                oc = load_finished_fold(fold_dir, k)
-                status = "skipped"
-            else:
-                if not resume and fold_dir.exists():
-                    if (fold_dir / "state").is_dir():
-                        log.warning("fold %d: an interrupted training is restarted from epoch 1 (pass --resume "
-                                    "to continue it from its last saved epoch)", k)
-                    shutil.rmtree(fold_dir)
-                progress("fold_start", fold=k, epochs=config.epochs)
-                oc = train_fold(k, fold_data[k], bags, config, fold_dir, bags.encoder, progress, c_hash, fp_digest)
-                status = "done"
+        oc, status = _train_one_fold(ctx, k)
         outcomes[k] = oc
         sel = next((h for h in oc.history if h["epoch"] == oc.selected_epoch), {})
         res = ItemResult(item=f"fold {k}", status=status, metrics={
             "val_c_index": sel.get("val_c_index"), "epoch": oc.selected_epoch,
             "n_val": len(oc.predictions), "skipped_cases": len(oc.skipped_cases)})
-        progress("fold_done", fold=k, result=res)
+        ctx.progress("fold_done", fold=k, result=res)
         return res
 
-    results = run_items(folds, lambda k: f"fold {k}", work)
+    results = run_items(ctx.inputs.folds, lambda k: f"fold {k}", work)
     metrics = None
-    with locks.exclusive():  # one job at a time merges the reports, from every finished fold on disk
+    with ctx.locks.exclusive():  # one job at a time merges the reports, from every finished fold on disk
         # folds finished earlier in this run directory (same inputs, e.g. one cluster job per --folds k)
         # belong to the reports too
-        for k in all_folds:
-            if k not in outcomes and fold_complete(run_dir / f"fold_{k}"):
-                outcomes[k] = load_finished_fold(run_dir / f"fold_{k}", k)
+        for k in ctx.inputs.all_folds:
+            if k not in outcomes and fold_complete(ctx.run_dir / f"fold_{k}"):
+                outcomes[k] = load_finished_fold(ctx.run_dir / f"fold_{k}", k)
         if outcomes:
-            metrics = _write_run_reports(run_dir, outcomes, config, warnings)
-    write_run_log(out, "train", eff, results, started=started)
-    return TrainResult(run_dir=run_dir, folds=results, metrics=metrics, warnings=warnings)
+            metrics = _write_run_reports(ctx.run_dir, outcomes, ctx.config, ctx.inputs.warnings)
+    write_run_log(ctx.out, "train", ctx.eff, results, started=ctx.started)
+    return TrainResult(run_dir=ctx.run_dir, folds=results, metrics=metrics, warnings=ctx.inputs.warnings)
 
 
 def _write_run_reports(run_dir: Path, outcomes: Mapping[int, FoldOutcome], config: TrainConfig,

@@ -1,26 +1,36 @@
 """One fold: the epoch loop (forward, NLL + reconstruction loss, accumulation, Adam), validation and
-the fold's outputs."""
+the fold's outputs.
+
+:func:`train_fold` runs the named steps; :class:`FoldTrainer` holds what they share (the model, its
+optimiser, the fold's cases, labels and targets on the device) so that each step is a short method.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import __version__
 from ..core.errors import InputError, MismatchError
 from ..core.files import atomic_path, write_json_atomic
+from ..core.labels import event_from_censorship
 from ..env.device import resolve_device
 from ..env.runtime import tune_malloc
+from ..genomics import FoldData
 from .config import ProgressFn, TrainConfig, TrainingError, noop_progress
 from .data import CaseBags, balanced_order, subsample_patches, to_tensor
 from .state import FoldOutcome, load_state, make_optimizer, save_state
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -63,207 +73,304 @@ def _check_floor_topk(fold: int, train_ids: Sequence[str], val_ids: Sequence[str
                          f"--max-patches, or leave these cases out")
 
 
-def train_fold(fold: int, fold_data: Any, bags: CaseBags, config: TrainConfig, fold_dir: Path,
-               encoder: Mapping[str, Any], progress: ProgressFn = noop_progress, c_hash: str = "",
-               fp_digest: str = "") -> FoldOutcome:
-    """Train one fold (resuming from ``fold_dir/state`` when present) and write its outputs.
-
-    ``c_hash`` (options) and ``fp_digest`` (inputs fingerprint) are stored in the state and checkpoint.
-    """
-    import pandas as pd
-    import torch
-
-    from ..evaluation.metrics import NoComparablePairsError, concordance_index, spearman
-    from ..models import create_model, save_checkpoint
-
-    device = resolve_device(config.device)
-    if device.type == "cpu":   # per-step N x dim tensors reused instead of page-faulted back every step
-        tune_malloc()
+def fold_cases(fold: FoldData, bags: CaseBags) -> tuple[list[str], list[str], list[str]]:
+    """(training ids, validation ids, skipped ids) of a fold: cases without a bag are skipped (warned);
+    a split left without any case is an :class:`InputError`."""
     have = set(bags.cases())
-    train_ids = [c for c in fold_data.train_ids if c in have]
-    val_ids = [c for c in fold_data.val_ids if c in have]
-    skipped = [c for c in list(fold_data.train_ids) + list(fold_data.val_ids) if c not in have]
+    train_ids = [c for c in fold.train_ids if c in have]
+    val_ids = [c for c in fold.val_ids if c in have]
+    skipped = [c for c in list(fold.train_ids) + list(fold.val_ids) if c not in have]
     if skipped:
-        log.warning("fold %d: %d case(s) without a bag are skipped: %s%s", fold, len(skipped),
+        log.warning("fold %d: %d case(s) without a bag are skipped: %s%s", fold.fold, len(skipped),
                     ", ".join(skipped[:20]), " ..." if len(skipped) > 20 else "")
-    for name, ids, total in (("training", train_ids, fold_data.train_ids), ("validation", val_ids, fold_data.val_ids)):
+    for name, ids, total in (("training", train_ids, fold.train_ids), ("validation", val_ids, fold.val_ids)):
         if not ids:
-            raise InputError(f"fold {fold}: none of the {len(total)} {name} cases has a bag in --features; "
+            raise InputError(f"fold {fold.fold}: none of the {len(total)} {name} cases has a bag in --features; "
                              f"check the case -> slide mapping (--manifest, --case-id-from tcga) or extract "
                              f"features for those slides")
-    if config.model == "ghanet" and config.topk_rule == "floor":
-        _check_floor_topk(fold, train_ids, val_ids, getattr(bags, "n_patches", {}), config)
-    labels = fold_data.labels
-    families = list(fold_data.families)
-    family_sizes = [len(fold_data.selected.get(f, [])) for f in families]
+    return train_ids, val_ids, skipped
 
-    model_kwargs: dict[str, Any] = dict(in_dim=bags.dim, n_bins=4, dim=config.dim, dropout=config.dropout)
-    if config.model == "ghanet":
-        model_kwargs.update(family_sizes=family_sizes, heads=config.heads, topk=config.topk,
-                            topk_rule=config.topk_rule)
-    torch.manual_seed(config.seed * 1000 + fold)
-    model = create_model(config.model, **model_kwargs).to(device)
-    needs_genomics = bool(getattr(model, "needs_genomics", False))
-    targets: dict[str, list[Any]] = {}
-    if needs_genomics:
-        missing_t = [c for c in train_ids + val_ids if c not in fold_data.targets]
-        if missing_t:
-            raise MismatchError(f"fold {fold}: genomics targets.h5 has no targets for {len(missing_t)} case(s) with "
-                                f"bags (e.g. {', '.join(missing_t[:5])}); targets and bags are for different case "
-                                f"sets — rerun preprocess-genomics on the table that lists these cases")
-        for c in train_ids + val_ids:
-            targets[c] = [to_tensor(np.asarray(t, dtype=np.float32), device) if len(t) else None
-                          for t in fold_data.targets[c]]
 
-    lab = labels.loc[train_ids]
-    lab_bins = lab["bin"].to_numpy(dtype=np.int64)
-    lab_cens = lab["censorship"].to_numpy(dtype=np.int64)
-    train_labels = {c: {"bin": int(b), "censorship": int(s)} for c, b, s in zip(train_ids, lab_bins, lab_cens, strict=False)}
+@dataclasses.dataclass
+class Predictions:
+    """A model's outputs on a list of cases: risk (N,), survival S (N, n_bins), per-family reconstructions
+    (None per family without genes) and the loss of each case."""
 
-    opt = make_optimizer(model, config.lr, config.weight_decay)
-    state_dir = fold_dir / "state"
-    history: list[dict[str, Any]] = []
+    risks: np.ndarray
+    surv: np.ndarray
+    recons: list[list[np.ndarray | None]]
+    losses: list[float]
+
+
+@dataclasses.dataclass
+class FoldTrainer:
+    """The model of one fold with its optimiser, cases, labels and reconstruction targets (on the device)."""
+
+    fold: FoldData
+    bags: CaseBags
+    config: TrainConfig
+    train_ids: list[str]
+    val_ids: list[str]
+    device: Any = None
+    model: Any = None
+    model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    opt: Any = None
+    targets: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     best_state: dict[str, Any] | None = None
-    best_c, best_epoch = -math.inf, 0
-    start_epoch = 0
-    loaded = load_state(state_dir, model, opt, c_hash, fp_digest, fold)
-    if loaded is not None:
-        info, best_state = loaded
-        start_epoch = int(info["epoch"])
-        history = list(info["history"])
-        best_c = -math.inf if info.get("best_c") is None else float(info["best_c"])
-        best_epoch = int(info.get("best_epoch", 0))
-        log.info("fold %d: resuming after epoch %d", fold, start_epoch)
-        progress("resume", fold=fold, epoch=start_epoch)
+    best_c: float = -math.inf
+    best_epoch: int = 0
+    start_epoch: int = 0
 
-    val_time = labels.loc[val_ids, "survival_months"].to_numpy(dtype=float)
-    val_event = 1 - labels.loc[val_ids, "censorship"].to_numpy(dtype=int)
+    @property
+    def needs_genomics(self) -> bool:
+        return bool(getattr(self.model, "needs_genomics", False))
 
-    def predict(ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[Any], list[float]]:
-        model.eval()
-        risks, surv, recons, losses = [], [], [], []
+    def build(self) -> None:
+        """Model (seeded by seed and fold), the cases' targets on the device, then the optimiser."""
+        import torch
+
+        from ..models import create_model
+
+        cfg, fold = self.config, self.fold
+        self.device = resolve_device(cfg.device)
+        self.model_kwargs = dict(in_dim=self.bags.dim, n_bins=len(fold.bin_edges_months) - 1, dim=cfg.dim,
+                                 dropout=cfg.dropout)
+        if cfg.model == "ghanet":
+            self.model_kwargs.update(family_sizes=fold.family_sizes, heads=cfg.heads, topk=cfg.topk,
+                                     topk_rule=cfg.topk_rule)
+        torch.manual_seed(cfg.seed * 1000 + fold.fold)
+        self.model = create_model(cfg.model, **self.model_kwargs).to(self.device)
+        if self.needs_genomics:
+            self._load_targets()
+        self.opt = make_optimizer(self.model, cfg.lr, cfg.weight_decay)
+
+    def _load_targets(self) -> None:
+        ids = self.train_ids + self.val_ids
+        missing = [c for c in ids if c not in self.fold.targets]
+        if missing:
+            raise MismatchError(f"fold {self.fold.fold}: genomics targets.h5 has no targets for {len(missing)} "
+                                f"case(s) with bags (e.g. {', '.join(missing[:5])}); targets and bags are for "
+                                f"different case sets — rerun preprocess-genomics on the table that lists these cases")
+        for c in ids:
+            self.targets[c] = [to_tensor(np.asarray(t, dtype=np.float32), self.device) if len(t) else None
+                               for t in self.fold.targets[c]]
+
+    def resume(self, state_dir: Path, c_hash: str, fp_digest: str, progress: ProgressFn) -> None:
+        """Continue from ``state_dir`` when it holds a state of this fold, options and inputs."""
+        loaded = load_state(state_dir, self.model, self.opt, c_hash, fp_digest, self.fold.fold)
+        if loaded is None:
+            return
+        info, self.best_state = loaded
+        self.start_epoch = int(info["epoch"])
+        self.history = list(info["history"])
+        self.best_c = -math.inf if info.get("best_c") is None else float(info["best_c"])
+        self.best_epoch = int(info.get("best_epoch", 0))
+        log.info("fold %d: resuming after epoch %d", self.fold.fold, self.start_epoch)
+        progress("resume", fold=self.fold.fold, epoch=self.start_epoch)
+
+    def _label(self, case: str) -> dict[str, int]:
+        row = self.fold.labels.loc[case]
+        return {"bin": int(row["bin"]), "censorship": int(row["censorship"])}
+
+    def predict(self, ids: Sequence[str]) -> Predictions:
+        """Risks, survival, reconstructions and losses of ``ids`` in eval mode (no gradient)."""
+        import torch
+
+        self.model.eval()
+        out_p = Predictions(np.zeros(0), np.zeros((0, 0)), [], [])
+        risks, surv = [], []
         with torch.no_grad():
             for c in ids:
-                out = model(to_tensor(bags.features(c), device))
+                out = self.model(to_tensor(self.bags.features(c), self.device))
                 risk = float(out["risk"].reshape(-1)[0])
                 if not math.isfinite(risk):
-                    raise TrainingError(f"fold {fold}: the model gives a NaN/inf risk for case {c!r} (after epoch "
-                                        f"{len(history)}); check that case's bag for NaN/inf features, or lower --lr")
+                    raise TrainingError(f"fold {self.fold.fold}: the model gives a NaN/inf risk for case {c!r} "
+                                        f"(after epoch {len(self.history)}); check that case's bag for NaN/inf "
+                                        f"features, or lower --lr")
                 risks.append(risk)
                 surv.append(out["S"].reshape(-1).cpu().numpy())
-                recons.append([None if r is None else r.reshape(-1).cpu().numpy() for r in out.get("recon") or []])
-                row = labels.loc[c]
-                total, _, _ = _case_loss(model, out, {"bin": row["bin"], "censorship": row["censorship"]},
-                                         targets.get(c), config.alpha, config.alpha_surv, device)
-                losses.append(float(total))
-        return np.asarray(risks), np.stack(surv) if surv else np.zeros((0, 4)), recons, losses
+                out_p.recons.append([None if r is None else r.reshape(-1).cpu().numpy()
+                                     for r in out.get("recon") or []])
+                total, _, _ = _case_loss(self.model, out, self._label(c), self.targets.get(c), self.config.alpha,
+                                         self.config.alpha_surv, self.device)
+                out_p.losses.append(float(total))
+        out_p.risks = np.asarray(risks)
+        out_p.surv = np.stack(surv) if surv else np.zeros((0, len(self.fold.bin_edges_months) - 1))
+        return out_p
 
-    for epoch in range(start_epoch, config.epochs):
-        t0 = time.perf_counter()
-        model.train()
-        order = balanced_order(lab_bins, lab_cens, config.seed, fold, epoch)
-        rng = np.random.default_rng([config.seed, fold, epoch, 2])
-        carry = config.accumulation == "carry-over"   # official: last epoch's partial sum is kept
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over a class-balanced draw of the training cases; mean losses per case."""
+        import torch
+
+        cfg = self.config
+        lab = self.fold.labels.loc[self.train_ids]
+        order = balanced_order(lab["bin"].to_numpy(dtype=np.int64), lab["censorship"].to_numpy(dtype=np.int64),
+                               cfg.seed, self.fold.fold, epoch)
+        rng = np.random.default_rng([cfg.seed, self.fold.fold, epoch, 2])
+        carry = cfg.accumulation == "carry-over"   # official: last epoch's partial sum is kept
+        self.model.train()
         if not carry:
-            opt.zero_grad(set_to_none=True)
+            self.opt.zero_grad(set_to_none=True)
         sums = {"total": 0.0, "nll": 0.0, "recon": 0.0}
         for step, idx in enumerate(order):
-            case = train_ids[idx]
-            feats = subsample_patches(bags.features(case), config.max_patches, rng)
-            out = model(to_tensor(feats, device))
-            total, nll, recon = _case_loss(model, out, train_labels[case], targets.get(case), config.alpha,
-                                           config.alpha_surv, device)
+            case = self.train_ids[idx]
+            feats = subsample_patches(self.bags.features(case), cfg.max_patches, rng)
+            out = self.model(to_tensor(feats, self.device))
+            total, nll, recon = _case_loss(self.model, out, self._label(case), self.targets.get(case), cfg.alpha,
+                                           cfg.alpha_surv, self.device)
             if not torch.isfinite(total):
                 raise TrainingError(
-                    f"fold {fold}, epoch {epoch + 1}: the loss became NaN/inf ({float(total.detach())}) on case "
-                    f"{case!r} (NLL {float(nll.detach()):.4g}, reconstruction {float(recon.detach()):.4g}); "
+                    f"fold {self.fold.fold}, epoch {epoch + 1}: the loss became NaN/inf ({float(total.detach())}) on "
+                    f"case {case!r} (NLL {float(nll.detach()):.4g}, reconstruction {float(recon.detach()):.4g}); "
                     f"check that case's bag for NaN/inf features, or lower --lr")
-            (total / config.accum).backward()
-            sums["total"] += float(total.detach())
-            sums["nll"] += float(nll.detach())
-            sums["recon"] += float(recon.detach())
-            if (step + 1) % config.accum == 0 or (not carry and step + 1 == len(order)):
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-        n = len(order)
-        risks, _, _, vlosses = predict(val_ids)
+            (total / cfg.accum).backward()
+            for key, value in (("total", total), ("nll", nll), ("recon", recon)):
+                sums[key] += float(value.detach())
+            if (step + 1) % cfg.accum == 0 or (not carry and step + 1 == len(order)):
+                self.opt.step()
+                self.opt.zero_grad(set_to_none=True)
+        return {k: v / len(order) for k, v in sums.items()}
+
+    def validate(self, epoch: int, losses: Mapping[str, float], seconds: float) -> dict[str, Any]:
+        """The epoch's history record: training losses, validation loss and c-index (None when undefined)."""
+        from ..evaluation.metrics import NoComparablePairsError, concordance_index
+
+        val = self.predict(self.val_ids)
+        labels = self.fold.labels.loc[self.val_ids]
         try:
-            vc: float | None = concordance_index(val_time, val_event, risks, what=f"fold {fold} validation")
+            vc: float | None = concordance_index(labels["survival_months"].to_numpy(dtype=float),
+                                                 event_from_censorship(labels["censorship"]), val.risks,
+                                                 what=f"fold {self.fold.fold} validation")
         except NoComparablePairsError:
             vc = None
-        rec = {"epoch": epoch + 1, "train_loss": sums["total"] / n, "train_nll": sums["nll"] / n,
-               "train_recon": sums["recon"] / n, "val_loss": float(np.mean(vlosses)), "val_c_index": vc,
-               "seconds": round(time.perf_counter() - t0, 3)}
-        history.append(rec)
-        if config.select == "best-epoch" and vc is not None and vc > best_c:
-            best_c, best_epoch = vc, epoch + 1
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        save_state(state_dir, model, opt, best_state if config.select == "best-epoch" else None,
-                    {"epoch": epoch + 1, "history": history, "best_c": None if best_c == -math.inf else best_c,
-                     "best_epoch": best_epoch, "config_hash": c_hash, "fingerprint_digest": fp_digest,
-                    "fold": fold})
-        progress("epoch", fold=fold, epochs=config.epochs, **rec)
+        return {"epoch": epoch + 1, "train_loss": losses["total"], "train_nll": losses["nll"],
+                "train_recon": losses["recon"], "val_loss": float(np.mean(val.losses)), "val_c_index": vc,
+                "seconds": round(seconds, 3)}
 
-    selected_epoch = config.epochs
-    if config.select == "best-epoch":
-        if best_state is None:
-            log.warning("fold %d: no epoch had a defined validation c-index; reporting the final epoch", fold)
-        else:
-            model.load_state_dict(best_state)
-            selected_epoch = best_epoch
+    def record_epoch(self, rec: dict[str, Any], state_dir: Path, c_hash: str, fp_digest: str) -> None:
+        """Keep the epoch in the history (and as the best one, for ``--select best-epoch``); save the state."""
+        self.history.append(rec)
+        best = self.config.select == "best-epoch"
+        if best and rec["val_c_index"] is not None and rec["val_c_index"] > self.best_c:
+            self.best_c, self.best_epoch = rec["val_c_index"], rec["epoch"]
+            self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        save_state(state_dir, self.model, self.opt, self.best_state if best else None,
+                   {"epoch": rec["epoch"], "history": self.history,
+                    "best_c": None if self.best_c == -math.inf else self.best_c, "best_epoch": self.best_epoch,
+                    "config_hash": c_hash, "fingerprint_digest": fp_digest, "fold": self.fold.fold})
 
-    # --- final predictions, training-risk median, reconstruction quality ----------------------
-    risks, surv, recons, _ = predict(val_ids)
-    train_unique = list(dict.fromkeys(train_ids))
-    train_risks, _, _, _ = predict(train_unique)
-    train_median = float(np.median(train_risks))
-    vlab = labels.loc[val_ids]
-    pred = pd.DataFrame({"fold": fold, "case_id": val_ids, "risk": risks})
-    for b in range(surv.shape[1]):
-        pred[f"S_{b}"] = surv[:, b]
+    def select_epoch(self) -> int:
+        """Load the reported epoch's weights (the best one for ``--select best-epoch``); its number."""
+        if self.config.select != "best-epoch":
+            return self.config.epochs
+        if self.best_state is None:
+            log.warning("fold %d: no epoch had a defined validation c-index; reporting the final epoch",
+                        self.fold.fold)
+            return self.config.epochs
+        self.model.load_state_dict(self.best_state)
+        return self.best_epoch
+
+
+def validation_table(fold: FoldData, val_ids: Sequence[str], val: Predictions) -> pd.DataFrame:
+    """``predictions.csv`` of a fold: fold, case_id, risk, S_<b>, bin, survival_months, censorship."""
+    import pandas as pd
+
+    vlab = fold.labels.loc[list(val_ids)]
+    pred = pd.DataFrame({"fold": fold.fold, "case_id": list(val_ids), "risk": val.risks})
+    for b in range(val.surv.shape[1]):
+        pred[f"S_{b}"] = val.surv[:, b]
     pred["bin"] = vlab["bin"].to_numpy(dtype=int)
     pred["survival_months"] = vlab["survival_months"].to_numpy(dtype=float)
     pred["censorship"] = vlab["censorship"].to_numpy(dtype=int)
+    return pred
 
-    case_sp = gene_sp = None
-    if needs_genomics:
-        rows_c, rows_g = [], []
-        for fi, fam in enumerate(families):
-            if family_sizes[fi] == 0:
-                continue
-            P = np.stack([r[fi] for r in recons])                      # (n_val, n_i)
-            T = np.stack([np.asarray(fold_data.targets[c][fi], dtype=np.float32) for c in val_ids])
-            for c, p, t in zip(val_ids, P, T, strict=False):
-                rows_c.append({"case_id": c, "family": fam, "spearman": spearman(p, t)})
-            for gi, gene in enumerate(fold_data.selected[fam]):
-                rows_g.append({"family": fam, "gene": gene, "spearman": spearman(P[:, gi], T[:, gi]),
-                               "n_cases": len(val_ids)})
-        case_sp = pd.DataFrame(rows_c, columns=["case_id", "family", "spearman"])
-        gene_sp = pd.DataFrame(rows_g, columns=["family", "gene", "spearman", "n_cases"])
 
-    meta = {
-        "checkpoint_version": 1, "ghanet_version": __version__, "model": config.model,
-        "model_config": dict(getattr(model, "config", model_kwargs)), "families": families,
-        "selected": {f: list(fold_data.selected.get(f, [])) for f in families},
-        "scaler": getattr(fold_data, "scaler", None), "bin_edges_months": list(map(float, fold_data.bin_edges_months)),
-        "encoder": dict(encoder), "segment_params": getattr(bags, "segment_params", None),
-        "train_risk_median": train_median, "fold": fold, "epoch": selected_epoch,
-        "select": config.select, "n_train_cases": len(train_unique), "n_val_cases": len(val_ids),
-        "protocol": config.protocol, "preset": config.preset, "accumulation": config.accumulation,
+def reconstruction_tables(fold: FoldData, val_ids: Sequence[str], val: Predictions
+                          ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Spearman of predicted vs true gene targets on the validation cases: per case and family
+    (``case_spearman.csv``) and per gene across cases (``gene_spearman.csv``)."""
+    import pandas as pd
+
+    from ..evaluation.metrics import spearman
+
+    rows_c, rows_g = [], []
+    for fi, fam in enumerate(fold.families):
+        if fold.family_sizes[fi] == 0:
+            continue
+        pred = np.stack([r[fi] for r in val.recons])                      # (n_val, n_i)
+        true = np.stack([np.asarray(fold.targets[c][fi], dtype=np.float32) for c in val_ids])
+        rows_c += [{"case_id": c, "family": fam, "spearman": spearman(p, t)}
+                   for c, p, t in zip(val_ids, pred, true, strict=False)]
+        rows_g += [{"family": fam, "gene": gene, "spearman": spearman(pred[:, gi], true[:, gi]),
+                    "n_cases": len(val_ids)} for gi, gene in enumerate(fold.selected[fam])]
+    return (pd.DataFrame(rows_c, columns=["case_id", "family", "spearman"]),
+            pd.DataFrame(rows_g, columns=["family", "gene", "spearman", "n_cases"]))
+
+
+def _checkpoint_meta(trainer: FoldTrainer, encoder: Mapping[str, Any], selected_epoch: int, train_median: float,
+                     n_train: int, c_hash: str, fp_digest: str) -> dict[str, Any]:
+    fold, cfg = trainer.fold, trainer.config
+    return {
+        "checkpoint_version": 1, "ghanet_version": __version__, "model": cfg.model,
+        "model_config": dict(getattr(trainer.model, "config", trainer.model_kwargs)), "families": fold.families,
+        "selected": {f: list(fold.selected.get(f, [])) for f in fold.families},
+        "scaler": fold.scaler, "bin_edges_months": list(map(float, fold.bin_edges_months)),
+        "encoder": dict(encoder), "segment_params": getattr(trainer.bags, "segment_params", None),
+        "train_risk_median": train_median, "fold": fold.fold, "epoch": selected_epoch,
+        "select": cfg.select, "n_train_cases": n_train, "n_val_cases": len(trainer.val_ids),
+        "protocol": cfg.protocol, "preset": cfg.preset, "accumulation": cfg.accumulation,
         "config_hash": c_hash, "fingerprint_digest": fp_digest,
     }
-    with atomic_path(fold_dir / "predictions.csv") as tmp:
-        pred.to_csv(tmp, index=False)
-    if case_sp is not None:
-        with atomic_path(fold_dir / "case_spearman.csv") as tmp:
-            case_sp.to_csv(tmp, index=False)
-        with atomic_path(fold_dir / "gene_spearman.csv") as tmp:
-            gene_sp.to_csv(tmp, index=False)
-    save_checkpoint(fold_dir, model, meta)
+
+
+def _write_tables(fold_dir: Path, tables: Mapping[str, pd.DataFrame | None]) -> None:
+    for name, table in tables.items():
+        if table is not None:
+            with atomic_path(fold_dir / name) as tmp:
+                table.to_csv(tmp, index=False)
+
+
+def train_fold(fold: int, fold_data: FoldData, bags: CaseBags, config: TrainConfig, fold_dir: Path,
+               encoder: Mapping[str, Any], progress: ProgressFn = noop_progress, c_hash: str = "",
+               fp_digest: str = "") -> FoldOutcome:
+    """Train fold ``fold`` (resuming from ``fold_dir/state`` when present) and write its outputs:
+    ``predictions.csv``, ``case_spearman.csv`` / ``gene_spearman.csv`` (G-HANet), the checkpoint and
+    ``history.json``. ``c_hash`` (options) and ``fp_digest`` (inputs fingerprint) are stored in the state
+    and checkpoint."""
+    from ..models import save_checkpoint
+
+    if fold_data.fold != fold:
+        fold_data = dataclasses.replace(fold_data, fold=fold)
+    if resolve_device(config.device).type == "cpu":  # per-step N x dim tensors reused, not page-faulted back
+        tune_malloc()
+    train_ids, val_ids, skipped = fold_cases(fold_data, bags)
+    if config.model == "ghanet" and config.topk_rule == "floor":
+        _check_floor_topk(fold, train_ids, val_ids, getattr(bags, "n_patches", {}), config)
+    trainer = FoldTrainer(fold_data, bags, config, train_ids, val_ids)
+    trainer.build()
+    state_dir = fold_dir / "state"
+    trainer.resume(state_dir, c_hash, fp_digest, progress)
+    for epoch in range(trainer.start_epoch, config.epochs):
+        t0 = time.perf_counter()
+        losses = trainer.train_epoch(epoch)
+        rec = trainer.validate(epoch, losses, time.perf_counter() - t0)
+        trainer.record_epoch(rec, state_dir, c_hash, fp_digest)
+        progress("epoch", fold=fold, epochs=config.epochs, **rec)
+
+    selected_epoch = trainer.select_epoch()
+    val = trainer.predict(val_ids)
+    train_unique = list(dict.fromkeys(train_ids))
+    train_median = float(np.median(trainer.predict(train_unique).risks))
+    pred = validation_table(fold_data, val_ids, val)
+    case_sp, gene_sp = reconstruction_tables(fold_data, val_ids, val) if trainer.needs_genomics else (None, None)
+    _write_tables(fold_dir, {"predictions.csv": pred, "case_spearman.csv": case_sp, "gene_spearman.csv": gene_sp})
+    save_checkpoint(fold_dir, trainer.model, _checkpoint_meta(trainer, encoder, selected_epoch, train_median,
+                                                              len(train_unique), c_hash, fp_digest))
     write_json_atomic(fold_dir / "history.json", {
-        "fold": fold, "epochs": history, "selected_epoch": selected_epoch, "select": config.select,
+        "fold": fold, "epochs": trainer.history, "selected_epoch": selected_epoch, "select": config.select,
         "skipped_cases": skipped, "complete": True})
     shutil.rmtree(state_dir, ignore_errors=True)
-    return FoldOutcome(fold=fold, predictions=pred, history=history, selected_epoch=selected_epoch,
+    return FoldOutcome(fold=fold, predictions=pred, history=trainer.history, selected_epoch=selected_epoch,
                        train_risk_median=train_median, case_spearman=case_sp, gene_spearman=gene_sp,
-                       skipped_cases=skipped, resumed_from_epoch=start_epoch)
+                       skipped_cases=skipped, resumed_from_epoch=trainer.start_epoch)

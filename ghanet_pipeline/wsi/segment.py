@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from ..core.files import atomic_path, remove_stale_temps, write_text_atomic
 from ..core.ids import safe_child, sanitize_id
 from ..core.runs import ItemResult, run_items, write_run_log
 from .inputs import SlideSpec
+from .qc import qc_image, tissue_geojson, write_png
 from .tiling import DEFAULT_MIN_TISSUE, Grid, patch_grid
 from .tissue import TissueMask, TissueParams, detect_tissue
 
@@ -136,95 +136,6 @@ def _write_coords(path: Path, grid: Grid, attrs: dict[str, Any]) -> None:
             f.attrs["complete"] = True  # last: marks the file as finished
 
 
-# -- GeoJSON and QC -------------------------------------------------------------------------------------
-def tissue_geojson(tissue: TissueMask, thumb_ds: float, slide_id: str, level0_mpp: float) -> dict[str, Any]:
-    """FeatureCollection of tissue Polygons (outer ring + holes) in level-0 px, as QuPath annotations."""
-    features = []
-    for i, poly in enumerate(tissue.polygons):
-        p0 = poly.scaled(thumb_ds)
-        rings = []
-        for ring in [p0.outer, *p0.holes]:
-            if len(ring) < 3:
-                continue
-            pts = np.round(ring, 1).tolist()
-            rings.append(pts + [pts[0]])
-        if not rings or len(poly.outer) < 3:
-            continue
-        features.append({
-            "type": "Feature",
-            # QuPath reads "id" as a UUID: a deterministic one per slide and piece
-            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"ghanet:{slide_id}:tissue:{i}")),
-            "geometry": {"type": "Polygon", "coordinates": rings},
-            "properties": {
-                "objectType": "annotation",
-                "name": f"tissue {i}",
-                "classification": {"name": "Tissue", "color": [0, 160, 0]},
-                "isLocked": False,
-                "area_um2": round(poly.area_um2, 1),
-                "holes": len(rings) - 1,
-            },
-        })
-    return {"type": "FeatureCollection", "features": features,
-            "ghanet": {"slide_id": slide_id, "units": "level-0 pixels", "level0_mpp": level0_mpp,
-                       "ghanet_version": __version__}}
-
-
-def qc_image(thumb: np.ndarray, qc_ds: float, tissue: TissueMask, thumb_ds: float, grid: Grid,
-             title: str) -> np.ndarray:
-    """RGB QC image: ``thumb`` (at ``qc_ds`` level-0 px per px) with kept patches tinted and outlined,
-    tissue outlines green and holes blue, a title line on top."""
-    import cv2
-
-    img = thumb.astype(np.float32)
-    h, w = img.shape[:2]
-    step = grid.step_level0
-    kept = np.zeros((max(grid.n_rows, 1), max(grid.n_cols, 1)), dtype=bool)
-    if len(grid.coords):
-        kept[grid.coords[:, 1] // step, grid.coords[:, 0] // step] = True
-    cx = np.floor((np.arange(w) + 0.5) * qc_ds / step).astype(np.int64)
-    cy = np.floor((np.arange(h) + 0.5) * qc_ds / step).astype(np.int64)
-    inx, iny = cx < grid.n_cols, cy < grid.n_rows
-    cell = kept[np.clip(cy, 0, kept.shape[0] - 1)[:, None], np.clip(cx, 0, kept.shape[1] - 1)[None, :]]
-    cell &= iny[:, None] & inx[None, :]
-    tint = np.array([40.0, 90.0, 230.0], dtype=np.float32)
-    img[cell] = img[cell] * 0.75 + tint * 0.25
-    if step / qc_ds >= 4:  # grid lines where a cell starts, on kept cells
-        bx = np.r_[True, cx[1:] != cx[:-1]]
-        by = np.r_[True, cy[1:] != cy[:-1]]
-        lines = cell & (bx[None, :] | by[:, None])
-        img[lines] = img[lines] * 0.4 + tint * 0.6
-    out = np.clip(img, 0, 255).astype(np.uint8)
-    scale = thumb_ds / qc_ds
-    thick = max(1, int(round(max(h, w) / 700)))
-    for poly in tissue.polygons:
-        outer = np.round((poly.outer + 0.5) * scale - 0.5).astype(np.int32)
-        cv2.polylines(out, [outer], True, (0, 170, 0), thick, lineType=cv2.LINE_AA)
-        holes = [np.round((hh + 0.5) * scale - 0.5).astype(np.int32) for hh in poly.holes]
-        if holes:
-            cv2.polylines(out, holes, True, (0, 60, 220), thick, lineType=cv2.LINE_AA)
-    # title lines (split at double spaces), each scaled to fit the width
-    lines = [t for t in title.split("  ") if t]
-    line_h = max(16, int(round(max(h, w) / 60)))
-    bar = np.full((line_h * len(lines) + 4, w, 3), 255, dtype=np.uint8)
-    for k, text in enumerate(lines):
-        scale = line_h / 34
-        (tw, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-        scale *= min(1.0, (w - 8) / max(tw, 1))
-        cv2.putText(bar, text, (4, line_h * (k + 1) - 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0),
-                    max(1, line_h // 24), cv2.LINE_AA)
-    return np.concatenate([bar, out], axis=0)
-
-
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    import cv2
-
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 6])
-    if not ok:
-        raise RuntimeError(f"could not encode the QC image {path}")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.tobytes())
-
-
 # -- the stage ------------------------------------------------------------------------------------------
 def _existing(paths: dict[str, Path]) -> tuple[np.ndarray, dict[str, Any]] | None:
     """The finished coords file (when it and the GeoJSON/PNG exist and validate), else None."""
@@ -257,6 +168,90 @@ def _mismatches(attrs: dict[str, Any], spec: SlideSpec, params: SegmentParams) -
     return out
 
 
+@dataclass
+class SlideScan:
+    """What segmenting one slide found: the read plan, the thumbnail tissue mask and the patch grid (level-0
+    coordinates), the QC thumbnail and the slide's geometry (level-0 px, um/px)."""
+
+    plan: Any
+    thumb_ds: float
+    tissue: TissueMask
+    grid: Grid
+    qc_thumb: np.ndarray
+    qc_ds: float
+    dimensions: tuple[int, int]
+    mpp: float
+    mpp_source: str
+    level_count: int
+
+
+def scan_slide(spec: SlideSpec, params: SegmentParams) -> SlideScan:
+    """Read the slide's thumbnail, find tissue and lay the patch grid (no file written)."""
+    from .slide import Slide
+
+    with Slide(spec.path, mpp=spec.mpp, slide_id=spec.slide_id) as slide:
+        plan = slide.plan(params.target_mpp, params.patch_size)
+        thumb, thumb_ds = slide.thumbnail(max(1.0, params.thumbnail_downsample * params.target_mpp / slide.mpp))
+        tissue = detect_tissue(thumb, thumb_ds * slide.mpp, params.tissue_params())
+        grid = patch_grid(tissue.mask, thumb_ds, slide.dimensions, plan.patch_size_level0, params.min_tissue)
+        qc_ds = max(1.0, max(slide.dimensions) / params.qc_max_side)
+        if qc_ds >= thumb_ds:
+            qc_thumb, qc_ds = thumb, thumb_ds
+        else:
+            qc_thumb, qc_ds = slide.thumbnail(qc_ds)
+        return SlideScan(plan, thumb_ds, tissue, grid, qc_thumb, qc_ds, tuple(slide.dimensions), slide.mpp,
+                         slide.mpp_source, slide.level_count)
+
+
+def _no_patch_message(scan: SlideScan, params: SegmentParams) -> str:
+    """Why a slide has no patch, and which option to change."""
+    w0, h0 = scan.dimensions
+    if scan.grid.n_cols == 0 or scan.grid.n_rows == 0:
+        return (f"slide is {w0}x{h0} px ({w0 * scan.mpp:.0f}x{h0 * scan.mpp:.0f} um), smaller than one "
+                f"{params.patch_size * params.target_mpp:g} um patch")
+    if not scan.tissue.polygons:
+        return (f"no tissue found (saturation > {params.sat_threshold}, pieces >= "
+                f"{params.min_tissue_area_um2:g} um^2); see the QC image, or lower --sat-threshold "
+                f"or --min-tissue-area")
+    return (f"{scan.tissue.area_um2 / 1e6:.3g} mm^2 of tissue but no patch is >= {params.min_tissue:g} tissue; "
+            f"lower --min-tissue")
+
+
+def _coords_attrs(spec: SlideSpec, scan: SlideScan, params: SegmentParams) -> dict[str, Any]:
+    """The coords file's attrs (docs/architecture.md, "Coords files")."""
+    return {
+        "schema_version": COORDS_SCHEMA_VERSION,
+        "slide_id": spec.slide_id,
+        "target_mpp": float(params.target_mpp),
+        "patch_size": int(params.patch_size),
+        "patch_size_level0": int(scan.plan.patch_size_level0),
+        "read_level": int(scan.plan.level),
+        "read_size": int(scan.plan.read_size),
+        "level0_mpp": float(scan.mpp),
+        "mpp_source": scan.mpp_source,
+        "level0_width": int(scan.dimensions[0]),
+        "level0_height": int(scan.dimensions[1]),
+        "level_count": int(scan.level_count),
+        "source_name": Path(spec.path).name,
+        "source_bytes": int(Path(spec.path).stat().st_size),
+        "ghanet_version": __version__,
+        "thumbnail_level0_downsample": float(scan.thumb_ds),
+        "tissue_mm2": float(scan.tissue.area_um2 / 1e6),
+        "n_patches": int(len(scan.grid.coords)),
+        **{k: v for k, v in params.result_params().items() if k not in ("target_mpp", "patch_size")},
+    }
+
+
+def _check_safe_id(sid: str, out: Path | str) -> None:
+    try:
+        safe = sanitize_id(sid, "slide_id")
+    except InputError:
+        safe = ""
+    if safe != sid:
+        raise InputError(f"slide_id {sid!r} is not a safe file name (it could write outside {out}); use "
+                         f"inputs.collect_slides / read_manifest, which sanitise ids, or rename it")
+
+
 def segment_slide(spec: SlideSpec, out: Path | str, params: SegmentParams = SegmentParams(),
                   overwrite: bool = False) -> ItemResult:
     """Segment one slide into ``<out>/segment/``; return its :class:`ItemResult`.
@@ -266,90 +261,33 @@ def segment_slide(spec: SlideSpec, out: Path | str, params: SegmentParams = Segm
     for unreadable slides and :class:`MismatchError` when existing outputs were made differently and
     ``overwrite`` is false.
     """
-    from .slide import Slide
-
     t0 = time.perf_counter()
     sid = spec.slide_id
-    try:
-        safe = sanitize_id(sid, "slide_id")
-    except InputError:
-        safe = ""
-    if safe != sid:
-        raise InputError(f"slide_id {sid!r} is not a safe file name (it could write outside {out}); use "
-                         f"inputs.collect_slides / read_manifest, which sanitise ids, or rename it")
+    _check_safe_id(sid, out)
     paths = segment_paths(out, sid)
-    if not overwrite:
-        found = _existing(paths)
-        if found is not None:
-            coords, attrs = found
-            bad = _mismatches(attrs, spec, params)
-            if bad:
-                raise MismatchError(f"slide {sid!r}: {paths['coords']} was made with other settings: "
-                                    f"{'; '.join(bad)}. Pass --overwrite to redo it, or use another --out")
-            return ItemResult(item=sid, status="skipped", seconds=round(time.perf_counter() - t0, 3),
-                              metrics=_metrics(attrs, len(coords)))
+    found = None if overwrite else _existing(paths)
+    if found is not None:
+        coords, old = found
+        bad = _mismatches(old, spec, params)
+        if bad:
+            raise MismatchError(f"slide {sid!r}: {paths['coords']} was made with other settings: "
+                                f"{'; '.join(bad)}. Pass --overwrite to redo it, or use another --out")
+        return ItemResult(item=sid, status="skipped", seconds=round(time.perf_counter() - t0, 3),
+                          metrics=_metrics(old, len(coords)))
 
     remove_stale_temps(paths["coords"].parent, [p.name for p in paths.values()])  # this slide's leftovers only
-    with Slide(spec.path, mpp=spec.mpp, slide_id=sid) as slide:
-        plan = slide.plan(params.target_mpp, params.patch_size)
-        thumb_ds_req = max(1.0, params.thumbnail_downsample * params.target_mpp / slide.mpp)
-        thumb, thumb_ds = slide.thumbnail(thumb_ds_req)
-        thumb_mpp = thumb_ds * slide.mpp
-        tissue = detect_tissue(thumb, thumb_mpp, params.tissue_params())
-        grid = patch_grid(tissue.mask, thumb_ds, slide.dimensions, plan.patch_size_level0, params.min_tissue)
-        w0, h0 = slide.dimensions
-        qc_ds = max(1.0, max(w0, h0) / params.qc_max_side)
-        if qc_ds >= thumb_ds:
-            qc_thumb, qc_ds = thumb, thumb_ds
-        else:
-            qc_thumb, qc_ds = slide.thumbnail(qc_ds)
-        mpp, mpp_source = slide.mpp, slide.mpp_source
-        level_count = slide.level_count
-
-    tissue_mm2 = tissue.area_um2 / 1e6
-    n = len(grid.coords)
-    message = ""
-    if n == 0:
-        side_um = params.patch_size * params.target_mpp
-        if grid.n_cols == 0 or grid.n_rows == 0:
-            message = (f"slide is {w0}x{h0} px ({w0 * mpp:.0f}x{h0 * mpp:.0f} um), smaller than one "
-                       f"{side_um:g} um patch")
-        elif not tissue.polygons:
-            message = (f"no tissue found (saturation > {params.sat_threshold}, pieces >= "
-                       f"{params.min_tissue_area_um2:g} um^2); see the QC image, or lower --sat-threshold "
-                       f"or --min-tissue-area")
-        else:
-            message = (f"{tissue_mm2:.3g} mm^2 of tissue but no patch is >= {params.min_tissue:g} tissue; "
-                       f"lower --min-tissue")
+    scan = scan_slide(spec, params)
+    attrs = _coords_attrs(spec, scan, params)
+    n = attrs["n_patches"]
+    message = "" if n else _no_patch_message(scan, params)
+    if message:
         log.warning("slide %s: 0 patches: %s", sid, message)
-
-    attrs: dict[str, Any] = {
-        "schema_version": COORDS_SCHEMA_VERSION,
-        "slide_id": sid,
-        "target_mpp": float(params.target_mpp),
-        "patch_size": int(params.patch_size),
-        "patch_size_level0": int(plan.patch_size_level0),
-        "read_level": int(plan.level),
-        "read_size": int(plan.read_size),
-        "level0_mpp": float(mpp),
-        "mpp_source": mpp_source,
-        "level0_width": int(w0),
-        "level0_height": int(h0),
-        "level_count": int(level_count),
-        "source_name": Path(spec.path).name,
-        "source_bytes": int(Path(spec.path).stat().st_size),
-        "ghanet_version": __version__,
-        "thumbnail_level0_downsample": float(thumb_ds),
-        "tissue_mm2": float(tissue_mm2),
-        "n_patches": int(n),
-        **{k: v for k, v in params.result_params().items() if k not in ("target_mpp", "patch_size")},
-    }
-    geo = tissue_geojson(tissue, thumb_ds, sid, mpp)
+    geo = tissue_geojson(scan.tissue, scan.thumb_ds, sid, scan.mpp)
     write_text_atomic(paths["geojson"], json.dumps(geo, separators=(",", ":")) + "\n")
-    title = (f"{sid}  {mpp:.4g} um/px ({mpp_source}), tissue {tissue_mm2:.3g} mm2  "
+    title = (f"{sid}  {scan.mpp:.4g} um/px ({scan.mpp_source}), tissue {attrs['tissue_mm2']:.3g} mm2  "
              f"{n} patches of {params.patch_size} px at {params.target_mpp:g} um/px (min tissue {params.min_tissue:g})")
-    _write_png(paths["png"], qc_image(qc_thumb, qc_ds, tissue, thumb_ds, grid, title))
-    _write_coords(paths["coords"], grid, attrs)
+    write_png(paths["png"], qc_image(scan.qc_thumb, scan.qc_ds, scan.tissue, scan.thumb_ds, scan.grid, title))
+    _write_coords(paths["coords"], scan.grid, attrs)
     return ItemResult(item=sid, status="done" if n else "no tissue", seconds=round(time.perf_counter() - t0, 3),
                       message=message, metrics=_metrics(attrs, n))
 

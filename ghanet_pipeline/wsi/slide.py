@@ -32,7 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import SlideError
+from ..core.slideids import slide_id_from_name
 from . import dicom
+from .backend import SlideBackend, open_backend
 from .rawtiles import RawTileReader
 
 log = logging.getLogger(__name__)
@@ -111,7 +113,8 @@ def resolve_mpp(props, override: float | None = None) -> tuple[float | None, str
 
 
 class Slide:
-    """One OpenSlide handle with a resolved level-0 um/px (context manager; one per worker/process).
+    """One slide reader (:mod:`.backend`: OpenSlide, or wsidicom for DICOM) with a resolved level-0 um/px
+    (context manager; one per worker/process).
 
     ``mpp`` overrides the slide's own scale. Raises :class:`SlideError` when the file is missing, is
     not a slide, or has no resolvable um/px.
@@ -119,44 +122,33 @@ class Slide:
 
     def __init__(self, path: Path | str, mpp: float | None = None, slide_id: str | None = None,
                  raw_tiles: bool = True) -> None:
-        import openslide  # (heavy native library: import on use)
-
         self._raw_tiles = bool(raw_tiles)
         self._raw: dict[tuple[int, int], RawTileReader | None] = {}  # (level, read_size) -> RawTileReader | None
 
         self.path = Path(path)
-        self.slide_id = slide_id or self.path.name.split(".")[0] or self.path.stem
+        self.slide_id = slide_id or slide_id_from_name(self.path.name)
         name = f"slide {self.slide_id!r} ({self.path})"
         self._name = name
         if not self.path.exists():
             raise SlideError(f"{name}: file not found; check the path (relative paths in a manifest are "
                              f"relative to the manifest's folder)")
-        is_dicom = dicom.is_dicom_folder(self.path) or dicom.is_dicom_file(self.path)
-        if self.path.is_dir() and not is_dicom and self.path.suffix.lower() != ".mrxs":
+        if self.path.is_file() and self.path.stat().st_size == 0:
+            raise SlideError(f"{name}: the file is empty (0 bytes): a download or copy that failed or was "
+                             f"interrupted; fetch it again (GDC: gdc-client download -m MANIFEST.txt, then pass "
+                             f"--gdc-manifest MANIFEST.txt to check every file's size and MD5)")
+        if self.path.is_dir() and not dicom.is_dicom_folder(self.path) and self.path.suffix.lower() != ".mrxs":
             raise SlideError(f"{name}: is a directory without DICOM files, not a slide (a DICOM WSI is a folder "
                              f"of .dcm instances; other formats are single files)")
         if mpp is not None and not (mpp > 0 and math.isfinite(mpp)):
             raise SlideError(f"{name}: um/px override {mpp!r} must be a positive number")
-        # DICOM WSI: OpenSlide opens the level-0 VOLUME instance and finds the series in its folder
-        target = dicom.volume_instance(self.path, name) if is_dicom else self.path
-        self.reader = "openslide"
-        try:
-            self._osr = openslide.OpenSlide(str(target))
-        except (openslide.OpenSlideError, OSError) as exc:
-            if is_dicom:
-                self._osr = self._open_wsidicom(target, exc)
-            elif isinstance(exc, openslide.OpenSlideUnsupportedFormatError):
-                raise SlideError(f"{name}: not a slide format OpenSlide can read (is it a whole-slide image? "
-                                 f"supported: .svs, .tif, .ndpi, .mrxs, .scn, .vms, .bif, DICOM WSI ...)") from None
-            else:
-                raise SlideError(f"{name}: cannot be opened, the file looks damaged or truncated ({exc}); "
-                                 f"re-copy or re-export it") from None
-        props = self._osr.properties
+        self._backend: SlideBackend | None = None
+        self._backend, self.reader = open_backend(self.path, name)
+        props = self._backend.properties
         self.vendor: str = str(props.get("openslide.vendor", "unknown"))
-        self.dimensions: tuple[int, int] = tuple(int(v) for v in self._osr.dimensions)  # type: ignore[assignment]
-        self.level_count: int = int(self._osr.level_count)
-        self.level_dimensions: tuple[tuple[int, int], ...] = tuple(tuple(map(int, d)) for d in self._osr.level_dimensions)
-        self.level_downsamples: tuple[float, ...] = tuple(float(d) for d in self._osr.level_downsamples)
+        self.dimensions: tuple[int, int] = tuple(int(v) for v in self._backend.dimensions)  # type: ignore[assignment]
+        self.level_count: int = int(self._backend.level_count)
+        self.level_dimensions: tuple[tuple[int, int], ...] = tuple(tuple(map(int, d)) for d in self._backend.level_dimensions)
+        self.level_downsamples: tuple[float, ...] = tuple(float(d) for d in self._backend.level_downsamples)
         resolved, source = resolve_mpp(props, mpp)
         if resolved is None:
             self.close()
@@ -167,20 +159,6 @@ class Slide:
                         "manifest mpp column if this is wrong", name, resolved)
         self.mpp: float = float(resolved)
         self.mpp_source: str = source
-
-    def _open_wsidicom(self, target: Path, exc: Exception) -> dicom.WsiDicomReader:
-        """A DICOM WSI series OpenSlide cannot read (e.g. RLE or JPEG-LS frames): read it with wsidicom."""
-        try:
-            reader = dicom.WsiDicomReader(target.parent)
-        except Exception as exc2:  # noqa: BLE001 - any wsidicom failure is reported with OpenSlide's
-            unsupported = "unsupported" in str(exc).lower() or "not supported" in str(exc2).lower()
-            what = ("not a format we read" if unsupported else "the DICOM files look damaged or truncated; re-copy "
-                    "or re-export them")
-            raise SlideError(f"{self._name}: {what} (OpenSlide: {exc}; wsidicom: {type(exc2).__name__}: {exc2})"
-                             + (f"; {dicom.CONVERT_HINT}" if unsupported else "")) from None
-        log.info("%s: read with wsidicom (OpenSlide: %s)", self._name, exc)
-        self.reader = "wsidicom"
-        return reader
 
     # -- context manager ------------------------------------------------------------------------------
     def __enter__(self) -> Slide:
@@ -197,7 +175,7 @@ class Slide:
         osr = getattr(self, "_osr", None)
         if osr is not None:
             osr.close()
-            self._osr = None
+            self._backend = None
 
     def __repr__(self) -> str:
         return (f"Slide({self.slide_id!r}, {self.dimensions[0]}x{self.dimensions[1]} px, "
@@ -205,7 +183,7 @@ class Slide:
 
     @property
     def properties(self) -> dict[str, str]:
-        return dict(self._osr.properties)
+        return dict(self._backend.properties)
 
     def level_mpp(self, level: int) -> float:
         """um/px of a pyramid level."""
@@ -242,10 +220,10 @@ class Slide:
         """
         import openslide
 
-        if self._osr is None:
+        if self._backend is None:
             raise SlideError(f"{self._name}: slide is closed")
         try:
-            img = self._osr.read_region((int(x0), int(y0)), int(level), (int(size[0]), int(size[1])))
+            img = self._backend.read_region((int(x0), int(y0)), int(level), (int(size[0]), int(size[1])))
         except (openslide.OpenSlideError, OSError) as exc:
             raise SlideError(f"{self._name}: unreadable tile in the region at level-0 (x={x0}, y={y0}), level "
                              f"{level}, size {size[0]}x{size[1]} ({exc}); the file is probably damaged - re-copy "
@@ -298,7 +276,7 @@ class Slide:
             raise SlideError(f"{self._name}: thumbnail downsample must be >= 1, got {target_downsample!r}")
         w0, h0 = self.dimensions
         tw, th = max(1, int(w0 // ds)), max(1, int(h0 // ds))
-        level = int(self._osr.get_best_level_for_downsample(ds))
+        level = int(self._backend.get_best_level_for_downsample(ds))
         lds = self.level_downsamples[level]
         out = np.empty((th, tw, 3), dtype=np.uint8)
         # blocks of at most _THUMB_BLOCK thumbnail px and _LEVEL_BLOCK px at the level read (memory bound

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from ghanet_pipeline.core.errors import OptionValueError
+from ghanet_pipeline.demo.config import DemoConfig
 from ghanet_pipeline.demo.limits import MIN_CASES, MIN_SLIDE_PX, check_config
-from ghanet_pipeline.demo.run import DemoConfig, build_cohort, run_demo, stage_available
+from ghanet_pipeline.demo.run import build_cohort, run_demo
 
 
 def test_build_cohort_writes_slides_carrying_the_phenotype_and_a_separate_holdout(tmp_path: Path) -> None:
@@ -65,23 +66,29 @@ def test_build_cohort_writes_slides_carrying_the_phenotype_and_a_separate_holdou
 @pytest.fixture(scope="module")
 def smallest_demo(tmp_path_factory: pytest.TempPathFactory):
     """``run_demo`` at the smallest sizes the CLI accepts (11 cases + 1 held-out, 2 folds, MIN_SLIDE_PX, seed
-    0) with every stage reported as not installed: only the cohort is built. (result, config)."""
+    0) whose stage commands are replaced by a stand-in that exits 3 for calibrate-encoder and 0 otherwise: the
+    cohort is built, no stage runs. (result, config, names of the stages the stand-in was asked to run)."""
     import ghanet_pipeline.demo.run as demo
+
+    ran: list[str] = []
+
+    def fake_run(stage, cmd, stream, env):
+        ran.append(stage)
+        return demo.StageRun(stage=stage, command=cmd, returncode=3 if stage == "calibrate-encoder" else 0,
+                             seconds=0.0)
 
     cfg = DemoConfig(n_cases=11, n_holdout=1, folds=2, slide_px=MIN_SLIDE_PX)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(demo, "stage_available", lambda stage: False)
-        return run_demo(tmp_path_factory.mktemp("smallest-demo"), cfg), cfg
+        mp.setattr(demo, "_run", fake_run)
+        return run_demo(tmp_path_factory.mktemp("smallest-demo"), cfg), cfg, ran
 
 
 @pytest.mark.slow  # builds the 12 slides of 1536 px of the smallest demo
-def test_missing_stage_is_skipped_and_listed(smallest_demo) -> None:
-    import ghanet_pipeline.demo.run as demo
-
-    res, _ = smallest_demo
-    assert res.ok and [s.stage for s in res.stages] == ["cohort"]
-    assert set(res.missing) == set(demo.STAGE_MODULES)
-    assert stage_available("segment")  # the real check sees installed commands
+def test_a_failing_stage_stops_the_stages_that_need_it(smallest_demo) -> None:
+    res, _, ran = smallest_demo
+    assert ran == ["segment", "calibrate-encoder"]
+    assert not res.ok and [s.stage for s in res.stages] == ["cohort", "segment", "calibrate-encoder"]
+    assert res.stages[-1].returncode == 3
 
 
 @pytest.mark.slow
@@ -91,7 +98,7 @@ def test_smallest_accepted_slides_all_have_tissue_patches(smallest_demo, tmp_pat
     from ghanet_pipeline.wsi.inputs import SlideSpec
     from ghanet_pipeline.wsi.segment import SegmentParams, load_coords, segment_paths, segment_slide
 
-    res, cfg = smallest_demo
+    res, cfg, _ = smallest_demo
     check_config(cfg)  # accepted
     data = res.data_dir
     slides = pd.concat([pd.read_csv(data / "manifest.csv"), pd.read_csv(data / "holdout_manifest.csv")])
@@ -137,7 +144,8 @@ def test_too_small_sizes_are_usage_errors_before_anything_is_written(tmp_path: P
 def test_fold_check_agrees_with_preprocess_genomics(tmp_path: Path) -> None:
     """check_config's fold check is exact: it passes where the real stage succeeds and fails where it fails."""
     from ghanet_pipeline.demo.cohort import make_cohort, write_cohort_tables
-    from ghanet_pipeline.genomics.pipeline import GenomicsConfig, preprocess_genomics
+    from ghanet_pipeline.genomics.config import GenomicsConfig
+    from ghanet_pipeline.genomics.pipeline import preprocess_genomics
 
     seen = set()
     for n, folds, seed in ((8, 2, 0), (11, 2, 0), (10, 3, 0), (9, 3, 0), (10, 2, 1), (11, 2, 1)):

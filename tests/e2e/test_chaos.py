@@ -2,7 +2,7 @@
 equal an uninterrupted run's, and two processes on the same output folder must lose nothing.
 
 A small number of kill points per stage here, one in each third of the part of the run in which the stage writes
-(from its first write to its end); ``benchmarks/chaos.py --n 50`` runs many more (docs/reliability.md).
+(from its first write to its end); ``pipelines/testing/chaos.py --n 50`` runs many more (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ N_KILLS = 3
 
 
 def _harness():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "chaos.py"
+    path = Path(__file__).resolve().parents[2] / "pipelines" / "testing" / "chaos.py"
     spec = importlib.util.spec_from_file_location("ghanet_chaos", path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod

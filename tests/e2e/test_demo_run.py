@@ -39,7 +39,8 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def test_demo_runs_every_stage_and_prints_its_checks(demo_run) -> None:
     """Every training and held-out slide has tissue patches; the demo prints its measured checks, the
-    per-fold c-index of each fold, the held-out patients and the Kaplan-Meier figure it wrote."""
+    per-fold c-index of each fold, the held-out patients, the Kaplan-Meier figure it wrote and where its
+    report is (one page per held-out slide)."""
     import h5py
 
     out, text = demo_run
@@ -61,6 +62,11 @@ def test_demo_runs_every_stage_and_prints_its_checks(demo_run) -> None:
     assert str(out / "train" / cfg.models[0] / "km.png") in text.replace("\n", "")
     for r in hold.itertuples():
         assert (out / "predict" / "heatmaps" / r.case_id / f"{r.slide_id}_morphology.png").is_file()
+    # the demo ends with the report and says where it is; every held-out slide has its page
+    index = (out / "report" / "index.html").resolve()
+    assert index.is_file() and str(index) in text.replace("\n", ""), text[-3000:]
+    for sid in hold.slide_id:
+        assert (out / "report" / "slides" / f"{sid}.html").is_file(), sid
 
 
 def test_demo_outputs_mean_something(demo_run) -> None:

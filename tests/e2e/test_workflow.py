@@ -103,6 +103,21 @@ def test_dry_run_passes_protocol_preset_and_stage_options_to_the_commands(tmp_pa
     assert not re.search(r"--(protocol|preset|precision|sat-threshold|min-tissue|de-method) ", text)
 
 
+def test_dry_run_int8_calibrates_on_the_whole_manifest_and_writes_int8_bags(tmp_path: Path) -> None:
+    """extract.precision int8: every per-slide job names the whole manifest as the int8 cohort (one model for
+    the cohort), waits for every slide's coords, and the bags and training read <encoder_tag>_int8/."""
+    _empty_cohort(tmp_path)
+    cfg = workflow_config(tmp_path, folds=2, extract={"precision": "int8", "engine": "openvino", "int8_patches": 64})
+    res = run_snakemake("-s", SNAKEFILE, "-n", "-p", "--configfile", str(cfg), cwd=tmp_path)
+    text = res.stdout + res.stderr
+    assert res.returncode == 0, text
+    extract = _shell_commands(text, "extract-features")
+    assert extract and all(" --precision int8 --engine openvino --int8-cohort " in c and " --int8-patches 64" in c
+                           for c in extract)
+    train = _shell_commands(text, "train")
+    assert train and all("_int8 " in c or "_int8/" in c for c in train)
+
+
 @pytest.mark.parametrize(("over", "named", "allowed"), [
     ({"protocol": "offical"}, "'protocol' is 'offical'", "ghanet, official"),
     ({"preset": "tcga_xyz"}, "'preset' is 'tcga_xyz'", "tcga_blca, tcga_brca, tcga_gbmlgg, tcga_luad, tcga_ucec"),

@@ -60,7 +60,7 @@ def test_autocast_dtype_uses_the_same_rule(monkeypatch):
     import torch
 
     monkeypatch.setattr(runtime, "cpu_info", lambda: AMX)
-    assert runtime.autocast_dtype("auto", torch.device("cpu")) is torch.bfloat16
-    assert runtime.autocast_dtype("fp32", torch.device("cpu")) is None
+    assert runtime.dtype_of(runtime.resolve_precision("auto", torch.device("cpu"))[0]) is torch.bfloat16
+    assert runtime.dtype_of(runtime.resolve_precision("fp32", torch.device("cpu"))[0]) is None
     monkeypatch.setattr(runtime, "cpu_info", lambda: OLD)
-    assert runtime.autocast_dtype("auto", torch.device("cpu")) is None
+    assert runtime.dtype_of(runtime.resolve_precision("auto", torch.device("cpu"))[0]) is None

@@ -19,7 +19,6 @@ def test_plots_and_heatmaps_leave_the_backend_alone(tmp_path):
         from ghanet_pipeline.inference import heatmaps as hm
         out = {str(tmp_path)!r}
         rng = np.random.default_rng(0)
-        plots.plot_spearman({{"A": [0.1, 0.5, 0.3], "B": [0.2]}}, out + "/s.png")
         plots.plot_gene_reconstruction({{"A": [("G1_rnaseq", 0.8), ("G2_rnaseq", 0.0)]}}, {{"A": [0.1, 0.3]}},
                                        out + "/g.png", planted={{"G1_rnaseq"}})
         plots.plot_km(rng.uniform(1, 50, 20), rng.integers(0, 2, 20), rng.uniform(size=20) > 0.5, out + "/km.png", 0.04)
@@ -38,5 +37,5 @@ def test_plots_and_heatmaps_leave_the_backend_alone(tmp_path):
     before, after, figs = r.stdout.split()
     assert before == after == "pdf"
     assert figs in ("False", "0")  # no figure left open in pyplot's registry
-    for name in ("s", "g", "km", "lc", "h", "m"):
+    for name in ("g", "km", "lc", "h", "m"):
         assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

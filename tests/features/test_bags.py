@@ -11,7 +11,6 @@ from ghanet_pipeline.core.errors import InputError, MismatchError
 from ghanet_pipeline.features.bags import (
     REQUIRED_ATTRS,
     BagWriter,
-    check_compatible,
     encoder_tag,
     find_bags,
     read_bag,
@@ -19,6 +18,7 @@ from ghanet_pipeline.features.bags import (
     validate_bag,
     write_bag,
 )
+from ghanet_pipeline.features.compatibility import check_compatible
 
 
 def _attrs(**over):

@@ -18,6 +18,7 @@ from ghanet_pipeline.features.calibrate import (
     read_record,
     sample_patches,
 )
+from ghanet_pipeline.features.compatibility import check_compatible
 from ghanet_pipeline.features.encoders import load_encoder, preprocess
 from ghanet_pipeline.wsi.inputs import SlideSpec
 
@@ -130,7 +131,7 @@ def test_bags_of_calibrated_and_raw_encoder_do_not_mix(calibrated, cohort):
     assert a.attrs["weights_sha256"] == res.sha256 and "random:0" in a.attrs["encoder_calibration"]
     assert "encoder_calibration" not in b.attrs
     with pytest.raises(MismatchError, match="weights_sha256"):
-        bags.check_compatible([a, b])
+        check_compatible([a, b])
 
 
 def test_cli_calibrate_encoder(calibrated, cohort, tmp_path):

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from ghanet_pipeline.core.errors import CheckpointError, ConfigError, MismatchError
-from ghanet_pipeline.features.bags import check_encoder, encoder_differences
+from ghanet_pipeline.features.compatibility import check_encoder, encoder_differences
 from ghanet_pipeline.inference import ensemble as ENS
 from ghanet_pipeline.inference import loading as L
 from ghanet_pipeline.inference import predict as P
-from ghanet_pipeline.inference import records as R
+from ghanet_pipeline.inference.config import PredictConfig
 from ghanet_pipeline.testing import (
     TINY_DIM,
     TINY_EDGES,
@@ -117,7 +117,7 @@ def test_predict_from_bags_matches_manual_ensemble(tmp_path):
     feats = write_tiny_bags(tmp_path / "bags", ["s1", "s2", "s3"])
     specs = [SlideSpec("s1", tmp_path / "s1.svs", "caseA"), SlideSpec("s2", tmp_path / "s2.svs", "caseA"),
              SlideSpec("s3", tmp_path / "s3.svs", "caseB")]
-    cfg = R.PredictConfig(out=tmp_path / "out", features_dir=tmp_path / "bags", device="cpu")
+    cfg = PredictConfig(out=tmp_path / "out", features_dir=tmp_path / "bags", device="cpu")
     res = P.predict_cases(specs, run, cfg)
     assert [c.case_id for c in res.cases] == ["caseA", "caseB"]
     a = res.cases[0]
@@ -149,7 +149,7 @@ def test_predict_from_bags_matches_manual_ensemble(tmp_path):
     assert j["encoder"]["encoder"] == TINY_ENCODER and j["encoder_check"] == "checked"
     assert list((tmp_path / "out/logs").glob("predict-*.json"))
     # --folds subset: one model, no spread
-    one = P.predict_cases(specs[2:], run, R.PredictConfig(out=tmp_path / "out1", features_dir=tmp_path / "bags",
+    one = P.predict_cases(specs[2:], run, PredictConfig(out=tmp_path / "out1", features_dir=tmp_path / "bags",
                                                           device="cpu", folds=[1]))
     assert one.cases[0].n_folds == 1 and one.cases[0].risk_std is None
 
@@ -161,7 +161,7 @@ def test_bag_from_other_encoder_is_refused(tmp_path):
     from ghanet_pipeline.wsi.inputs import SlideSpec
 
     specs = [SlideSpec("good", tmp_path / "g.svs", "good"), SlideSpec("bad", tmp_path / "b.svs", "bad")]
-    res = P.predict_cases(specs, run, R.PredictConfig(out=tmp_path / "out", features_dir=tmp_path / "bags",
+    res = P.predict_cases(specs, run, PredictConfig(out=tmp_path / "out", features_dir=tmp_path / "bags",
                                                       device="cpu"))
     good, bad = res.cases
     assert good.status == "done"
@@ -177,7 +177,7 @@ def test_clam_bag_needs_assume_encoder(tmp_path):
     with h5py.File(tmp_path / "clam" / "TCGA-1.h5", "w") as h5:  # CLAM layout: no encoder attrs
         h5["features"] = np.random.default_rng(0).random((15, TINY_DIM)).astype(np.float32)
         h5["coords"] = np.stack([np.arange(15) * 256, np.zeros(15)], 1).astype(np.int64)
-    cfg = R.PredictConfig(out=tmp_path / "out", features_dir=tmp_path / "clam", device="cpu")
+    cfg = PredictConfig(out=tmp_path / "out", features_dir=tmp_path / "clam", device="cpu")
     res = P.predict_cases([], run, cfg)  # no slides: every bag in the folder is a case
     assert res.cases[0].status == "failed" and "--assume-encoder" in res.cases[0].message
     cfg.assume_encoder, cfg.overwrite = True, True
@@ -226,7 +226,7 @@ def test_mismatched_encoder_weights_stop_before_any_slide(tmp_path):
     run = make_run(tmp_path / "run", {**TINY_ENC, "weights_sha256": "random:0"}, folds=(0,))
     spec = SlideSpec("x", tmp_path / "x.svs", "x")
     with pytest.raises(MismatchError, match="weights_sha256: model 'random:0', features 'random:3'"):
-        P.predict_cases([spec], run, R.PredictConfig(out=tmp_path / "out", weights="random:3", device="cpu"))
+        P.predict_cases([spec], run, PredictConfig(out=tmp_path / "out", weights="random:3", device="cpu"))
     assert not (tmp_path / "out" / "predict").exists()
 
 
@@ -241,7 +241,7 @@ def test_missing_encoder_weights_name_the_ones_the_model_was_trained_with(tmp_pa
                    in_dim=1024)
     spec = SlideSpec("x", tmp_path / "x.svs", "x")
     with pytest.raises(ConfigError) as err:
-        P.predict_cases([spec], run, R.PredictConfig(out=tmp_path / "out", device="cpu"))
+        P.predict_cases([spec], run, PredictConfig(out=tmp_path / "out", device="cpu"))
     msg = str(err.value)
     assert "trained on features of resnet50_trunc" in msg and "sha256 c634e1f428f21f8f" in msg
     assert "--weights FILE" in msg and "no weights for encoder 'resnet50_trunc'" in msg
@@ -258,7 +258,7 @@ def test_missing_weights_of_a_random_weights_model_say_which_seed(tmp_path, monk
                    in_dim=1024)
     spec = SlideSpec("x", tmp_path / "x.svs", "x")
     with pytest.raises(ConfigError) as err:
-        P.predict_cases([spec], run, R.PredictConfig(out=tmp_path / "out", device="cpu"))
+        P.predict_cases([spec], run, PredictConfig(out=tmp_path / "out", device="cpu"))
     msg = str(err.value)
     assert "pass --weights random:7 " in msg and "--weights FILE" not in msg
     assert not (tmp_path / "out" / "predict").exists()
@@ -269,7 +269,7 @@ def test_predictions_csv_of_another_model_is_not_overwritten(tmp_path):
 
     write_tiny_bags(tmp_path / "bags", ["s1"])
     spec = [SlideSpec("s1", tmp_path / "s1.svs", "s1")]
-    cfg = R.PredictConfig(out=tmp_path / "out", features_dir=tmp_path / "bags", device="cpu")
+    cfg = PredictConfig(out=tmp_path / "out", features_dir=tmp_path / "bags", device="cpu")
     P.predict_cases(spec, make_run(tmp_path / "runA", TINY_ENC, folds=(0,)), cfg)
     with pytest.raises(ConfigError, match="another model"):
         P.predict_cases(spec, make_run(tmp_path / "runB", TINY_ENC, folds=(0,)), cfg)

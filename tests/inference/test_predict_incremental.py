@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from ghanet_pipeline.cli import cli
 from ghanet_pipeline.inference import predict as P
-from ghanet_pipeline.inference import records as R
+from ghanet_pipeline.inference.config import PredictConfig
 from ghanet_pipeline.testing import TINY_ENC, make_run, package_env, write_tiny_bags
 from ghanet_pipeline.wsi.inputs import SlideSpec
 
@@ -36,7 +36,7 @@ def test_rerun_reuses_cases_of_the_same_model_and_inputs(tmp_path):
     run = make_run(tmp_path / "run", TINY_ENC, folds=(0, 1))
     write_tiny_bags(tmp_path / "bags", ["a", "b", "c"])
     specs = [SlideSpec(s, tmp_path / f"{s}.svs", s) for s in ("a", "b", "c")]
-    cfg = R.PredictConfig(out=tmp_path / "out", features_dir=tmp_path / "bags", device="cpu")
+    cfg = PredictConfig(out=tmp_path / "out", features_dir=tmp_path / "bags", device="cpu")
     first = P.predict_cases(specs, run, cfg)
     assert [r.status for r in first.results] == ["done"] * 3
     before = {p.name: p.read_bytes() for p in (tmp_path / "out/predict").glob("*.json")}
@@ -73,7 +73,7 @@ def test_shards_write_one_table(tmp_path):
     write_tiny_bags(tmp_path / "bags", ids)
     specs = [SlideSpec(s, tmp_path / f"{s}.svs", s) for s in ids]
     for i in range(3):
-        cfg = R.PredictConfig(out=tmp_path / "out", features_dir=tmp_path / "bags", device="cpu", shard=(i, 3))
+        cfg = PredictConfig(out=tmp_path / "out", features_dir=tmp_path / "bags", device="cpu", shard=(i, 3))
         res = P.predict_cases(specs, run, cfg)
         assert [c.case_id for c in res.cases] == ids[i::3]
     assert [r["case_id"] for r in _rows(tmp_path / "out")] == ids

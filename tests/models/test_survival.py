@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from ghanet_pipeline.models.survival import (
-    median_survival_months,
     nll_loss,
-    risk_from_hazards,
+    risk_from_survival,
     sce_loss,
-    survival_curve,
     survival_from_hazards,
 )
 
@@ -84,16 +81,6 @@ def test_sce_hand_computed():
 
 def test_risk_and_survival_from_hazards():
     assert torch.allclose(survival_from_hazards(H), S)
-    assert risk_from_hazards(H).item() == pytest.approx(-(0.9 + 0.72 + 0.504 + 0.3024))
+    assert risk_from_survival(survival_from_hazards(H)).item() == pytest.approx(-(0.9 + 0.72 + 0.504 + 0.3024))
     low, high = torch.full((1, 4), 0.05), torch.full((1, 4), 0.5)
-    assert risk_from_hazards(high) > risk_from_hazards(low)
-
-
-def test_survival_curve_and_median():
-    times, surv = survival_curve([0.9, 0.6, 0.4, 0.2], [0, 10, 20, 30, 40])
-    assert np.allclose(times, [0, 10, 20, 30, 40]) and np.allclose(surv, [1, 0.9, 0.6, 0.4, 0.2])
-    # crosses 0.5 between 20 (0.6) and 30 (0.4): half way
-    assert median_survival_months([0.9, 0.6, 0.4, 0.2], [0, 10, 20, 30, 40]) == pytest.approx(25.0)
-    assert median_survival_months([0.9, 0.8, 0.7, 0.6], [0, 10, 20, 30, 40]) == math.inf
-    with pytest.raises(ValueError):
-        survival_curve([0.9, 0.8], [0, 1])
+    assert risk_from_survival(survival_from_hazards(high)) > risk_from_survival(survival_from_hazards(low))

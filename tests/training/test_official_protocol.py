@@ -57,6 +57,7 @@ class _RecordingSGD(torch.optim.SGD):
 
 
 def _toy_fold(tmp_path: Path, accumulation: str, monkeypatch):
+    from ghanet_pipeline.genomics import FoldData
     from ghanet_pipeline.training import loop
 
     _register_toy()
@@ -67,8 +68,8 @@ def _toy_fold(tmp_path: Path, accumulation: str, monkeypatch):
     labels = pd.DataFrame({"survival_months": [5.0, 20.0, 60.0, 30.0, 40.0], "censorship": [0, 1, 0, 0, 1],
                            "bin": [0, 1, 3, 2, 2]}, index=pd.Index(ids, name="case_id"))
     onehot = {c: np.eye(4, dtype=np.float32)[[min(i, 3)] * 2] for i, c in enumerate(ids)}
-    fold = SimpleNamespace(train_ids=["a", "b", "c"], val_ids=["v1", "v2"], labels=labels, families=[],
-                           selected={}, targets={}, bin_edges_months=[0, 10, 25, 50, 100], scaler=None)
+    fold = FoldData(fold=0, train_ids=["a", "b", "c"], val_ids=["v1", "v2"], labels=labels, families=[],
+                    selected={}, targets={}, bin_edges_months=[0, 10, 25, 50, 100], scaler={})
     bags = SimpleNamespace(cases=lambda: ids, features=lambda c: onehot[c], dim=4, segment_params=None)
     cfg = TrainConfig(model="toy_accum", epochs=2, accum=2, dim=8, dropout=0.0, accumulation=accumulation,
                       device="cpu")

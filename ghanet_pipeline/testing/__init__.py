@@ -19,6 +19,7 @@ them. What each helper makes:
 - :func:`snapshot`: every file under a folder with size, mtime and SHA-256 (to assert nothing changed).
 - :func:`write_csv`: a CSV file from a header and rows.
 - :func:`package_env`: the environment for a Python subprocess that must import this same ghanet_pipeline.
+- :mod:`ghanet_pipeline.testing.report`: a small trained + predicted run and its report, headless Chromium.
 
 pytest is only imported inside functions, so importing this module costs nothing outside a test run.
 """
@@ -63,7 +64,7 @@ class SyntheticStudy:
 
     def genomics_config(self, **over: Any) -> Any:
         """A GenomicsConfig on this study's tables (``over``: other fields, e.g. folds, protocol, seed)."""
-        from .genomics import GenomicsConfig
+        from ..genomics import GenomicsConfig
 
         return GenomicsConfig(table=str(self.tables["table"]), families=str(self.tables["families"]), **over)
 
@@ -72,9 +73,9 @@ def make_synthetic_study(root: Path, n_cases: int = 24, seed: int = 3, n_patches
                          folds: int = 3, dim: int = 1024) -> SyntheticStudy:
     """``make_cohort(n_cases, seed)`` written to root/inputs, preprocess-genomics (t-test, ``folds`` folds) into
     root/genomics and ``dim``-wide bags of ``n_patches`` patches per slide into root/features/synthetic."""
-    from .demo.bags import write_synthetic_bags
-    from .demo.cohort import make_cohort, write_cohort_tables
-    from .genomics import preprocess_genomics
+    from ..demo.bags import write_synthetic_bags
+    from ..demo.cohort import make_cohort, write_cohort_tables
+    from ..genomics import preprocess_genomics
 
     cohort = make_cohort(n_cases=n_cases, seed=seed)
     tables = write_cohort_tables(cohort, root / "inputs", table_name="table.csv")
@@ -92,8 +93,8 @@ def train_tiny(study: SyntheticStudy, out: Path, folds: tuple[int, ...] = (0, 1)
                **over: Any) -> Any:
     """``train_cv`` of ``study`` into ``out``/train/``run_name`` with :data:`TINY_TRAIN` (+ ``over``) on
     ``folds``; returns its TrainResult."""
-    from .training.config import TrainConfig
-    from .training.cv import train_cv
+    from ..training.config import TrainConfig
+    from ..training.cv import train_cv
 
     cfg = TrainConfig(**{**TINY_TRAIN, "folds": list(folds), **over})
     return train_cv(study.features, study.genomics, out, cfg, run_name=run_name)
@@ -116,7 +117,7 @@ def snapshot(folder: Path, content: bool = True) -> dict[str, tuple]:
 def package_env(**extra: str) -> dict[str, str]:
     """os.environ with the folder holding this ghanet_pipeline first on PYTHONPATH (+ ``extra``), so that
     ``python -m ghanet_pipeline`` / ``python -c`` subprocesses import the code under test."""
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, "PYTHONPATH": path, **extra}
 
@@ -139,7 +140,7 @@ def stop_after_epoch(epoch: int) -> Callable[..., None]:
 
 def train_interrupted_after_epoch(epoch: int, *train_cv_args: Any, **train_cv_kwargs: Any) -> None:
     """Run ``train_cv`` and stop it as soon as ``epoch`` is finished; AssertionError if it did not stop."""
-    from .training.cv import train_cv
+    from ..training.cv import train_cv
 
     try:
         train_cv(*train_cv_args, progress=stop_after_epoch(epoch), **train_cv_kwargs)
@@ -153,7 +154,7 @@ def train_interrupted_after_epoch(epoch: int, *train_cv_args: Any, **train_cv_kw
 def register_tiny_encoder() -> None:
     """Register :data:`TINY_ENCODER` (a 4x4-stride conv to 8 channels, ReLU, global average pooling) unless
     it is registered already (tests/conftest.py removes it again after each test)."""
-    from .features.registry import ENCODERS, EncoderSpec, register_encoder
+    from ..features.registry import ENCODERS, EncoderSpec, register_encoder
 
     if TINY_ENCODER in ENCODERS:
         return
@@ -185,7 +186,7 @@ def make_run(run_dir: Path, encoder: dict, folds: tuple[int, ...] = (0, 1), in_d
     model's median risk on 15 random bags (or ``medians[k]``)."""
     import torch
 
-    from .models import create_model, save_checkpoint
+    from ..models import create_model, save_checkpoint
 
     for k in folds:
         torch.manual_seed(100 + k)
@@ -214,7 +215,7 @@ def tiny_bag_attrs(slide_id: str, encoder: dict) -> dict:
 def write_tiny_bags(folder: Path, ids: list[str], encoder: dict = TINY_ENC, n: int = 20,
                     seed: int = 0) -> dict[str, np.ndarray]:
     """One bag of ``n`` random :data:`TINY_DIM`-wide features in [0, 2) per slide id; returns the features."""
-    from .features.bags import write_bag
+    from ..features.bags import write_bag
 
     rng = np.random.default_rng(seed)
     feats = {}
@@ -241,8 +242,8 @@ def make_workflow_cohort(tmp: Path, n_cases: int = 12, slide_px: int = 768) -> P
     """``n_cases`` cases (one ``slide_px``-square synthetic slide each, carrying the phenotype) + 2 held-out
     slides (phenotype 0.1 and 0.9) in ``tmp``: slides/, manifest.csv, holdout.csv, genomics_table.csv,
     families.csv. Inputs only: runs write their outputs elsewhere."""
-    from .demo.cohort import make_cohort, write_cohort_tables
-    from .wsi.synthetic import write_synthetic_slide
+    from ..demo.cohort import make_cohort, write_cohort_tables
+    from ..wsi.synthetic import write_synthetic_slide
 
     cohort = make_cohort(n_cases=n_cases, seed=3, second_slide_fraction=0.0)
     write_cohort_tables(cohort, tmp, table_name="genomics_table.csv")

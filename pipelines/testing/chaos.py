@@ -24,8 +24,8 @@ or for structured files identical in every dataset / value except the named vola
 
 Usage::
 
-    python benchmarks/chaos.py --n 50                 # every stage, 50 kill points each
-    python benchmarks/chaos.py --n 5 --stages predict segment --json chaos.json
+    python pipelines/testing/chaos.py --n 50                 # every stage, 50 kill points each
+    python pipelines/testing/chaos.py --n 5 --stages predict segment --json chaos.json
 
 The same functions run in the test suite with a small ``n`` (``tests/e2e/test_chaos.py``, marker ``chaos``).
 """
@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 #: JSON keys / HDF5 attrs whose values are timings, dates, hosts or process ids (ignored when comparing)
 VOLATILE_KEYS = frozenset({"seconds", "finished", "started", "created", "created_at", "timestamp", "date",
@@ -424,13 +424,6 @@ def chaos_stage(stage: str, inp: Inputs, n: int, seed: int, work: Path, concurre
     return report
 
 
-def cpu_model() -> str:
-    """The CPU model name, as the library reads it (``ghanet doctor`` prints the same)."""
-    from ghanet_pipeline.env.runtime import cpu_info
-
-    return cpu_info().model
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=50, help="kill points per stage")
@@ -442,8 +435,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import tempfile
 
+    from ghanet_pipeline.env.runtime import cpu_info
+
+    cpu_model = cpu_info().model
     work = args.work or Path(tempfile.mkdtemp(prefix="ghanet-chaos-"))
-    print(f"CPU: {cpu_model()} ({os.cpu_count()} cores); python {platform.python_version()}; work folder {work}")
+    print(f"CPU: {cpu_model} ({os.cpu_count()} cores); python {platform.python_version()}; work folder {work}")
     t0 = time.perf_counter()
     inp = prepare_inputs(work / "inputs")
     print(f"inputs ready in {time.perf_counter() - t0:.1f} s")
@@ -452,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         rep = chaos_stage(stage, inp, args.n, args.seed, work, concurrent=not args.no_concurrent)
         reports.append(rep)
         if args.json:
-            args.json.write_text(json.dumps({"cpu": cpu_model(), "n": args.n, "seed": args.seed,
+            args.json.write_text(json.dumps({"cpu": cpu_model, "n": args.n, "seed": args.seed,
                                              "stages": [r.summary() for r in reports],
                                              "details": [asdict(r) for r in reports]}, indent=2))
     print("\nstage                 run s  1st write s  kill points  killed  identical  control  concurrent (exit codes)")

@@ -1,0 +1,216 @@
+"""int8 encoders: post-training quantization (NNCF) of the converted encoder, calibrated on the cohort's
+own patches, made once per cohort and cached.
+
+The calibration sample is drawn from the slides' patch grids (``<out>/segment``), seeded and
+stratified: every slide gives an equal share (a slide with fewer patches gives all it has, the rest is
+spread over the others), so one large slide does not set the activation ranges for the cohort. The
+patches are read by the extraction's own reader (same pixels, same resize). A part of the sample
+(``holdout``) is kept out of the calibration and used for the fidelity gate: fp32 and int8 features of
+those patches are compared (:mod:`.agreement`) and the figures go into the model's record.
+
+The recipe (:class:`Recipe`) holds the settings measured to keep int8 features faithful (see
+docs/fidelity.md for the table of what each technique did on a real slide). The model's cache key hashes
+the weights id, input size, recipe, the library versions and the exact sample (slide ids, file sizes,
+patch coordinates), so the same cohort and settings give the same key in every process (shards and
+``--devices`` share one model) and any change makes a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ...core.errors import ConfigError, GhanetError
+from .agreement import agreement, describe, passes
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ...wsi.inputs import SlideSpec
+    from ..encoders import LoadedEncoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the int8 model is made. ``patches``: calibration sample size (``holdout`` of them are kept for
+    the fidelity gate); ``seed``: the draw; ``preset``: NNCF preset (``mixed``: asymmetric activations,
+    ``performance``: symmetric); ``bias_correction``: ``full`` (NNCF BiasCorrection, layer by layer on
+    the quantized model's own activations) or ``fast``; ``fp32_convs``: convolutions kept in fp32, by
+    position (0 = first; negative from the end); ``ranges``: how activation ranges are set from the
+    calibration statistics (``minmax``: NNCF's default, the mean over samples of each sample's min/max;
+    ``quantile``: the same with the 1e-4 / 1 - 1e-4 quantiles; ``histogram``: the range that minimises the
+    quantization error of a histogram of the values); ``channel_alignment``: NNCF's channel alignment
+    (rescales channels between consecutive convolutions so that per-tensor activation scales fit every
+    channel)."""
+
+    patches: int = 512
+    seed: int = 0
+    holdout: int = 64
+    preset: str = "performance"
+    bias_correction: str = "fast"
+    fp32_convs: tuple[int, ...] = (0,)  # measured help (docs/fidelity.md); full bias correction: 3x the time for ~0
+    ranges: str = "histogram"  # measured help; ~7x the quantization time of min/max (once per cohort)
+    channel_alignment: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "fp32_convs": list(self.fp32_convs)}
+
+
+# --------------------------------------------------------------------------- the sample
+
+
+def stratified_selection(counts: Sequence[int], n: int, seed: int) -> list[tuple[int, int]]:
+    """``(slide index, row)`` pairs: ``n`` patches spread as evenly as possible over slides with
+    ``counts[i]`` patches each (water-filling), rows drawn without replacement, seeded; sorted."""
+    counts = [int(c) for c in counts]
+    n = min(int(n), sum(counts))
+    share = [0] * len(counts)
+    left = n
+    open_ = [i for i, c in enumerate(counts) if c > 0]
+    while left > 0 and open_:
+        each, extra = divmod(left, len(open_))
+        for k, i in enumerate(open_):
+            share[i] += min(each + (1 if k < extra else 0), counts[i] - share[i])
+        left = n - sum(share)
+        open_ = [i for i in open_ if share[i] < counts[i]]
+    rng = np.random.default_rng(seed)
+    picked: list[tuple[int, int]] = []
+    for i, k in enumerate(share):
+        if k:
+            rows = np.sort(rng.choice(counts[i], size=k, replace=False))
+            picked += [(i, int(r)) for r in rows]
+    return picked
+
+
+@dataclass
+class Sample:
+    """The cohort's calibration sample: which patches (``slides``, ``rows``), their grids and its id."""
+
+    specs: list[SlideSpec]
+    grids: list[tuple[np.ndarray, dict[str, Any]]]  # (coords, coords attrs) per slide
+    picked: list[tuple[int, int]]
+    sha256: str
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.grids[0][1]["patch_size"])
+
+
+def draw_sample(specs: Sequence[SlideSpec], out: Path, n: int, seed: int) -> Sample:
+    """The stratified sample of ``specs``' patch grids (segmented with defaults when missing)."""
+    from ..coords import slide_coords
+
+    grids = [slide_coords(s, out)[:2] for s in specs]
+    sizes = {int(a["patch_size"]) for _, a in grids}
+    if len(sizes) > 1:
+        raise ConfigError(f"the slides' patch grids use different patch sizes {sorted(sizes)}; one int8 model "
+                          f"serves one input size: segment them with one --patch-size")
+    picked = stratified_selection([len(c) for c, _ in grids], n, seed)
+    if not picked:
+        raise GhanetError("no tissue patches in the given slides: nothing to calibrate the int8 encoder on")
+    h = hashlib.sha256()
+    for si, row in picked:
+        spec, (coords, attrs) = specs[si], grids[si]
+        h.update(f"{spec.slide_id}|{attrs.get('source_bytes')}|{coords[row, 0]}|{coords[row, 1]}\n".encode())
+    return Sample(list(specs), grids, picked, h.hexdigest())
+
+
+def read_sample(sample: Sample, input_size: int, batch_size: int = 32) -> np.ndarray:
+    """The sample's patches as uint8 ``(n, input_size, input_size, 3)``, read as extraction reads them,
+    in a seeded random order (calibration and holdout both span the cohort)."""
+    from ...core.errors import SlideError
+    from ...wsi.slide import Slide
+    from ..loader import PatchBatches
+
+    parts = []
+    for si in sorted({si for si, _ in sample.picked}):
+        spec, (coords, attrs) = sample.specs[si], sample.grids[si]
+        rows = [r for s, r in sample.picked if s == si]
+        with Slide(spec.path, mpp=spec.mpp, slide_id=spec.slide_id) as slide:
+            plan = slide.plan(float(attrs["target_mpp"]), int(attrs["patch_size"]))
+        data = PatchBatches(spec.path, spec.slide_id, spec.mpp, plan, coords[rows], batch_size, input_size)
+        try:
+            for i in range(len(data)):
+                _, batch = data[i]
+                if isinstance(batch, str):
+                    raise SlideError(batch)
+                parts.append(batch.numpy())
+        finally:
+            data.close()
+    arr = np.concatenate(parts)
+    return arr[np.random.default_rng(0).permutation(len(arr))]
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def model_key(encoder: LoadedEncoder, input_size: int, recipe: Recipe, sample_sha256: str) -> str:
+    """Cache key ``<encoder>_<input>_int8_<hash16>`` of the int8 model (see module doc)."""
+    import nncf
+    import openvino as ov
+
+    text = json.dumps({"weights": encoder.weights_id, "encoder": encoder.name, "input_size": int(input_size),
+                       "recipe": recipe.as_dict(), "sample": sample_sha256, "nncf": nncf.__version__,
+                       "openvino": ov.__version__.split("-")[0]}, sort_keys=True)
+    return f"{encoder.name}_{int(input_size)}_int8_{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def quantize(fp32_model: Any, patches: np.ndarray, recipe: Recipe) -> Any:
+    """The NNCF-quantized ``fp32_model`` calibrated on ``patches`` (uint8 NHWC), per ``recipe``."""
+    import nncf
+
+    convs = [op.get_friendly_name() for op in fp32_model.get_ordered_ops() if op.get_type_name() == "Convolution"]
+    keep = sorted({convs[i] for i in recipe.fp32_convs if -len(convs) <= i < len(convs)})
+    preset = {"mixed": nncf.QuantizationPreset.MIXED, "performance": nncf.QuantizationPreset.PERFORMANCE}[recipe.preset]
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet as Ranges
+
+    advanced = AdvancedQuantizationParameters(disable_channel_alignment=not recipe.channel_alignment)
+    if recipe.ranges != "minmax":
+        advanced.activations_range_estimator_params = {"quantile": Ranges.MEAN_QUANTILE,
+                                                       "histogram": Ranges.HISTOGRAM}[recipe.ranges]
+    data = nncf.Dataset([patches[i:i + 1] for i in range(len(patches))])
+    return nncf.quantize(fp32_model, data, subset_size=len(patches), preset=preset,
+                         fast_bias_correction=recipe.bias_correction == "fast",
+                         ignored_scope=nncf.IgnoredScope(names=keep) if keep else None,
+                         advanced_parameters=advanced)
+
+
+def build(folder: Path, fp32_folder: Path, encoder: LoadedEncoder, sample: Sample, input_size: int,
+          recipe: Recipe, threads: int | None) -> dict[str, Any]:
+    """Make the int8 IR in ``folder`` from the fp32 IR in ``fp32_folder`` (a cache ``build`` callback):
+    read the sample, quantize on all but the holdout, measure the holdout; returns the record."""
+    import openvino as ov
+
+    from .openvino_runner import MODEL_XML, compile_ir, ir_sha256, run_compiled
+
+    patches = read_sample(sample, input_size)
+    hold = min(recipe.holdout, len(patches) // 4)
+    calib, held = patches[hold:], patches[:hold]
+    log.info("int8: quantizing %s on %d patches of %d slides (%d held out for the fidelity check)",
+             encoder.name, len(calib), len({s for s, _ in sample.picked}), hold)
+    fp32_model = ov.Core().read_model(str(Path(fp32_folder) / MODEL_XML))
+    q = quantize(fp32_model, calib, recipe)
+    ov.save_model(q, str(Path(folder) / MODEL_XML), compress_to_fp16=False)
+    figures: dict[str, Any] | None = None
+    if hold >= 3:
+        ref = run_compiled(compile_ir(fp32_folder, threads), held)
+        got = run_compiled(compile_ir(folder, threads), held)
+        figures = agreement(ref, got)
+    record = {"precision": "int8", "encoder": encoder.name, "weights_sha256": encoder.weights_id,
+              "input_size": int(input_size), "recipe": recipe.as_dict(),
+              "sample": {"sha256": sample.sha256, "slides": len({s for s, _ in sample.picked}),
+                         "slides_given": len(sample.specs), "patches": len(calib), "holdout": hold},
+              "fidelity": figures, "passes_gate": bool(figures is not None and passes(figures)),
+              "model_sha256": ir_sha256(folder), "openvino_version": ov.__version__}
+    if figures is not None:
+        log.info("int8: held-out fidelity vs fp32: %s (%s)", describe(figures),
+                 "passes" if record["passes_gate"] else "FAILS the gate")
+    return record
