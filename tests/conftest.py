@@ -1,4 +1,4 @@
-"""Fixtures shared by the whole suite (helpers that test modules import are in ghanet_pipeline/testing.py).
+"""Fixtures shared by the whole suite (helpers that test modules import are in ghanet_pipeline/testing/).
 
 - ``make_synthetic_slide`` / ``synthetic_slide_20x`` / ``synthetic_slide_40x``: small synthetic slides, made
   once per session; ``real_slide``: the real CMU-1-Small-Region.svs (the test skips when it is absent).
@@ -136,13 +136,14 @@ def trained_run(synthetic_study: SyntheticStudy, tmp_path_factory: pytest.TempPa
 #: snapshot (sizes, mtimes) of each shared folder as it was built
 _AS_BUILT: dict[Path, dict] = {}
 #: the session fixtures shared read-only, and the folder of each
-_SHARED = {"synthetic_study": lambda study: study.root, "trained_run": lambda out: out}
+_SHARED = {"synthetic_study": lambda study: study.root, "trained_run": lambda out: out,
+           "report_run": lambda run: run["out"]}
 
 
 @pytest.fixture(autouse=True)
 def _shared_folders_unchanged(request: pytest.FixtureRequest) -> Iterator[None]:
-    """After each test that used ``synthetic_study`` or ``trained_run`` (directly or through another
-    fixture): their folders are as built."""
+    """After each test that used ``synthetic_study``, ``trained_run`` or ``report_run`` (directly or through
+    another fixture): their folders are as built."""
     yield
     for name, folder_of in _SHARED.items():
         if name in request.fixturenames:
@@ -191,7 +192,8 @@ def restored_registries():
 @pytest.fixture(scope="session")
 def report_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A small real run (train G-HANet + ABMIL, predict two slides, a planted attention patch) and its
-    report, built once per session (``ghanet_pipeline.testing.report.build_small_run``); shared read-only."""
+    report, built once per session (``ghanet_pipeline.testing.report.build_small_run``). Read-only like the
+    study: copy ``run["out"]`` before changing it."""
     import torch
 
     from ghanet_pipeline.testing.report import build_small_run
@@ -199,6 +201,8 @@ def report_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     before = torch.get_num_threads()  # a session fixture is built before the test's torch_threads applies
     torch.set_num_threads(1)
     try:
-        return build_small_run(tmp_path_factory.mktemp("report-run"))
+        run = build_small_run(tmp_path_factory.mktemp("report-run"))
     finally:
         torch.set_num_threads(before)
+    _AS_BUILT[run["out"]] = snapshot(run["out"], content=False)
+    return run
