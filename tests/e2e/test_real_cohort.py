@@ -18,6 +18,7 @@ from ghanet_pipeline.core.errors import IdMismatchError
 from ghanet_pipeline.core.slideids import slide_id_from_name
 from ghanet_pipeline.demo.gdcdownload import write_gdc_download, write_subtable
 from ghanet_pipeline.genomics.tables import read_mcat_table
+from ghanet_pipeline.testing import package_env
 from ghanet_pipeline.training.data import map_cases
 
 
@@ -89,7 +90,7 @@ def test_tcga_patient_case_ids_find_their_bags_without_slide_ids(tmp_path: Path)
 
 def _ghanet(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ghanet_pipeline", *args], cwd=cwd, capture_output=True,
-                          text=True, check=False, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                          text=True, check=False, env=package_env(OMP_NUM_THREADS="1"))
 
 
 @pytest.mark.slow
