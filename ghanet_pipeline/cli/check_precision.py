@@ -29,9 +29,9 @@ from .common import int8_options, manifest_option, out_option, slides_argument
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the figures as JSON [default: <out>/logs/check-precision-<time>.json].")
 def check_precision(slides: tuple[str, ...], recursive: bool, mpp: float | None, case_id_from: str | None,
-                    manifest: Path | None, out: Path, encoder: str, weights: str | None, input_size: int | None,
-                    patches: int, seed: int, int8_patches: int, int8_seed: int, int8_cohort: Path | None,
-                    bf16: bool | None,
+                    gdc_manifest: Path | None, slide_types: str | None, manifest: Path | None, out: Path,
+                    encoder: str, weights: str | None, input_size: int | None, patches: int, seed: int,
+                    int8_patches: int, int8_seed: int, int8_cohort: Path | None, bf16: bool | None,
                     threads: int | None, json_path: Path | None) -> None:
     """Compare int8 (and bf16, OpenVINO fp32) features with PyTorch fp32 ones on a sample of the SLIDES'
     patches: per-patch cosine percentiles, error as a fraction of the features' spread across patches,
@@ -46,9 +46,15 @@ def check_precision(slides: tuple[str, ...], recursive: bool, mpp: float | None,
     from ..core.files import write_json_atomic
     from ..core.ids import safe_child
     from ..features.engines.check import check_precision as run
+    from ..wsi.gather import gather_slides
     from ..wsi.inputs import collect_slides
 
-    specs = collect_slides(slides, manifest, recursive, case_id_from, mpp)
+    specs = gather_slides(slides, manifest, recursive, case_id_from, mpp, out=out, gdc_manifest=gdc_manifest,
+                          slide_types=slide_types)
+    for s in specs:
+        if s.problem:
+            click.echo(f"check-precision: slide {s.slide_id} left out: {s.problem}", err=True)
+    specs = [s for s in specs if not s.problem]
     cohort = collect_slides((), int8_cohort, False, case_id_from, mpp) if int8_cohort is not None else None
     res = run(specs, out, cohort=cohort, encoder=encoder, weights=weights, patches=patches, seed=seed, int8_patches=int8_patches,
               int8_seed=int8_seed, input_size=input_size, bf16=bf16, threads=threads)
