@@ -27,16 +27,18 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check ghanet_pipeline tests benchmarks pipelines
 
+# The two tiers of tests/README.md: everything (< 10 min on the 2-core development machine, what CI runs) and
+# the inner loop without the slow, Snakemake and crash tests (< 3 min).
 test: lint
 	$(BIN)/python -m pytest -q -ra
 
-test-fast: $(STAMP)
+test-fast: lint
 	$(BIN)/python -m pytest -q -ra -m "not slow and not workflow and not chaos"
 
 # The workflow on a throwaway one-node SLURM cluster (root; installs Debian's slurm packages when missing;
 # skips, saying why, where it cannot). See docs/workflow.md.
 test-slurm: $(STAMP)
-	GHANET_SLURM_TEST=1 $(BIN)/python -m pytest -q -ra -m slurm tests/test_slurm.py
+	GHANET_SLURM_TEST=1 $(BIN)/python -m pytest -q -ra -m slurm tests/e2e/test_slurm.py
 
 # Build the Dockerfile (locally made Debian base image) and run segment + extract-features in it on
 # SLIDE=/path/to/slide.svs; the bag must equal the one made outside. Root, podman (or ENGINE=docker).

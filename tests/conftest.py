@@ -1,23 +1,26 @@
-"""Shared test fixtures: small synthetic slides (built once per session), the real CMU slide, and the tiny
-synthetic cohort + helpers of the workflow tests (tests/test_workflow.py local, tests/test_slurm.py SLURM)."""
+"""Fixtures shared by the whole suite (helpers that test modules import are in ghanet_pipeline/testing/).
+
+- ``make_synthetic_slide`` / ``synthetic_slide_20x`` / ``synthetic_slide_40x``: small synthetic slides, made
+  once per session; ``real_slide``: the real CMU-1-Small-Region.svs (the test skips when it is absent).
+- ``synthetic_study``: the synthetic cohort -> preprocess-genomics -> bags, built once per session and shared
+  read-only (a test that changes it fails; copy it first); ``trained_run``: two folds trained on it.
+- ``workflow_cohort``: the tiny cohort with real slides of the workflow tests (tests/e2e/).
+- ``luad`` / ``luad_rows``: the real TCGA-LUAD MCAT table beside the checkout (the test skips when absent).
+- ``report_run``: a small trained + predicted run and its report (tests/report/), built once per session.
+- autouse: ``torch_threads`` (torch's thread count for every test: 1, or ``@pytest.mark.threads(n)``),
+  ``restored_registries`` (encoders and models a test registers are removed after it) and, per session,
+  ``_shared_engine_cache`` (one OpenVINO conversion cache for the whole run).
+"""
 
 from __future__ import annotations
 
-import csv
-import json
 import os
-import subprocess
-import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-#: repository root (pipelines/Snakefile, pipelines/profiles/...)
-REPO = Path(__file__).resolve().parents[1]
-#: the Snakemake beside the Python running the tests (the `workflow` extra)
-SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+from ghanet_pipeline.testing import SyntheticStudy, make_synthetic_study, make_workflow_cohort, snapshot, train_tiny
 
 #: the real Aperio test slide (OpenSlide's CMU-1-Small-Region, 2220x2967 px at 0.499 um/px)
 REAL_SLIDE = Path(__file__).resolve().parents[1].parent / "shared/data/CMU-1-Small-Region.svs"
@@ -107,91 +110,72 @@ def real_slide() -> Path:
     return REAL_SLIDE
 
 
-# ---- workflow tests: the tiny synthetic cohort and how to run / check the workflow on it ----------------
+# ---- the synthetic study and the workflow cohort ---------------------------------------------------------
 
-def run_snakemake(*args: str, cwd: Path = REPO, timeout: float = 900,
-                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run the venv's snakemake (its bin/ first on PATH, so jobs find the same `ghanet`)."""
-    base = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run([str(SNAKEMAKE), *args], cwd=cwd, env={**base, **(env or {})}, capture_output=True,
-                          text=True, timeout=timeout, check=False)
-
-
-def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
-
-
-def workflow_config(tmp: Path, path: Path | None = None, **over: object) -> Path:
-    """Workflow config for the cohort in ``tmp`` (CPU only, random weights, 3 folds x 2 epochs), written to
-    ``path`` (default tmp/config.yaml). ``over``: top-level values; dicts update that section."""
-    cfg = {"out": str(tmp / "out"), "manifest": str(tmp / "manifest.csv"),
-           "genomics_table": str(tmp / "genomics_table.csv"), "families": str(tmp / "families.csv"),
-           "predict_manifest": str(tmp / "holdout.csv"), "folds": 3,
-           "extract": {"weights": "random", "device": "cpu", "num_workers": 0, "gpu": 0, "threads": 1},
-           "train": {"run_name": "wf", "model": "ghanet", "epochs": 2, "device": "cpu"},
-           "predict": {"device": "cpu"}}
-    for k, v in over.items():
-        if isinstance(v, dict):
-            cfg.setdefault(k, {}).update(v)
-        else:
-            cfg[k] = v
-    path = path or tmp / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+@pytest.fixture(scope="session")
+def synthetic_study(tmp_path_factory: pytest.TempPathFactory) -> SyntheticStudy:
+    """24 synthetic cases (seed 3; the phenotype drives hazard and planted genes), their tables, 3 genomics
+    folds (t-test) and one 1024-wide bag of 20-40 patches per slide. Shared by every test of the session:
+    read-only (``_shared_folders_unchanged`` fails a test that changed a file in it; copy what you change)."""
+    study = make_synthetic_study(tmp_path_factory.mktemp("study"), n_cases=24, seed=3, n_patches=(20, 40), folds=3)
+    _AS_BUILT[study.root] = snapshot(study.root, content=False)
+    return study
 
 
 @pytest.fixture(scope="session")
-def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """12 cases (+2 held-out) with 768 px synthetic slides carrying the phenotype, MCAT table, families.
-
-    Inputs only: each test writes its outputs to its own folder (``workflow_config(..., out=...)``)."""
-    from ghanet_pipeline.demo.cohort import make_cohort, write_cohort_tables
-    from ghanet_pipeline.wsi.synthetic import write_synthetic_slide
-
-    tmp = tmp_path_factory.mktemp("wf")
-    cohort = make_cohort(n_cases=12, seed=3, second_slide_fraction=0.0)
-    write_cohort_tables(cohort, tmp, table_name="genomics_table.csv")
-    (tmp / "slides").mkdir()
-    rows = []
-    for i, r in enumerate(cohort.clinical.itertuples()):
-        write_synthetic_slide(tmp / "slides" / f"{r.slide_id}.tif", 768, 768, phenotype=float(r.phenotype), seed=i)
-        rows.append([r.slide_id, f"slides/{r.slide_id}.tif", r.case_id])
-    write_csv(tmp / "manifest.csv", ["slide_id", "path", "case_id"], rows)
-    new = []
-    for i, ph in enumerate((0.1, 0.9)):
-        write_synthetic_slide(tmp / "slides" / f"NEW-{i}.tif", 768, 768, phenotype=ph, seed=100 + i)
-        new.append([f"NEW-{i}", f"slides/NEW-{i}.tif", f"NEW-{i}"])
-    write_csv(tmp / "holdout.csv", ["slide_id", "path", "case_id"], new)
-    return tmp
+def trained_run(synthetic_study: SyntheticStudy, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An out folder holding ``train/tiny``: folds 0 and 1 of ``synthetic_study`` trained with
+    ``ghanet_pipeline.testing.TINY_TRAIN``. Read-only like the study: copy the folder before changing it or
+    training into it (``shutil.copytree(trained_run, tmp_path / "out")``)."""
+    out = tmp_path_factory.mktemp("trained")
+    train_tiny(synthetic_study, out)
+    _AS_BUILT[out] = snapshot(out, content=False)
+    return out
 
 
-def check_workflow_outputs(cohort: Path, out: Path, folds: int = 3, run: str = "wf", epochs: int = 2) -> None:
-    """The outputs a finished workflow run on ``tiny_cohort`` must have: one complete bag per slide whose
-    rows are segment's grid, every fold trained, the pooled report over all folds, risks for the new slides."""
-    import h5py
-    import pandas as pd
+#: snapshot (sizes, mtimes) of each shared folder as it was built
+_AS_BUILT: dict[Path, dict] = {}
+#: the session fixtures shared read-only, and the folder of each
+_SHARED = {"synthetic_study": lambda study: study.root, "trained_run": lambda out: out,
+           "report_run": lambda run: run["out"]}
 
-    manifest = pd.read_csv(cohort / "manifest.csv")
-    new = pd.read_csv(cohort / "holdout.csv")
-    bags = sorted((out / "features").glob("*/*.h5"))
-    assert {b.stem for b in bags} == set(manifest.slide_id) | set(new.slide_id)
-    for b in bags:  # bag rows = segment's grid
-        with h5py.File(b) as f, h5py.File(out / "segment" / f"{b.stem}.coords.h5") as c:
-            assert f.attrs["complete"] and (f["coords"][:] == c["coords"][:]).all()
-    for k in range(folds):
-        hist = json.loads((out / "train" / run / f"fold_{k}" / "history.json").read_text())
-        assert hist["complete"] and len(hist["epochs"]) == epochs
-    report = json.loads((out / "train" / run / "report" / "metrics.json").read_text())
-    assert len(report["c_index_per_fold"]) == folds
-    merged = json.loads((out / "train" / run / "metrics.json").read_text())
-    assert len(merged["c_index_per_fold"]) == folds  # the run-level report covers every fold, not the last job's
-    pred = pd.read_csv(out / "predict" / "predictions.csv")
-    assert set(pred.case_id) == set(new.case_id)
-    assert pred.risk.notna().all()
+
+@pytest.fixture(autouse=True)
+def _shared_folders_unchanged(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test that used ``synthetic_study``, ``trained_run`` or ``report_run`` (directly or through
+    another fixture): their folders are as built."""
+    yield
+    for name, folder_of in _SHARED.items():
+        if name in request.fixturenames:
+            root = folder_of(request.getfixturevalue(name))
+            assert snapshot(root, content=False) == _AS_BUILT[root], \
+                f"{request.node.nodeid} (or a fixture it uses) changed the shared {name}: copy what you change"
+
+
+@pytest.fixture(scope="session")
+def workflow_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 cases (+2 held-out) with 768 px synthetic slides carrying the phenotype, MCAT table, families
+    (``ghanet_pipeline.testing.make_workflow_cohort``). Inputs only: each run writes to its own folder."""
+    return make_workflow_cohort(tmp_path_factory.mktemp("wf"))
+
+
+# ---- process-wide state ----------------------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def torch_threads(request: pytest.FixtureRequest) -> Iterator[None]:
+    """torch's thread count for each test: 1 (on 2 shared cores the fastest for tiny tensors: OpenMP threads
+    spin otherwise), or n with ``@pytest.mark.threads(n)``; the previous count is restored afterwards.
+    The one place the suite sets it (processes a test starts choose their own: ``--threads``)."""
+    import torch
+
+    marker = request.node.get_closest_marker("threads")
+    want = marker.args[0] if marker else 1
+    before = torch.get_num_threads()
+    if before != want:
+        torch.set_num_threads(want)
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)
@@ -203,43 +187,22 @@ def restored_registries():
 
     with ENCODERS.restoring(), MODELS.restoring():
         yield
+
+
 @pytest.fixture(scope="session")
 def report_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A small real run (train G-HANet + ABMIL, predict two slides, a planted attention patch) and its
-    report, built once per session (tests/reportkit.py)."""
+    report, built once per session (``ghanet_pipeline.testing.report.build_small_run``). Read-only like the
+    study: copy ``run["out"]`` before changing it."""
     import torch
-    from reportkit import build_small_run
 
-    before = torch.get_num_threads()
+    from ghanet_pipeline.testing.report import build_small_run
+
+    before = torch.get_num_threads()  # a session fixture is built before the test's torch_threads applies
     torch.set_num_threads(1)
     try:
-        return build_small_run(tmp_path_factory.mktemp("report-run"))
+        run = build_small_run(tmp_path_factory.mktemp("report-run"))
     finally:
         torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def one_torch_thread():
-    """One torch thread for a module's tests: on 2 cores shared with other processes it is the fastest
-    (OpenMP threads spin otherwise); the previous count is restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def train_interrupted_after_epoch(epoch: int, *train_cv_args, **train_cv_kwargs) -> None:
-    """Run ``train_cv`` and stop it (like Ctrl-C) as soon as ``epoch`` is finished; asserts it did stop."""
-    from ghanet_pipeline.training.cv import train_cv
-
-    class Stop(KeyboardInterrupt):
-        pass
-
-    def interrupt(kind: str, **info: object) -> None:
-        if kind == "epoch" and info["epoch"] == epoch:
-            raise Stop()
-
-    with pytest.raises(Stop):
-        train_cv(*train_cv_args, progress=interrupt, **train_cv_kwargs)
+    _AS_BUILT[run["out"]] = snapshot(run["out"], content=False)
+    return run

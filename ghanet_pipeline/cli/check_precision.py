@@ -30,9 +30,8 @@ from .common import int8_options, manifest_option, out_option, slides_argument
               help="Also write the figures as JSON [default: <out>/logs/check-precision-<time>.json].")
 def check_precision(slides: tuple[str, ...], recursive: bool, mpp: float | None, case_id_from: str | None,
                     gdc_manifest: Path | None, slide_types: str | None, manifest: Path | None, out: Path,
-                    encoder: str, weights: str | None, input_size: int | None,
-                    patches: int, seed: int, int8_patches: int, int8_seed: int, int8_cohort: Path | None,
-                    bf16: bool | None,
+                    encoder: str, weights: str | None, input_size: int | None, patches: int, seed: int,
+                    int8_patches: int, int8_seed: int, int8_cohort: Path | None, bf16: bool | None,
                     threads: int | None, json_path: Path | None) -> None:
     """Compare int8 (and bf16, OpenVINO fp32) features with PyTorch fp32 ones on a sample of the SLIDES'
     patches: per-patch cosine percentiles, error as a fraction of the features' spread across patches,

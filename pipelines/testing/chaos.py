@@ -27,7 +27,7 @@ Usage::
     python pipelines/testing/chaos.py --n 50                 # every stage, 50 kill points each
     python pipelines/testing/chaos.py --n 5 --stages predict segment --json chaos.json
 
-The same functions run in the test suite with a small ``n`` (``tests/test_chaos.py``, marker ``chaos``).
+The same functions run in the test suite with a small ``n`` (``tests/e2e/test_chaos.py``, marker ``chaos``).
 """
 
 from __future__ import annotations
