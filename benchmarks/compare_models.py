@@ -27,19 +27,7 @@ import time
 from pathlib import Path
 
 from benchmarks.harness import Bench, add_record_args
-
-
-def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and two-sided t confidence interval (NaN bounds for fewer than 2 values)."""
-    import numpy as np
-    from scipy import stats
-
-    x = np.asarray(values, dtype=float)
-    m = float(x.mean())
-    if len(x) < 2:
-        return m, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
-    return m, m - half, m + half
+from ghanet_pipeline.evaluation.paired import paired_difference, t_interval
 
 
 def shuffled_table(table: Path, dest: Path, seed: int) -> Path:
@@ -81,17 +69,16 @@ def summarise(rows: list[dict]) -> dict[str, dict]:
                 for k, v in r["per_fold"].items() if v is not None}
 
     g, a = per_fold("G-HANet"), per_fold("ABMIL")
-    diff = [g[k] - a[k] for k in sorted(set(g) & set(a))]
-    m, lo, hi = t_interval(diff)
+    d = paired_difference(g, a)
+    m, lo, hi = d.mean, d.lo, d.hi
     gr = df[df.model == "G-HANet"].set_index(["split", "seed"])["mean"]
     ar = df[df.model == "ABMIL"].set_index(["split", "seed"])["mean"]
     rdiff = (gr - ar).dropna().tolist()
     _, rlo, rhi = t_interval(rdiff)
-    wins, ties = int(sum(d > 0 for d in diff)), int(sum(d == 0 for d in diff))
     summary["G-HANet - ABMIL"] = {"mean": m, "ci95_folds": [lo, hi], "ci95_replicates": [rlo, rhi],
-                                  "n_pairs": len(diff), "ghanet_higher": wins, "ties": ties}
+                                  "n_pairs": d.n, "ghanet_higher": d.a_higher, "ties": d.ties}
     print(f"\npaired difference G-HANet - ABMIL: {m:+.3f}, 95 % CI [{lo:+.3f}, {hi:+.3f}] (t-interval over "
-          f"{len(diff)} seed x fold pairs; G-HANet higher in {wins}, ties {ties}); over the {len(rdiff)} "
+          f"{d.n} seed x fold pairs; G-HANet higher in {d.a_higher}, ties {d.ties}); over the {len(rdiff)} "
           f"replicate means: [{rlo:+.3f}, {rhi:+.3f}]")
     return summary
 
