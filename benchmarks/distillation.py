@@ -59,27 +59,39 @@ def _fmt(d: dict | None) -> str:
 
 def print_summary(s: dict, title: str) -> None:
     """Markdown tables of one summary (``distill_experiment.summarise``)."""
+    from ghanet_pipeline.demo.distill_experiment import CONTRASTS
+
+    def cell(v: dict, k: str) -> str:
+        return f"{v[k]['mean']:.3f} [{v[k]['lo']:.3f}, {v[k]['hi']:.3f}]" if k in v else "-"
+
     print(f"\n### {title} ({s['pairs']} seed x fold pairs)\n")
-    print("| arm | c-index (95 % CI) | latent c-index | attention AUC | planted-gene Spearman |")
-    print("|---|---|---|---|---|")
+    print("| arm | test c-index | test latent c-index | validation-fold c-index | attention AUC (test) | "
+          "planted-gene Spearman (validation) |")
+    print("|---|---|---|---|---|---|")
     for arm, v in s["arms"].items():
-        cells = [f"{v[k]['mean']:.3f} [{v[k]['lo']:.3f}, {v[k]['hi']:.3f}]" if k in v else "-"
-                 for k in ("c_index", "c_latent", "attention_auc", "planted_spearman")]
-        print(f"| {arm} | " + " | ".join(cells) + " |")
-    print("\n| paired difference | c-index | latent c-index |\n|---|---|---|")
-    for key in ("ghanet_minus_nodistill", "ghanet_minus_abmil", "shuffled_minus_nodistill"):
-        print(f"| {key} | {_fmt(s.get(key))} | {_fmt(s['latent'].get(key))} |")
-    print(f"| attention AUC ghanet_minus_abmil | {_fmt(s['attention_auc'].get('ghanet_minus_abmil'))} | |")
+        keys = ("c_test", "c_test_latent", "c_index", "attention_auc", "planted_spearman")
+        print(f"| {arm} | " + " | ".join(cell(v, k) for k in keys) + " |")
+    print("\n| paired difference | test c-index | test latent c-index | validation-fold c-index |\n|---|---|---|---|")
+    for key in CONTRASTS:
+        print(f"| {key} | {_fmt(s.get(key))} | {_fmt(s['latent'].get(key))} | {_fmt(s['cv_fold'].get(key))} |")
+    print(f"| attention AUC ghanet_minus_abmil | {_fmt(s['attention_auc'].get('ghanet_minus_abmil'))} | | |")
     sys.stdout.flush()
 
 
-def run(spec, seeds: list[int], work: Path, train: dict, arms: tuple[str, ...], folds: int) -> list[dict]:
+def spec_dir(work: Path, spec) -> Path:
+    """The folder of one cohort design under ``--work`` (shared by the main run and the sweep, so separate
+    invocations resume each other's finished trainings)."""
+    return work / f"cases{spec.n_cases}_censoring{spec.censoring:g}"
+
+
+def run(spec, seeds: list[int], work: Path, train: dict, arms: tuple[str, ...], folds: int, n_test: int
+        ) -> list[dict]:
     """All replicates of one cohort spec (each seed in its own folder, resumable)."""
     from ghanet_pipeline.demo.distill_experiment import run_replicate
 
     rows: list[dict] = []
     for seed in seeds:
-        rows += run_replicate(spec, seed, work / f"seed{seed}", train, arms=arms, folds=folds,
+        rows += run_replicate(spec, seed, work / f"seed{seed}", train, arms=arms, folds=folds, n_test=n_test,
                               log=lambda m: print(m, flush=True))
     return rows
 
@@ -90,7 +102,9 @@ def main() -> int:
     ap.add_argument("--cases", type=int, default=None, help="cases per cohort (default: the spec's)")
     ap.add_argument("--censoring", type=float, default=None, help="censored fraction (default: the spec's)")
     ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--test-cases", type=int, default=400, help="cases of the external test cohort per seed")
     ap.add_argument("--train-args", default=DEFAULT_TRAIN, help="TrainConfig overrides")
+    ap.add_argument("--arms", default="ghanet,nodistill,abmil,shuffled", help="arms of the main run")
     ap.add_argument("--sweep", choices=["cases", "censoring"], default=None)
     ap.add_argument("--sweep-values", default=None, help="comma-separated values of the sweep axis")
     ap.add_argument("--sweep-seeds", default=None, help="seeds of the sweep (default: --seeds)")
@@ -116,7 +130,11 @@ def main() -> int:
     print(f"CPU: {cpu_info().model} ({os.cpu_count()} cores), load average {os.getloadavg()[0]:.1f}; "
           f"seeds {seeds}; spec {asdict(spec)}; train {train}", flush=True)
     t0 = time.perf_counter()
-    rows = run(spec, seeds, args.work / "main", train, tuple(ARMS), args.folds)
+    arms = tuple(a for a in args.arms.split(",") if a)
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        ap.error(f"--arms: unknown {unknown}; choose from {', '.join(ARMS)}")
+    rows = run(spec, seeds, spec_dir(args.work, spec), train, arms, args.folds, args.test_cases)
     summary = summarise(rows)
     print_summary(summary, f"default cohort, {spec.n_cases} cases, censoring {spec.censoring}")
     result = {**summary, "spec": asdict(spec), "train": train, "seeds": seeds, "rows": rows}
@@ -129,21 +147,24 @@ def main() -> int:
         for v in values:
             sub = replace(spec, **({"n_cases": int(v)} if args.sweep == "cases" else {"censoring": v}))
             sub_rows = rows if sub == spec else run(sub, parse_seeds(args.sweep_seeds or args.seeds),
-                                                    args.work / f"{args.sweep}_{v:g}", train,
-                                                    ("ghanet", "nodistill"), args.folds)
+                                                    spec_dir(args.work, sub), train,
+                                                    ("ghanet", "nodistill"), args.folds, args.test_cases)
             s = summarise([r for r in sub_rows if r["arm"] in ("ghanet", "nodistill")])
             sweep.append({"axis": args.sweep, "value": v, "pairs": s["pairs"],
-                          "ghanet": s["arms"]["ghanet"]["c_index"], "nodistill": s["arms"]["nodistill"]["c_index"],
+                          "ghanet": s["arms"]["ghanet"]["c_test"], "nodistill": s["arms"]["nodistill"]["c_test"],
                           "ghanet_minus_nodistill": s["ghanet_minus_nodistill"],
-                          "latent_ghanet_minus_nodistill": s["latent"]["ghanet_minus_nodistill"]})
+                          "latent_ghanet_minus_nodistill": s["latent"]["ghanet_minus_nodistill"],
+                          "cv_fold_ghanet_minus_nodistill": s["cv_fold"]["ghanet_minus_nodistill"]})
             print(f"sweep {args.sweep}={v:g}: G-HANet - no distillation {_fmt(s['ghanet_minus_nodistill'])} "
                   f"(latent {_fmt(s['latent']['ghanet_minus_nodistill'])})", flush=True)
         result["sweep"] = sweep
-        print(f"\n| {args.sweep} | pairs | G-HANet | no distillation | difference (95 % CI) | latent difference |")
-        print("|---:|---:|---:|---:|---|---|")
+        print(f"\n| {args.sweep} | pairs | G-HANet (test c-index) | no distillation | difference (95 % CI) | "
+              f"latent difference | validation-fold difference |")
+        print("|---:|---:|---:|---:|---|---|---|")
         for r in sweep:
             print(f"| {r['value']:g} | {r['pairs']} | {r['ghanet']['mean']:.3f} | {r['nodistill']['mean']:.3f} | "
-                  f"{_fmt(r['ghanet_minus_nodistill'])} | {_fmt(r['latent_ghanet_minus_nodistill'])} |")
+                  f"{_fmt(r['ghanet_minus_nodistill'])} | {_fmt(r['latent_ghanet_minus_nodistill'])} | "
+                  f"{_fmt(r['cv_fold_ghanet_minus_nodistill'])} |")
 
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result["cpu"] = cpu_info().model

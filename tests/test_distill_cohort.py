@@ -30,13 +30,13 @@ def test_cohort_plants_a_rare_share_that_drives_genes_and_hazard(tmp_path):
     assert abs(stats.spearmanr(z["NOISE1_rnaseq"], ph).statistic) < 0.5
     # heavy censoring, and a higher phenotype means more events
     assert 0.5 < cases["censorship"].mean() < 0.9
-    # a planted patch is shifted by `subtlety` noise sd along the planted direction
+    # a planted patch is shifted by `contrast` noise sd along the planted direction
     sid = max(c.masks, key=lambda s: c.masks[s].sum())
     bag = read_bag(c.features / f"{sid}.h5")
     proj = bag.features @ planted_direction(spec.dim, spec.feature_seed)
     m = c.masks[sid]
     assert m.sum() >= 3
-    assert proj[m].mean() - proj[~m].mean() == pytest.approx(spec.subtlety * spec.noise, abs=0.6 * spec.noise * spec.subtlety)
+    assert proj[m].mean() - proj[~m].mean() == pytest.approx(spec.contrast * spec.noise, abs=0.6 * spec.noise * spec.contrast)
     # deterministic for a seed
     again = make_distill_cohort(spec, tmp_path / "again")
     assert all((again.masks[s] == c.masks[s]).all() for s in c.masks)

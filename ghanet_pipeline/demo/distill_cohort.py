@@ -3,7 +3,7 @@
 Every case has one hidden ``phenotype`` in [0, 1] (``demo.cohort.make_cohort``: it sets the hazard and
 the planted genes' expression). Here the phenotype is made visible in the slide only through a **rare,
 subtle** patch type: a case with phenotype ``p`` has a share ``p * share_max`` of *planted* patches
-(0 to 8 % by default). A planted patch is an ordinary tissue patch shifted by ``subtlety`` noise standard
+(0 to 8 % by default). A planted patch is an ordinary tissue patch shifted by ``contrast`` noise standard
 deviations along one fixed feature direction, so it is separable patch by patch but moves a bag's mean
 feature by a few hundredths of the slide-to-slide nuisance (tissue mix, staining gain): only a model
 that attends to the right patches can read the phenotype from the slide.
@@ -16,7 +16,7 @@ The design gives distillation something to add, for a reason that holds on real 
   counts, ``gene_noise`` = dispersion) for *every* case, censored or not, so reconstructing them from
   the slide is a dense, almost noise-free training signal that points at the planted patches.
 
-The parameters (cases, share, subtlety, censoring, gene noise) are the axes of the experiment
+The parameters (cases, share, contrast, censoring, gene noise) are the axes of the experiment
 (``benchmarks/distillation.py`` sweeps cases or censoring). Features are Gaussian around non-negative
 tissue prototypes (``demo.bags.prototypes``), dimension ``dim`` (64: a small, fast stand-in for an
 encoder), ``n_patches`` per slide, one slide per case. Bags are real ghanet bags (``write_bag``);
@@ -44,7 +44,7 @@ class DistillCohortSpec:
     """Parameters of the controlled cohort (defaults = the experiment's default size).
 
     ``n_cases``: cases (one slide each). ``share_max``: share of planted patches at phenotype 1 (0 at
-    phenotype 0). ``subtlety``: shift of a planted patch along the planted direction, in units of the
+    phenotype 0). ``contrast``: shift of a planted patch along the planted direction, in units of the
     patch noise standard deviation (``noise``). ``censoring``: target fraction of censored cases.
     ``gene_noise``: negative-binomial dispersion of the gene counts (0.1 = log2 sd about 0.45 against a
     planted range of ``effect_log2`` = 6 over the phenotype range). ``beta``: log hazard ratio over the
@@ -52,8 +52,8 @@ class DistillCohortSpec:
     """
 
     n_cases: int = 60
-    share_max: float = 0.08
-    subtlety: float = 2.0
+    share_max: float = 0.2
+    contrast: float = 16.0
     censoring: float = 0.7
     gene_noise: float = 0.1
     beta: float = 4.0
@@ -67,7 +67,7 @@ class DistillCohortSpec:
     def validate(self) -> None:
         checks = [(self.n_cases >= 10, "n_cases must be at least 10"),
                   (0 < self.share_max <= 1, "share_max must be in (0, 1]"),
-                  (self.subtlety >= 0, "subtlety must be >= 0"),
+                  (self.contrast >= 0, "contrast must be >= 0"),
                   (0 <= self.censoring < 1, "censoring must be in [0, 1)"),
                   (self.gene_noise > 0, "gene_noise (NB dispersion) must be > 0"),
                   (self.n_patches >= 10 and self.dim >= 4, "n_patches >= 10 and dim >= 4 needed")]
@@ -110,7 +110,7 @@ def planted_bag(phenotype: float, rng: np.random.Generator, spec: DistillCohortS
     mix = rng.dirichlet(np.full(len(tissue), 4.0))        # slide-to-slide tissue mix (nuisance)
     kind = rng.choice(len(tissue), size=n, p=mix)
     gain = float(np.exp(rng.normal(0.0, 0.1)))           # staining gain (nuisance)
-    shift = spec.subtlety * spec.noise * planted_direction(spec.dim, spec.feature_seed)
+    shift = spec.contrast * spec.noise * planted_direction(spec.dim, spec.feature_seed)
     feats = gain * tissue[kind] + rng.normal(0.0, spec.noise, size=(n, spec.dim)) + planted[:, None] * shift
     side = int(np.ceil(np.sqrt(n)))
     idx = np.arange(n)
@@ -150,6 +150,33 @@ def make_distill_cohort(spec: DistillCohortSpec, out_dir: Path | str) -> Distill
         Path(tmp).write_text(json.dumps(asdict(spec), indent=1))
     return DistillCohort(spec=spec, cohort=cohort, features=feats, table=paths["table"],
                          families=paths["families"], masks=masks)
+
+
+@dataclass
+class TestCohort:
+    """An external test cohort of the same design (in memory): per case the bag ``features`` (n, dim),
+    the planted ``masks``, ``time`` (months), ``event`` (1 = death), ``phenotype``."""
+
+    features: list[np.ndarray]
+    masks: list[np.ndarray]
+    time: np.ndarray
+    event: np.ndarray
+    phenotype: np.ndarray
+
+
+def make_test_cohort(spec: DistillCohortSpec, n_cases: int = 400) -> TestCohort:
+    """``n_cases`` new cases drawn like ``spec``'s (same hazard, censoring and bags; another seed stream),
+    for scoring trained models on many more cases than a validation fold holds."""
+    cohort = make_cohort(n_cases=n_cases, seed=spec.seed + 100_003, beta=spec.beta,
+                         censor_fraction=spec.censoring, second_slide_fraction=0.0, n_planted_per_family=1,
+                         genes_per_family=(3, 3), n_missing_listed=0, n_noise_genes=0, case_prefix="TST")
+    cases = cohort.cases
+    rng = np.random.default_rng([spec.seed, spec.feature_seed, 37])
+    bags = [planted_bag(float(p), rng, spec) for p in cases["phenotype"]]
+    return TestCohort(features=[b[0] for b in bags], masks=[b[2] for b in bags],
+                      time=cases["survival_months"].to_numpy(dtype=float),
+                      event=1 - cases["censorship"].to_numpy(dtype=int),
+                      phenotype=cases["phenotype"].to_numpy(dtype=float))
 
 
 def describe(spec: DistillCohortSpec) -> dict[str, Any]:
