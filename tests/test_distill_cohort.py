@@ -36,7 +36,7 @@ def test_cohort_plants_a_rare_share_that_drives_genes_and_hazard(tmp_path):
     proj = bag.features @ planted_direction(spec.dim, spec.feature_seed)
     m = c.masks[sid]
     assert m.sum() >= 3
-    assert proj[m].mean() - proj[~m].mean() == pytest.approx(spec.contrast * spec.noise, abs=0.6 * spec.noise * spec.contrast)
+    assert proj[m].mean() - proj[~m].mean() == pytest.approx(spec.contrast * spec.noise, abs=0.5)
     # deterministic for a seed
     again = make_distill_cohort(spec, tmp_path / "again")
     assert all((again.masks[s] == c.masks[s]).all() for s in c.masks)
