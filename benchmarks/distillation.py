@@ -1,21 +1,25 @@
 """Does histo-genomic distillation help where it must? G-HANet vs its ablations on the controlled cohort.
 
 The cohort (``ghanet_pipeline/demo/distill_cohort.py``, docs/fidelity.md "The controlled distillation
-experiment"): prognosis driven by the share of a rare, subtle patch type; planted genes follow the same
-share with little noise; few cases, heavy censoring. Each seed draws a new cohort, makes 5 seeded folds
-and trains four arms on the same folds with the library's ``train_cv`` (``distill_experiment.ARMS``):
-G-HANet, G-HANet with distillation weight 0, ABMIL, G-HANet with gene targets shuffled across cases.
-Pairs = seed x fold. Prints per-arm means and the paired differences with 95 % t-intervals, and writes
-the JSON (``--json``) with at least::
+experiment"): prognosis driven by the share of a rare patch type; planted genes follow the same share
+with little noise; few cases, heavy censoring. Each seed draws a new cohort and an external test cohort of
+the same design, makes 5 seeded folds and trains four arms on the same folds with the library's
+``train_cv`` (``distill_experiment.ARMS``): G-HANet, G-HANet with distillation weight 0, ABMIL, G-HANet
+with gene targets shuffled across cases. Pairs = seed x fold; every fold model is scored on the seed's
+test cohort (primary) and on its own validation fold (secondary). Writes one harness record
+(``benchmarks/results/distillation-*.json``) and the JSON of ``--json`` with at least::
 
     {"pairs": n, "ghanet_minus_nodistill": {"mean", "lo", "hi"}, "ghanet_minus_abmil": {...},
      "shuffled_minus_nodistill": {...}, "attention_auc": {"ghanet": a, "abmil": b}}
 
 ``--sweep cases|censoring --sweep-values ...`` repeats G-HANet and the no-distillation ablation over one
-axis (``--sweep-seeds``) and adds a ``sweep`` table: where distillation stops mattering.
+axis (``--sweep-seeds``) and adds a ``sweep`` table: where distillation stops mattering. Trainings are
+kept under ``--work`` (one folder per design and seed) and resumed, so a sweep or a longer seed range
+reuses what an earlier invocation trained.
 
-    python benchmarks/distillation.py --seeds 0-2 --json distill.json
-    python benchmarks/distillation.py --seeds 0-2 --sweep cases --sweep-values 30,60,120 --json distill.json
+    python -m benchmarks.distillation --seeds 0-2 --json distill.json
+    python -m benchmarks.distillation --seeds 0-2 --sweep censoring --sweep-values 0.7,0.35,0 --sweep-seeds 0 \
+        --json distill.json
 """
 
 from __future__ import annotations
@@ -24,14 +28,17 @@ import argparse
 import json
 import os
 import sys
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny bags: one thread per step is fastest
+from benchmarks.harness import Bench, add_record_args
 
 #: training options of the experiment (small and fast; the paper's loss, weights and sampler)
 DEFAULT_TRAIN = "epochs=20,accum=4,lr=1e-3,dim=64"
+#: per-arm scores shown in the record: key -> column heading
+ARM_SCORES = {"c_test": "test c-index", "c_test_latent": "test latent c-index", "c_index": "validation-fold c-index",
+              "attention_auc": "attention AUC (test)", "planted_spearman": "planted-gene Spearman (validation)"}
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -51,40 +58,20 @@ def parse_options(text: str) -> dict[str, float | int]:
     return out
 
 
-def _fmt(d: dict | None) -> str:
-    if not d:
+def ci(d: dict | None, sign: str = "+") -> str:
+    """``[lo, hi]`` of an interval dict (``n/a`` without one)."""
+    if not d or d.get("lo") is None or d["lo"] != d["lo"]:
         return "n/a"
-    return f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+    return "[{:{s}.3f}, {:{s}.3f}]".format(d["lo"], d["hi"], s=sign)
 
 
-def print_summary(s: dict, title: str) -> None:
-    """Markdown tables of one summary (``distill_experiment.summarise``)."""
-    from ghanet_pipeline.demo.distill_experiment import CONTRASTS
-
-    def cell(v: dict, k: str) -> str:
-        return f"{v[k]['mean']:.3f} [{v[k]['lo']:.3f}, {v[k]['hi']:.3f}]" if k in v else "-"
-
-    print(f"\n### {title} ({s['pairs']} seed x fold pairs)\n")
-    print("| arm | test c-index | test latent c-index | validation-fold c-index | attention AUC (test) | "
-          "planted-gene Spearman (validation) |")
-    print("|---|---|---|---|---|---|")
-    for arm, v in s["arms"].items():
-        keys = ("c_test", "c_test_latent", "c_index", "attention_auc", "planted_spearman")
-        print(f"| {arm} | " + " | ".join(cell(v, k) for k in keys) + " |")
-    print("\n| paired difference | test c-index | test latent c-index | validation-fold c-index |\n|---|---|---|---|")
-    for key in CONTRASTS:
-        print(f"| {key} | {_fmt(s.get(key))} | {_fmt(s['latent'].get(key))} | {_fmt(s['cv_fold'].get(key))} |")
-    print(f"| attention AUC ghanet_minus_abmil | {_fmt(s['attention_auc'].get('ghanet_minus_abmil'))} | | |")
-    sys.stdout.flush()
-
-
-def spec_dir(work: Path, spec) -> Path:
+def spec_dir(work: Path, spec: Any) -> Path:
     """The folder of one cohort design under ``--work`` (shared by the main run and the sweep, so separate
     invocations resume each other's finished trainings)."""
     return work / f"cases{spec.n_cases}_censoring{spec.censoring:g}"
 
 
-def run(spec, seeds: list[int], work: Path, train: dict, arms: tuple[str, ...], folds: int, n_test: int
+def run(spec: Any, seeds: list[int], work: Path, train: dict, arms: tuple[str, ...], folds: int, n_test: int
         ) -> list[dict]:
     """All replicates of one cohort spec (each seed in its own folder, resumable)."""
     from ghanet_pipeline.demo.distill_experiment import run_replicate
@@ -96,7 +83,60 @@ def run(spec, seeds: list[int], work: Path, train: dict, arms: tuple[str, ...], 
     return rows
 
 
-def main() -> int:
+def fill_main(bench: Bench, s: dict) -> None:
+    """Rows of the per-arm table (``main``) and of the paired differences (``paired``)."""
+    from ghanet_pipeline.demo.distill_experiment import CONTRASTS
+
+    for arm, v in s["arms"].items():
+        row = bench.row(arm=arm, pairs=v["c_test"]["n"])
+        for key in ARM_SCORES:
+            if key in v:
+                row[key], row[f"{key}_ci"] = v[key]["mean"], ci(v[key], "")
+    diffs = {name: (s.get(name), s["latent"].get(name), s["cv_fold"].get(name)) for name in CONTRASTS}
+    diffs["attention AUC ghanet_minus_abmil"] = (s["attention_auc"].get("ghanet_minus_abmil"), None, None)
+    for name, (test, latent, cv) in diffs.items():
+        if test is None:
+            continue
+        row = bench.row("paired", difference=name, pairs=test["n"], test=test["mean"], test_ci=ci(test),
+                        first_higher=test["a_higher"])
+        if latent:
+            row.update(latent=latent["mean"], latent_ci=ci(latent), cv_fold=cv["mean"], cv_fold_ci=ci(cv))
+
+
+def sweep_rows(args: argparse.Namespace, spec: Any, rows: list[dict], train: dict, bench: Bench) -> list[dict]:
+    """G-HANet and the no-distillation ablation at each ``--sweep-values`` point (table ``sweep``)."""
+    from ghanet_pipeline.demo.distill_experiment import summarise
+
+    sweep = []
+    for v in [float(x) for x in args.sweep_values.split(",") if x]:
+        sub = replace(spec, **({"n_cases": int(v)} if args.sweep == "cases" else {"censoring": v}))
+        sub_rows = rows if sub == spec else run(sub, parse_seeds(args.sweep_seeds or args.seeds), spec_dir(args.work, sub),
+                                                train, ("ghanet", "nodistill"), args.folds, args.test_cases)
+        s = summarise([r for r in sub_rows if r["arm"] in ("ghanet", "nodistill")])
+        d, lat, cv = s["ghanet_minus_nodistill"], s["latent"]["ghanet_minus_nodistill"], s["cv_fold"]["ghanet_minus_nodistill"]
+        sweep.append({"axis": args.sweep, "value": v, "pairs": s["pairs"], "ghanet": s["arms"]["ghanet"]["c_test"],
+                      "nodistill": s["arms"]["nodistill"]["c_test"], "ghanet_minus_nodistill": d,
+                      "latent_ghanet_minus_nodistill": lat, "cv_fold_ghanet_minus_nodistill": cv})
+        bench.row("sweep", **{args.sweep: v}, pairs=s["pairs"], ghanet=s["arms"]["ghanet"]["c_test"]["mean"],
+                  nodistill=s["arms"]["nodistill"]["c_test"]["mean"], gap=d["mean"], gap_ci=ci(d),
+                  latent=lat["mean"], latent_ci=ci(lat), cv_fold=cv["mean"], cv_fold_ci=ci(cv))
+    return sweep
+
+
+def declare_units(bench: Bench) -> None:
+    """Units (all scores are unitless) and column headings of the three tables."""
+    labels = {**ARM_SCORES, "pairs": "seed x fold pairs", "test": "test c-index difference",
+              "latent": "test latent c-index difference", "cv_fold": "validation-fold c-index difference",
+              "first_higher": "pairs where the first is higher", "gap": "G-HANet - no distillation",
+              "ghanet": "G-HANet (test c-index)", "nodistill": "no distillation (test c-index)",
+              "cases": "cases", "censoring": "censored fraction"}
+    for key, label in labels.items():
+        bench.unit(key, "", label)
+    for key in (*ARM_SCORES, "test", "latent", "cv_fold", "gap"):
+        bench.labels[f"{key}_ci"] = "95 % CI"
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", default="0-2", help="replicates: a range A-B or a list (each: cohort, folds, training)")
     ap.add_argument("--cases", type=int, default=None, help="cases per cohort (default: the spec's)")
@@ -108,69 +148,49 @@ def main() -> int:
     ap.add_argument("--sweep", choices=["cases", "censoring"], default=None)
     ap.add_argument("--sweep-values", default=None, help="comma-separated values of the sweep axis")
     ap.add_argument("--sweep-seeds", default=None, help="seeds of the sweep (default: --seeds)")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/ghanet-distill"))
-    ap.add_argument("--json", type=Path, required=True)
-    args = ap.parse_args()
+    ap.add_argument("--work", type=Path, default=Path("/tmp/ghanet-distill"), help="trainings (kept, resumed)")
+    ap.add_argument("--json", type=Path, required=True, help="the summary JSON (issue 27's keys, plus every row)")
+    add_record_args(ap)
+    return ap
 
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny bags: one thread per step is fastest
+    ap = parser()
+    args = ap.parse_args(argv)
     import torch
 
     from ghanet_pipeline.demo.distill_cohort import DistillCohortSpec
     from ghanet_pipeline.demo.distill_experiment import ARMS, summarise
-    from ghanet_pipeline.features.runtime import cpu_info
 
     torch.set_num_threads(1)
-    spec = DistillCohortSpec()
-    if args.cases is not None:
-        spec = replace(spec, n_cases=args.cases)
-    if args.censoring is not None:
-        spec = replace(spec, censoring=args.censoring)
+    spec = replace(DistillCohortSpec(), **{k: v for k, v in (("n_cases", args.cases), ("censoring", args.censoring))
+                                           if v is not None})
     spec.validate()
-    train = parse_options(args.train_args)
-    seeds = parse_seeds(args.seeds)
-    print(f"CPU: {cpu_info().model} ({os.cpu_count()} cores), load average {os.getloadavg()[0]:.1f}; "
-          f"seeds {seeds}; spec {asdict(spec)}; train {train}", flush=True)
-    t0 = time.perf_counter()
     arms = tuple(a for a in args.arms.split(",") if a)
-    unknown = [a for a in arms if a not in ARMS]
-    if unknown:
-        ap.error(f"--arms: unknown {unknown}; choose from {', '.join(ARMS)}")
-    rows = run(spec, seeds, spec_dir(args.work, spec), train, arms, args.folds, args.test_cases)
-    summary = summarise(rows)
-    print_summary(summary, f"default cohort, {spec.n_cases} cases, censoring {spec.censoring}")
-    result = {**summary, "spec": asdict(spec), "train": train, "seeds": seeds, "rows": rows}
-
-    if args.sweep:
-        values = [float(v) for v in (args.sweep_values or "").split(",") if v]
-        if not values:
-            ap.error("--sweep needs --sweep-values")
-        sweep = []
-        for v in values:
-            sub = replace(spec, **({"n_cases": int(v)} if args.sweep == "cases" else {"censoring": v}))
-            sub_rows = rows if sub == spec else run(sub, parse_seeds(args.sweep_seeds or args.seeds),
-                                                    spec_dir(args.work, sub), train,
-                                                    ("ghanet", "nodistill"), args.folds, args.test_cases)
-            s = summarise([r for r in sub_rows if r["arm"] in ("ghanet", "nodistill")])
-            sweep.append({"axis": args.sweep, "value": v, "pairs": s["pairs"],
-                          "ghanet": s["arms"]["ghanet"]["c_test"], "nodistill": s["arms"]["nodistill"]["c_test"],
-                          "ghanet_minus_nodistill": s["ghanet_minus_nodistill"],
-                          "latent_ghanet_minus_nodistill": s["latent"]["ghanet_minus_nodistill"],
-                          "cv_fold_ghanet_minus_nodistill": s["cv_fold"]["ghanet_minus_nodistill"]})
-            print(f"sweep {args.sweep}={v:g}: G-HANet - no distillation {_fmt(s['ghanet_minus_nodistill'])} "
-                  f"(latent {_fmt(s['latent']['ghanet_minus_nodistill'])})", flush=True)
-        result["sweep"] = sweep
-        print(f"\n| {args.sweep} | pairs | G-HANet (test c-index) | no distillation | difference (95 % CI) | "
-              f"latent difference | validation-fold difference |")
-        print("|---:|---:|---:|---:|---|---|---|")
-        for r in sweep:
-            print(f"| {r['value']:g} | {r['pairs']} | {r['ghanet']['mean']:.3f} | {r['nodistill']['mean']:.3f} | "
-                  f"{_fmt(r['ghanet_minus_nodistill'])} | {_fmt(r['latent_ghanet_minus_nodistill'])} | "
-                  f"{_fmt(r['cv_fold_ghanet_minus_nodistill'])} |")
-
-    result["seconds"] = round(time.perf_counter() - t0, 1)
-    result["cpu"] = cpu_info().model
+    if [a for a in arms if a not in ARMS]:
+        ap.error(f"--arms: unknown {[a for a in arms if a not in ARMS]}; choose from {', '.join(ARMS)}")
+    if args.sweep and not args.sweep_values:
+        ap.error("--sweep needs --sweep-values")
+    train, seeds = parse_options(args.train_args), parse_seeds(args.seeds)
+    print(f"seeds {seeds}; spec {asdict(spec)}; train {train}", flush=True)
+    title = (f"G-HANet vs its ablations on the controlled distillation cohort ({spec.n_cases} cases, "
+             f"censoring {spec.censoring:g}; seeds {args.seeds})")
+    with Bench("distillation", title, args) as bench:
+        declare_units(bench)
+        rows = run(spec, seeds, spec_dir(args.work, spec), train, arms, args.folds, args.test_cases)
+        summary = summarise(rows)
+        fill_main(bench, summary)
+        result = {**summary, "spec": asdict(spec), "train": train, "seeds": seeds, "rows": rows}
+        if args.sweep:
+            result["sweep"] = sweep_rows(args, spec, rows, train, bench)
+        bench.data.update(spec=asdict(spec), train=train, rows=rows, sweep_rows=result.get("sweep", []))
+    rec = json.loads(bench.path.read_text()) if bench.path else {}
+    result.update(record=str(bench.path), seconds=rec.get("seconds"), cpu=rec.get("machine", {}).get("cpu_model"),
+                  load=rec.get("load"))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1, default=float))
-    print(f"\ntotal {result['seconds']:.0f} s; load average now {os.getloadavg()[0]:.1f}; wrote {args.json}")
+    print(f"wrote {args.json}", flush=True)
     return 0
 
 

@@ -37,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from ..ioutils import atomic_path, sanitize_id
+from ..core.files import atomic_path
+from ..core.ids import sanitize_id
 from .bags import bag_attrs, prototypes
 from .cohort import SyntheticCohort, make_cohort, write_cohort_tables
 

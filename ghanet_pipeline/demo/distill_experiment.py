@@ -143,8 +143,9 @@ def run_replicate(spec: DistillCohortSpec, seed: int, work: Path, train_options:
     the same folds; one row per (arm, fold)."""
     import time
 
-    from ..errors import InputError
-    from ..genomics.pipeline import GenomicsConfig, preprocess_genomics
+    from ..core.errors import InputError
+    from ..genomics.config import GenomicsConfig
+    from ..genomics.pipeline import preprocess_genomics
     from ..training.config import TrainConfig
     from ..training.cv import train_cv
 
