@@ -69,3 +69,12 @@ def test_mask_auc():
     assert mask_auc(np.array([0.1, 0.9, 0.8, 0.2]), mask) == 0.0
     assert mask_auc(np.ones(4), mask) == 0.5
     assert mask_auc(np.ones(4), np.zeros(4, bool)) is None
+
+
+def test_no_censoring_means_only_the_end_of_follow_up_censors():
+    from ghanet_pipeline.demo.cohort import make_cohort
+
+    cases = make_cohort(n_cases=200, seed=0, censor_fraction=0.0, max_follow_up_months=150.0).cases
+    censored = cases[cases["censorship"] == 1]
+    assert len(censored) < 0.35 * len(cases) and (censored["survival_months"] >= 149.9).all()
+    assert 0.5 < make_cohort(n_cases=200, seed=0, censor_fraction=0.7).cases["censorship"].mean() < 0.9
