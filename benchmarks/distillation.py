@@ -99,6 +99,8 @@ def fill_main(bench: Bench, s: dict) -> None:
             continue
         row = bench.row("paired", difference=name, pairs=test["n"], test=test["mean"], test_ci=ci(test),
                         first_higher=test["a_higher"])
+        if name in s["replicates"]:
+            row.update(seeds=s["replicates"][name]["n"], test_seeds_ci=ci(s["replicates"][name]))
         if latent:
             row.update(latent=latent["mean"], latent_ci=ci(latent), cv_fold=cv["mean"], cv_fold_ci=ci(cv))
 
@@ -134,6 +136,8 @@ def declare_units(bench: Bench) -> None:
         bench.unit(key, "", label)
     for key in (*ARM_SCORES, "test", "latent", "cv_fold", "gap"):
         bench.labels[f"{key}_ci"] = "95 % CI"
+    bench.unit("seeds", "", "seeds")
+    bench.labels["test_seeds_ci"] = "95 % CI over seed means"
 
 
 def parser() -> argparse.ArgumentParser:

@@ -78,3 +78,14 @@ def test_no_censoring_means_only_the_end_of_follow_up_censors():
     censored = cases[cases["censorship"] == 1]
     assert len(censored) < 0.35 * len(cases) and (censored["survival_months"] >= 149.9).all()
     assert 0.5 < make_cohort(n_cases=200, seed=0, censor_fraction=0.7).cases["censorship"].mean() < 0.9
+
+
+def test_replicate_difference_averages_folds_within_a_seed_first():
+    from ghanet_pipeline.demo.distill_experiment import replicate_difference
+
+    rows = [{"arm": arm, "seed": s, "fold": f, "c_test": base + (0.1 * (s + 1) if arm == "a" else 0.0) + 0.01 * f}
+            for arm, base in (("a", 0.6), ("b", 0.6)) for s in range(3) for f in range(4)]
+    d = replicate_difference(rows, "a", "b")
+    assert d["n"] == 3 and d["seed_means"] == pytest.approx([0.1, 0.2, 0.3])
+    m, lo, hi = t_interval([0.1, 0.2, 0.3])
+    assert (d["mean"], d["lo"], d["hi"]) == pytest.approx((m, lo, hi))

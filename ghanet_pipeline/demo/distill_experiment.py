@@ -138,9 +138,10 @@ def score_fold(fold_dir: Path, cohort: DistillCohort, test: TestCohort) -> dict[
 
 def run_replicate(spec: DistillCohortSpec, seed: int, work: Path, train_options: Mapping[str, Any],
                   arms: Iterable[str] = tuple(ARMS), folds: int = 5, n_test: int = 400,
-                  log: Any = print) -> list[dict[str, Any]]:
+                  log: Any = print, genomics_options: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """Draw the cohort of ``seed`` (and its external test cohort of ``n_test`` cases), run every arm on
-    the same folds; one row per (arm, fold)."""
+    the same folds; one row per (arm, fold). ``genomics_options``: GenomicsConfig overrides (e.g.
+    ``{"de_method": "none"}``: every gene a target, no per-fold selection)."""
     import time
 
     from ..core.errors import InputError
@@ -153,7 +154,7 @@ def run_replicate(spec: DistillCohortSpec, seed: int, work: Path, train_options:
     cohort = make_distill_cohort(spec, work / "cohort")
     test = make_test_cohort(spec, n_test)
     gres = preprocess_genomics(GenomicsConfig(table=str(cohort.table), families=str(cohort.families), folds=folds,
-                                              seed=seed), work)
+                                              seed=seed, **dict(genomics_options or {})), work)
     failed = [f"{r.item}: {r.message}" for r in gres.results if r.status == "failed"]
     if failed:
         raise InputError(f"preprocess-genomics failed on the cohort of seed {seed} ({spec.n_cases} cases, censoring "
@@ -185,12 +186,30 @@ CONTRASTS = {"ghanet_minus_nodistill": ("ghanet", "nodistill"), "ghanet_minus_ab
              "shuffled_minus_nodistill": ("shuffled", "nodistill")}
 
 
+def replicate_difference(rows: Sequence[Mapping[str, Any]], a: str, b: str, key: str = "c_test",
+                         level: float = 0.95) -> dict[str, Any]:
+    """``a - b`` averaged per seed (over its folds), then the t-interval over the seeds: the conservative
+    view, since the folds of one seed share its cohort and its test cohort."""
+    from ..evaluation.paired import paired_difference, t_interval
+
+    seeds = sorted({r["seed"] for r in rows})
+    means = []
+    for s in seeds:
+        d = paired_difference({r["fold"]: r.get(key) for r in rows if r["arm"] == a and r["seed"] == s},
+                              {r["fold"]: r.get(key) for r in rows if r["arm"] == b and r["seed"] == s}, level)
+        if d.n:
+            means.append(d.mean)
+    m, lo, hi = t_interval(means, level)
+    return {"mean": m, "lo": lo, "hi": hi, "n": len(means), "seed_means": means}
+
+
 def summarise(rows: Sequence[Mapping[str, Any]], level: float = 0.95) -> dict[str, Any]:
     """Per-arm means with t-intervals and the paired differences (pairs = seed x fold).
 
     Top-level differences use ``c_test`` (c-index on the external test cohort's observed labels); the
     same differences on the validation folds' c-index are under ``cv_fold``, on the latent phenotype
-    under ``latent``. ``attention_auc`` holds each arm's mean AUC and ``ghanet_minus_abmil``.
+    under ``latent``; ``replicates``: the test c-index differences over seed means (one value per seed).
+    ``attention_auc`` holds each arm's mean AUC and ``ghanet_minus_abmil``.
     """
     from ..evaluation.paired import paired_difference, t_interval
 
@@ -214,6 +233,8 @@ def summarise(rows: Sequence[Mapping[str, Any]], level: float = 0.95) -> dict[st
     main = diffs("c_test")
     out: dict[str, Any] = {"pairs": max((d["n"] for d in main.values()), default=0), **main,
                            "cv_fold": diffs("c_index"), "latent": diffs("c_test_latent"),
+                           "replicates": {name: replicate_difference(rows, a, b, "c_test", level)
+                                          for name, (a, b) in CONTRASTS.items() if a in present and b in present},
                            "attention_auc": {a: arms[a].get("attention_auc", {}).get("mean") for a in present},
                            "arms": arms}
     if "ghanet" in present and "abmil" in present:
