@@ -119,7 +119,8 @@ def sweep_rows(args: argparse.Namespace, spec: Any, rows: list[dict], train: dic
         sweep.append({"axis": args.sweep, "value": v, "pairs": s["pairs"], "ghanet": s["arms"]["ghanet"]["c_test"],
                       "nodistill": s["arms"]["nodistill"]["c_test"], "ghanet_minus_nodistill": d,
                       "latent_ghanet_minus_nodistill": lat, "cv_fold_ghanet_minus_nodistill": cv})
-        bench.row("sweep", **{args.sweep: v}, pairs=s["pairs"], ghanet=s["arms"]["ghanet"]["c_test"]["mean"],
+        point = {args.sweep: int(v) if args.sweep == "cases" else v}
+        bench.row("sweep", **point, pairs=s["pairs"], ghanet=s["arms"]["ghanet"]["c_test"]["mean"],
                   nodistill=s["arms"]["nodistill"]["c_test"]["mean"], gap=d["mean"], gap_ci=ci(d),
                   latent=lat["mean"], latent_ci=ci(lat), cv_fold=cv["mean"], cv_fold_ci=ci(cv))
     return sweep
