@@ -1,7 +1,7 @@
 """Histo-genomic distillation does its job on a small controlled cohort (``demo/distill_cohort.py``).
 
 The direction of the main result of ``benchmarks/distillation.py`` (docs/fidelity.md, "The controlled
-distillation experiment") on one small replicate that fits ``make test``: G-HANet with its gene
+distillation experiment") on one small replicate (``slow``: CI runs it): G-HANet with its gene
 reconstruction ranks an external test cohort better than the same network trained with distillation
 weight 0, and the control trained on gene targets permuted across cases does not. A regression on the
 distillation path (loss, targets, association matrix, top-k genomic weights) fails it.
@@ -27,6 +27,7 @@ def _one_thread(one_torch_thread):
     """One torch thread (conftest.one_torch_thread)."""
 
 
+@pytest.mark.slow  # about 50 s of one core (3 trainings of 360 steps + scoring 900 test slides)
 def test_distillation_beats_its_ablation_and_shuffled_genes_do_not(tmp_path):
     # 48 cases (36 for training: fold 0 of 4), 70 % censored: about 11 training events; scored on an
     # external test cohort of 300 cases of the same design (latent c-index: against the hidden phenotype)
