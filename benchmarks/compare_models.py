@@ -26,6 +26,7 @@ from pathlib import Path
 
 from benchmarks import cv_replicates as cv
 from benchmarks.harness import Bench
+from ghanet_pipeline.evaluation.paired import t_interval
 
 
 def shuffled_table(table: Path, dest: Path, seed: int) -> Path:
@@ -56,23 +57,22 @@ def summarise(rows: list[dict]) -> dict[str, dict]:
     print("|---|---:|---:|---:|---|---|")
     for label, sub in df.groupby("model", sort=False):
         folds = [v for d in sub["per_fold"] for v in d.values() if v is not None]
-        m, lo, hi = cv.t_interval(folds)
-        _, rlo, rhi = cv.t_interval(sub["mean"].tolist())
+        m, lo, hi = t_interval(folds)
+        _, rlo, rhi = t_interval(sub["mean"].tolist())
         summary[label] = {"mean": m, "ci95_folds": [lo, hi], "ci95_replicates": [rlo, rhi],
                           "n_replicates": len(sub), "n_folds": len(folds)}
         print(f"| {label} | {len(sub)} | {len(folds)} | {m:.3f} | [{lo:.3f}, {hi:.3f}] | [{rlo:.3f}, {rhi:.3f}] |")
     # paired by (fold assignment, seed, fold): the same validation cases
-    diff = cv.paired_differences(rows, "model", "G-HANet", "ABMIL")
-    m, lo, hi = cv.t_interval(diff)
+    d = cv.paired(rows, "model", "G-HANet", "ABMIL")
+    m, lo, hi = d.mean, d.lo, d.hi
     gr = df[df.model == "G-HANet"].set_index(["split", "seed"])["mean"]
     ar = df[df.model == "ABMIL"].set_index(["split", "seed"])["mean"]
     rdiff = (gr - ar).dropna().tolist()
-    _, rlo, rhi = cv.t_interval(rdiff)
-    wins, ties = int(sum(d > 0 for d in diff)), int(sum(d == 0 for d in diff))
+    _, rlo, rhi = t_interval(rdiff)
     summary["G-HANet - ABMIL"] = {"mean": m, "ci95_folds": [lo, hi], "ci95_replicates": [rlo, rhi],
-                                  "n_pairs": len(diff), "ghanet_higher": wins, "ties": ties}
+                                  "n_pairs": d.n, "ghanet_higher": d.a_higher, "ties": d.ties}
     print(f"\npaired difference G-HANet - ABMIL: {m:+.3f}, 95 % CI [{lo:+.3f}, {hi:+.3f}] (t-interval over "
-          f"{len(diff)} seed x fold pairs; G-HANet higher in {wins}, ties {ties}); over the {len(rdiff)} "
+          f"{d.n} seed x fold pairs; G-HANet higher in {d.a_higher}, ties {d.ties}); over the {len(rdiff)} "
           f"replicate means: [{rlo:+.3f}, {rhi:+.3f}]")
     return summary
 

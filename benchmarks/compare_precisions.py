@@ -29,6 +29,7 @@ from pathlib import Path
 
 from benchmarks import cv_replicates as cv
 from benchmarks.harness import Bench
+from ghanet_pipeline.evaluation.paired import t_interval
 
 SPEARMAN_GATE = 0.99
 
@@ -75,11 +76,10 @@ def summarise(rows: list[dict], rhos: list[dict]) -> dict[str, dict]:
     summary: dict[str, dict] = {}
     for label in ("fp32", "int8"):
         vals = [v for r in rows if r["bags"] == label for v in r["per_fold"].values() if v is not None]
-        m, lo, hi = cv.t_interval(vals)
+        m, lo, hi = t_interval(vals)
         summary[label] = {"mean": m, "ci95": [lo, hi], "n": len(vals)}
-    diff = cv.paired_differences(rows, "bags", "int8", "fp32")
-    m, lo, hi = cv.t_interval(diff)
-    summary["int8 - fp32"] = {"mean": m, "ci95": [lo, hi], "n": len(diff)}
+    d = cv.paired(rows, "bags", "int8", "fp32")
+    summary["int8 - fp32"] = {"mean": d.mean, "ci95": [d.lo, d.hi], "n": d.n}
     per = [r["spearman"] for r in rhos]
     summary["spearman_oof_risks"] = {"min": min(per), "median": float(np.median(per)), "per_replicate": per}
     return summary

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import add_record_args
+from ghanet_pipeline.evaluation.paired import PairedDifference, paired_difference
 
 
 def add_replicate_args(ap: argparse.ArgumentParser, *, work: str, seeds: int) -> None:
@@ -81,29 +82,15 @@ def cross_validate(features: Path, root: Path, model: str, seed: int, args: argp
     return per_fold, res, round(time.perf_counter() - t0, 1)
 
 
-def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and two-sided t confidence interval (NaN bounds for fewer than 2 values)."""
-    import numpy as np
-    from scipy import stats
-
-    x = np.asarray(values, dtype=float)
-    m = float(x.mean()) if len(x) else float("nan")
-    if len(x) < 2:
-        return m, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
-    return m, m - half, m + half
-
-
 def fold_scores(rows: list[dict], field: str, label: str) -> dict[tuple[int, int, int], float]:
     """C-index per (fold assignment, seed, validation fold) of the rows whose ``field`` is ``label``."""
     return {(r["split"], r["seed"], k): v for r in rows if r[field] == label
             for k, v in r["per_fold"].items() if v is not None}
 
 
-def paired_differences(rows: list[dict], field: str, a: str, b: str) -> list[float]:
-    """``a - b`` on every validation fold both arms were scored on (same cases), in key order."""
-    sa, sb = fold_scores(rows, field, a), fold_scores(rows, field, b)
-    return [sa[k] - sb[k] for k in sorted(set(sa) & set(sb))]
+def paired(rows: list[dict], field: str, a: str, b: str) -> PairedDifference:
+    """``a - b`` on every validation fold both arms were scored on (same cases), with its t-interval."""
+    return paired_difference(fold_scores(rows, field, a), fold_scores(rows, field, b))
 
 
 def ci_text(bounds: list[float] | tuple[float, float], sign: str = "") -> str:

@@ -146,6 +146,12 @@ SUITE: tuple[Entry, ...] = (
     Entry("rehearsal", P + "rehearsal", (),
           ("--cases", "8", "--patches", "64", "--folds", "2", "--epochs", "1", "--probe-cases", "6",
            "--predict-cases", "2", "--slide-px", "1024", "--rate-px", "2048", "--cache-gb", "0"), _has_mcat),
+    Entry("distillation", P + "distillation",
+          ("--seeds", "0-3", "--sweep", "cases", "--sweep-values", "60,120", "--sweep-seeds", "0",
+           "--json", str(Path(tempfile.gettempdir()) / "ghanet-distill" / "distillation.json")),
+          ("--seeds", "0", "--cases", "40", "--censoring", "0.3", "--folds", "2", "--test-cases", "40", "--train-args",
+           "epochs=1,accum=4,lr=1e-3,dim=16", "--work", str(Path(tempfile.gettempdir()) / "ghanet-distill-smoke"),
+           "--json", str(Path(tempfile.gettempdir()) / "ghanet-distill-smoke" / "distillation.json"))),
     Entry("gpu_check", "benchmarks/gpu_check.sh", (), ()),
 )
 

@@ -45,7 +45,8 @@ from .report import after_stage, no_report_option
 @click.option("--accum", type=click.IntRange(min=1), default=default_of(TrainConfig, "accum"), show_default=True,
               help="Cases per optimiser step (gradient accumulation; one case per forward pass).")
 @click.option("--alpha", type=float, default=default_of(TrainConfig, "alpha"), show_default=True,
-              help="Weight of the gene-reconstruction loss (MSE + SCE, summed over families).")
+              help="Weight of the gene-reconstruction (distillation) loss (MSE + SCE, summed over families); "
+                   "0 trains the same network on survival alone (the no-distillation ablation).")
 @click.option("--topk", type=click.FloatRange(min=0, max=100, min_open=True), default=None,
               help="Percent of patches kept per family for the genomic attention weights. Default: 20, or "
                    "the --preset's (15 BRCA/GBMLGG, 30 UCEC). Rounded up (ghanet) or down with ties "

@@ -78,7 +78,9 @@ def _survival(rng: np.random.Generator, n_cases: int, beta: float, censor_fracti
     # independent exponential censoring with a rate giving about censor_fraction censored overall
     # (for exponential event and censoring times P(censored) = c / (c + rate), solved on the mean rate)
     c_rate = censor_fraction / max(1e-9, 1.0 - censor_fraction) * float(np.median(rate))
-    censor_t = np.minimum(rng.exponential(1.0 / c_rate, n_cases), max_follow_up_months)
+    # censor_fraction 0: only the end of follow-up censors
+    censor_t = (np.minimum(rng.exponential(1.0 / c_rate, n_cases), max_follow_up_months) if c_rate > 0
+                else np.full(n_cases, float(max_follow_up_months)))
     time = np.minimum(event_t, censor_t)
     return phenotype, np.round(np.maximum(time, 0.1), 2), (censor_t < event_t).astype(int)
 

@@ -380,18 +380,19 @@ def chaos_stage(stage: str, inp: Inputs, n: int, seed: int, work: Path, concurre
     if control:
         ctl = work / f"{stage}-ctl"
         setup_out(stage, ctl, inp)
-        rc, seconds, text = run(command(stage, ctl, inp, rerun=False))
+        rc, seconds, first, text = run_watched(command(stage, ctl, inp, rerun=False), ctl)
         diffs, _ = compare_trees(compared_root(stage, ref), compared_root(stage, ctl))
         diffs = diffs if rc == 0 else [f"control run exit {rc}", *diffs]
         shutil.rmtree(ctl)
-        duration = min(duration, seconds)
+        if rc == 0:  # kill points from one run's own timings, under the machine's load now
+            duration, first_write = seconds, first
     report = StageReport(stage, duration, first_write, control_identical=not diffs, control_diffs=diffs[:10])
     log(f"{stage}: uninterrupted run {duration:.1f} s, first write after {first_write:.2f} s"
         + (f"; control run identical: {report.control_identical} {diffs[:3]}" if control else ""))
     rng = random.Random(f"{seed}-{stage}")
     out = work / f"{stage}-kill"
     for i in range(n):
-        lo = min(first_write, duration)
+        lo = min(first_write, 0.8 * duration)  # timings of different runs under changing load may cross
         at = lo + (i + rng.random()) / n * (duration - lo)
         setup_out(stage, out, inp)
         killed, took = run_and_kill(command(stage, out, inp, rerun=False), at)

@@ -169,13 +169,15 @@ def test_every_marker_in_the_docs_names_a_bench_of_the_suite():
 
 
 def test_paired_differences_pair_the_same_validation_folds_only():
-    from benchmarks.cv_replicates import paired_differences, t_interval, train_overrides
+    from benchmarks.cv_replicates import paired, train_overrides
+    from ghanet_pipeline.evaluation.paired import t_interval
 
     rows = [{"bags": "int8", "split": 0, "seed": 0, "per_fold": {0: 0.70, 1: 0.60, 2: None}},
             {"bags": "fp32", "split": 0, "seed": 0, "per_fold": {0: 0.65, 1: 0.70, 2: 0.50}},
             {"bags": "int8", "split": 1, "seed": 0, "per_fold": {0: 0.80}},  # no fp32 replicate of split 1
             {"bags": "fp32", "split": 0, "seed": 1, "per_fold": {0: 0.90}}]  # no int8 replicate of seed 1
-    assert paired_differences(rows, "bags", "int8", "fp32") == pytest.approx([0.05, -0.10])
+    d = paired(rows, "bags", "int8", "fp32")
+    assert d.n == 2 and d.mean == pytest.approx(-0.025) and (d.a_higher, d.ties) == (1, 0)
     m, lo, hi = t_interval([0.05, -0.10])
     assert m == pytest.approx(-0.025) and lo < m < hi and hi - m == pytest.approx(m - lo)
     assert t_interval([0.3])[0] == 0.3 and t_interval([0.3])[1] != t_interval([0.3])[1]  # one value: NaN bounds
