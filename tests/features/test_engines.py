@@ -347,3 +347,34 @@ def test_check_precision_cli_reports_each_engine_against_torch(slides, tmp_path)
     from ghanet_pipeline.features.bags import read_bag
 
     assert read_bag(res[0].metrics["bag"]).attrs["engine_model"] == report["int8_model"]
+
+
+_SIGNAL_AFTER_TWO_MODELS = r"""
+import gc, os, signal, sys
+import numpy as np, openvino as ov, torch
+from ghanet_pipeline.features.engines.openvino_runner import MODEL_XML, compile_ir
+folder = sys.argv[1]
+ov.save_model(ov.convert_model(torch.nn.Conv2d(3, 4, 3).eval(), example_input=torch.zeros(1, 3, 16, 16)),
+              os.path.join(folder, MODEL_XML))
+x = np.zeros((1, 3, 16, 16), np.float32)
+first, second = compile_ir(folder, 1), compile_ir(folder, 1)
+first(x), second(x)
+del first; gc.collect()  # destroyed in the order they were made, not the reverse
+del second; gc.collect()
+signal.signal(signal.SIGUSR1, lambda *_: print("handler ran", flush=True))
+os.kill(os.getpid(), signal.SIGUSR1)
+print("survived", flush=True)
+"""
+
+
+@pytest.mark.slow  # starts a Python process that imports torch and OpenVINO
+def test_signals_after_compiled_models_are_destroyed_out_of_order_reach_python(tmp_path):
+    """OpenVINO's CPU plugin swaps the thread's alternate signal stack per compiled model; destroyed out of
+    order they left a freed one behind, and the next Python signal handler segfaulted (engines.sigstack)."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-X", "faulthandler", "-c", _SIGNAL_AFTER_TWO_MODELS, str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, (res.returncode, res.stderr[-2000:])
+    assert res.stdout.split() == ["handler", "ran", "survived"]

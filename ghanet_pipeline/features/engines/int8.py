@@ -29,6 +29,7 @@ import numpy as np
 
 from ...core.errors import ConfigError, GhanetError
 from .agreement import agreement, describe, passes
+from .sigstack import kept_signal_stack
 
 if TYPE_CHECKING:  # pragma: no cover
     from ...wsi.inputs import SlideSpec
@@ -177,10 +178,11 @@ def quantize(fp32_model: Any, patches: np.ndarray, recipe: Recipe) -> Any:
         advanced.activations_range_estimator_params = {"quantile": Ranges.MEAN_QUANTILE,
                                                        "histogram": Ranges.HISTOGRAM}[recipe.ranges]
     data = nncf.Dataset([patches[i:i + 1] for i in range(len(patches))])
-    return nncf.quantize(fp32_model, data, subset_size=len(patches), preset=preset,
-                         fast_bias_correction=recipe.bias_correction == "fast",
-                         ignored_scope=nncf.IgnoredScope(names=keep) if keep else None,
-                         advanced_parameters=advanced)
+    with kept_signal_stack():  # NNCF compiles models to collect statistics (see .sigstack)
+        return nncf.quantize(fp32_model, data, subset_size=len(patches), preset=preset,
+                             fast_bias_correction=recipe.bias_correction == "fast",
+                             ignored_scope=nncf.IgnoredScope(names=keep) if keep else None,
+                             advanced_parameters=advanced)
 
 
 def build(folder: Path, fp32_folder: Path, encoder: LoadedEncoder, sample: Sample, input_size: int,

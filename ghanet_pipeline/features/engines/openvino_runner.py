@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...core.files import file_sha256
+from .sigstack import kept_signal_stack
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -95,7 +96,8 @@ def compile_ir(folder: Path, threads: int | None) -> Any:
     config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
-    return core.compile_model(str(Path(folder) / MODEL_XML), "CPU", config)
+    with kept_signal_stack():  # see .sigstack: the plugin would leave this thread a stack it later frees
+        return core.compile_model(str(Path(folder) / MODEL_XML), "CPU", config)
 
 
 class OpenVinoRunner:
