@@ -27,13 +27,16 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check ghanet_pipeline tests benchmarks pipelines
 
-# The two tiers of tests/README.md: everything (< 10 min on the 2-core development machine, what CI runs) and
-# the inner loop without the slow, Snakemake and crash tests (< 3 min).
+# The two tiers of tests/README.md: everything (what CI runs) and the inner loop without the slow, Snakemake
+# and crash tests. Both run on every core (pytest-xdist: one worker per core, at most 4, each test one torch
+# thread; tests sharing an expensive set-up stay on one worker: tests/conftest.py). TEST_JOBS=1: one process.
+TEST_JOBS ?= auto
+PYTEST := $(BIN)/python -m pytest -q -ra -n $(TEST_JOBS) --maxprocesses 4 --dist loadgroup
 test: lint
-	$(BIN)/python -m pytest -q -ra
+	$(PYTEST)
 
 test-fast: lint
-	$(BIN)/python -m pytest -q -ra -m "not slow and not workflow and not chaos"
+	$(PYTEST) -m "not slow and not workflow and not chaos"
 
 # The workflow on a throwaway one-node SLURM cluster (root; installs Debian's slurm packages when missing;
 # skips, saying why, where it cannot). See docs/workflow.md.

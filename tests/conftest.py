@@ -22,6 +22,14 @@ import pytest
 
 from ghanet_pipeline.testing import SyntheticStudy, make_synthetic_study, make_workflow_cohort, snapshot, train_tiny
 
+#: under pytest-xdist (`make test`: one worker per core), the cores each worker may use: tests run with at most
+#: this many torch threads, and the processes they start inherit OMP_NUM_THREADS=this (unless set), so that
+#: workers and their subprocesses do not oversubscribe the cores (OpenMP threads spin while they wait)
+XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+CORES_PER_WORKER = max(1, len(os.sched_getaffinity(0)) // XDIST_WORKERS)
+if XDIST_WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(CORES_PER_WORKER))
+
 #: the real Aperio test slide (OpenSlide's CMU-1-Small-Region, 2220x2967 px at 0.499 um/px)
 REAL_SLIDE = Path(__file__).resolve().parents[1].parent / "shared/data/CMU-1-Small-Region.svs"
 
@@ -159,17 +167,40 @@ def workflow_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_workflow_cohort(tmp_path_factory.mktemp("wf"))
 
 
+# ---- parallel runs (pytest-xdist) -------------------------------------------------------------------------
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep an expensive shared set-up on one worker under pytest-xdist (`make test` runs ``-n auto --dist
+    loadgroup``): the users of ``report_run`` form one group, and so do the tests of a module that use one of
+    its module-scoped fixtures (the full demo run, the workflow's runs, the chaos references), so each is built
+    once per run. A test marked ``xdist_group`` itself keeps its group (the crash tests: one per stage, their
+    cheap module fixture built once per worker). Every other test goes to whichever worker is free; a session
+    fixture such as ``synthetic_study`` is built once per worker (seconds)."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None or item.get_closest_marker("xdist_group"):  # none, or the test chose its own group
+            continue
+        if "report_run" in item.fixturenames:
+            group = "report_run"
+        elif any(d.scope in ("module", "class") for defs in info.name2fixturedefs.values() for d in defs):
+            group = item.nodeid.split("::")[0]
+        else:
+            continue
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 # ---- process-wide state ----------------------------------------------------------------------------------
 
 @pytest.fixture(autouse=True)
 def torch_threads(request: pytest.FixtureRequest) -> Iterator[None]:
     """torch's thread count for each test: 1 (on 2 shared cores the fastest for tiny tensors: OpenMP threads
-    spin otherwise), or n with ``@pytest.mark.threads(n)``; the previous count is restored afterwards.
+    spin otherwise), or n with ``@pytest.mark.threads(n)`` (at most the cores per xdist worker); the previous count is restored afterwards.
     The one place the suite sets it (processes a test starts choose their own: ``--threads``)."""
     import torch
 
     marker = request.node.get_closest_marker("threads")
-    want = marker.args[0] if marker else 1
+    want = min(marker.args[0], CORES_PER_WORKER) if marker else 1
     before = torch.get_num_threads()
     if before != want:
         torch.set_num_threads(want)
