@@ -1,4 +1,5 @@
-"""Downstream fidelity of int8 bags: G-HANet trained on int8 bags vs on the fp32 bags of the same slides.
+"""Downstream fidelity of int8 bags (G-HANet trained on int8 bags vs on the fp32 bags of the same slides) or,
+with ``--compare train-bf16``, of bf16 training (the same fp32 bags trained with ``precision`` bf16 vs fp32).
 
 Uses a finished ``ghanet demo`` run (``--demo-out``: its fp32 bags, calibrated encoder, manifest and
 genomics table). Extracts the same training slides with ``--precision int8`` (the demo's encoder file,
@@ -13,10 +14,14 @@ The check that ``--precision auto`` would need (issue 26): the paired interval w
 spread and every Spearman >= 0.99.
 
     python -m benchmarks.compare_precisions --demo-out demo-out --splits 3 --seeds 1
+    python -m benchmarks.compare_precisions --compare train-bf16 --demo-out demo-out --splits 3 --seeds 1
 
-Writes the record (bench ``compare_precisions``: table ``main`` the c-index per bags and the paired
-difference, table ``spearman`` one row per replicate; every replicate's per-fold c-index in its ``data``) and
-``<work>/compare_precisions.json``.
+``train-bf16`` needs no extraction: both arms train on the demo's fp32 bags, one with ``TrainConfig.precision``
+bf16 (autocast), the other fp32 (issue 26 item 5: what ``train --precision auto`` would need).
+
+Writes the record (bench ``compare_precisions``, or ``train_precision`` for ``train-bf16``: table ``main`` the
+c-index per arm and the paired difference, table ``spearman`` one row per replicate; every replicate's per-fold c-index in its ``data``) and
+``<work>/<record name>.json``.
 """
 
 from __future__ import annotations
@@ -52,48 +57,57 @@ def int8_bags(demo_out: Path, work: Path, fp32_dir: Path) -> Path:
     return found[0]
 
 
-def replicate(bags: dict[str, Path], gdir: Path, s: int, t: int, args: argparse.Namespace,
-              over: dict[str, float | int]) -> tuple[list[dict], dict]:
-    """One (fold assignment, seed): G-HANet on each set of bags; their per-fold rows and the Spearman row of
-    their out-of-fold risks."""
+#: what ``--compare`` pits against fp32: (the other arm's label, record name, record title)
+COMPARISONS = {"int8": ("int8", "compare_precisions", "G-HANet on int8 bags vs on fp32 bags of the demo's slides"),
+               "train-bf16": ("bf16", "train_precision",
+                              "G-HANet trained with bf16 autocast vs fp32 on the demo's fp32 bags")}
+
+
+def replicate(arms: dict[str, tuple[Path, dict]], gdir: Path, s: int, t: int, args: argparse.Namespace,
+              over: dict[str, float | int | str]) -> tuple[list[dict], dict]:
+    """One (fold assignment, seed): G-HANet in each arm (its bags and extra TrainConfig fields); their per-fold
+    rows and the Spearman row of their out-of-fold risks (the second arm against fp32)."""
     import pandas as pd
 
     rows, risks = [], {}
-    for label, feats in bags.items():
-        per_fold, res, secs = cv.cross_validate(feats, gdir, "ghanet", t, args, over, run_name=f"{label}_seed{t}")
+    for label, (feats, extra) in arms.items():
+        per_fold, res, secs = cv.cross_validate(feats, gdir, "ghanet", t, args, {**over, **extra},
+                                                run_name=f"{label}_seed{t}")
         rows.append({"bags": label, "split": s, "seed": t, "per_fold": per_fold, "seconds": secs})
         risks[label] = pd.read_csv(res.run_dir / "predictions.csv").set_index("case_id")["risk"]
+    other = [a for a in arms if a != "fp32"][0]
     both = pd.concat(risks, axis=1).dropna()
-    rho = float(both["fp32"].rank().corr(both["int8"].rank()))
-    print(f"  split {s} seed {t}: out-of-fold risks Spearman int8 vs fp32 {rho:.4f} ({len(both)} cases)", flush=True)
+    rho = float(both["fp32"].rank().corr(both[other].rank()))
+    print(f"  split {s} seed {t}: out-of-fold risks Spearman {other} vs fp32 {rho:.4f} ({len(both)} cases)", flush=True)
     return rows, {"split": s, "seed": t, "cases": len(both), "spearman": rho}
 
 
-def summarise(rows: list[dict], rhos: list[dict]) -> dict[str, dict]:
-    """Mean and 95 % t-interval per bags over the seed x fold pairs, the paired difference, the Spearman range."""
+def summarise(rows: list[dict], rhos: list[dict], other: str = "int8") -> dict[str, dict]:
+    """Mean and 95 % t-interval per arm over the seed x fold pairs, the paired difference, the Spearman range."""
     import numpy as np
 
     summary: dict[str, dict] = {}
-    for label in ("fp32", "int8"):
+    for label in ("fp32", other):
         vals = [v for r in rows if r["bags"] == label for v in r["per_fold"].values() if v is not None]
         m, lo, hi = t_interval(vals)
         summary[label] = {"mean": m, "ci95": [lo, hi], "n": len(vals)}
-    d = cv.paired(rows, "bags", "int8", "fp32")
-    summary["int8 - fp32"] = {"mean": d.mean, "ci95": [d.lo, d.hi], "n": d.n}
+    d = cv.paired(rows, "bags", other, "fp32")
+    summary[f"{other} - fp32"] = {"mean": d.mean, "ci95": [d.lo, d.hi], "n": d.n}
     per = [r["spearman"] for r in rhos]
     summary["spearman_oof_risks"] = {"min": min(per), "median": float(np.median(per)), "per_replicate": per}
     return summary
 
 
-def fill_record(bench: Bench, summary: dict[str, dict], rows: list[dict], rhos: list[dict]) -> None:
-    """Table ``main``: c-index per bags and the paired difference; table ``spearman``: one row per replicate."""
-    for label in ("fp32", "int8", "int8 - fp32"):
-        sm, paired = summary[label], label == "int8 - fp32"
+def fill_record(bench: Bench, summary: dict[str, dict], rows: list[dict], rhos: list[dict],
+                other: str = "int8") -> None:
+    """Table ``main``: c-index per arm and the paired difference; table ``spearman``: one row per replicate."""
+    for label in ("fp32", other, f"{other} - fp32"):
+        sm, paired = summary[label], label == f"{other} - fp32"
         bench.row(bags=f"{label} (paired, same validation folds)" if paired else label, pairs=sm["n"],
                   c_index=sm["mean"], ci95=cv.ci_text(sm["ci95"], "+" if paired else ""))
     sp = summary["spearman_oof_risks"]
     ok = all(r >= SPEARMAN_GATE for r in sp["per_replicate"])
-    bench.note(f"Spearman of out-of-fold risks int8 vs fp32: min {sp['min']:.4f}, median {sp['median']:.4f} over "
+    bench.note(f"Spearman of out-of-fold risks {other} vs fp32: min {sp['min']:.4f}, median {sp['median']:.4f} over "
                f"{len(sp['per_replicate'])} replicate(s); every one >= {SPEARMAN_GATE}: {'yes' if ok else 'no'}")
     for r in rhos:
         bench.row("spearman", split=r["split"], seed=r["seed"], cases=r["cases"], spearman=r["spearman"])
@@ -103,6 +117,8 @@ def fill_record(bench: Bench, summary: dict[str, dict], rows: list[dict], rhos: 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     cv.add_replicate_args(ap, work="/tmp/ghanet-compare-precisions", seeds=1)
+    ap.add_argument("--compare", choices=sorted(COMPARISONS), default="int8",
+                    help="int8: int8 bags vs fp32 bags; train-bf16: bf16 vs fp32 training on the fp32 bags")
     args = ap.parse_args(argv)
     cv.single_threaded()
     feats = [d for d in cv.demo_bag_folders(args.demo_out) if not d.name.endswith("_int8")]
@@ -113,23 +129,26 @@ def main(argv: list[str] | None = None) -> int:
     units = {"pairs": "", "c_index": "", "split": "", "seed": "", "cases": "", "spearman": ""}
     labels = {"pairs": "seed x fold pairs", "c_index": "mean c-index", "ci95": "95 % CI (t, seed x fold)",
               "split": "fold assignment", "spearman": "Spearman of out-of-fold risks"}
-    with Bench("compare_precisions", "G-HANet on int8 bags vs on fp32 bags of the demo's slides", args, units=units,
-               labels=labels) as bench:
-        bags = {"fp32": feats[-1], "int8": int8_bags(args.demo_out, args.work, feats[-1])}
-        print(f"fp32 bags {bags['fp32']}, int8 bags {bags['int8']}; {args.splits} x {args.seeds} replicates, "
-              f"{args.folds} folds, {args.epochs} epochs, {over}", flush=True)
+    other, name, title = COMPARISONS[args.compare]
+    with Bench(name, title, args, units=units, labels=labels) as bench:
+        if args.compare == "int8":
+            arms = {"fp32": (feats[-1], {}), "int8": (int8_bags(args.demo_out, args.work, feats[-1]), {})}
+        else:
+            arms = {"fp32": (feats[-1], {"precision": "fp32"}), "bf16": (feats[-1], {"precision": "bf16"})}
+        print(f"arms {arms}; {args.splits} x {args.seeds} replicates, {args.folds} folds, {args.epochs} epochs, "
+              f"{over}", flush=True)
         rows: list[dict] = []
         rhos: list[dict] = []
         for s in range(args.splits):
             gdir = cv.fold_assignment(args.demo_out, args.work / f"split{s}", args.folds, s)
             for t in range(args.seeds):
-                got, rho = replicate(bags, gdir, s, t, args, over)
+                got, rho = replicate(arms, gdir, s, t, args, over)
                 rows += got
                 rhos.append(rho)
-        summary = summarise(rows, rhos)
-        fill_record(bench, summary, rows, rhos)
+        summary = summarise(rows, rhos, other)
+        fill_record(bench, summary, rows, rhos, other)
     args.work.mkdir(parents=True, exist_ok=True)
-    (args.work / "compare_precisions.json").write_text(json.dumps(
+    (args.work / f"{name}.json").write_text(json.dumps(
         {"record": str(bench.path), "args": {k: str(v) for k, v in vars(args).items()}, "summary": summary,
          "replicates": rows, "spearman": rhos}, indent=1))
     return 0

@@ -84,6 +84,10 @@ from .report import after_stage, no_report_option
                                             "are always skipped when the options match).")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
               help="CPU threads for torch (0 = torch's default). Small bags on a busy machine train faster with 1.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=default_of(TrainConfig, "precision"),
+              show_default=True,
+              help="Arithmetic of the forward passes: bf16 = autocast (matrix products in bfloat16; weights, "
+                   "gradients and optimiser state stay float32). auto = fp32 today (see docs/fidelity.md).")
 @click.option("--allow-mixed-precision", is_flag=True,
               help="Train on int8 bags together with fp32/bf16 bags (refused by default: int8 features differ "
                    "from fp32 ones by more than round-off).")
@@ -96,7 +100,8 @@ def train(features: Path, genomics: Path | None, out: Path, model: str, run_name
           dim: int, dropout: float, max_patches: int | None,
           seed: int, select: str | None, device: str,
           manifest: Path | None, case_id_from: str | None, slide_types: str | None, cache_gb: float, resume: bool,
-          threads: int, allow_mixed_precision: bool, overwrite: bool, no_progress: bool, no_report: bool) -> None:
+          threads: int, precision: str, allow_mixed_precision: bool, overwrite: bool, no_progress: bool,
+          no_report: bool) -> None:
     """Train G-HANet (or ABMIL) with the folds of preprocess-genomics; write checkpoints and reports.
 
     Outputs in <out>/train/<run>/: config.json, fold_<k>/ (model.safetensors, model.json, history.json),
@@ -124,7 +129,8 @@ def train(features: Path, genomics: Path | None, out: Path, model: str, run_name
                          dropout=dropout, max_patches=max_patches, seed=seed, folds=parse_folds(folds_text),
                          select=select, device=device, case_id_from=case_id_from, protocol=protocol,
                          preset=preset, topk_rule=topk_rule, accumulation=accumulation, cache_gb=cache_gb,
-                         slide_types=parse_slide_types(slide_types), allow_mixed_precision=allow_mixed_precision)
+                         slide_types=parse_slide_types(slide_types), allow_mixed_precision=allow_mixed_precision,
+                         precision=precision)
     log = logging.getLogger("ghanet_pipeline")
     with StepBars(disable=no_progress) as bars:
         def progress(kind: str, **info: Any) -> None:

@@ -131,6 +131,37 @@ def resolve_precision(precision: str, device: torch.device | str, info: CpuInfo 
     return auto_cpu_precision(info or cpu_info())
 
 
+#: ``train --precision`` choices: weights, gradients and Adam's state stay float32 in every case
+TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
+
+#: whether ``train --precision auto`` may choose bf16 autocast where the hardware has it (CUDA with bf16, CPUs
+#: with AMX-BF16). False until the paired fp32-vs-bf16 comparison of docs/fidelity.md ("Training precision")
+#: shows c-indices within the seed-to-seed spread and held-out risks ranked the same (Spearman >= 0.99) on
+#: such hardware; until then auto trains in fp32 and says why.
+TRAIN_BF16_AUTO = False
+
+
+def resolve_train_precision(precision: str, device: torch.device | str, info: CpuInfo | None = None,
+                            bf16_auto: bool | None = None) -> tuple[str, str]:
+    """``train --precision`` -> ``("fp32" | "bf16", reason)``.
+
+    ``auto``: bf16 autocast where :func:`resolve_precision` would choose bf16 (CUDA with bf16, CPUs with
+    AMX-BF16) and :data:`TRAIN_BF16_AUTO` (or ``bf16_auto``) allows it; fp32 otherwise (never fp16: half
+    precision would need loss scaling). An explicit value is honoured.
+    """
+    if precision not in TRAIN_PRECISIONS:
+        raise ConfigError(f"train --precision must be one of {', '.join(TRAIN_PRECISIONS)}, not {precision!r}")
+    if precision != "auto":
+        return precision, "requested"
+    chosen, why = resolve_precision("auto", device, info)
+    if chosen != "bf16":
+        return "fp32", why if chosen == "fp32" else "auto: no bf16 on this GPU (training does not use fp16)"
+    if not (TRAIN_BF16_AUTO if bf16_auto is None else bf16_auto):
+        return "fp32", (f"{why}, but bf16 training is not yet shown to match fp32 (docs/fidelity.md); "
+                        f"--precision bf16 to use it")
+    return "bf16", why
+
+
 def bf16_cpu_warning(info: CpuInfo | None = None) -> str | None:
     """Why bf16 on this CPU is a bad idea (None when the CPU has bf16 instructions)."""
     info = info or cpu_info()

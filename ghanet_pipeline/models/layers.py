@@ -181,7 +181,9 @@ def survival_outputs(logits: torch.Tensor) -> dict[str, torch.Tensor]:
 
     hazards = sigmoid(logits) (probability of the event in each bin given survival to its start),
     S = cumprod(1 - hazards) (probability of surviving past each bin), risk = -sum(S) (higher = worse).
+    Computed in float32 whatever the logits' dtype (bf16 under autocast: risks would keep 8 bits).
     """
+    logits = logits.float()  # the same tensor when it is float32 already
     hazards = torch.sigmoid(logits)
     surv = survival_from_hazards(hazards)
     return {"logits": logits, "hazards": hazards, "S": surv, "risk": risk_from_survival(surv)}

@@ -194,8 +194,12 @@ def hyper_pool(y: torch.Tensor, gate, genomic: torch.Tensor, p: float, training:
     gated-attention weights ``w_mor = softmax(gate(hp))`` (N,); pooled ``((genomic + w_mor) / 2) @ hp``
     (G, dim). ``genomic`` (G, N) is a constant (no gradient). Returns ``(pooled, w_mor)``.
 
-    The dropout mask is drawn like :class:`~ghanet_pipeline.models.layers.ReLUDropout`'s.
+    The dropout mask is drawn like :class:`~ghanet_pipeline.models.layers.ReLUDropout`'s. Under autocast
+    (``train --precision bf16``) it runs in float32 with autocast off: its hand-written kernels take one dtype.
     """
+    if torch.is_autocast_enabled(y.device.type):
+        with torch.autocast(y.device.type, enabled=False):
+            return hyper_pool(y.float(), gate, genomic.float(), p, training)
     scale = 1.0 / (1.0 - p) if training and p > 0.0 else 1.0
     w_ab = torch.cat([gate.attention_a.weight, gate.attention_b.weight])
     b_ab = torch.cat([gate.attention_a.bias, gate.attention_b.bias])
@@ -206,5 +210,9 @@ def hyper_pool(y: torch.Tensor, gate, genomic: torch.Tensor, p: float, training:
 
 def cross_pass(qk: torch.Tensor, context: torch.Tensor, p: float, training: bool
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One cross-attention pass (see :class:`CrossPass`): ``(scores (rows, N), pooled (rows, dim))``."""
+    """One cross-attention pass (see :class:`CrossPass`): ``(scores (rows, N), pooled (rows, dim))``; in float32
+    with autocast off under autocast (like :func:`hyper_pool`)."""
+    if torch.is_autocast_enabled(qk.device.type):
+        with torch.autocast(qk.device.type, enabled=False):
+            return CrossPass.apply(qk.float(), context.float(), p, training)
     return CrossPass.apply(qk, context, p, training)

@@ -60,6 +60,7 @@ class TrainConfig:
     accumulation: str | None = None  # "epoch" | "carry-over"
     option_sources: dict = field(default_factory=dict)
     allow_mixed_precision: bool = False  # train on int8 bags together with float bags (or another int8 model's)
+    precision: str = "auto"  # "auto" | "fp32" | "bf16" (autocast of forward passes); train_cv stores what runs
 
     def __post_init__(self) -> None:
         apply_protocol(self, TRAIN_FIELDS + TRAIN_PRESET_FIELDS)
@@ -106,6 +107,15 @@ def noop_progress(*_a: Any, **_k: Any) -> None:
     return None
 
 
-def config_hash(config: TrainConfig) -> str:
+def protocol_options(config: TrainConfig) -> dict[str, Any]:
+    """The options a rerun or resumed run must share: :data:`PROTOCOL_KEYS`, plus the (resolved) precision
+    when it is not fp32 (fp32 runs keep the hash and fingerprint they had before the option existed)."""
     d = {k: getattr(config, k) for k in PROTOCOL_KEYS}
+    if config.precision not in ("fp32", "auto"):
+        d["precision"] = config.precision
+    return d
+
+
+def config_hash(config: TrainConfig) -> str:
+    d = protocol_options(config)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

@@ -129,7 +129,7 @@ def train_cv(features_dir: Path | str, genomics_dir: Path | str, out: Path | str
     out = Path(out)
     run = sanitize_id(run_name or config.model, "run name")
     run_dir = safe_child(out, "train", run)
-    resolve_device(config.device)  # a bad --device is a usage error, not a failure of every fold
+    _resolve_precision(config)  # also: a bad --device is a usage error, not a failure of every fold
     inputs = read_train_inputs(Path(features_dir), Path(genomics_dir), config, manifest)
     fp = training_fingerprint(config, inputs.fold_data, inputs.case_paths, inputs.bags.encoder, inputs.mapping,
                               inputs.bags.recorded_sha)
@@ -144,6 +144,18 @@ def train_cv(features_dir: Path | str, genomics_dir: Path | str, out: Path | str
                                        eff, started))
     finally:
         locks.release_job()
+
+
+def _resolve_precision(config: TrainConfig) -> None:
+    """Replace ``config.precision`` ("auto" too) by what the folds run, fp32 or bf16, and log why; bf16 on a CPU
+    without bf16 instructions is warned about (emulated: several times slower)."""
+    from ..env.runtime import bf16_cpu_warning, resolve_train_precision
+
+    device = resolve_device(config.device)
+    config.precision, why = resolve_train_precision(config.precision, device)
+    log.info("train: precision %s (%s)", config.precision, why)
+    if config.precision == "bf16" and device.type == "cpu" and (warning := bf16_cpu_warning()):
+        log.warning("%s", warning.replace("--precision fp32 (or auto)", "train --precision fp32 (or auto)"))
 
 
 def _select_folds(genomics_dir: Path, config: TrainConfig) -> tuple[list[int], list[int]]:

@@ -6,7 +6,8 @@ Components (see :mod:`ghanet_pipeline.core.fingerprints`):
 - ``encoder``  — how the bags were made (``bags.COMPAT_KEYS`` of the bags, checked equal for all);
 - ``cases``    — one item per case: the bag stems it maps to (manifest, ``--case-id-from`` or cases.csv);
 - ``genomics`` — per fold: the split, bins, labels, selected genes, scaler and gene targets;
-- ``options``  — the protocol options (``PROTOCOL_KEYS``; device, folds, cache size may change).
+- ``options``  — the protocol options (``config.protocol_options``: ``PROTOCOL_KEYS`` and a non-fp32
+  precision; device, folds, cache size may change).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 from ..core.fingerprints import DIGEST_CHARS, Fingerprint, component_from_items, component_from_mapping, digest_of, fingerprint
 from ..features.fingerprints import bag_content_sha
-from .config import PROTOCOL_KEYS, TrainConfig
+from .config import TrainConfig, protocol_options
 
 
 def fold_items(fd: Any) -> dict[str, str]:
@@ -66,5 +67,5 @@ def training_fingerprint(config: TrainConfig, folds: Mapping[int, Any], case_pat
                                    f"{len(case_paths)} cases mapped to bags ({mapping})"),
         genomics=component_from_items(gen_items, f"{len(folds)} folds, {n_genes} selected features in fold "
                                                  f"{min(folds) if folds else '-'}"),
-        options=component_from_mapping({k: getattr(config, k) for k in PROTOCOL_KEYS}),
+        options=component_from_mapping(protocol_options(config)),
     )

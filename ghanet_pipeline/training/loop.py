@@ -91,6 +91,13 @@ def fold_cases(fold: FoldData, bags: CaseBags) -> tuple[list[str], list[str], li
     return train_ids, val_ids, skipped
 
 
+def _as_float32(value: Any) -> Any:
+    """A model output (tensor, list of tensors or None) as float32."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(_as_float32(v) for v in value)
+    return value.float() if hasattr(value, "is_floating_point") and value.is_floating_point() else value
+
+
 @dataclasses.dataclass
 class Predictions:
     """A model's outputs on a list of cases: risk (N,), survival S (N, n_bins), per-family reconstructions
@@ -121,6 +128,19 @@ class FoldTrainer:
     best_c: float = -math.inf
     best_epoch: int = 0
     start_epoch: int = 0
+
+    def forward(self, feats: Any) -> dict[str, Any]:
+        """The model on one training bag: under bf16 autocast when ``config.precision`` is bf16 (matrix
+        products take bf16 inputs), outputs returned as float32 so that the losses are computed in float32.
+        Validation and prediction passes (:meth:`predict`) run in float32, as ``ghanet predict`` does."""
+        import torch
+
+        x = to_tensor(feats, self.device)
+        if self.config.precision != "bf16":
+            return self.model(x)
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
+            out = self.model(x)
+        return {k: _as_float32(v) for k, v in out.items()}
 
     @property
     def needs_genomics(self) -> bool:
@@ -216,7 +236,7 @@ class FoldTrainer:
         for step, idx in enumerate(order):
             case = self.train_ids[idx]
             feats = subsample_patches(self.bags.features(case), cfg.max_patches, rng)
-            out = self.model(to_tensor(feats, self.device))
+            out = self.forward(feats)
             total, nll, recon = _case_loss(self.model, out, self._label(case), self.targets.get(case), cfg.alpha,
                                            cfg.alpha_surv, self.device)
             if not torch.isfinite(total):
@@ -320,6 +340,7 @@ def _checkpoint_meta(trainer: FoldTrainer, encoder: Mapping[str, Any], selected_
         "train_risk_median": train_median, "fold": fold.fold, "epoch": selected_epoch,
         "select": cfg.select, "n_train_cases": n_train, "n_val_cases": len(trainer.val_ids),
         "protocol": cfg.protocol, "preset": cfg.preset, "accumulation": cfg.accumulation,
+        "train_precision": cfg.precision,
         "config_hash": c_hash, "fingerprint_digest": fp_digest,
     }
 

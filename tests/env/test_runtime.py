@@ -64,3 +64,29 @@ def test_autocast_dtype_uses_the_same_rule(monkeypatch):
     assert runtime.dtype_of(runtime.resolve_precision("fp32", torch.device("cpu"))[0]) is None
     monkeypatch.setattr(runtime, "cpu_info", lambda: OLD)
     assert runtime.dtype_of(runtime.resolve_precision("auto", torch.device("cpu"))[0]) is None
+
+
+# ---- train --precision ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("info", [AMX, ZEN4, OLD])
+def test_train_auto_is_fp32_until_bf16_training_is_shown_faithful(info):
+    """auto trains in fp32 on every CPU while TRAIN_BF16_AUTO is False, and says why on an AMX CPU."""
+    assert runtime.TRAIN_BF16_AUTO is False
+    name, reason = runtime.resolve_train_precision("auto", "cpu", info)
+    assert name == "fp32" and reason.startswith("auto")
+    assert ("not yet shown" in reason) == (info is AMX)
+
+
+def test_train_auto_with_the_gate_open_follows_the_extraction_rule():
+    """With the gate open: bf16 exactly where extraction's auto would choose it (AMX), never fp16."""
+    assert runtime.resolve_train_precision("auto", "cpu", AMX, bf16_auto=True) == ("bf16", "auto: the CPU has AMX-BF16")
+    assert runtime.resolve_train_precision("auto", "cpu", ZEN4, bf16_auto=True)[0] == "fp32"
+    assert runtime.resolve_train_precision("auto", "cpu", OLD, bf16_auto=True)[0] == "fp32"
+
+
+@pytest.mark.parametrize("info", [AMX, OLD])
+def test_train_explicit_precision_is_honoured_and_fp16_refused(info):
+    assert runtime.resolve_train_precision("bf16", "cpu", info) == ("bf16", "requested")
+    assert runtime.resolve_train_precision("fp32", "cpu", info) == ("fp32", "requested")
+    with pytest.raises(ConfigError, match="auto, fp32, bf16"):
+        runtime.resolve_train_precision("fp16", "cpu", info)
