@@ -28,10 +28,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check ghanet_pipeline tests benchmarks pipelines
 
 # The two tiers of tests/README.md: everything (what CI runs) and the inner loop without the slow, Snakemake
-# and crash tests. Both run on every core (pytest-xdist: one worker per core, at most 4, each test one torch
-# thread; tests sharing an expensive set-up stay on one worker: tests/conftest.py). TEST_JOBS=1: one process.
+# and crash tests. Both run on every core (pytest-xdist: one worker per core, at most 4; each test file on one
+# worker, so a module's expensive fixture is built once; files in collection order). TEST_JOBS=1: one process.
 TEST_JOBS ?= auto
-PYTEST := $(BIN)/python -m pytest -q -ra -n $(TEST_JOBS) --maxprocesses 4 --dist loadgroup
+PYTEST := $(BIN)/python -m pytest -q -ra -n $(TEST_JOBS) --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 test: lint
 	$(PYTEST)
 

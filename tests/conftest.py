@@ -167,29 +167,6 @@ def workflow_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_workflow_cohort(tmp_path_factory.mktemp("wf"))
 
 
-# ---- parallel runs (pytest-xdist) -------------------------------------------------------------------------
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep an expensive shared set-up on one worker under pytest-xdist (`make test` runs ``-n auto --dist
-    loadgroup``): the users of ``report_run`` form one group, and so do the tests of a module that use one of
-    its module-scoped fixtures (the full demo run, the workflow's runs, the chaos references), so each is built
-    once per run. A test marked ``xdist_group`` itself keeps its group (the crash tests: one per stage, their
-    cheap module fixture built once per worker). Every other test goes to whichever worker is free; a session
-    fixture such as ``synthetic_study`` is built once per worker (seconds)."""
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        if info is None or item.get_closest_marker("xdist_group"):  # none, or the test chose its own group
-            continue
-        if "report_run" in item.fixturenames:
-            group = "report_run"
-        elif any(d.scope in ("module", "class") for defs in info.name2fixturedefs.values() for d in defs):
-            group = item.nodeid.split("::")[0]
-        else:
-            continue
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 # ---- process-wide state ----------------------------------------------------------------------------------
 
 @pytest.fixture(autouse=True)

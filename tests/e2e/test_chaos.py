@@ -59,8 +59,7 @@ def test_comparator_ignores_only_named_volatile_entries(tmp_path):
     assert diffs == ["missing x.bin"] and leftovers == [".x.bin.123.tmp"]
 
 
-#: one xdist group per stage: the stages run on different workers (tests/conftest.py), each building `inputs`
-@pytest.mark.parametrize("stage", [pytest.param(s, marks=pytest.mark.xdist_group(f"chaos-{s}")) for s in CHAOS.STAGES])
+@pytest.mark.parametrize("stage", CHAOS.STAGES)
 def test_kill_rerun_gives_identical_outputs(stage, inputs, tmp_path):
     report = CHAOS.chaos_stage(stage, inputs, N_KILLS, seed=0, work=tmp_path, concurrent=True, control=False,
                                  log=print)
