@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 from ghanet_pipeline.core.errors import ConfigError, MismatchError
+from ghanet_pipeline.env import runtime
+from ghanet_pipeline.env.runtime import CpuInfo
 from ghanet_pipeline.features.engines import cache as C
 from ghanet_pipeline.features.engines import choice as CH
 from ghanet_pipeline.features.engines.agreement import agreement, passes
@@ -94,8 +96,17 @@ def _extract(paths, out, **kw):
 
 # --------------------------------------------------------------------------- choice
 
+NO_BF16_CPU = CpuInfo("a CPU without bf16 instructions (test)", frozenset({"avx2"}))
+AMX_CPU = CpuInfo("a CPU with AMX (test)", frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}))
 
-def test_engine_choice_matrix(monkeypatch):
+
+@pytest.fixture
+def cpu_without_bf16(monkeypatch):
+    """What ``auto`` chooses depends on this machine's CPU: pin one without bf16 (AVX2 only)."""
+    monkeypatch.setattr(runtime, "cpu_info", lambda: NO_BF16_CPU)
+
+
+def test_engine_choice_matrix(monkeypatch, cpu_without_bf16):
     assert CH.resolve_engine("auto", "auto", "cpu").engine == "openvino"
     assert CH.resolve_engine("auto", "fp32", "cpu").precision == "fp32"
     assert CH.resolve_engine("torch", "auto", "cpu").engine == "torch"
@@ -121,6 +132,17 @@ def test_engine_choice_matrix(monkeypatch):
         CH.resolve_engine("openvino", "auto", "cpu")
     with pytest.raises(ConfigError, match="needs OpenVINO and NNCF"):
         CH.resolve_engine("auto", "int8", "cpu")
+
+
+def test_engine_choice_on_an_amx_cpu(monkeypatch):
+    """On a CPU with AMX-BF16, auto is bf16, which only PyTorch runs; fp32 and int8 still go to OpenVINO."""
+    monkeypatch.setattr(runtime, "cpu_info", lambda: AMX_CPU)
+    got = CH.resolve_engine("auto", "auto", "cpu")
+    assert (got.engine, got.precision) == ("torch", "bf16") and "AMX" in got.reason
+    assert (CH.resolve_engine("auto", "fp32", "cpu").engine, CH.resolve_engine("auto", "int8", "cpu").precision) == (
+        "openvino", "int8")
+    monkeypatch.setattr(CH, "INT8_AUTO", True)  # even where int8 may be chosen, AMX's bf16 comes first
+    assert CH.resolve_engine("auto", "auto", "cpu").precision == "bf16"
 
 
 def test_openvino_fp32_bag_equals_torch_and_records_the_engine(slides, tmp_path):
@@ -291,7 +313,7 @@ def test_train_refuses_int8_bags_mixed_with_fp32_bags_unless_told(tmp_path):
     assert CaseBags({"x": [paths["a"]], "y": [paths["c"]]}, allow_mixed_precision=True).cases() == ["x", "y"]
 
 
-def test_predict_follows_the_training_bags_int8_model(slides, tmp_path, monkeypatch):
+def test_predict_follows_the_training_bags_int8_model(slides, tmp_path, monkeypatch, cpu_without_bf16):
     from types import SimpleNamespace
 
     from ghanet_pipeline.features.bags import read_bag
