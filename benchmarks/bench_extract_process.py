@@ -30,7 +30,9 @@ to and the bag's precision attr (the harness adds the CPU, its instruction sets 
 
 ``--isa AVX512_CORE_BF16`` runs every child with oneDNN limited to that instruction set (e.g. a
 Sapphire Rapids CPU without its AMX units, standing in for AVX512-BF16-only CPUs); ``--isa AVX2``
-stands in for a CPU without bf16 instructions. Record: bench ``extract_isa_<isa, lower case>``.
+stands in for a CPU without bf16 instructions. Record: bench ``extract_isa_<isa, lower case>``. A run with
+``ghanet-ovfp32`` or ``ghanet-int8`` and no CLAM stand-in among its systems is the engines comparison: bench
+``extract_engines``.
 
 ``--reader``: patches/s and patches per CPU-second of one thread reading the same coords with the
 raw-tile path vs OpenSlide only (fresh slide handle per repeat, interleaved), on the synthetic 20x
@@ -237,7 +239,9 @@ def whole_process(args: argparse.Namespace) -> None:
               file=sys.stderr, flush=True)
         return args.patches / proc.seconds
 
-    name = f"extract_isa_{args.isa.lower()}" if args.isa else "extract_process"
+    # the engines comparison (OpenVINO systems, no CLAM stand-in) has its own record and doc table
+    engines = any(s in systems for s in WARM_UP) and not any(s.startswith("clam") for s in systems)
+    name = f"extract_isa_{args.isa.lower()}" if args.isa else "extract_engines" if engines else "extract_process"
     with Bench(name, f"Whole processes, {args.patches} patches of 256 px (one synthetic 20x slide), "
                "batch 32, the same glibc malloc settings for all", args,
                units={"patches_per_s": "patches/s", "vs_bare": "x", "vs_clam": "x", "peak_rss_gib": "GiB"},

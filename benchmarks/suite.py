@@ -94,6 +94,8 @@ def _has_demo(ctx: argparse.Namespace) -> str | None:
 
 
 P = "benchmarks."
+#: the encoder engines compared whole-process (bf16 rows: emulated, and slow, on CPUs without bf16 instructions)
+ENGINE_SYSTEMS = "bare-fp32,ghanet-fp32,ghanet-ovfp32,ghanet-int8,bare-bf16,ghanet-bf16"
 #: entries that read a finished demo run (the suite's --demo-out)
 DEMO_BENCHES = ("compare_models", "compare_precisions", "train_precision")
 SUITE: tuple[Entry, ...] = (
@@ -101,6 +103,9 @@ SUITE: tuple[Entry, ...] = (
     Entry("segment", P + "bench_segment", ("--size", "40000", "--repeats", "3"), ("--size", "2048", "--repeats", "1")),
     Entry("extract_process", P + "bench_extract_process", ("--patches", "948", "--repeats", "3"),
           ("--patches", "16", "--repeats", "1", "--systems", "bare-fp32,ghanet-fp32,clam-256")),
+    Entry("extract_engines", P + "bench_extract_process",
+          ("--patches", "948", "--repeats", "3", "--systems", ENGINE_SYSTEMS),
+          ("--patches", "16", "--repeats", "1", "--systems", "bare-fp32,ghanet-ovfp32")),
     Entry("extract_reader", P + "bench_extract_process", ("--reader", "--patches", "948", "--repeats", "3"),
           ("--reader", "--patches", "16", "--repeats", "1")),
     Entry("extract", P + "bench_extract", ("--patches", "64", "--repeats", "3"),
