@@ -14,7 +14,8 @@ three patch sets of the slide:
   neighbours differ little, so the spread across patches is small).
 
 Recipes whose name ends in ``_dense`` calibrate on 128 dense patches of another stride offset (more
-calibration patches than the one-slide grid has). Records (bench ``int8_fidelity``) one row per recipe and
+calibration patches than the one-slide grid has); recipes with accuracy control (``max_error``: ``default`` and
+``accuracy_control``) validate on those 128 patches. Records (bench ``int8_fidelity``) one row per recipe and
 set: error / spread and distance-rank correlation (``engines.agreement``), the 1st percentile and median of the
 per-patch cosine, and the seconds the quantization took; ``<work>/int8_fidelity.json`` keeps every figure.
 
@@ -34,7 +35,8 @@ import numpy as np
 from benchmarks.harness import Bench, add_record_args
 
 #: plain NNCF defaults, every field spelled out (a field left out would take Recipe's own default, not NNCF's)
-BASE = {"preset": "performance", "bias_correction": "fast", "fp32_convs": (), "ranges": "minmax", "channel_alignment": False}
+BASE = {"preset": "performance", "bias_correction": "fast", "fp32_convs": (), "ranges": "minmax", "channel_alignment": False,
+        "max_error": None}
 RECIPES: dict[str, dict] = {
     "plain": BASE,
     "plain_dense": BASE,
@@ -45,6 +47,7 @@ RECIPES: dict[str, dict] = {
     "quantile_ranges": {**BASE, "ranges": "quantile"},
     "histogram_ranges": {**BASE, "ranges": "histogram"},
     "channel_alignment": {**BASE, "channel_alignment": True},
+    "accuracy_control": {**BASE, "max_error": 0.10},
     "default": {},  # the Recipe() extract-features uses
 }
 
@@ -110,7 +113,7 @@ def measure(bench: Bench, recipes: list[str], sets: dict[str, np.ndarray], ref: 
     for name in recipes:
         calib = sets["dense_calib"] if name.endswith("_dense") else sets["bag"]
         t = time.perf_counter()
-        q = quantize(fp32, calib, Recipe(**RECIPES[name]))
+        q = quantize(fp32, calib, Recipe(**RECIPES[name]), validation=sets["dense_calib"])
         secs = time.perf_counter() - t
         compiled = core.compile_model(q, "CPU", cfg)
         for set_name, feats in ref.items():

@@ -10,10 +10,11 @@ from ghanet_pipeline.features.engines.int8 import Recipe
 
 def test_plain_recipe_sets_every_quantization_field_to_nncf_defaults():
     # a field missing from BASE would silently take Recipe's own (tuned) default: "plain" would not be plain
-    tuned = {f.name for f in dataclasses.fields(Recipe)} - {"patches", "seed", "holdout"}
+    tuned = {f.name for f in dataclasses.fields(Recipe)} - {"patches", "seed", "holdout", "validation"}
     assert tuned <= set(BASE)
     plain = Recipe(**RECIPES["plain"])
-    assert (plain.ranges, plain.fp32_convs, plain.bias_correction, plain.channel_alignment) == ("minmax", (), "fast", False)
+    assert (plain.ranges, plain.fp32_convs, plain.bias_correction, plain.channel_alignment, plain.max_error) == (
+        "minmax", (), "fast", False, None)
 
 
 def test_each_recipe_changes_one_thing_from_plain():

@@ -260,6 +260,55 @@ def test_agreement_figures():
     assert abs(shuffled["distance_rank"]) < 0.1
 
 
+def _tiny_uint8_model():
+    """A small OpenVINO conv net taking uint8 NHWC patches, as the converted encoders do."""
+    import openvino as ov
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.body = torch.nn.Sequential(*[m for _ in range(4) for m in (torch.nn.Conv2d(8, 8, 3, padding=1),
+                                                                               torch.nn.ReLU())])
+            self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x):
+            x = x.permute(0, 3, 1, 2).float() / 255.0
+            return self.body(torch.relu(self.stem(x))).mean(dim=(2, 3))
+
+    return ov.convert_model(Net().eval(), example_input=torch.zeros(1, 16, 16, 3, dtype=torch.uint8))
+
+
+def test_accuracy_control_puts_layers_back_to_fp32_until_the_error_is_met():
+    import openvino as ov
+
+    from ghanet_pipeline.features.engines.int8 import Recipe, int8_share, quantize
+    from ghanet_pipeline.features.engines.openvino_runner import run_compiled
+
+    model = _tiny_uint8_model()
+    rng = np.random.default_rng(0)
+
+    def patches(n):  # a colour per patch plus noise: features that differ between patches
+        return np.clip(rng.integers(30, 225, (n, 1, 1, 3)) + rng.normal(0, 20, (n, 16, 16, 3)), 0, 255).astype(np.uint8)
+
+    calib, val = patches(24), patches(24)
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    ref = run_compiled(core.compile_model(model, "CPU", config), val)
+
+    def error(q):
+        return agreement(ref, run_compiled(core.compile_model(q, "CPU", config), val))["error_spread"]
+
+    plain = quantize(model, calib, Recipe(fp32_convs=(), max_error=None), validation=val)
+    target = error(plain) / 3  # plain int8 misses it
+    controlled = quantize(model, calib, Recipe(fp32_convs=(), max_error=target), validation=val)
+    assert error(controlled) <= target < error(plain)
+    assert int8_share(plain) == (5, 5) and int8_share(controlled)[0] < 5  # some went back to fp32, not by luck
+    loose = quantize(model, calib, Recipe(fp32_convs=(), max_error=2 * error(plain)), validation=val)
+    assert int8_share(loose) == (5, 5)  # where plain int8 meets the target nothing goes back
+
+
 def test_int8_bags_record_the_model_and_go_to_their_own_folder(slides, tmp_path):
     from ghanet_pipeline.features.bags import read_bag
 
@@ -272,7 +321,9 @@ def test_int8_bags_record_the_model_and_go_to_their_own_folder(slides, tmp_path)
     assert {b.attrs["engine_model"] for b in bags} == {key} and key.startswith(f"{TINY}_{SIZE}_int8_")
     rec = json.loads((out / "engines" / key / "record.json").read_text())
     assert bags[0].attrs["engine_model_sha256"] == rec["model_sha256"] and rec["precision"] == "int8"
-    assert rec["sample"]["slides"] == 2 and rec["sample"]["patches"] + rec["sample"]["holdout"] == 12
+    sample = rec["sample"]
+    assert sample["slides"] == 2 and sample["patches"] + sample["holdout"] + sample["validation"] == 12
+    assert sample["validation"] == 3 and 0 <= rec["int8_convolutions"] <= rec["convolutions"]
     assert rec["fidelity"]["patches"] == rec["sample"]["holdout"]
     # close to the fp32 features of the same patches, not equal to them
     _extract(slides[:1], tmp_path / "f", precision="fp32")

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ...core.errors import ConfigError, GhanetError
-from .agreement import agreement, describe, passes
+from .agreement import MAX_ERROR_SPREAD, agreement, describe, passes
 from .sigstack import kept_signal_stack
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -49,11 +49,18 @@ class Recipe:
     ``quantile``: the same with the 1e-4 / 1 - 1e-4 quantiles; ``histogram``: the range that minimises the
     quantization error of a histogram of the values); ``channel_alignment``: NNCF's channel alignment
     (rescales channels between consecutive convolutions so that per-tensor activation scales fit every
-    channel)."""
+    channel). ``max_error``: accuracy control (NNCF ``quantize_with_accuracy_control``): after quantizing, the
+    operations whose int8 arithmetic moves the features most are put back to fp32, one at a time, until the
+    error relative to the spread across patches (:mod:`.agreement`) on ``validation`` patches of the sample
+    (neither calibration nor holdout) is at most ``max_error``; ``None``: plain post-training quantization.
+    Where plain int8 already meets it (weights whose features differ clearly between patches), nothing goes
+    back to fp32."""
 
     patches: int = 512
     seed: int = 0
     holdout: int = 64
+    validation: int = 96
+    max_error: float | None = MAX_ERROR_SPREAD
     preset: str = "performance"
     bias_correction: str = "fast"
     fp32_convs: tuple[int, ...] = (0,)  # measured help (docs/fidelity.md); full bias correction: 3x the time for ~0
@@ -163,8 +170,9 @@ def model_key(encoder: LoadedEncoder, input_size: int, recipe: Recipe, sample_sh
     return f"{encoder.name}_{int(input_size)}_int8_{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
-def quantize(fp32_model: Any, patches: np.ndarray, recipe: Recipe) -> Any:
-    """The NNCF-quantized ``fp32_model`` calibrated on ``patches`` (uint8 NHWC), per ``recipe``."""
+def quantize(fp32_model: Any, patches: np.ndarray, recipe: Recipe, validation: np.ndarray | None = None) -> Any:
+    """The NNCF-quantized ``fp32_model`` calibrated on ``patches`` (uint8 NHWC), per ``recipe``; with
+    ``recipe.max_error`` and 3 or more ``validation`` patches, accuracy-controlled (see :class:`Recipe`)."""
     import nncf
 
     convs = [op.get_friendly_name() for op in fp32_model.get_ordered_ops() if op.get_type_name() == "Convolution"]
@@ -178,11 +186,51 @@ def quantize(fp32_model: Any, patches: np.ndarray, recipe: Recipe) -> Any:
         advanced.activations_range_estimator_params = {"quantile": Ranges.MEAN_QUANTILE,
                                                        "histogram": Ranges.HISTOGRAM}[recipe.ranges]
     data = nncf.Dataset([patches[i:i + 1] for i in range(len(patches))])
+    common = dict(subset_size=len(patches), preset=preset, fast_bias_correction=recipe.bias_correction == "fast",
+                  ignored_scope=nncf.IgnoredScope(names=keep) if keep else None)
     with kept_signal_stack():  # NNCF compiles models to collect statistics (see .sigstack)
-        return nncf.quantize(fp32_model, data, subset_size=len(patches), preset=preset,
-                             fast_bias_correction=recipe.bias_correction == "fast",
-                             ignored_scope=nncf.IgnoredScope(names=keep) if keep else None,
-                             advanced_parameters=advanced)
+        if recipe.max_error is None or validation is None or len(validation) < 3:
+            return nncf.quantize(fp32_model, data, advanced_parameters=advanced, **common)
+        val = nncf.Dataset([validation[i:i + 1] for i in range(len(validation))])
+        return nncf.quantize_with_accuracy_control(
+            fp32_model, data, val, _fidelity_metric(fp32_model, validation), max_drop=float(recipe.max_error),
+            drop_type=nncf.DropType.ABSOLUTE, advanced_quantization_parameters=advanced, **common)
+
+
+def _fidelity_metric(fp32_model: Any, patches: np.ndarray) -> Any:
+    """NNCF validation function over ``patches``: ``1 - error / spread`` against ``fp32_model``'s features
+    (1 for the fp32 model itself, so NNCF's accuracy drop is the error relative to the spread), and per patch
+    ``1 - its RMS error / spread`` (NNCF ranks the operations on those)."""
+    import openvino as ov
+
+    from .openvino_runner import run_compiled
+
+    core = ov.Core()
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}  # as compile_ir runs it
+    ref = run_compiled(core.compile_model(fp32_model, "CPU", config), patches).astype(np.float64)
+    spread = max(float(np.sqrt(((ref - ref.mean(axis=0)) ** 2).mean())), 1e-12)
+    row = {_digest(patches[i:i + 1]): i for i in range(len(patches))}
+
+    def metric(model: Any, items: Any) -> tuple[float, list[float]]:
+        idx = np.array([row[_digest(x)] for x in items], dtype=int)
+        compiled = model if isinstance(model, ov.CompiledModel) else core.compile_model(model, "CPU", config)
+        err = np.sqrt(((run_compiled(compiled, patches[idx]) - ref[idx]) ** 2).mean(axis=1))
+        return float(1.0 - np.sqrt((err ** 2).mean()) / spread), [float(1.0 - e / spread) for e in err]
+
+    return metric
+
+
+def _digest(batch: np.ndarray) -> str:
+    """Which validation patch NNCF hands back (it passes the dataset's items, not their positions)."""
+    return hashlib.sha1(np.ascontiguousarray(batch).tobytes()).hexdigest()
+
+
+def int8_share(model: Any) -> tuple[int, int]:
+    """``(convolutions that run in int8, all convolutions)`` of a quantized model: a convolution runs in int8
+    where its input comes through a FakeQuantize."""
+    convs = [op for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"]
+    quantized = [op for op in convs if op.input_value(0).get_node().get_type_name() == "FakeQuantize"]
+    return len(quantized), len(convs)
 
 
 def build(folder: Path, fp32_folder: Path, encoder: LoadedEncoder, sample: Sample, input_size: int,
@@ -195,11 +243,15 @@ def build(folder: Path, fp32_folder: Path, encoder: LoadedEncoder, sample: Sampl
 
     patches = read_sample(sample, input_size)
     hold = min(recipe.holdout, len(patches) // 4)
-    calib, held = patches[hold:], patches[:hold]
-    log.info("int8: quantizing %s on %d patches of %d slides (%d held out for the fidelity check)",
-             encoder.name, len(calib), len({s for s, _ in sample.picked}), hold)
+    n_val = min(recipe.validation, len(patches) // 4) if recipe.max_error is not None else 0
+    held, val, calib = patches[:hold], patches[hold:hold + n_val], patches[hold + n_val:]
+    log.info("int8: quantizing %s on %d patches of %d slides (%d held out for the fidelity check%s)",
+             encoder.name, len(calib), len({s for s, _ in sample.picked}), hold,
+             f", {n_val} for accuracy control to error <= {recipe.max_error} of the spread" if n_val else "")
     fp32_model = ov.Core().read_model(str(Path(fp32_folder) / MODEL_XML))
-    q = quantize(fp32_model, calib, recipe)
+    q = quantize(fp32_model, calib, recipe, validation=val)
+    kept, total = int8_share(q)
+    log.info("int8: %d of %d convolutions run in int8 (the others in fp32)", kept, total)
     ov.save_model(q, str(Path(folder) / MODEL_XML), compress_to_fp16=False)
     figures: dict[str, Any] | None = None
     if hold >= 3:
@@ -209,7 +261,9 @@ def build(folder: Path, fp32_folder: Path, encoder: LoadedEncoder, sample: Sampl
     record = {"precision": "int8", "encoder": encoder.name, "weights_sha256": encoder.weights_id,
               "input_size": int(input_size), "recipe": recipe.as_dict(),
               "sample": {"sha256": sample.sha256, "slides": len({s for s, _ in sample.picked}),
-                         "slides_given": len(sample.specs), "patches": len(calib), "holdout": hold},
+                         "slides_given": len(sample.specs), "patches": len(calib), "holdout": hold,
+                         "validation": n_val},
+              "int8_convolutions": kept, "convolutions": total,
               "fidelity": figures, "passes_gate": bool(figures is not None and passes(figures)),
               "model_sha256": ir_sha256(folder), "openvino_version": ov.__version__}
     if figures is not None:
