@@ -57,6 +57,18 @@ def int8_bags(demo_out: Path, work: Path, fp32_dir: Path) -> Path:
     return found[0]
 
 
+def bag_precisions(folder: Path, manifest: Path) -> set[str]:
+    """The ``precision`` attrs of the bags in ``folder`` of the slides in the demo's training ``manifest``
+    (the int8 comparison needs fp32 ones; the held-out slides' bags are not trained on)."""
+    import csv
+
+    from ghanet_pipeline.features.bags import read_bag_attrs
+
+    with open(manifest, newline="", encoding="utf-8") as fh:
+        ids = [row["slide_id"] for row in csv.DictReader(fh)]
+    return {str(read_bag_attrs(folder / f"{i}.h5").get("precision", "fp32")) for i in ids if (folder / f"{i}.h5").is_file()}
+
+
 #: what ``--compare`` pits against fp32: (the other arm's label, record name, record title)
 COMPARISONS = {"int8": ("int8", "compare_precisions", "G-HANet on int8 bags vs on fp32 bags of the demo's slides"),
                "train-bf16": ("bf16", "train_precision",
@@ -130,6 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     labels = {"pairs": "seed x fold pairs", "c_index": "mean c-index", "ci95": "95 % CI (t, seed x fold)",
               "split": "fold assignment", "spearman": "Spearman of out-of-fold risks"}
     other, name, title = COMPARISONS[args.compare]
+    manifest = args.demo_out / "demo-data" / "manifest.csv"
+    if args.compare == "int8" and (got := bag_precisions(feats[-1], manifest)) != {"fp32"}:
+        print(f"the demo's bags in {feats[-1]} are {', '.join(sorted(got))}, not fp32 (on a CPU with AMX or a GPU the "
+              f"demo's --precision auto makes bf16 bags): re-extract them first with `ghanet extract-features "
+              f"--manifest {manifest} --out {args.demo_out} --weights <the demo's "
+              f"encoders/*_calibrated.safetensors> --precision fp32 --overwrite`", file=sys.stderr)
+        return 2
     with Bench(name, title, args, units=units, labels=labels) as bench:
         if args.compare == "int8":
             arms = {"fp32": (feats[-1], {}), "int8": (int8_bags(args.demo_out, args.work, feats[-1]), {})}
