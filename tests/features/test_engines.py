@@ -141,8 +141,12 @@ def test_engine_choice_on_an_amx_cpu(monkeypatch):
     assert (got.engine, got.precision) == ("torch", "bf16") and "AMX" in got.reason
     assert (CH.resolve_engine("auto", "fp32", "cpu").engine, CH.resolve_engine("auto", "int8", "cpu").precision) == (
         "openvino", "int8")
+    # --engine openvino by name is honoured: its auto precision is fp32, not a silent switch to PyTorch bf16
+    got = CH.resolve_engine("openvino", "auto", "cpu")
+    assert (got.engine, got.precision) == ("openvino", "fp32") and "OpenVINO runs fp32" in got.reason
     monkeypatch.setattr(CH, "INT8_AUTO", True)  # even where int8 may be chosen, AMX's bf16 comes first
     assert CH.resolve_engine("auto", "auto", "cpu").precision == "bf16"
+    assert CH.resolve_engine("openvino", "auto", "cpu").precision == "auto-int8"
 
 
 def test_openvino_fp32_bag_equals_torch_and_records_the_engine(slides, tmp_path):
