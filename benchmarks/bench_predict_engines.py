@@ -7,7 +7,8 @@ Each measurement is a fresh ``python -m ghanet_pipeline predict`` process timed 
 exactly ``--patches`` patches, reading, the encoder, the ensemble, the outputs), into a fresh ``--out``
 that shares one engine cache (``GHANET_ENGINE_CACHE``). Systems, interleaved over ``--repeats`` rounds:
 
-* ``torch-fp32``: a model trained on fp32 bags, ``--engine torch`` (the default before issue 26);
+* ``torch-fp32``: a model trained on fp32 bags, ``--engine torch`` (the default before issue 26; predict
+  runs it in precision ``auto``, i.e. bf16 on CPUs with AMX: the record notes which);
 * ``openvino-fp32``: the same model, ``--engine openvino``;
 * ``openvino-int8``: a model trained on int8 bags: predict runs the int8 model those bags recorded.
   The int8 model is made once before the rounds (``extract-features --precision int8`` on the same
@@ -139,9 +140,15 @@ def main(argv: list[str] | None = None) -> None:
         bench.note(f"one-off: int8 model made in {int8_secs:.1f} s (sample, quantization, held-out check, and that "
                    "process's extraction of the slide)")
         runs = {"fp32": make_run(cache / "run-fp32", FP32_ENCODER), "int8": make_run(cache / "run-int8", int8_enc)}
-        warm = run_process(predict_command("openvino-fp32", paths["slide"], runs, fresh_out(paths, cache, "warm")),
-                           env=env, cwd=ROOT)  # converts the fp32 model once
-        bench.note(f"one-off: fp32 conversion + one predict: {warm.seconds:.1f} s")
+        if "openvino-fp32" in systems:  # converts the fp32 model once
+            warm = run_process(predict_command("openvino-fp32", paths["slide"], runs, fresh_out(paths, cache, "warm")),
+                               env=env, cwd=ROOT)
+            bench.note(f"one-off: fp32 conversion + one predict: {warm.seconds:.1f} s")
+        if "torch-fp32" in systems:
+            from ghanet_pipeline.env.runtime import resolve_precision
+
+            prec, why = resolve_precision("auto", "cpu")
+            bench.note(f"torch-fp32: the model of fp32 bags; predict runs PyTorch in precision auto = {prec} here ({why})")
         rounds = interleave(systems, args.repeats, run_one)
         engine_rows(bench, rounds.results, rss, args.patches)
         bench.note(f"{rounds.complete} interleaved rounds{' (interrupted)' if rounds.interrupted else ''}")
