@@ -35,7 +35,7 @@ def agreement(ref: np.ndarray, got: np.ndarray, max_pairs: int = 200_000, seed: 
     n = len(ref)
     norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1)
     cos = (ref * got).sum(axis=1) / np.maximum(norms, 1e-30)
-    spread = float(np.sqrt(((ref - ref.mean(axis=0)) ** 2).mean())) if n > 1 else float("nan")
+    spread = spread_rms(ref) if n > 1 else float("nan")
     err = float(np.sqrt(((got - ref) ** 2).mean()))
     out: dict[str, Any] = {
         "patches": int(n),
@@ -51,6 +51,12 @@ def agreement(ref: np.ndarray, got: np.ndarray, max_pairs: int = 200_000, seed: 
         d_got = np.linalg.norm(got[i] - got[j], axis=1)
         out["distance_rank"] = float(spearmanr(d_ref, d_got).statistic)
     return out
+
+
+def spread_rms(ref: np.ndarray) -> float:
+    """Root-mean-square of ``ref - mean_over_patches(ref)`` (``(N, D)``): how much features differ between patches."""
+    ref = np.asarray(ref, dtype=np.float64)
+    return float(np.sqrt(((ref - ref.mean(axis=0)) ** 2).mean()))
 
 
 def passes(figures: dict[str, Any]) -> bool:

@@ -94,8 +94,9 @@ def resolve_engine(engine: str, precision: str, device: torch.device | str, int8
         if precision in ("bf16", "fp16"):
             raise ConfigError(f"--engine openvino runs fp32 or int8, not {precision}; use --engine torch for {precision}")
     float_precision, float_why = resolve_precision("fp32" if precision == "int8" else precision, dev)
-    if engine == "openvino" and float_precision != "fp32":  # asked for by name: auto is its fp32 (bf16, what
-        float_precision, float_why = "fp32", "auto: OpenVINO runs fp32"  # auto is on AMX, only PyTorch runs)
+    # --engine openvino by name: its auto is fp32 (auto's bf16 on AMX CPUs runs only on PyTorch)
+    if engine == "openvino" and float_precision != "fp32":
+        float_precision, float_why = "fp32", "auto: OpenVINO runs fp32"
     if engine == "torch" or dev != "cpu":
         return EngineChoice("torch", float_precision, _why(engine, precision, float_why, "torch"))
     why = missing()

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ...core.errors import ConfigError, GhanetError
-from .agreement import MAX_ERROR_SPREAD, agreement, describe, passes
+from .agreement import MAX_ERROR_SPREAD, agreement, describe, passes, spread_rms
 from .sigstack import kept_signal_stack
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -191,7 +191,8 @@ def quantize(fp32_model: Any, patches: np.ndarray, recipe: Recipe, validation: n
     with kept_signal_stack():  # NNCF compiles models to collect statistics (see .sigstack)
         if recipe.max_error is None or validation is None or len(validation) < 3:
             return nncf.quantize(fp32_model, data, advanced_parameters=advanced, **common)
-        val = nncf.Dataset([validation[i:i + 1] for i in range(len(validation))])
+        # items are positions: NNCF hands validation_fn the items as they are, the model their transform
+        val = nncf.Dataset(list(range(len(validation))), lambda i: validation[i:i + 1])
         return nncf.quantize_with_accuracy_control(
             fp32_model, data, val, _fidelity_metric(fp32_model, validation), max_drop=float(recipe.max_error),
             drop_type=nncf.DropType.ABSOLUTE, advanced_quantization_parameters=advanced, **common)
@@ -208,21 +209,15 @@ def _fidelity_metric(fp32_model: Any, patches: np.ndarray) -> Any:
     core = ov.Core()
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}  # as compile_ir runs it
     ref = run_compiled(core.compile_model(fp32_model, "CPU", config), patches).astype(np.float64)
-    spread = max(float(np.sqrt(((ref - ref.mean(axis=0)) ** 2).mean())), 1e-12)
-    row = {_digest(patches[i:i + 1]): i for i in range(len(patches))}
+    spread = max(spread_rms(ref), 1e-12)  # of all validation patches: one scale for every subset NNCF scores
 
-    def metric(model: Any, items: Any) -> tuple[float, list[float]]:
-        idx = np.array([row[_digest(x)] for x in items], dtype=int)
+    def metric(model: Any, positions: Any) -> tuple[float, list[float]]:
+        idx = np.fromiter(positions, dtype=int)
         compiled = model if isinstance(model, ov.CompiledModel) else core.compile_model(model, "CPU", config)
         err = np.sqrt(((run_compiled(compiled, patches[idx]) - ref[idx]) ** 2).mean(axis=1))
         return float(1.0 - np.sqrt((err ** 2).mean()) / spread), [float(1.0 - e / spread) for e in err]
 
     return metric
-
-
-def _digest(batch: np.ndarray) -> str:
-    """Which validation patch NNCF hands back (it passes the dataset's items, not their positions)."""
-    return hashlib.sha1(np.ascontiguousarray(batch).tobytes()).hexdigest()
 
 
 def int8_share(model: Any) -> tuple[int, int]:
@@ -244,6 +239,7 @@ def build(folder: Path, fp32_folder: Path, encoder: LoadedEncoder, sample: Sampl
     patches = read_sample(sample, input_size)
     hold = min(recipe.holdout, len(patches) // 4)
     n_val = min(recipe.validation, len(patches) // 4) if recipe.max_error is not None else 0
+    n_val = n_val if n_val >= 3 else 0  # fewer cannot measure a spread: plain quantization
     held, val, calib = patches[:hold], patches[hold:hold + n_val], patches[hold + n_val:]
     log.info("int8: quantizing %s on %d patches of %d slides (%d held out for the fidelity check%s)",
              encoder.name, len(calib), len({s for s, _ in sample.picked}), hold,
