@@ -95,10 +95,16 @@ def _isa(flags: list[str]) -> str:
     return ", ".join(have + [f"no {m}" for m in missing]) or "no AVX2"
 
 
+def shown_command(command: str) -> str:
+    """The command as the docs show it: an absolute path argument by its file name (the machine's folders
+    mean nothing to a reader; the record keeps the full ``argv``)."""
+    return " ".join(Path(t).name if t.startswith("/") and len(t) > 1 else t for t in command.split(" "))
+
+
 def caption(record: dict[str, Any], path: Path | None = None) -> str:
     """One line: command, CPU (instruction sets, cores), torch, GPUs, commit, date, load before / after."""
     m, load = record["machine"], record["load"]
-    parts = [f"`{record['command']}`"]
+    parts = [f"`{shown_command(record['command'])}`"]
     parts.append(f"CPU {m['cpu_model']} ({_isa(m.get('cpu_flags', []))}; {m.get('cores')} cores)")
     if m.get("torch"):
         parts.append(f"torch {m['torch']} ({m.get('torch_threads')} threads in the main process)")

@@ -201,3 +201,13 @@ def test_suite_takes_the_rehearsal_inputs_from_the_mcat_folder(tmp_path):
     ctx.smoke = False
     argv = entry.argv(ctx)
     assert argv[argv.index("--splits") + 1] == str(tmp_path / "splits_tcga_x") and "--cases" not in argv
+
+
+def test_docs_show_path_arguments_by_file_name_only():
+    """A record's command names the machine's folders; the docs' caption shows file names (the repo's docs
+    point to no folder outside it), the record keeps the full argv."""
+    from benchmarks.harness.render import shown_command
+
+    cmd = "python -m benchmarks.rehearsal --table /data/mcat/tcga_luad_all_clean.csv.zip --work /scratch/run --cases 20"
+    assert shown_command(cmd) == "python -m benchmarks.rehearsal --table tcga_luad_all_clean.csv.zip --work run --cases 20"
+    assert shown_command("python -m benchmarks.x --out rel/dir /") == "python -m benchmarks.x --out rel/dir /"
