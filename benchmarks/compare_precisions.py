@@ -1,5 +1,8 @@
-"""Downstream fidelity of int8 bags (G-HANet trained on int8 bags vs on the fp32 bags of the same slides) or,
-with ``--compare train-bf16``, of bf16 training (the same fp32 bags trained with ``precision`` bf16 vs fp32).
+"""Downstream fidelity of int8 bags (G-HANet trained on int8 bags vs on the fp32 bags of the same slides);
+with ``--compare train-bf16``, of bf16 training (the same fp32 bags trained with ``precision`` bf16 vs fp32);
+with ``--compare seed``, the control both are judged against: fp32 vs fp32, the same bags and settings, only
+the training seed differs (``SEED_OFFSET`` added). It shows how alike two equally valid fp32 trainings rank
+the cases, i.e. whether the Spearman gate below can be met by any change at all.
 
 Uses a finished ``ghanet demo`` run (``--demo-out``: its fp32 bags, calibrated encoder, manifest and
 genomics table). Extracts the same training slides with ``--precision int8`` (the demo's encoder file,
@@ -16,7 +19,7 @@ spread and every Spearman >= 0.99.
     python -m benchmarks.compare_precisions --demo-out demo-out --splits 3 --seeds 1
     python -m benchmarks.compare_precisions --compare train-bf16 --demo-out demo-out --splits 3 --seeds 1
 
-``train-bf16`` needs no extraction: both arms train on the demo's fp32 bags, one with ``TrainConfig.precision``
+``seed`` and ``train-bf16`` need no extraction: both arms train on the demo's fp32 bags, one with ``TrainConfig.precision``
 bf16 (autocast), the other fp32 (issue 26 item 5: what ``train --precision auto`` would need).
 
 Writes the record (bench ``compare_precisions``, or ``train_precision`` for ``train-bf16``: table ``main`` the
@@ -37,6 +40,8 @@ from benchmarks.harness import Bench
 from ghanet_pipeline.evaluation.paired import t_interval
 
 SPEARMAN_GATE = 0.99
+#: ``--compare seed``: the second fp32 arm trains with seed ``t + SEED_OFFSET`` (replicate seed ``t``)
+SEED_OFFSET = 1000
 
 
 def int8_bags(demo_out: Path, work: Path, fp32_dir: Path) -> Path:
@@ -72,19 +77,24 @@ def bag_precisions(folder: Path, manifest: Path) -> set[str]:
 #: what ``--compare`` pits against fp32: (the other arm's label, record name, record title)
 COMPARISONS = {"int8": ("int8", "compare_precisions", "G-HANet on int8 bags vs on fp32 bags of the demo's slides"),
                "train-bf16": ("bf16", "train_precision",
-                              "G-HANet trained with bf16 autocast vs fp32 on the demo's fp32 bags")}
+                              "G-HANet trained with bf16 autocast vs fp32 on the demo's fp32 bags"),
+               "seed": ("reseeded", "seed_control",
+                        f"Seed-to-seed control: G-HANet fp32 trained with seed t vs t + {SEED_OFFSET} on the demo's "
+                        f"fp32 bags")}
 
 
 def replicate(arms: dict[str, tuple[Path, dict]], gdir: Path, s: int, t: int, args: argparse.Namespace,
               over: dict[str, float | int | str]) -> tuple[list[dict], dict]:
-    """One (fold assignment, seed): G-HANet in each arm (its bags and extra TrainConfig fields); their per-fold
-    rows and the Spearman row of their out-of-fold risks (the second arm against fp32)."""
+    """One (fold assignment, seed): G-HANet in each arm (its bags and extra TrainConfig fields, where
+    ``seed_offset`` shifts that arm's training seed); their per-fold rows and the Spearman row of their
+    out-of-fold risks (the second arm against fp32)."""
     import pandas as pd
 
     rows, risks = [], {}
     for label, (feats, extra) in arms.items():
-        per_fold, res, secs = cv.cross_validate(feats, gdir, "ghanet", t, args, {**over, **extra},
-                                                run_name=f"{label}_seed{t}")
+        fields = {k: v for k, v in extra.items() if k != "seed_offset"}
+        per_fold, res, secs = cv.cross_validate(feats, gdir, "ghanet", t + int(extra.get("seed_offset", 0)), args,
+                                                {**over, **fields}, run_name=f"{label}_seed{t}")
         rows.append({"bags": label, "split": s, "seed": t, "per_fold": per_fold, "seconds": secs})
         risks[label] = pd.read_csv(res.run_dir / "predictions.csv").set_index("case_id")["risk"]
     other = [a for a in arms if a != "fp32"][0]
@@ -130,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     cv.add_replicate_args(ap, work="/tmp/ghanet-compare-precisions", seeds=1)
     ap.add_argument("--compare", choices=sorted(COMPARISONS), default="int8",
-                    help="int8: int8 bags vs fp32 bags; train-bf16: bf16 vs fp32 training on the fp32 bags")
+                    help="int8: int8 bags vs fp32 bags; train-bf16: bf16 vs fp32 training on the fp32 bags; seed: "
+                         "fp32 vs fp32 with another training seed (the control)")
     args = ap.parse_args(argv)
     cv.single_threaded()
     feats = [d for d in cv.demo_bag_folders(args.demo_out) if not d.name.endswith("_int8")]
@@ -152,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     with Bench(name, title, args, units=units, labels=labels) as bench:
         if args.compare == "int8":
             arms = {"fp32": (feats[-1], {}), "int8": (int8_bags(args.demo_out, args.work, feats[-1]), {})}
+        elif args.compare == "seed":
+            arms = {"fp32": (feats[-1], {"precision": "fp32"}),
+                    other: (feats[-1], {"precision": "fp32", "seed_offset": SEED_OFFSET})}
         else:
             arms = {"fp32": (feats[-1], {"precision": "fp32"}), "bf16": (feats[-1], {"precision": "bf16"})}
         print(f"arms {arms}; {args.splits} x {args.seeds} replicates, {args.folds} folds, {args.epochs} epochs, "

@@ -6,8 +6,8 @@ or each at its smallest size (``--smoke``: checks that it runs and writes a vali
 
 Each entry runs as its own process from the repository root, one after another, without the caller's
 ``MALLOC_*`` variables (each benchmark sets glibc malloc itself, see its ``--malloc`` / ``--malloc-compare``);
-entries whose needs are missing (a demo run for ``compare_models``, ``compare_precisions`` and
-``train_precision``, an AVX512-BF16 CPU for the instruction-set runs) are skipped with the reason. Exit 1 if
+entries whose needs are missing (a demo run for ``compare_models``, ``compare_precisions``,
+``train_precision``, ``seed_control``, an AVX512-BF16 CPU for the instruction-set runs) are skipped with the reason. Exit 1 if
 an entry failed or (``--smoke``) did not write the record it should.
 """
 
@@ -97,7 +97,7 @@ P = "benchmarks."
 #: the encoder engines compared whole-process (bf16 rows: emulated, and slow, on CPUs without bf16 instructions)
 ENGINE_SYSTEMS = "bare-fp32,ghanet-fp32,ghanet-ovfp32,ghanet-int8,bare-bf16,ghanet-bf16"
 #: entries that read a finished demo run (the suite's --demo-out)
-DEMO_BENCHES = ("compare_models", "compare_precisions", "train_precision")
+DEMO_BENCHES = ("compare_models", "compare_precisions", "train_precision", "seed_control")
 SUITE: tuple[Entry, ...] = (
     Entry("genomics", P + "bench_genomics", (), ("--quick",)),
     Entry("segment", P + "bench_segment", ("--size", "40000", "--repeats", "3"), ("--size", "2048", "--repeats", "1")),
@@ -149,6 +149,9 @@ SUITE: tuple[Entry, ...] = (
     Entry("train_precision", P + "compare_precisions", ("--compare", "train-bf16", "--splits", "3", "--seeds", "1"),
           ("--compare", "train-bf16", "--splits", "1", "--seeds", "1", "--folds", "2", "--epochs", "1",
            "--work", str(Path(tempfile.gettempdir()) / "ghanet-train-precision-smoke")), _has_demo),
+    Entry("seed_control", P + "compare_precisions", ("--compare", "seed", "--splits", "3", "--seeds", "1"),
+          ("--compare", "seed", "--splits", "1", "--seeds", "1", "--folds", "2", "--epochs", "1",
+           "--work", str(Path(tempfile.gettempdir()) / "ghanet-seed-control-smoke")), _has_demo),
     Entry("report", P + "bench_report", ("--repeats", "3", "--workers", "1,2"),
           ("--size", "4096", "--repeats", "1", "--workers", "1", "--cache", str(Path(tempfile.gettempdir())
                                                                                   / "ghanet-bench-report-smoke"))),
@@ -198,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", nargs="+", default=[], metavar="BENCH")
     ap.add_argument("--real-slide", type=Path, default=None, help="also time segment and the reader on this slide")
     ap.add_argument("--demo-out", type=Path, default=Path("demo-out"),
-                    help="demo run for compare_models, compare_precisions and train_precision")
+                    help="demo run for compare_models, compare_precisions, train_precision and seed_control")
     ap.add_argument("--mcat", type=Path, default=None,
                     help="folder of an MCAT table (*_all_clean.csv.zip, signatures.csv, splits_*/) for rehearsal")
     ap.add_argument("--results", type=Path, default=None, help="folder for the records")

@@ -35,3 +35,30 @@ def test_int8_comparison_needs_fp32_training_bags(tmp_path, capsys):
     ok = _demo_run(tmp_path / "b", ["fp32", "fp32"])
     folder = ok / "features" / "resnet50_trunc_256"
     assert CP.bag_precisions(folder, ok / "demo-data" / "manifest.csv") == {"fp32"}
+
+
+def test_the_seed_control_trains_the_second_fp32_arm_with_another_seed(tmp_path, monkeypatch):
+    """``--compare seed``: both arms fp32 on the same bags; only the second arm's seed moves (by SEED_OFFSET),
+    the pairing keys stay the replicate's seed, and Spearman compares the two arms' out-of-fold risks."""
+    import argparse
+    from types import SimpleNamespace
+
+    calls = []
+
+    def fake_cv(feats, gdir, model, seed, args, over, run_name):
+        calls.append((seed, dict(over), run_name))
+        run_dir = tmp_path / run_name
+        run_dir.mkdir()
+        risks = [1, 2, 3, 4] if seed < CP.SEED_OFFSET else [1, 2, 4, 3]
+        (run_dir / "predictions.csv").write_text("case_id,risk\n" + "".join(f"C{i},{r}\n" for i, r in enumerate(risks)))
+        return {0: 0.7}, SimpleNamespace(run_dir=run_dir), 1.0
+
+    monkeypatch.setattr(CP.cv, "cross_validate", fake_cv)
+    arms = {"fp32": (tmp_path, {"precision": "fp32"}),
+            "reseeded": (tmp_path, {"precision": "fp32", "seed_offset": CP.SEED_OFFSET})}
+    rows, rho = CP.replicate(arms, tmp_path, 0, 2, argparse.Namespace(), {})
+    assert [c[0] for c in calls] == [2, 2 + CP.SEED_OFFSET]
+    assert all(c[1] == {"precision": "fp32"} for c in calls)  # seed_offset is not a TrainConfig field
+    assert [r["seed"] for r in rows] == [2, 2]  # paired on the replicate's seed
+    assert abs(rho["spearman"] - 0.8) < 1e-9  # ranks 1234 vs 1243
+    assert CP.COMPARISONS["seed"][1] == "seed_control"
