@@ -15,7 +15,8 @@ run interleaved (one of each per round, ``--repeats`` rounds):
 * ``ghanet-fp32`` / ``ghanet-bf16`` / ``ghanet-auto``: ``python -m ghanet_pipeline extract-features``
   with ``--precision`` (auto = no flag; fp32 and bf16 with ``--engine torch``, the PyTorch encoder
   before issue 26), ``--weights random``, batch 32 (the CPU default);
-* ``ghanet-ovfp32`` / ``ghanet-int8``: the same with ``--engine openvino --precision fp32`` and with
+* ``ghanet-ovfp32`` / ``ghanet-ovbf16`` / ``ghanet-int8``: the same with ``--engine openvino --precision
+  fp32``, with ``--engine openvino --precision bf16`` (CPUs with bf16 instructions only) and with
   ``--precision int8``. The converted / quantized model is made once per weights, input size and
   cohort and cached (``<out>/engines``): one untimed warm-up process of each makes it before round 1,
   and its time (conversion, or calibration sample + quantization + held-out check, plus that run's
@@ -31,7 +32,7 @@ to and the bag's precision attr (the harness adds the CPU, its instruction sets 
 ``--isa AVX512_CORE_BF16`` runs every child with oneDNN limited to that instruction set (e.g. a
 Sapphire Rapids CPU without its AMX units, standing in for AVX512-BF16-only CPUs); ``--isa AVX2``
 stands in for a CPU without bf16 instructions. Record: bench ``extract_isa_<isa, lower case>``. A run with
-``ghanet-ovfp32`` or ``ghanet-int8`` and no CLAM stand-in among its systems is the engines comparison: bench
+``ghanet-ovfp32``, ``ghanet-ovbf16`` or ``ghanet-int8`` and no CLAM stand-in among its systems is the engines comparison: bench
 ``extract_engines``.
 
 ``--reader``: patches/s and patches per CPU-second of one thread reading the same coords with the
@@ -58,16 +59,17 @@ from benchmarks.harness import ROOT, Bench, add_record_args, interleave, module_
 
 MODULE = "benchmarks.bench_extract_process"
 MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
-ALL_SYSTEMS = ("bare-fp32", "ghanet-fp32", "ghanet-ovfp32", "ghanet-int8", "bare-bf16", "ghanet-bf16", "ghanet-auto",
+ALL_SYSTEMS = ("bare-fp32", "ghanet-fp32", "ghanet-ovfp32", "ghanet-int8", "bare-bf16", "ghanet-bf16", "ghanet-ovbf16",
+               "ghanet-auto",
                "ghanet-224", "clam-256", "clam-224")
 #: systems whose first process builds a cached model (timed separately, before the rounds)
-WARM_UP = ("ghanet-ovfp32", "ghanet-int8")
+WARM_UP = ("ghanet-ovfp32", "ghanet-ovbf16", "ghanet-int8")
 
 
 def precision_of(system: str) -> str:
     """What a system computes in: fp32 / bf16 / int8 / auto (CLAM and 224 px: fp32)."""
     tail = system.split("-")[1]
-    return {"224": "fp32", "256": "fp32", "ovfp32": "fp32"}.get(tail, tail)
+    return {"224": "fp32", "256": "fp32", "ovfp32": "fp32", "ovbf16": "bf16"}.get(tail, tail)
 
 
 def prepare(cache: Path, n: int) -> dict[str, Path]:
@@ -169,13 +171,19 @@ def command(system: str, paths: dict[str, Path], threads: int | None) -> list[st
     variant = system.split("-")[1]
     if variant == "224":
         cmd += ["--resize", "224", "--precision", "fp32", "--engine", "torch"]
-    elif variant == "ovfp32":
-        cmd += ["--engine", "openvino", "--precision", "fp32"]
+    elif variant in ("ovfp32", "ovbf16"):
+        cmd += ["--engine", "openvino", "--precision", variant[2:]]
     elif variant == "int8":
         cmd += ["--precision", "int8"]
     elif variant != "auto":
         cmd += ["--precision", variant, "--engine", "torch"]
     return cmd + (["--threads", str(threads)] if threads else [])
+
+
+def _native_bf16() -> bool:
+    from ghanet_pipeline.env.runtime import cpu_info
+
+    return cpu_info().has_bf16
 
 
 def bag_precision(paths: dict[str, Path]) -> str:
@@ -217,7 +225,8 @@ def system_rows(bench: Bench, rates: dict[str, list[float]], rss: dict[str, floa
         bench.row(system=f"{s} (bag: {auto_prec})" if s == "ghanet-auto" else s, patches_per_s=stats(v),
                   vs_bare=vs_bare, vs_clam=vs_clam, peak_rss_gib=rss[s])
     for a, b in (("ghanet-fp32", "bare-fp32"), ("ghanet-int8", "bare-fp32"), ("ghanet-ovfp32", "bare-fp32"),
-                 ("ghanet-int8", "bare-bf16"), ("ghanet-bf16", "bare-bf16"), ("ghanet-fp32", "clam-256"),
+                 ("ghanet-int8", "bare-bf16"), ("ghanet-bf16", "bare-bf16"), ("ghanet-ovbf16", "bare-bf16"),
+                 ("ghanet-ovbf16", "ghanet-int8"), ("ghanet-fp32", "clam-256"),
                  ("ghanet-224", "clam-224"), ("ghanet-auto", "ghanet-fp32")):
         if a in rates and b in rates:
             bench.note(f"per round {a} / {b}: " + ", ".join(f"{x / y:.2f}" for x, y in zip(rates[a], rates[b], strict=True)))
@@ -226,6 +235,10 @@ def system_rows(bench: Bench, rates: dict[str, list[float]], rss: dict[str, floa
 def whole_process(args: argparse.Namespace) -> None:
     paths = prepare(Path(args.cache).resolve(), args.patches)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    skipped = [s for s in systems if s == "ghanet-ovbf16" and (args.isa or not _native_bf16())]
+    if skipped:  # OpenVINO has no bf16 emulation: the CLI refuses it on such CPUs
+        print("ghanet-ovbf16 left out: OpenVINO runs bf16 only on CPUs with bf16 instructions", file=sys.stderr)
+        systems = [s for s in systems if s not in skipped]
     env = child_env(args.isa)
     rss: dict[str, float] = {s: 0.0 for s in systems}
     auto_prec = ["?"]

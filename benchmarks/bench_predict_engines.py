@@ -9,7 +9,8 @@ that shares one engine cache (``GHANET_ENGINE_CACHE``). Systems, interleaved ove
 
 * ``torch-fp32``: a model trained on fp32 bags, ``--engine torch`` (the default before issue 26; predict
   runs it in precision ``auto``, i.e. bf16 on CPUs with AMX: the record notes which);
-* ``openvino-fp32``: the same model, ``--engine openvino``;
+* ``openvino-fp32``: the same model, ``--engine openvino`` (precision ``auto`` as well: bf16 on CPUs with
+  AMX, which OpenVINO computes there; fp32 elsewhere: the record notes which);
 * ``openvino-int8``: a model trained on int8 bags: predict runs the int8 model those bags recorded.
   The int8 model is made once before the rounds (``extract-features --precision int8`` on the same
   slide as the cohort; its time is noted as the one-off cost), as is the fp32 conversion.
@@ -144,11 +145,12 @@ def main(argv: list[str] | None = None) -> None:
             warm = run_process(predict_command("openvino-fp32", paths["slide"], runs, fresh_out(paths, cache, "warm")),
                                env=env, cwd=ROOT)
             bench.note(f"one-off: fp32 conversion + one predict: {warm.seconds:.1f} s")
-        if "torch-fp32" in systems:
-            from ghanet_pipeline.env.runtime import resolve_precision
+        for system in [s for s in systems if s.endswith("-fp32")]:
+            from ghanet_pipeline.features.engines.choice import resolve_engine
 
-            prec, why = resolve_precision("auto", "cpu")
-            bench.note(f"torch-fp32: the model of fp32 bags; predict runs PyTorch in precision auto = {prec} here ({why})")
+            got = resolve_engine(system.split("-")[0], "auto", "cpu", int8_auto=False)
+            bench.note(f"{system}: the model of fp32 bags; predict runs {got.engine} in precision auto = "
+                       f"{got.precision} here ({got.reason})")
         rounds = interleave(systems, args.repeats, run_one)
         engine_rows(bench, rounds.results, rss, args.patches)
         bench.note(f"{rounds.complete} interleaved rounds{' (interrupted)' if rounds.interrupted else ''}")

@@ -95,7 +95,7 @@ def _has_demo(ctx: argparse.Namespace) -> str | None:
 
 P = "benchmarks."
 #: the encoder engines compared whole-process (bf16 rows: emulated, and slow, on CPUs without bf16 instructions)
-ENGINE_SYSTEMS = "bare-fp32,ghanet-fp32,ghanet-ovfp32,ghanet-int8,bare-bf16,ghanet-bf16"
+ENGINE_SYSTEMS = "bare-fp32,ghanet-fp32,ghanet-ovfp32,ghanet-int8,bare-bf16,ghanet-bf16,ghanet-ovbf16"
 #: entries that read a finished demo run (the suite's --demo-out)
 DEMO_BENCHES = ("compare_models", "compare_precisions", "train_precision", "seed_control")
 SUITE: tuple[Entry, ...] = (

@@ -109,8 +109,10 @@ class Extractor:
         self.params = params
         self.device = resolve_device(device or params.device)
         choice = resolve_engine(params.engine, params.precision, self.device, int8_auto=params.int8_auto)
-        self.precision, self.precision_reason = (choice.precision if choice.engine == "torch" else "fp32"), choice.reason
-        self.amp_dtype = dtype_of(self.precision)
+        # what computes the float bags: PyTorch (autocast below) or OpenVINO (fp32, or bf16 on CPUs with bf16
+        # instructions); int8 starts as fp32 until its model is ready (the bag's attr comes from the engine)
+        self.precision, self.precision_reason = (choice.fallback if choice.int8 else choice.precision), choice.reason
+        self.amp_dtype = dtype_of(self.precision) if choice.engine == "torch" else None
         self.notes: list[str] = []
         if self.device.type == "cpu" and self.precision == "bf16":
             warning = bf16_cpu_warning()

@@ -118,8 +118,12 @@ def test_engine_choice_matrix(monkeypatch, cpu_without_bf16):
         CH.resolve_engine("auto", "int8", "cuda:0")
     with pytest.raises(ConfigError, match="runs on the CPU"):
         CH.resolve_engine("openvino", "fp32", "cuda")
-    with pytest.raises(ConfigError, match="not bf16"):
+    with pytest.raises(ConfigError, match="bf16 only on CPUs with bf16 instructions"):
         CH.resolve_engine("openvino", "bf16", "cpu")
+    with pytest.raises(ConfigError, match="not fp16"):
+        CH.resolve_engine("openvino", "fp16", "cpu")
+    got = CH.resolve_engine("auto", "bf16", "cpu")  # emulated bf16: only PyTorch runs it
+    assert (got.engine, got.precision) == ("torch", "bf16")
     # auto never picks int8 unless the downstream check allowed it, and never for predict
     monkeypatch.setattr(CH, "INT8_AUTO", True)
     assert CH.resolve_engine("auto", "auto", "cpu").precision == "auto-int8"
@@ -135,18 +139,41 @@ def test_engine_choice_matrix(monkeypatch, cpu_without_bf16):
 
 
 def test_engine_choice_on_an_amx_cpu(monkeypatch):
-    """On a CPU with AMX-BF16, auto is bf16, which only PyTorch runs; fp32 and int8 still go to OpenVINO."""
+    """On a CPU with AMX-BF16, auto is bf16, computed by OpenVINO (it has the instructions); fp32 and int8 go to
+    OpenVINO as elsewhere; PyTorch bf16 only by name."""
     monkeypatch.setattr(runtime, "cpu_info", lambda: AMX_CPU)
     got = CH.resolve_engine("auto", "auto", "cpu")
-    assert (got.engine, got.precision) == ("torch", "bf16") and "AMX" in got.reason
+    assert (got.engine, got.precision) == ("openvino", "bf16") and "AMX" in got.reason
     assert (CH.resolve_engine("auto", "fp32", "cpu").engine, CH.resolve_engine("auto", "int8", "cpu").precision) == (
         "openvino", "int8")
-    # --engine openvino by name is honoured: its auto precision is fp32, not a silent switch to PyTorch bf16
+    assert (CH.resolve_engine("openvino", "bf16", "cpu").precision, CH.resolve_engine("torch", "auto", "cpu").engine) == (
+        "bf16", "torch")
     got = CH.resolve_engine("openvino", "auto", "cpu")
-    assert (got.engine, got.precision) == ("openvino", "fp32") and "OpenVINO runs fp32" in got.reason
+    assert (got.engine, got.precision) == ("openvino", "bf16")
     monkeypatch.setattr(CH, "INT8_AUTO", True)  # even where int8 may be chosen, AMX's bf16 comes first
     assert CH.resolve_engine("auto", "auto", "cpu").precision == "bf16"
-    assert CH.resolve_engine("openvino", "auto", "cpu").precision == "auto-int8"
+    assert CH.resolve_engine("openvino", "fp32", "cpu").precision == "fp32"
+    # without OpenVINO, auto's bf16 runs on PyTorch as before
+    monkeypatch.setattr(CH, "missing", lambda with_nncf=False: "OpenVINO is not installed (test)")
+    assert (CH.resolve_engine("auto", "auto", "cpu").engine, CH.resolve_engine("auto", "auto", "cpu").precision) == (
+        "torch", "bf16")
+
+
+@pytest.mark.skipif(not runtime.cpu_info().has_bf16, reason="OpenVINO bf16 needs a CPU with bf16 instructions")
+def test_openvino_bf16_bag_is_bf16_close_to_fp32_and_says_so(slides, tmp_path):
+    """``--engine openvino --precision bf16``: the fp32 model computed in bf16 by the plugin: the bag records
+    engine openvino and precision bf16, shares the float bags' folder, and differs from fp32 by bf16 rounding
+    (not equal, not far)."""
+    from ghanet_pipeline.features.bags import read_bag
+
+    _extract(slides[:1], tmp_path / "bf", engine="openvino", precision="bf16")
+    _extract(slides[:1], tmp_path / "fp", engine="openvino", precision="fp32")
+    bf = read_bag(next((tmp_path / "bf/features").glob("*/eng_a.h5")))
+    fp = read_bag(next((tmp_path / "fp/features").glob("*/eng_a.h5")))
+    assert (bf.attrs["engine"], bf.attrs["precision"], fp.attrs["precision"]) == ("openvino", "bf16", "fp32")
+    assert bf.path.parent.name == fp.path.parent.name
+    err = np.sqrt(((bf.features - fp.features) ** 2).mean()) / np.sqrt(((fp.features - fp.features.mean(0)) ** 2).mean())
+    assert 0 < err < 0.3, err
 
 
 def test_openvino_fp32_bag_equals_torch_and_records_the_engine(slides, tmp_path):

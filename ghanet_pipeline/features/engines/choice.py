@@ -2,9 +2,10 @@
 ``--precision`` into what runs, with the reason (logged and recorded).
 
 Engines: ``torch`` (the PyTorch module, :class:`..fastpath.Runner`; CPU and CUDA; fp32, bf16, fp16)
-and ``openvino`` (the converted model, :mod:`.openvino_runner`; CPU; fp32 and int8). ``auto``:
-OpenVINO on CPU when it is installed (the optional extra ``ghanet[openvino]``), PyTorch on CUDA and
-wherever OpenVINO is missing.
+and ``openvino`` (the converted model, :mod:`.openvino_runner`; CPU; fp32, int8, and bf16 on CPUs with
+bf16 instructions, AMX-BF16 or AVX512-BF16: OpenVINO has no bf16 emulation). ``auto``: OpenVINO on CPU
+when it is installed (the optional extra ``ghanet[openvino]``), PyTorch on CUDA, wherever OpenVINO is
+missing, and for bf16 on a CPU without bf16 instructions (emulated by PyTorch, slow) and fp16.
 
 Precision ``int8`` (post-training quantization, :mod:`.int8`) needs OpenVINO and NNCF. ``auto``
 keeps today's rule for the float precisions (``runtime.resolve_precision``: bf16 on CUDA and on CPUs
@@ -91,23 +92,33 @@ def resolve_engine(engine: str, precision: str, device: torch.device | str, int8
         why = missing()
         if why:
             raise ConfigError(f"--engine openvino: {why}; {INSTALL_HINT}")
-        if precision in ("bf16", "fp16"):
-            raise ConfigError(f"--engine openvino runs fp32 or int8, not {precision}; use --engine torch for {precision}")
+        if precision == "fp16":
+            raise ConfigError("--engine openvino runs fp32, bf16 or int8 on the CPU, not fp16; use --engine torch")
+        if precision == "bf16" and not native_bf16():
+            raise ConfigError("--engine openvino runs bf16 only on CPUs with bf16 instructions (AMX-BF16 or "
+                              "AVX512-BF16), and this CPU has neither; use fp32 (or --engine torch, which emulates "
+                              "bf16 slowly)")
     float_precision, float_why = resolve_precision("fp32" if precision == "int8" else precision, dev)
-    # --engine openvino by name: its auto is fp32 (auto's bf16 on AMX CPUs runs only on PyTorch)
-    if engine == "openvino" and float_precision != "fp32":
-        float_precision, float_why = "fp32", "auto: OpenVINO runs fp32"
     if engine == "torch" or dev != "cpu":
         return EngineChoice("torch", float_precision, _why(engine, precision, float_why, "torch"))
     why = missing()
     if why:  # engine auto on CPU without OpenVINO
         return EngineChoice("torch", float_precision, f"auto: {why}; PyTorch runs the encoder")
-    if float_precision != "fp32":  # bf16 on AMX (auto) or asked for: only PyTorch runs it
+    if float_precision == "fp16" or (float_precision == "bf16" and not native_bf16()):  # only PyTorch runs these
         return EngineChoice("torch", float_precision, _why(engine, precision, float_why, "torch"))
-    if precision == "auto" and int8_auto and INT8_AUTO and missing(with_nncf=True) is None:
+    # auto on a CPU with AMX stays bf16 even where int8 may be chosen (OpenVINO's bf16 ran faster than its
+    # accuracy-controlled int8 there, docs/benchmarks.md)
+    if precision == "auto" and float_precision == "fp32" and int8_auto and INT8_AUTO and missing(with_nncf=True) is None:
         return EngineChoice("openvino", "auto-int8", "auto: int8 passed the downstream check (docs/benchmarks.md); "
                             "used if this cohort's quantized encoder passes the fidelity gate", "fp32")
-    return EngineChoice("openvino", "fp32", _why(engine, precision, float_why, "openvino"))
+    return EngineChoice("openvino", float_precision, _why(engine, precision, float_why, "openvino"))
+
+
+def native_bf16() -> bool:
+    """Does this CPU compute bf16 in hardware (AMX-BF16 or AVX512-BF16)? OpenVINO runs bf16 only there."""
+    from ...env.runtime import cpu_info
+
+    return cpu_info().has_bf16
 
 
 def _why(engine: str, precision: str, float_why: str, chosen: str) -> str:

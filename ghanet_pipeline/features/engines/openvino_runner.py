@@ -7,8 +7,9 @@ the normalisation are part of the graph (OpenVINO folds the normalisation and th
 convolutions itself). It is saved as OpenVINO IR (``model.xml`` + ``model.bin``, fp32 weights) in the
 engine cache (:mod:`.cache`), keyed by encoder, input size, weights id and precision, and compiled for
 the CPU with ``PERFORMANCE_HINT=LATENCY`` (one batch at a time on all compute threads; the THROUGHPUT
-hint with one request at a time was measured at half the speed) and ``INFERENCE_PRECISION_HINT=f32``
-(no silent bf16 on CPUs that have it: the precision is what the bag records).
+hint with one request at a time was measured at half the speed) and ``INFERENCE_PRECISION_HINT`` set
+to what the bag records: ``f32`` for fp32 and int8 (no silent bf16 on CPUs that have it), ``bf16`` only
+when bf16 was chosen (the same fp32 IR, computed in bf16 by the plugin).
 """
 
 from __future__ import annotations
@@ -88,12 +89,14 @@ def ir_sha256(folder: Path) -> str:
     return hashlib.sha256(both.encode()).hexdigest()
 
 
-def compile_ir(folder: Path, threads: int | None) -> Any:
-    """The cached IR compiled for the CPU (see module doc for the settings)."""
+def compile_ir(folder: Path, threads: int | None, precision: str = "fp32") -> Any:
+    """The cached IR compiled for the CPU (see module doc for the settings); ``precision`` ``bf16``: the
+    operations that are not int8 compute in bf16 (CPUs with bf16 instructions only), else in fp32."""
     import openvino as ov
 
     core = ov.Core()
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    hint = "bf16" if precision == "bf16" else "f32"
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     with kept_signal_stack():  # see .sigstack: the plugin would leave this thread a stack it later frees

@@ -51,7 +51,7 @@ class EngineSession:
 
     @property
     def precision(self) -> str:
-        return "int8" if self.engine_model else ("fp32" if self.choice.int8 else self.choice.precision)
+        return "int8" if self.engine_model else (self.choice.fallback if self.choice.int8 else self.choice.precision)
 
     def bag_attrs(self) -> dict[str, Any]:
         """``engine``, ``precision`` and, for int8, the model's key and hash (see the package doc)."""
@@ -95,10 +95,10 @@ class EngineSession:
         said = describe(fid) if fid else "no held-out patches"
         if self.choice.precision == "auto-int8" and not entry.record.get("passes_gate"):
             msg = (f"auto: int8 model {key} {gate} the fidelity gate on held-out patches ({said}); "
-                   f"extracting in fp32")
+                   f"extracting in {self.choice.fallback}")
             log.warning(msg)
             self.notes.append(msg)
-            self.choice = EngineChoice("openvino", "fp32", msg)
+            self.choice = EngineChoice("openvino", self.choice.fallback, msg)
             return
         self.engine_model, self.record = key, entry.record
         msg = f"int8 model {key} ({'built' if entry.built else 'cached'}; held-out fidelity {said}: {gate} the gate)"
@@ -138,8 +138,8 @@ class EngineSession:
             self._ov[input_size] = ovr.OpenVinoRunner(ovr.compile_ir(entry.path, self.threads))
             return self._ov[input_size]
         try:
-            entry = self._fp32_entry(out, input_size)
-            self._ov[input_size] = ovr.OpenVinoRunner(ovr.compile_ir(entry.path, self.threads))
+            entry = self._fp32_entry(out, input_size)  # bf16: the fp32 model, computed in bf16 by the plugin
+            self._ov[input_size] = ovr.OpenVinoRunner(ovr.compile_ir(entry.path, self.threads, self.precision))
         except GhanetError:
             raise
         except Exception as exc:  # noqa: BLE001 - the encoder did not convert: PyTorch runs it
