@@ -24,7 +24,8 @@ from .common import int8_options, manifest_option, out_option, slides_argument
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of the compared patches.")
 @int8_options
 @click.option("--bf16/--no-bf16", default=None,
-              help="Also compare PyTorch bf16 [default: where the CPU has bf16 instructions].")
+              help="Also compare bf16: PyTorch autocast, and OpenVINO where the CPU has bf16 instructions "
+                   "[default: where the CPU has them].")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU compute threads.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the figures as JSON [default: <out>/logs/check-precision-<time>.json].")

@@ -453,6 +453,30 @@ def test_check_precision_cli_reports_each_engine_against_torch(slides, tmp_path)
     assert read_bag(res[0].metrics["bag"]).attrs["engine_model"] == report["int8_model"]
 
 
+def test_check_precision_refuses_before_quantizing_when_no_patch_is_left_to_check_on(slides, tmp_path):
+    """A small slide whose every patch goes into the int8 calibration sample: a clear error naming the fix,
+    raised before the (minutes-long) quantization, not a traceback after it."""
+    from ghanet_pipeline.features.engines.check import check_precision
+
+    with pytest.raises(ConfigError, match=r"3 tissue patches .*\(--int8-patches 8\) takes 3 .* leaving 0 .*give more slides"):
+        check_precision(_specs(slides[1:]), tmp_path / "o", encoder=TINY, weights="random", patches=4,
+                        int8_patches=8, input_size=SIZE, bf16=False, threads=1)
+    assert not (tmp_path / "o" / "engines").exists()
+
+
+@pytest.mark.skipif(not runtime.cpu_info().has_bf16, reason="OpenVINO bf16 needs a CPU with bf16 instructions")
+def test_check_precision_measures_both_bf16_engines_where_the_cpu_has_bf16(slides, tmp_path):
+    from ghanet_pipeline.features.engines.check import check_precision
+
+    res = check_precision(_specs(slides), tmp_path / "o", encoder=TINY, weights="random", patches=4, int8_patches=8,
+              input_size=SIZE, bf16=True, threads=1)
+    rows = res.rows
+    assert {"torch bf16", "openvino bf16"} <= set(rows)
+    for name in ("torch bf16", "openvino bf16"):  # bf16 round-off: not zero, far below the features' spread
+        assert 0 < rows[name]["error_spread"] < 0.3, (name, rows[name])
+    assert rows["openvino fp32"]["error_spread"] < rows["openvino bf16"]["error_spread"]
+
+
 _SIGNAL_AFTER_TWO_MODELS = r"""
 import gc, os, signal, sys
 import numpy as np, openvino as ov, torch

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ...core.errors import ConfigError
 from .agreement import MAX_ERROR_SPREAD, MIN_DISTANCE_RANK, agreement, passes
 
 log = logging.getLogger(__name__)
@@ -83,10 +84,16 @@ def check_precision(specs: Sequence[Any], out: Path | str, encoder: str = "resne
                            torch_threads=threads, num_workers=0)
     ex = Extractor(params, "cpu", encoder=enc)
     cohort = list(cohort or specs)
-    ex.prepare(cohort, out)
     from .int8 import draw_sample
 
     calib = draw_sample(cohort, out, recipe.patches, recipe.seed)
+    if cohort == list(specs) and (left := sum(len(c) for c, _ in calib.grids) - len(calib.picked)) < 3:
+        total = left + len(calib.picked)
+        smaller = f"a smaller --int8-patches (e.g. {max(8, total // 2)}), " if total - 8 >= 3 else ""
+        raise ConfigError(f"the given slides have {total} tissue patches and the int8 calibration sample "
+                          f"(--int8-patches {int8_patches}) takes {len(calib.picked)} of them, leaving {max(left, 0)} "
+                          f"to check on (3 at least): give {smaller}more slides, or --int8-cohort with other slides")
+    ex.prepare(cohort, out)
     sample = eval_sample(specs, out, patches, seed, calib if cohort == list(specs) else None)
     size = ex.input_size(sample.patch_size)
     x = read_sample(sample, size)
@@ -102,6 +109,8 @@ def check_precision(specs: Sequence[Any], out: Path | str, encoder: str = "resne
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return _run(ex.runner, x)
         runs["torch bf16"] = run_bf16
+        if cpu_info().has_bf16:  # OpenVINO has no bf16 emulation: only where the CPU computes bf16
+            runs["openvino bf16"] = lambda: _run(ex.engine.fp32_runner(size, out, "bf16"), x)
     for name, fn in runs.items():
         t = time.perf_counter()
         got = fn()

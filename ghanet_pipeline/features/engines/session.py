@@ -147,11 +147,12 @@ class EngineSession:
             return self.torch_runner()
         return self._ov[input_size]
 
-    def fp32_runner(self, input_size: int, out: Path) -> Any:
-        """The OpenVINO fp32 runner for ``input_size`` (whatever this session runs; for comparisons)."""
+    def fp32_runner(self, input_size: int, out: Path, precision: str = "fp32") -> Any:
+        """The OpenVINO runner of the float model for ``input_size`` computing in ``precision`` (fp32, or bf16 on
+        CPUs with bf16 instructions), whatever this session runs; for comparisons."""
         from . import openvino_runner as ovr
 
-        return ovr.OpenVinoRunner(ovr.compile_ir(self._fp32_entry(out, input_size).path, self.threads))
+        return ovr.OpenVinoRunner(ovr.compile_ir(self._fp32_entry(out, input_size).path, self.threads, precision))
 
     def _int8_entry(self, out: Path) -> Any:
         from .cache import cache_root, read_entry
