@@ -180,12 +180,6 @@ def command(system: str, paths: dict[str, Path], threads: int | None) -> list[st
     return cmd + (["--threads", str(threads)] if threads else [])
 
 
-def _native_bf16() -> bool:
-    from ghanet_pipeline.env.runtime import cpu_info
-
-    return cpu_info().has_bf16
-
-
 def bag_precision(paths: dict[str, Path]) -> str:
     import h5py
 
@@ -235,7 +229,9 @@ def system_rows(bench: Bench, rates: dict[str, list[float]], rss: dict[str, floa
 def whole_process(args: argparse.Namespace) -> None:
     paths = prepare(Path(args.cache).resolve(), args.patches)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    skipped = [s for s in systems if s == "ghanet-ovbf16" and (args.isa or not _native_bf16())]
+    from ghanet_pipeline.features.engines.choice import native_bf16
+
+    skipped = [s for s in systems if s == "ghanet-ovbf16" and (args.isa or not native_bf16())]
     if skipped:  # OpenVINO has no bf16 emulation: the CLI refuses it on such CPUs
         print("ghanet-ovbf16 left out: OpenVINO runs bf16 only on CPUs with bf16 instructions", file=sys.stderr)
         systems = [s for s in systems if s not in skipped]

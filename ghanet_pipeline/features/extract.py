@@ -46,6 +46,7 @@ from .registry import DEFAULT_ENCODER
 from .reuse import reuse_problem
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
     from .encoders import LoadedEncoder
 
@@ -112,7 +113,6 @@ class Extractor:
         # what computes the float bags: PyTorch (autocast below) or OpenVINO (fp32, or bf16 on CPUs with bf16
         # instructions); int8 starts as fp32 until its model is ready (the bag's attr comes from the engine)
         self.precision, self.precision_reason = (choice.fallback if choice.int8 else choice.precision), choice.reason
-        self.amp_dtype = dtype_of(self.precision) if choice.engine == "torch" else None
         self.notes: list[str] = []
         if self.device.type == "cpu" and self.precision == "bf16":
             warning = bf16_cpu_warning()
@@ -138,6 +138,12 @@ class Extractor:
         self.engine = EngineSession(choice, self.encoder, lambda: Runner(self.model, self.encoder.spec, self.device),
                                     threads if self.device.type == "cpu" else None, params.engine_model,
                                     params.input_size)
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of the PyTorch runner: the precision the engine session runs in when PyTorch runs
+        the encoder (chosen, or fallen back to after an OpenVINO failure), else None."""
+        return dtype_of(self.engine.precision) if self.engine.engine == "torch" else None
 
     @property
     def runner(self) -> Runner:
@@ -254,8 +260,8 @@ class Extractor:
             loader = ThreadReader(data, depth=max(1, min(2, p.prefetch_batches)), pin_memory=cuda)
         else:
             loader = (data[i] for i in range(len(data)))
-        amp = (torch.autocast(self.device.type, dtype=self.amp_dtype)
-               if self.amp_dtype is not None and self.engine.engine == "torch" else _null_ctx())
+        amp_dtype = self.amp_dtype
+        amp = torch.autocast(self.device.type, dtype=amp_dtype) if amp_dtype is not None else _null_ctx()
         done = 0
         pending: tuple[int, Any] | None = None  # (batch index, device tensor) computed but not yet written
 

@@ -219,6 +219,25 @@ def test_encoder_that_does_not_convert_falls_back_to_torch_with_one_log_line(sli
     assert not list((tmp_path / "o/engines").glob(f"{TINY}*"))  # nothing half-built left in the cache
 
 
+def test_bf16_that_does_not_convert_falls_back_to_torch_bf16_not_fp32(slides, tmp_path, monkeypatch, caplog):
+    """OpenVINO was to compute bf16 (an AMX CPU, pinned): when the encoder does not convert, PyTorch takes over
+    in bf16 (autocast really applied: the bag differs from PyTorch fp32's), not silently in fp32."""
+    from ghanet_pipeline.features.bags import read_bag
+    from ghanet_pipeline.features.engines import openvino_runner
+
+    monkeypatch.setattr(runtime, "cpu_info", lambda: AMX_CPU)
+    monkeypatch.setattr(openvino_runner, "convert", lambda encoder, input_size: (_ for _ in ()).throw(
+        RuntimeError("unsupported operation aten::frobnicate")))
+    with caplog.at_level(logging.WARNING):
+        _extract(slides[:1], tmp_path / "bf", precision="auto")
+    assert any("PyTorch runs the encoder in bf16" in r.getMessage() for r in caplog.records)
+    _extract(slides[:1], tmp_path / "fp", engine="torch", precision="fp32")
+    bf = read_bag(next((tmp_path / "bf/features").glob("*/eng_a.h5")))
+    fp = read_bag(next((tmp_path / "fp/features").glob("*/eng_a.h5")))
+    assert (bf.attrs["engine"], bf.attrs["precision"]) == ("torch", "bf16")
+    assert not np.allclose(bf.features, fp.features, rtol=1e-4, atol=1e-5)
+
+
 # --------------------------------------------------------------------------- cache
 
 

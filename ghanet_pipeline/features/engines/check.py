@@ -20,6 +20,7 @@ import numpy as np
 
 from ...core.errors import ConfigError
 from .agreement import MAX_ERROR_SPREAD, MIN_DISTANCE_RANK, agreement, passes
+from .choice import native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,6 @@ def check_precision(specs: Sequence[Any], out: Path | str, encoder: str = "resne
     ``cohort``: the slides the int8 model is calibrated on (default ``specs``), as ``--int8-cohort``."""
     import torch
 
-    from ...env.runtime import cpu_info
     from ..encoders import load_encoder
     from ..extract import Extractor, ExtractParams
     from .int8 import Recipe, read_sample
@@ -104,12 +104,12 @@ def check_precision(specs: Sequence[Any], out: Path | str, encoder: str = "resne
     runs = {"openvino fp32": lambda: _run(ex.engine.fp32_runner(size, out), x)}
     if ex.engine.engine_model:
         runs["openvino int8"] = lambda: _run(ex.engine.runner(size, out), x)
-    if bf16 or (bf16 is None and cpu_info().has_bf16):
+    if bf16 or (bf16 is None and native_bf16()):
         def run_bf16() -> np.ndarray:
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return _run(ex.runner, x)
         runs["torch bf16"] = run_bf16
-        if cpu_info().has_bf16:  # OpenVINO has no bf16 emulation: only where the CPU computes bf16
+        if native_bf16():  # OpenVINO has no bf16 emulation: only where the CPU computes bf16
             runs["openvino bf16"] = lambda: _run(ex.engine.fp32_runner(size, out, "bf16"), x)
     for name, fn in runs.items():
         t = time.perf_counter()

@@ -4,7 +4,7 @@
 features``): the PyTorch runner (:class:`..fastpath.Runner`), or the OpenVINO model from the cache
 (fp32: converted on first use per input size; int8: made by :meth:`EngineSession.prepare` from the
 cohort, or named by ``engine_model`` when predict follows its training bags). An encoder that does not
-convert falls back to PyTorch fp32 with one log line saying why; the bag then records what ran.
+convert falls back to PyTorch in the same float precision (int8: fp32) with one log line saying why; the bag then records what ran.
 """
 
 from __future__ import annotations
@@ -167,10 +167,12 @@ class EngineSession:
         return entry
 
     def _fall_back(self, why: str) -> None:
-        msg = f"engine openvino: {why}; PyTorch runs the encoder in fp32"
+        """PyTorch runs the encoder from now on, in the float precision OpenVINO was to run (int8: fp32)."""
+        precision = "fp32" if self.precision == "int8" else self.precision
+        msg = f"engine openvino: {why}; PyTorch runs the encoder in {precision}"
         log.warning(msg)
         self.notes.append(msg)
-        self.choice = EngineChoice("torch", "fp32", msg)
+        self.choice = EngineChoice("torch", precision, msg)
         self.engine_model = None
 
 
