@@ -35,8 +35,10 @@ import numpy as np
 from benchmarks.harness import Bench, add_record_args
 
 #: plain NNCF defaults, every field spelled out (a field left out would take Recipe's own default, not NNCF's)
+#: (``float_ops`` fp32: this benchmark compares quantization techniques with every float operation in fp32; on
+#: CPUs with bf16, extract-features then decides per model whether they may compute in bf16, int8.build)
 BASE = {"preset": "performance", "bias_correction": "fast", "fp32_convs": (), "ranges": "minmax", "channel_alignment": False,
-        "max_error": None}
+        "max_error": None, "float_ops": "fp32"}
 RECIPES: dict[str, dict] = {
     "plain": BASE,
     "plain_dense": BASE,
@@ -48,7 +50,7 @@ RECIPES: dict[str, dict] = {
     "histogram_ranges": {**BASE, "ranges": "histogram"},
     "channel_alignment": {**BASE, "channel_alignment": True},
     "accuracy_control": {**BASE, "max_error": 0.10},
-    "default": {},  # the Recipe() extract-features uses
+    "default": {},  # the Recipe() extract-features uses (float operations in fp32, as everywhere here)
 }
 
 

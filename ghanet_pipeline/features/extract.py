@@ -154,7 +154,7 @@ class Extractor:
         """int8: make or reuse the cohort's quantized encoder (once, before the slides; see engines.int8)."""
         from .engines.int8 import Recipe
 
-        self.engine.prepare(cohort, Path(out), Recipe(patches=self.params.int8_patches, seed=self.params.int8_seed))
+        self.engine.prepare(cohort, Path(out), Recipe.for_this_cpu(patches=self.params.int8_patches, seed=self.params.int8_seed))
         self.notes += self.engine.notes
 
     # -- paths ----------------------------------------------------------------------------------------

@@ -310,8 +310,9 @@ def test_agreement_figures():
     assert abs(shuffled["distance_rank"]) < 0.1
 
 
-def _tiny_uint8_model():
-    """A small OpenVINO conv net taking uint8 NHWC patches, as the converted encoders do."""
+def _tiny_uint8_model(centred: bool = False):
+    """A small OpenVINO conv net taking uint8 NHWC patches, as the converted encoders do; ``centred``: inputs
+    scaled to [-1, 1] and no biases, so that features differ between patches as much as they are large."""
     import openvino as ov
     import torch
 
@@ -319,12 +320,13 @@ def _tiny_uint8_model():
         def __init__(self) -> None:
             super().__init__()
             torch.manual_seed(0)
-            self.body = torch.nn.Sequential(*[m for _ in range(4) for m in (torch.nn.Conv2d(8, 8, 3, padding=1),
-                                                                               torch.nn.ReLU())])
-            self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.body = torch.nn.Sequential(*[m for _ in range(4) for m in (
+                torch.nn.Conv2d(8, 8, 3, padding=1, bias=not centred), torch.nn.ReLU())])
+            self.stem = torch.nn.Conv2d(3, 8, 3, padding=1, bias=not centred)
 
         def forward(self, x):
             x = x.permute(0, 3, 1, 2).float() / 255.0
+            x = 2 * x - 1 if centred else x
             return self.body(torch.relu(self.stem(x))).mean(dim=(2, 3))
 
     return ov.convert_model(Net().eval(), example_input=torch.zeros(1, 16, 16, 3, dtype=torch.uint8))
@@ -357,6 +359,77 @@ def test_accuracy_control_puts_layers_back_to_fp32_until_the_error_is_met():
     assert int8_share(plain) == (5, 5) and int8_share(controlled)[0] < 5  # some went back to fp32, not by luck
     loose = quantize(model, calib, Recipe(fp32_convs=(), max_error=2 * error(plain)), validation=val)
     assert int8_share(loose) == (5, 5)  # where plain int8 meets the target nothing goes back
+
+
+def _build_tiny_int8(tmp_path, monkeypatch, **recipe):
+    """``int8.build`` of the tiny centred uint8 model (first convolution in float, as the default recipe) on
+    patches whose features differ between patches (a colour per patch): 18 held out, 18 for validation, 36 for
+    calibration; returns the record, both model folders and the held-out patches."""
+    from types import SimpleNamespace
+
+    from ghanet_pipeline.features.engines import int8
+    from ghanet_pipeline.features.engines.openvino_runner import save_ir
+
+    rng = np.random.default_rng(0)
+    patches = np.clip(rng.integers(30, 225, (72, 1, 1, 3)) + rng.normal(0, 20, (72, 16, 16, 3)), 0, 255).astype(np.uint8)
+    monkeypatch.setattr(int8, "read_sample", lambda sample, size: patches)
+    fp32, folder = tmp_path / "fp32", tmp_path / "int8"
+    fp32.mkdir(parents=True)
+    folder.mkdir()
+    save_ir(_tiny_uint8_model(centred=True), fp32)
+    sample = SimpleNamespace(picked=[(0, 0)], specs=[None], sha256="x")
+    rec = int8.build(folder, fp32, SimpleNamespace(name="tiny", weights_id="random:0"), sample, 16,
+                     int8.Recipe(**{"holdout": 24, "validation": 24, **recipe}), None)
+    return rec, fp32, folder, patches[:18]
+
+
+@pytest.mark.skipif(not runtime.cpu_info().has_bf16, reason="OpenVINO bf16 needs a CPU with bf16 instructions")
+def test_int8_float_operations_compute_in_bf16_only_where_measured_to_pass(tmp_path, monkeypatch):
+    """On a bf16 CPU the operations int8 leaves in float compute in bf16: bf16's own error is taken out of the
+    accuracy-control budget, the held-out figures are those of what runs, and the runner computes that way."""
+    from ghanet_pipeline.features.engines import int8
+    from ghanet_pipeline.features.engines.openvino_runner import compile_ir, run_compiled
+
+    rec, fp32, folder, held = _build_tiny_int8(tmp_path / "a", monkeypatch, float_ops="bf16")
+    assert rec["float_ops"] == "bf16" and rec["passes_gate"] and rec["recipe"]["float_ops"] == "bf16"
+    bf16_err = rec["bf16_alone"]["error_spread"]
+    assert 0 < bf16_err <= 0.05 and rec["accuracy_target"] == pytest.approx((0.1 ** 2 - bf16_err ** 2) ** 0.5)
+    assert rec["fidelity"]["error_rms"] != rec["fidelity_fp32_ops"]["error_rms"]  # the figures of what runs
+    assert int8.float_ops(rec) == "bf16"
+    as_run = run_compiled(compile_ir(folder, None, int8.float_ops(rec)), held)
+    assert not np.array_equal(as_run, run_compiled(compile_ir(folder, None, "fp32"), held))
+    # a budget bf16 alone would use up: the float operations stay fp32, and the record says why
+    rec, *_ = _build_tiny_int8(tmp_path / "b", monkeypatch, float_ops="bf16", max_error=1e-9)
+    assert rec["float_ops"] == "fp32" and rec["accuracy_target"] == 1e-9 and "bf16 alone" in rec["notes"][0]
+    # held-out figures under bf16 over the gate: fp32 float operations (the first gate check is bf16's)
+    calls = iter([False])
+    monkeypatch.setattr(int8, "passes", lambda fig: next(calls, True))
+    rec, *_ = _build_tiny_int8(tmp_path / "c", monkeypatch, float_ops="bf16")
+    assert rec["float_ops"] == "fp32" and rec["fidelity"] == rec["fidelity_fp32_ops"] and "over the gate" in rec["notes"][0]
+
+
+def test_int8_recipe_float_operations_follow_the_cpu(monkeypatch):
+    from ghanet_pipeline.features.engines.int8 import Recipe, float_ops
+
+    monkeypatch.setattr(runtime, "cpu_info", lambda: AMX_CPU)
+    assert Recipe.for_this_cpu(patches=8).float_ops == "bf16" and float_ops({"float_ops": "bf16"}) == "bf16"
+    monkeypatch.setattr(runtime, "cpu_info", lambda: NO_BF16_CPU)
+    assert Recipe.for_this_cpu(patches=8) == Recipe(patches=8, float_ops="fp32")
+    assert float_ops({"float_ops": "bf16"}) == "fp32"  # a model made on a bf16 CPU, run on one without
+    assert Recipe(float_ops="bf16").as_dict() != Recipe().as_dict()  # so a different cache key
+
+
+def test_a_cached_int8_model_is_found_without_importing_nncf(tmp_path):
+    """Choosing the engine and keying a cached int8 model must not import NNCF (~0.4 s of every process)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from types import SimpleNamespace as N\n"
+            "from ghanet_pipeline.features.engines import choice, int8\n"
+            "assert choice.missing(with_nncf=True) is None\n"
+            "int8.model_key(N(weights_id='random:0', name='x'), 32, int8.Recipe(), 'abc')\n"
+            "assert 'nncf' not in sys.modules, 'nncf imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
 
 
 def test_int8_bags_record_the_model_and_go_to_their_own_folder(slides, tmp_path):

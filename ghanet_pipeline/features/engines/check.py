@@ -78,7 +78,7 @@ def check_precision(specs: Sequence[Any], out: Path | str, encoder: str = "resne
 
     out = Path(out)
     enc = load_encoder(encoder, weights)
-    recipe = Recipe(patches=int8_patches, seed=int8_seed)
+    recipe = Recipe.for_this_cpu(patches=int8_patches, seed=int8_seed)
     params = ExtractParams(encoder=encoder, weights=weights, input_size=input_size, device="cpu",
                            precision="int8", engine="openvino", int8_patches=int8_patches, int8_seed=int8_seed,
                            torch_threads=threads, num_workers=0)

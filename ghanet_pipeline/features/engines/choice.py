@@ -44,11 +44,11 @@ def missing(with_nncf: bool = False) -> str | None:
         import openvino  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - any import failure means: not usable
         return f"OpenVINO is not installed ({type(exc).__name__}: {exc})"
-    if with_nncf:
-        try:
-            import nncf  # noqa: F401
-        except Exception as exc:  # noqa: BLE001
-            return f"NNCF is not installed ({type(exc).__name__}: {exc})"
+    if with_nncf:  # found, not imported: importing NNCF takes ~0.4 s, and a cached int8 model does not need it
+        import importlib.util
+
+        if importlib.util.find_spec("nncf") is None:
+            return "NNCF is not installed"
     return None
 
 

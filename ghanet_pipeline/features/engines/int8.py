@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +54,11 @@ class Recipe:
     error relative to the spread across patches (:mod:`.agreement`) on ``validation`` patches of the sample
     (neither calibration nor holdout) is at most ``max_error``; ``None``: plain post-training quantization.
     Where plain int8 already meets it (weights whose features differ clearly between patches), nothing goes
-    back to fp32."""
+    back to fp32. ``float_ops``: what the operations that are not int8 (those put back, the first convolution,
+    pooling) compute in: ``fp32``, or ``bf16`` (CPUs with bf16 instructions, :meth:`for_this_cpu`): then bf16's
+    own error on the validation patches is taken out of accuracy control's budget (errors add in quadrature),
+    and the model keeps bf16 only if its held-out figures under bf16 pass the gate, else its float operations
+    compute in fp32 (see :func:`build`)."""
 
     patches: int = 512
     seed: int = 0
@@ -66,6 +70,14 @@ class Recipe:
     fp32_convs: tuple[int, ...] = (0,)  # measured help (docs/fidelity.md); full bias correction: 3x the time for ~0
     ranges: str = "histogram"  # measured help; ~7x the quantization time of min/max (once per cohort)
     channel_alignment: bool = False
+    float_ops: str = "fp32"
+
+    @classmethod
+    def for_this_cpu(cls, **kw: Any) -> Recipe:
+        """The recipe with ``float_ops`` bf16 where this CPU computes bf16 in hardware, else fp32."""
+        from .choice import native_bf16
+
+        return cls(**kw, float_ops="bf16" if native_bf16() else "fp32")
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "fp32_convs": list(self.fp32_convs)}
@@ -161,11 +173,12 @@ def read_sample(sample: Sample, input_size: int, batch_size: int = 32) -> np.nda
 
 def model_key(encoder: LoadedEncoder, input_size: int, recipe: Recipe, sample_sha256: str) -> str:
     """Cache key ``<encoder>_<input>_int8_<hash16>`` of the int8 model (see module doc)."""
-    import nncf
+    from importlib.metadata import version
+
     import openvino as ov
 
     text = json.dumps({"weights": encoder.weights_id, "encoder": encoder.name, "input_size": int(input_size),
-                       "recipe": recipe.as_dict(), "sample": sample_sha256, "nncf": nncf.__version__,
+                       "recipe": recipe.as_dict(), "sample": sample_sha256, "nncf": version("nncf"),
                        "openvino": ov.__version__.split("-")[0]}, sort_keys=True)
     return f"{encoder.name}_{int(input_size)}_int8_{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
@@ -231,7 +244,13 @@ def int8_share(model: Any) -> tuple[int, int]:
 def build(folder: Path, fp32_folder: Path, encoder: LoadedEncoder, sample: Sample, input_size: int,
           recipe: Recipe, threads: int | None) -> dict[str, Any]:
     """Make the int8 IR in ``folder`` from the fp32 IR in ``fp32_folder`` (a cache ``build`` callback):
-    read the sample, quantize on all but the holdout, measure the holdout; returns the record."""
+    read the sample, quantize on all but the holdout, measure the holdout; returns the record.
+
+    With ``recipe.float_ops`` bf16: bf16's error alone (the fp32 model computed in bf16) is measured on the
+    validation patches; if it is at most half the budget, accuracy control aims at
+    ``sqrt(max_error**2 - bf16_error**2)``, else the float operations stay fp32. The record's ``float_ops`` is
+    bf16 only when the held-out figures computed that way pass the gate (``fidelity``: the figures of what
+    runs; ``fidelity_fp32_ops``: the same model with fp32 float operations, for comparison)."""
     import openvino as ov
 
     from .openvino_runner import MODEL_XML, compile_ir, ir_sha256, run_compiled
@@ -241,28 +260,60 @@ def build(folder: Path, fp32_folder: Path, encoder: LoadedEncoder, sample: Sampl
     n_val = min(recipe.validation, len(patches) // 4) if recipe.max_error is not None else 0
     n_val = n_val if n_val >= 3 else 0  # fewer cannot measure a spread: plain quantization
     held, val, calib = patches[:hold], patches[hold:hold + n_val], patches[hold + n_val:]
+    bf16 = recipe.float_ops == "bf16" and hold >= 3  # bf16 is kept only where the holdout can check it
+    target, bf16_alone, notes = recipe.max_error, None, []
+    if bf16 and n_val and target is not None:
+        ref_val = run_compiled(compile_ir(fp32_folder, threads), val)
+        bf16_alone = agreement(ref_val, run_compiled(compile_ir(fp32_folder, threads, "bf16"), val))
+        if bf16_alone["error_spread"] <= 0.5 * target:
+            target = float(np.sqrt(target ** 2 - bf16_alone["error_spread"] ** 2))
+        else:
+            bf16 = False
+            notes.append(f"bf16 alone moves the validation features by {bf16_alone['error_spread']:.3f} of the spread "
+                         f"(more than half the budget {target}): the float operations compute in fp32")
     log.info("int8: quantizing %s on %d patches of %d slides (%d held out for the fidelity check%s)",
              encoder.name, len(calib), len({s for s, _ in sample.picked}), hold,
-             f", {n_val} for accuracy control to error <= {recipe.max_error} of the spread" if n_val else "")
+             f", {n_val} for accuracy control to error <= {target:.3f} of the spread" if n_val else "")
     fp32_model = ov.Core().read_model(str(Path(fp32_folder) / MODEL_XML))
-    q = quantize(fp32_model, calib, recipe, validation=val)
+    q = quantize(fp32_model, calib, replace(recipe, max_error=target), validation=val)
     kept, total = int8_share(q)
-    log.info("int8: %d of %d convolutions run in int8 (the others in fp32)", kept, total)
     ov.save_model(q, str(Path(folder) / MODEL_XML), compress_to_fp16=False)
     figures: dict[str, Any] | None = None
+    fp32_ops: dict[str, Any] | None = None
     if hold >= 3:
         ref = run_compiled(compile_ir(fp32_folder, threads), held)
-        got = run_compiled(compile_ir(folder, threads), held)
-        figures = agreement(ref, got)
+        figures = fp32_ops = agreement(ref, run_compiled(compile_ir(folder, threads), held))
+        if bf16:
+            with_bf16 = agreement(ref, run_compiled(compile_ir(folder, threads, "bf16"), held))
+            if passes(with_bf16):
+                figures = with_bf16
+            else:
+                bf16 = False
+                notes.append(f"held out with bf16 float operations: {describe(with_bf16)}, over the gate: they "
+                             f"compute in fp32")
+    float_ops = "bf16" if bf16 else "fp32"
+    log.info("int8: %d of %d convolutions run in int8 (the others in %s)", kept, total, float_ops)
+    for note in notes:
+        log.info("int8: %s", note)
     record = {"precision": "int8", "encoder": encoder.name, "weights_sha256": encoder.weights_id,
               "input_size": int(input_size), "recipe": recipe.as_dict(),
               "sample": {"sha256": sample.sha256, "slides": len({s for s, _ in sample.picked}),
                          "slides_given": len(sample.specs), "patches": len(calib), "holdout": hold,
                          "validation": n_val},
-              "int8_convolutions": kept, "convolutions": total,
-              "fidelity": figures, "passes_gate": bool(figures is not None and passes(figures)),
+              "int8_convolutions": kept, "convolutions": total, "float_ops": float_ops,
+              "accuracy_target": target, "bf16_alone": bf16_alone, "notes": notes,
+              "fidelity": figures, "fidelity_fp32_ops": fp32_ops,
+              "passes_gate": bool(figures is not None and passes(figures)),
               "model_sha256": ir_sha256(folder), "openvino_version": ov.__version__}
     if figures is not None:
         log.info("int8: held-out fidelity vs fp32: %s (%s)", describe(figures),
                  "passes" if record["passes_gate"] else "FAILS the gate")
     return record
+
+
+def float_ops(record: dict[str, Any]) -> str:
+    """What the int8 model of ``record`` computes its float operations in on this CPU: the record's choice,
+    except fp32 where this CPU has no bf16 instructions (a model made on another machine)."""
+    from .choice import native_bf16
+
+    return "bf16" if record.get("float_ops") == "bf16" and native_bf16() else "fp32"

@@ -8,8 +8,10 @@ convolutions itself). It is saved as OpenVINO IR (``model.xml`` + ``model.bin``,
 engine cache (:mod:`.cache`), keyed by encoder, input size, weights id and precision, and compiled for
 the CPU with ``PERFORMANCE_HINT=LATENCY`` (one batch at a time on all compute threads; the THROUGHPUT
 hint with one request at a time was measured at half the speed) and ``INFERENCE_PRECISION_HINT`` set
-to what the bag records: ``f32`` for fp32 and int8 (no silent bf16 on CPUs that have it), ``bf16`` only
-when bf16 was chosen (the same fp32 IR, computed in bf16 by the plugin).
+to what the bag records: ``f32`` for fp32 (no silent bf16 on CPUs that have it), ``bf16`` only when bf16
+was chosen (the same fp32 IR, computed in bf16 by the plugin); an int8 model's float operations compute in
+what its cache record says (``float_ops``: bf16 only where it was measured to pass the int8 gate that way,
+see :func:`.int8.build`).
 """
 
 from __future__ import annotations

@@ -101,7 +101,13 @@ class EngineSession:
             self.choice = EngineChoice("openvino", self.choice.fallback, msg)
             return
         self.engine_model, self.record = key, entry.record
-        msg = f"int8 model {key} ({'built' if entry.built else 'cached'}; held-out fidelity {said}: {gate} the gate)"
+        from .int8 import float_ops
+
+        rec = entry.record
+        mix = (f"{rec['int8_convolutions']} of {rec['convolutions']} convolutions in int8, the rest in "
+               f"{float_ops(rec)}; " if "convolutions" in rec else "")
+        msg = (f"int8 model {key} ({'built' if entry.built else 'cached'}; {mix}held-out fidelity {said}: {gate} "
+               f"the gate)")
         if self.choice.precision == "auto-int8":
             msg = "auto chose int8: " + msg
         log.info(msg)
@@ -135,7 +141,9 @@ class EngineSession:
                 raise SlideError(f"the int8 model {self.engine_model} was made for {entry.record.get('input_size')} px "
                                  f"input, this slide gives {input_size} px patches; one int8 model serves one input "
                                  f"size (segment the slides with one --patch-size)")
-            self._ov[input_size] = ovr.OpenVinoRunner(ovr.compile_ir(entry.path, self.threads))
+            from .int8 import float_ops  # its float operations: fp32, or bf16 where the model chose it and the CPU has it
+
+            self._ov[input_size] = ovr.OpenVinoRunner(ovr.compile_ir(entry.path, self.threads, float_ops(entry.record)))
             return self._ov[input_size]
         try:
             entry = self._fp32_entry(out, input_size)  # bf16: the fp32 model, computed in bf16 by the plugin
