@@ -22,6 +22,7 @@ torch-fp32 (ratio of medians) and peak RSS; the harness adds the CPU, its instru
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -140,6 +141,10 @@ def main(argv: list[str] | None = None) -> None:
         int8_enc, int8_secs = int8_encoder(paths, cache, env, args.threads)
         bench.note(f"one-off: int8 model made in {int8_secs:.1f} s (sample, quantization, held-out check, and that "
                    "process's extraction of the slide)")
+        rec = json.loads((cache / "engines" / str(int8_enc["engine_model"]) / "record.json").read_text())
+        bench.note(f"openvino-int8: {rec.get('int8_convolutions')} of {rec.get('convolutions')} convolutions in int8, the "
+                   f"other operations in {rec.get('float_ops', 'fp32')}; held-out error "
+                   f"{(rec.get('fidelity') or {}).get('error_spread', float('nan')):.3f} of the spread")
         runs = {"fp32": make_run(cache / "run-fp32", FP32_ENCODER), "int8": make_run(cache / "run-int8", int8_enc)}
         if "openvino-fp32" in systems:  # converts the fp32 model once
             warm = run_process(predict_command("openvino-fp32", paths["slide"], runs, fresh_out(paths, cache, "warm")),
