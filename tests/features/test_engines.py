@@ -417,6 +417,7 @@ def test_int8_recipe_float_operations_follow_the_cpu(monkeypatch):
     assert Recipe.for_this_cpu(patches=8) == Recipe(patches=8, float_ops="fp32")
     assert float_ops({"float_ops": "bf16"}) == "fp32"  # a model made on a bf16 CPU, run on one without
     assert Recipe(float_ops="bf16").as_dict() != Recipe().as_dict()  # so a different cache key
+    assert "float_ops" not in Recipe().as_dict()  # fp32: the key int8 models had before float_ops existed
 
 
 def test_a_cached_int8_model_is_found_without_importing_nncf(tmp_path):
@@ -447,6 +448,9 @@ def test_int8_bags_record_the_model_and_go_to_their_own_folder(slides, tmp_path)
     sample = rec["sample"]
     assert sample["slides"] == 2 and sample["patches"] + sample["holdout"] + sample["validation"] == 12
     assert sample["validation"] == 3 and 0 <= rec["int8_convolutions"] <= rec["convolutions"]
+    # the recipe asks for bf16 float operations exactly where the CPU has bf16; the record says what was kept
+    asked = rec["recipe"].get("float_ops", "fp32")  # fp32 is left out of the recipe (earlier keys stay valid)
+    assert asked == ("bf16" if runtime.cpu_info().has_bf16 else "fp32") and rec["float_ops"] in {"fp32", asked}
     assert rec["fidelity"]["patches"] == rec["sample"]["holdout"]
     # close to the fp32 features of the same patches, not equal to them
     _extract(slides[:1], tmp_path / "f", precision="fp32")

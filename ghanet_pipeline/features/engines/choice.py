@@ -106,8 +106,8 @@ def resolve_engine(engine: str, precision: str, device: torch.device | str, int8
         return EngineChoice("torch", float_precision, f"auto: {why}; PyTorch runs the encoder")
     if float_precision == "fp16" or (float_precision == "bf16" and not native_bf16()):  # only PyTorch runs these
         return EngineChoice("torch", float_precision, _why(engine, precision, float_why, "torch"))
-    # auto on a CPU with AMX stays bf16 even where int8 may be chosen (OpenVINO's bf16 ran faster than its
-    # accuracy-controlled int8 there, docs/benchmarks.md)
+    # auto on a CPU with AMX stays bf16 even where int8 may be chosen (OpenVINO's bf16 ran as fast as its
+    # accuracy-controlled int8 there, 1.04-1.11x, with no quantization to make; docs/benchmarks.md)
     if precision == "auto" and float_precision == "fp32" and int8_auto and INT8_AUTO and missing(with_nncf=True) is None:
         return EngineChoice("openvino", "auto-int8", "auto: int8 passed the downstream check (docs/benchmarks.md); "
                             "used if this cohort's quantized encoder passes the fidelity gate", "fp32")

@@ -43,14 +43,14 @@ class Recipe:
     """How the int8 model is made. ``patches``: calibration sample size (``holdout`` of them are kept for
     the fidelity gate); ``seed``: the draw; ``preset``: NNCF preset (``mixed``: asymmetric activations,
     ``performance``: symmetric); ``bias_correction``: ``full`` (NNCF BiasCorrection, layer by layer on
-    the quantized model's own activations) or ``fast``; ``fp32_convs``: convolutions kept in fp32, by
+    the quantized model's own activations) or ``fast``; ``fp32_convs``: convolutions not quantized (float, see ``float_ops``), by
     position (0 = first; negative from the end); ``ranges``: how activation ranges are set from the
     calibration statistics (``minmax``: NNCF's default, the mean over samples of each sample's min/max;
     ``quantile``: the same with the 1e-4 / 1 - 1e-4 quantiles; ``histogram``: the range that minimises the
     quantization error of a histogram of the values); ``channel_alignment``: NNCF's channel alignment
     (rescales channels between consecutive convolutions so that per-tensor activation scales fit every
     channel). ``max_error``: accuracy control (NNCF ``quantize_with_accuracy_control``): after quantizing, the
-    operations whose int8 arithmetic moves the features most are put back to fp32, one at a time, until the
+    operations whose int8 arithmetic moves the features most are put back to float, one at a time, until the
     error relative to the spread across patches (:mod:`.agreement`) on ``validation`` patches of the sample
     (neither calibration nor holdout) is at most ``max_error``; ``None``: plain post-training quantization.
     Where plain int8 already meets it (weights whose features differ clearly between patches), nothing goes
@@ -80,7 +80,10 @@ class Recipe:
         return cls(**kw, float_ops="bf16" if native_bf16() else "fp32")
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "fp32_convs": list(self.fp32_convs)}
+        d = {**asdict(self), "fp32_convs": list(self.fp32_convs)}
+        if self.float_ops == "fp32":  # as before float_ops existed: those models keep their cache keys
+            del d["float_ops"]
+        return d
 
 
 # --------------------------------------------------------------------------- the sample
@@ -253,7 +256,7 @@ def build(folder: Path, fp32_folder: Path, encoder: LoadedEncoder, sample: Sampl
     runs; ``fidelity_fp32_ops``: the same model with fp32 float operations, for comparison)."""
     import openvino as ov
 
-    from .openvino_runner import MODEL_XML, compile_ir, ir_sha256, run_compiled
+    from .openvino_runner import MODEL_XML, ir_sha256
 
     patches = read_sample(sample, input_size)
     hold = min(recipe.holdout, len(patches) // 4)
@@ -261,16 +264,8 @@ def build(folder: Path, fp32_folder: Path, encoder: LoadedEncoder, sample: Sampl
     n_val = n_val if n_val >= 3 else 0  # fewer cannot measure a spread: plain quantization
     held, val, calib = patches[:hold], patches[hold:hold + n_val], patches[hold + n_val:]
     bf16 = recipe.float_ops == "bf16" and hold >= 3  # bf16 is kept only where the holdout can check it
-    target, bf16_alone, notes = recipe.max_error, None, []
-    if bf16 and n_val and target is not None:
-        ref_val = run_compiled(compile_ir(fp32_folder, threads), val)
-        bf16_alone = agreement(ref_val, run_compiled(compile_ir(fp32_folder, threads, "bf16"), val))
-        if bf16_alone["error_spread"] <= 0.5 * target:
-            target = float(np.sqrt(target ** 2 - bf16_alone["error_spread"] ** 2))
-        else:
-            bf16 = False
-            notes.append(f"bf16 alone moves the validation features by {bf16_alone['error_spread']:.3f} of the spread "
-                         f"(more than half the budget {target}): the float operations compute in fp32")
+    notes: list[str] = []
+    bf16, target, bf16_alone = _bf16_budget(bf16, fp32_folder, val, recipe.max_error, threads, notes)
     log.info("int8: quantizing %s on %d patches of %d slides (%d held out for the fidelity check%s)",
              encoder.name, len(calib), len({s for s, _ in sample.picked}), hold,
              f", {n_val} for accuracy control to error <= {target:.3f} of the spread" if n_val else "")
@@ -278,19 +273,7 @@ def build(folder: Path, fp32_folder: Path, encoder: LoadedEncoder, sample: Sampl
     q = quantize(fp32_model, calib, replace(recipe, max_error=target), validation=val)
     kept, total = int8_share(q)
     ov.save_model(q, str(Path(folder) / MODEL_XML), compress_to_fp16=False)
-    figures: dict[str, Any] | None = None
-    fp32_ops: dict[str, Any] | None = None
-    if hold >= 3:
-        ref = run_compiled(compile_ir(fp32_folder, threads), held)
-        figures = fp32_ops = agreement(ref, run_compiled(compile_ir(folder, threads), held))
-        if bf16:
-            with_bf16 = agreement(ref, run_compiled(compile_ir(folder, threads, "bf16"), held))
-            if passes(with_bf16):
-                figures = with_bf16
-            else:
-                bf16 = False
-                notes.append(f"held out with bf16 float operations: {describe(with_bf16)}, over the gate: they "
-                             f"compute in fp32")
+    figures, fp32_ops, bf16 = _held_out(folder, fp32_folder, held, bf16, threads, notes)
     float_ops = "bf16" if bf16 else "fp32"
     log.info("int8: %d of %d convolutions run in int8 (the others in %s)", kept, total, float_ops)
     for note in notes:
@@ -309,6 +292,42 @@ def build(folder: Path, fp32_folder: Path, encoder: LoadedEncoder, sample: Sampl
         log.info("int8: held-out fidelity vs fp32: %s (%s)", describe(figures),
                  "passes" if record["passes_gate"] else "FAILS the gate")
     return record
+
+
+def _bf16_budget(bf16: bool, fp32_folder: Path, val: np.ndarray, max_error: float | None, threads: int | None,
+                 notes: list[str]) -> tuple[bool, float | None, dict[str, Any] | None]:
+    """``(bf16 still planned, accuracy control's target, bf16's own figures on val)``: bf16 (the fp32 model
+    computed in bf16) within half of ``max_error`` leaves ``sqrt(max_error**2 - its error**2)`` to int8."""
+    from .openvino_runner import compile_ir, run_compiled
+
+    if not (bf16 and len(val) and max_error is not None):
+        return bf16, max_error, None
+    ref = run_compiled(compile_ir(fp32_folder, threads), val)
+    alone = agreement(ref, run_compiled(compile_ir(fp32_folder, threads, "bf16"), val))
+    if alone["error_spread"] <= 0.5 * max_error:
+        return True, float(np.sqrt(max_error ** 2 - alone["error_spread"] ** 2)), alone
+    notes.append(f"bf16 alone moves the validation features by {alone['error_spread']:.3f} of the spread "
+                 f"(more than half the budget {max_error}): the float operations compute in fp32")
+    return False, max_error, alone
+
+
+def _held_out(folder: Path, fp32_folder: Path, held: np.ndarray, bf16: bool, threads: int | None,
+              notes: list[str]) -> tuple[dict[str, Any] | None, dict[str, Any] | None, bool]:
+    """``(figures of what runs, figures with fp32 float operations, bf16 kept)`` on the ``held`` patches
+    (None figures below 3 patches); bf16 is kept only where its figures pass the gate."""
+    from .openvino_runner import compile_ir, run_compiled
+
+    if len(held) < 3:
+        return None, None, bf16
+    ref = run_compiled(compile_ir(fp32_folder, threads), held)
+    fp32_ops = agreement(ref, run_compiled(compile_ir(folder, threads), held))
+    if not bf16:
+        return fp32_ops, fp32_ops, False
+    with_bf16 = agreement(ref, run_compiled(compile_ir(folder, threads, "bf16"), held))
+    if passes(with_bf16):
+        return with_bf16, fp32_ops, True
+    notes.append(f"held out with bf16 float operations: {describe(with_bf16)}, over the gate: they compute in fp32")
+    return fp32_ops, fp32_ops, False
 
 
 def float_ops(record: dict[str, Any]) -> str:
