@@ -274,8 +274,8 @@ def build(folder: Path, fp32_folder: Path, encoder: LoadedEncoder, sample: Sampl
     kept, total = int8_share(q)
     ov.save_model(q, str(Path(folder) / MODEL_XML), compress_to_fp16=False)
     figures, fp32_ops, bf16 = _held_out(folder, fp32_folder, held, bf16, threads, notes)
-    float_ops = "bf16" if bf16 else "fp32"
-    log.info("int8: %d of %d convolutions run in int8 (the others in %s)", kept, total, float_ops)
+    ops = "bf16" if bf16 else "fp32"
+    log.info("int8: %d of %d convolutions run in int8 (the others in %s)", kept, total, ops)
     for note in notes:
         log.info("int8: %s", note)
     record = {"precision": "int8", "encoder": encoder.name, "weights_sha256": encoder.weights_id,
@@ -283,7 +283,7 @@ def build(folder: Path, fp32_folder: Path, encoder: LoadedEncoder, sample: Sampl
               "sample": {"sha256": sample.sha256, "slides": len({s for s, _ in sample.picked}),
                          "slides_given": len(sample.specs), "patches": len(calib), "holdout": hold,
                          "validation": n_val},
-              "int8_convolutions": kept, "convolutions": total, "float_ops": float_ops,
+              "int8_convolutions": kept, "convolutions": total, "float_ops": ops,
               "accuracy_target": target, "bf16_alone": bf16_alone, "notes": notes,
               "fidelity": figures, "fidelity_fp32_ops": fp32_ops,
               "passes_gate": bool(figures is not None and passes(figures)),
