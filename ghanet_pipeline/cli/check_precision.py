@@ -71,12 +71,10 @@ def check_precision(slides: tuple[str, ...], recursive: bool, mpp: float | None,
     con.print(table)
     con.print(f"gate: error <= {res.to_json()['gate']['max_error_spread']} of the spread and distance rank >= "
               f"{res.to_json()['gate']['min_distance_rank']}. int8 model: {res.int8_model or 'none'}")
-    if res.int8_record and res.int8_record.get("convolutions"):
-        from ..features.engines.int8 import float_ops
+    from ..features.engines.int8 import make_up
 
-        rec = res.int8_record
-        con.print(f"int8 model: {rec['int8_convolutions']} of {rec['convolutions']} convolutions in int8, the other "
-                  f"operations in {float_ops(rec)}")
+    if mix := make_up(res.int8_record or {}):
+        con.print(f"int8 model: {mix}")
     for note in res.notes:
         con.print(f"[yellow]note:[/] {note}")
     dest = json_path or safe_child(out, "logs", f"check-precision-{time.strftime('%Y%m%d-%H%M%S')}.json")

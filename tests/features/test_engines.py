@@ -491,7 +491,7 @@ def test_train_refuses_int8_bags_mixed_with_fp32_bags_unless_told(tmp_path):
     assert CaseBags({"x": [paths["a"]], "y": [paths["c"]]}, allow_mixed_precision=True).cases() == ["x", "y"]
 
 
-def test_predict_follows_the_training_bags_int8_model(slides, tmp_path, monkeypatch, cpu_without_bf16):
+def test_predict_follows_the_training_bags_int8_model(slides, tmp_path, monkeypatch, cpu_without_bf16, caplog):
     from types import SimpleNamespace
 
     from ghanet_pipeline.features.bags import read_bag
@@ -517,6 +517,15 @@ def test_predict_follows_the_training_bags_int8_model(slides, tmp_path, monkeypa
     got = emb.embed(_specs(slides[1:])[0], {"segment": 0.0, "extract": 0.0})
     assert got.attrs["precision"] == "int8" and got.attrs["engine_model"] == key
     np.testing.assert_array_equal(got.features, trained.features)  # the same model, the same patches
+    # a model whose float operations were measured in bf16 (made on a bf16 CPU), run on this CPU without:
+    # fp32, said once, and not silently
+    rec_path = out / "engines" / key / "record.json"
+    rec_path.write_text(json.dumps({**json.loads(rec_path.read_text()), "float_ops": "bf16"}))
+    with caplog.at_level(logging.WARNING):
+        moved = Embedder(int8_ens, cfg).embed(_specs(slides[1:])[0], {"segment": 0.0, "extract": 0.0})
+    said = [r.getMessage() for r in caplog.records if "no bf16 instructions" in r.getMessage()]
+    assert len(said) == 1 and key in said[0] and "compute in fp32" in said[0]
+    np.testing.assert_array_equal(moved.features, trained.features)  # computed as the model was made here
     # a model trained on float bags predicts in fp32 even where auto could choose int8
     float_ens = SimpleNamespace(encoder=settings, segment_params=seg)
     got = Embedder(float_ens, PredictConfig(out=tmp_path / "q", weights="random", device="cpu", batch_size=4)

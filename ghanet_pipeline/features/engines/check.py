@@ -74,19 +74,16 @@ def check_precision(specs: Sequence[Any], out: Path | str, encoder: str = "resne
 
     from ..encoders import load_encoder
     from ..extract import Extractor, ExtractParams
-    from .int8 import Recipe, read_sample
+    from .int8 import draw_sample, read_sample
 
     out = Path(out)
     enc = load_encoder(encoder, weights)
-    recipe = Recipe.for_this_cpu(patches=int8_patches, seed=int8_seed)
     params = ExtractParams(encoder=encoder, weights=weights, input_size=input_size, device="cpu",
                            precision="int8", engine="openvino", int8_patches=int8_patches, int8_seed=int8_seed,
                            torch_threads=threads, num_workers=0)
     ex = Extractor(params, "cpu", encoder=enc)
     cohort = list(cohort or specs)
-    from .int8 import draw_sample
-
-    calib = draw_sample(cohort, out, recipe.patches, recipe.seed)
+    calib = draw_sample(cohort, out, int8_patches, int8_seed)  # the sample prepare quantizes on
     if cohort == list(specs) and (left := sum(len(c) for c, _ in calib.grids) - len(calib.picked)) < 3:
         total = left + len(calib.picked)
         smaller = f"a smaller --int8-patches (e.g. {max(8, total // 2)}), " if total - 8 >= 3 else ""

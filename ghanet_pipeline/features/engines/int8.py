@@ -223,7 +223,8 @@ def _fidelity_metric(fp32_model: Any, patches: np.ndarray) -> Any:
     from .openvino_runner import run_compiled
 
     core = ov.Core()
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}  # as compile_ir runs it
+    # fp32 float operations: bf16's share of the budget is taken out of max_error beforehand (build)
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
     ref = run_compiled(core.compile_model(fp32_model, "CPU", config), patches).astype(np.float64)
     spread = max(spread_rms(ref), 1e-12)  # of all validation patches: one scale for every subset NNCF scores
 
@@ -328,6 +329,14 @@ def _held_out(folder: Path, fp32_folder: Path, held: np.ndarray, bf16: bool, thr
         return with_bf16, fp32_ops, True
     notes.append(f"held out with bf16 float operations: {describe(with_bf16)}, over the gate: they compute in fp32")
     return fp32_ops, fp32_ops, False
+
+
+def make_up(record: dict[str, Any]) -> str:
+    """``N of M convolutions in int8, the rest in bf16|fp32`` (as this CPU runs it); empty for a record
+    without those figures."""
+    if "convolutions" not in record:
+        return ""
+    return f"{record['int8_convolutions']} of {record['convolutions']} convolutions in int8, the rest in {float_ops(record)}"
 
 
 def float_ops(record: dict[str, Any]) -> str:

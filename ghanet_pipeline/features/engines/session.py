@@ -101,13 +101,11 @@ class EngineSession:
             self.choice = EngineChoice("openvino", self.choice.fallback, msg)
             return
         self.engine_model, self.record = key, entry.record
-        from .int8 import float_ops
+        from .int8 import make_up
 
-        rec = entry.record
-        mix = (f"{rec['int8_convolutions']} of {rec['convolutions']} convolutions in int8, the rest in "
-               f"{float_ops(rec)}; " if "convolutions" in rec else "")
-        msg = (f"int8 model {key} ({'built' if entry.built else 'cached'}; {mix}held-out fidelity {said}: {gate} "
-               f"the gate)")
+        mix = make_up(entry.record)
+        msg = (f"int8 model {key} ({'built' if entry.built else 'cached'}; {mix + '; ' if mix else ''}held-out "
+               f"fidelity {said}: {gate} the gate)")
         if self.choice.precision == "auto-int8":
             msg = "auto chose int8: " + msg
         log.info(msg)
@@ -143,7 +141,14 @@ class EngineSession:
                                  f"size (segment the slides with one --patch-size)")
             from .int8 import float_ops  # its float operations: fp32, or bf16 where the model chose it and the CPU has it
 
-            self._ov[input_size] = ovr.OpenVinoRunner(ovr.compile_ir(entry.path, self.threads, float_ops(entry.record)))
+            ops = float_ops(entry.record)
+            if entry.record.get("float_ops", "fp32") != ops:
+                msg = (f"int8 model {self.engine_model}: its float operations were measured in "
+                       f"{entry.record.get('float_ops')}, and this CPU has no bf16 instructions: they compute in {ops} "
+                       f"(closer to fp32 than the bags made with it, by bf16 round-off)")
+                log.warning(msg)
+                self.notes.append(msg)
+            self._ov[input_size] = ovr.OpenVinoRunner(ovr.compile_ir(entry.path, self.threads, ops))
             return self._ov[input_size]
         try:
             entry = self._fp32_entry(out, input_size)  # bf16: the fp32 model, computed in bf16 by the plugin
