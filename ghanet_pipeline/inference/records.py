@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigError, MismatchError
-from ..core.files import atomic_path
+from ..core.files import atomic_path, remove_stale_temps
 from ..core.fingerprints import describe_differences, fingerprint_digest, from_json, to_json
 from ..core.locks import OutputLocks
 from ..core.runs import ItemResult
@@ -246,6 +246,7 @@ def rebuild_predictions_csv(out_dir: Path, model: str) -> list[CasePrediction]:
         preds.sort(key=lambda p: p.case_id)
         rows = [p.row(model, n_bins) for p in preds]
         names = list(rows[0]) if rows else ["case_id"]
+        remove_stale_temps(out_dir, ["predictions.csv"])  # a killed rebuild's half-written table (never a live one's)
         with atomic_path(out_dir / "predictions.csv") as tmp:
             with open(tmp, "w", newline="", encoding="utf-8") as fh:
                 w = csv.DictWriter(fh, fieldnames=names)

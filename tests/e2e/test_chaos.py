@@ -67,6 +67,6 @@ def test_kill_rerun_gives_identical_outputs(stage, inputs, tmp_path):
     assert report.n_killed > 0, f"{stage}: every run ended before its kill moment: {report.points}"
     bad = [p for p in report.points if not p.identical]
     assert not bad, f"{stage}: {len(bad)} of {len(report.points)} kill points did not give identical outputs: {bad}"
-    left = [(p.at, p.leftovers) for p in report.points if p.leftovers]
+    left = [(p.at_s, p.leftovers) for p in report.points if p.leftovers]
     assert not left, f"{stage}: temporary files of killed runs still there after the rerun: {left}"
     assert not report.concurrent_diffs, f"{stage}: two processes at once: {report.concurrent_diffs}"

@@ -67,6 +67,27 @@ def test_rerun_reuses_cases_of_the_same_model_and_inputs(tmp_path):
     assert [r.status for r in P.predict_cases(specs, run, cfg).results] == ["done"] * 3
 
 
+def test_a_killed_rebuild_of_the_table_leaves_no_temporary_file(tmp_path):
+    """A predict killed while writing predictions.csv leaves its temporary file; the next rebuild removes it
+    (found by the kill tests: tests/e2e/test_chaos.py), a live writer's is spared."""
+    from ghanet_pipeline.core.files import _owner
+    from ghanet_pipeline.inference.records import rebuild_predictions_csv
+
+    run = make_run(tmp_path / "run", TINY_ENC, folds=(0, 1))
+    write_tiny_bags(tmp_path / "bags", ["a", "b"])
+    specs = [SlideSpec(s, tmp_path / f"{s}.svs", s) for s in ("a", "b")]
+    P.predict_cases(specs, run, PredictConfig(out=tmp_path / "out", features_dir=tmp_path / "bags", device="cpu"))
+    out_dir = tmp_path / "out" / "predict"
+    host = _owner().rsplit("-", 1)[0]
+    dead = out_dir / f".predictions.csv.{host}-{2**22 + 12345}.x1.tmp"  # no such process
+    live = out_dir / f".predictions.csv.{_owner()}.x2.tmp"  # this process: a writer still running
+    for p in (dead, live):
+        p.write_text("case_id\nhalf")
+    model = json.loads((out_dir / "a.json").read_text())["model"]
+    assert [p.case_id for p in rebuild_predictions_csv(out_dir, model)] == ["a", "b"]
+    assert not dead.exists() and live.exists() and [r["case_id"] for r in _rows(tmp_path / "out")] == ["a", "b"]
+
+
 def test_shards_write_one_table(tmp_path):
     run = make_run(tmp_path / "run", TINY_ENC, folds=(0,))
     ids = [f"s{i}" for i in range(5)]
